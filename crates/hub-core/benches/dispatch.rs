@@ -1,0 +1,161 @@
+//! Dispatch throughput and topic routing. Run: `cargo bench -p hub-core`.
+//!
+//! A real Prometheus recorder is installed, so every metric update the hub does in production is
+//! paid for here too.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use hub_core::metrics::DURATION_BUCKETS;
+use hub_core::{
+    BackendMetrics, CancellationToken, ConsumeError, Consumer, ConsumerOptions, Context, Delivery, Dispatcher, Intake,
+    MemoryBackend, Message, Pattern, Publisher, Resources, TopicWords, async_trait,
+};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+const BATCH: u64 = 100_000;
+
+struct Count(Arc<AtomicU64>);
+
+#[async_trait]
+impl Consumer for Count {
+    async fn consume(&self, _cx: &Context, _msg: &Message) -> Result<(), ConsumeError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn hub(rt: &tokio::runtime::Runtime, consumers: usize) -> (Intake, Vec<Arc<AtomicU64>>, Dispatcher) {
+    let _guard = rt.enter();
+    let mut b = Dispatcher::builder();
+    let bm = BackendMetrics::register("bench");
+    let backend = b.backend(bm.clone());
+    let mem: Arc<dyn hub_core::Backend> = Arc::new(MemoryBackend::new());
+    let mut counts = Vec::new();
+    for i in 0..consumers {
+        let c = Arc::new(AtomicU64::new(0));
+        counts.push(Arc::clone(&c));
+        let cx = Context::new(format!("c{i}"), Publisher::new(Arc::clone(&mem), bm.clone()), Resources::new(), CancellationToken::new());
+        b.consumer(backend, vec![Pattern::new("org.fedoraproject.#").unwrap()], ConsumerOptions::default(), Arc::new(Count(c)), cx);
+    }
+    let d = b.build();
+    d.start();
+    (d.intake(backend), counts, d)
+}
+
+async fn wait_all(counts: &[Arc<AtomicU64>], target: u64) {
+    while counts.iter().any(|c| c.load(Ordering::Relaxed) < target) {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn dispatch(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let msg = Message::new("org.fedoraproject.prod.buildsys.build.state.change", json!({"build_id": 1, "name": "kernel", "owner": "someone"}));
+    let mut group = c.benchmark_group("dispatch");
+    group.throughput(Throughput::Elements(BATCH));
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(8));
+    for n in [1usize, 4] {
+        let (intake, counts, _d) = hub(&rt, n);
+        let mut sent = 0u64;
+        group.bench_function(format!("hub_to_{n}_consumers"), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    rt.block_on(async {
+                        for _ in 0..BATCH {
+                            intake.deliver(Delivery::new(msg.clone())).await.unwrap();
+                        }
+                        sent += BATCH;
+                        wait_all(&counts, sent).await;
+                    });
+                }
+                start.elapsed()
+            });
+        });
+    }
+    group.bench_function("raw_mpsc_fan_out_to_4", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                rt.block_on(async {
+                    let mut txs = Vec::new();
+                    let mut tasks = Vec::new();
+                    for _ in 0..4 {
+                        let (tx, mut rx) = mpsc::channel::<Message>(1024);
+                        txs.push(tx);
+                        tasks.push(tokio::spawn(async move {
+                            let mut n = 0u64;
+                            while let Some(m) = rx.recv().await {
+                                black_box(&m);
+                                n += 1;
+                            }
+                            n
+                        }));
+                    }
+                    for _ in 0..BATCH {
+                        for tx in &txs {
+                            tx.send(msg.clone()).await.unwrap();
+                        }
+                    }
+                    drop(txs);
+                    for t in tasks {
+                        assert_eq!(t.await.unwrap(), BATCH);
+                    }
+                });
+            }
+            start.elapsed()
+        });
+    });
+    group.finish();
+}
+
+fn routing(c: &mut Criterion) {
+    // 100 patterns of the shapes real configs use; a 6-word topic that matches a few of them.
+    let apps = ["buildsys", "bodhi", "copr", "pagure", "fas", "koschei", "mdapi", "anitya", "fmn", "badges"];
+    let mut patterns = Vec::new();
+    for (i, app) in apps.iter().enumerate() {
+        patterns.push(format!("org.fedoraproject.prod.{app}.#"));
+        patterns.push(format!("org.fedoraproject.*.{app}.build.*"));
+        patterns.push(format!("org.fedoraproject.stg.{app}.update.comment"));
+        patterns.push(format!("#.{app}.tag"));
+        patterns.push(format!("org.centos.*.{app}.#"));
+        patterns.push(format!("*.*.prod.{app}.*.{i}"));
+        patterns.push(format!("io.pagure.prod.{app}.#"));
+        patterns.push(format!("org.fedoraproject.prod.{app}.*.state.change"));
+        patterns.push(format!("org.release-monitoring.prod.{app}.#"));
+        patterns.push(format!("#.{app}.#.done"));
+    }
+    let patterns: Vec<Pattern> = patterns.iter().map(|p| Pattern::new(p).unwrap()).collect();
+    assert_eq!(patterns.len(), 100);
+    let topic = "org.fedoraproject.prod.buildsys.build.state.change";
+    assert!(patterns.iter().filter(|p| p.matches(topic)).count() >= 2);
+    c.bench_function("route_6_word_topic_against_100_patterns", |b| {
+        // As the dispatcher does: split the topic once, then match every pattern.
+        b.iter(|| {
+            let words = TopicWords::new(black_box(topic));
+            black_box(&patterns).iter().filter(|p| p.matches_words(&words)).count()
+        });
+    });
+}
+
+fn setup(c: &mut Criterion) {
+    // Install once: a real recorder, with the hub's buckets (HUB_BENCH_NO_RECORDER=1 measures without).
+    if std::env::var_os("HUB_BENCH_NO_RECORDER").is_none() {
+    let _ = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(DURATION_BUCKETS)
+        .unwrap()
+        .install_recorder();
+    }
+    dispatch(c);
+    routing(c);
+}
+
+criterion_group!(benches, setup);
+criterion_main!(benches);

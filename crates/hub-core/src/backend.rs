@@ -1,0 +1,165 @@
+//! The `Backend` trait: what feeds messages in and carries them out.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::BackendMetrics;
+use crate::{BackendError, ConsumerOptions, Intake, Message, Pattern, PublishError};
+
+/// A transport: delivers messages into the hub and publishes messages out.
+///
+/// A backend owns its connection and its reconnects: [`run`](Backend::run) returns `Ok` when
+/// asked to stop and `Err` only for failures no reconnect can fix (a queue declared with other
+/// arguments, say). Acknowledgements travel with each [`Delivery`] and are settled by the
+/// dispatcher, never by the backend itself.
+#[async_trait]
+#[diagnostic::on_unimplemented(note = "implement `hub_core::Backend` with `#[async_trait::async_trait]`")]
+pub trait Backend: Send + Sync + 'static {
+    /// Connects, subscribes, and hands every message to `cx.intake` until `cx.shutdown` is
+    /// cancelled; then stops taking new messages and returns. Publishing and settling deliveries
+    /// must keep working after `run` returns, until [`close`](Backend::close).
+    async fn run(&self, cx: BackendContext) -> Result<(), BackendError>;
+
+    /// Publishes one message. `Ok` means the transport took it (for brokers with confirms: confirmed).
+    async fn publish(&self, msg: &Message) -> Result<(), PublishError>;
+
+    /// Releases connections after the hub has drained. Default: nothing to do.
+    async fn close(&self) {}
+}
+
+/// What a backend is given when it starts.
+pub struct BackendContext {
+    /// The configured backend id (`[backends.<id>]`).
+    pub id: Arc<str>,
+    /// The hub's name (`[hub] name`), for naming durable queues.
+    pub hub_name: Arc<str>,
+    /// One entry per consumer bound to this backend.
+    pub subscriptions: Vec<Subscription>,
+    /// Where deliveries go.
+    pub intake: Intake,
+    /// Cancelled when the hub stops intake.
+    pub shutdown: CancellationToken,
+    /// Connection state and counters for this backend.
+    pub metrics: BackendMetrics,
+}
+
+impl fmt::Debug for BackendContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackendContext")
+            .field("id", &self.id)
+            .field("subscriptions", &self.subscriptions)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Identifies one consumer's subscription within the dispatcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SubscriptionId(pub(crate) usize);
+
+/// One consumer's interest in a backend's messages.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// Pass to [`Delivery::for_subscription`] when the broker already routed the message to this
+    /// consumer (one queue per consumer).
+    pub id: SubscriptionId,
+    /// The consumer's configured name.
+    pub consumer: Arc<str>,
+    /// The consumer's topic patterns.
+    pub patterns: Vec<Pattern>,
+    /// The consumer's dispatch options (a broker backend sizes its prefetch from them).
+    pub options: ConsumerOptions,
+}
+
+/// One message from a backend, with how to acknowledge it.
+pub struct Delivery {
+    pub(crate) message: Message,
+    pub(crate) acker: Option<Box<dyn Acker>>,
+    pub(crate) target: Option<SubscriptionId>,
+}
+
+impl Delivery {
+    /// A message with no acknowledgement (ZeroMQ, memory): routed to every matching consumer.
+    pub fn new(message: Message) -> Self {
+        Self {
+            message,
+            acker: None,
+            target: None,
+        }
+    }
+
+    /// A message the backend wants settled: `acker` is called once, after every consumer that
+    /// received it has finished it.
+    pub fn with_acker(message: Message, acker: Box<dyn Acker>) -> Self {
+        Self {
+            message,
+            acker: Some(acker),
+            target: None,
+        }
+    }
+
+    /// Delivers only to the given subscription's consumer (the broker did the routing).
+    pub fn for_subscription(mut self, id: SubscriptionId) -> Self {
+        self.target = Some(id);
+        self
+    }
+
+    /// The message.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("message", &self.message)
+            .field("acked", &self.acker.is_some())
+            .field("target", &self.target)
+            .finish()
+    }
+}
+
+/// The dispatcher's verdict on a delivery, once every consumer that got it is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every consumer finished it OK (or none wanted it): acknowledge.
+    Ack,
+    /// A consumer failed in a way a retry may fix (transient error, timeout, panic, shutdown
+    /// before it ran): redeliver later.
+    Retry {
+        /// Consumer name and error, for logs and headers.
+        reason: String,
+    },
+    /// The message cannot be processed (invalid message, dropped from a full queue): dead-letter.
+    Reject {
+        /// Consumer name and error, for logs and headers.
+        reason: String,
+    },
+}
+
+impl Verdict {
+    pub(crate) fn rank(&self) -> u8 {
+        match self {
+            Self::Ack => 0,
+            Self::Reject { .. } => 1,
+            // A retry wins over a reject: another consumer may still succeed on redelivery.
+            Self::Retry { .. } => 2,
+        }
+    }
+}
+
+/// Settles one delivery with its backend. Called exactly once per delivery, from any thread;
+/// it must not block (hand the work to the backend's own task).
+pub trait Acker: Send + Sync + 'static {
+    /// Applies the dispatcher's verdict.
+    fn settle(&self, verdict: Verdict);
+}
+
+impl<F: Fn(Verdict) + Send + Sync + 'static> Acker for F {
+    fn settle(&self, verdict: Verdict) {
+        self(verdict)
+    }
+}

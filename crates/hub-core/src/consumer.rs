@@ -1,0 +1,66 @@
+//! The `Consumer` trait and its per-consumer dispatch options.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::{BoxError, ConsumeError, Context, Message};
+
+/// Reacts to messages. One instance serves one configured consumer.
+///
+/// `consume` takes `&self` so that the dispatcher can run it with `concurrency` N > 1 (N calls in
+/// flight at once, for slow HTTP peers); at the default N = 1 calls never overlap and messages
+/// arrive in order. Keep mutable state behind a `Mutex` or in atomics.
+#[async_trait]
+#[diagnostic::on_unimplemented(note = "implement `hub_core::Consumer` with `#[async_trait::async_trait]`")]
+pub trait Consumer: Send + Sync + 'static {
+    /// Runs once before the first message. An error stops the hub from starting.
+    async fn start(&self, _cx: &Context) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    /// Handles one message. Return a [`ConsumeError`] of kind transient when a retry may help,
+    /// invalid when the message itself is at fault. Panics are caught and counted.
+    async fn consume(&self, cx: &Context, msg: &Message) -> Result<(), ConsumeError>;
+
+    /// Runs once after the last message, during shutdown.
+    async fn stop(&self, _cx: &Context) {}
+}
+
+/// What to do with a new message when a consumer's queue is full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Wait for room: backpressure to the backend (which may then pause its own intake).
+    #[default]
+    Block,
+    /// Drop the new message and count it.
+    DropNewest,
+    /// Drop the oldest queued message to make room, and count it.
+    DropOldest,
+}
+
+/// How the dispatcher runs one consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerOptions {
+    /// Messages handled at once (default 1: strict order).
+    pub concurrency: usize,
+    /// Messages that may wait in this consumer's queue (default 1024).
+    pub queue_capacity: usize,
+    /// Policy when the queue is full (default `block`).
+    pub when_full: WhenFull,
+    /// Longest time one message may take; `None` (default) means no limit.
+    pub timeout: Option<Duration>,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 1,
+            queue_capacity: 1024,
+            when_full: WhenFull::Block,
+            timeout: None,
+        }
+    }
+}

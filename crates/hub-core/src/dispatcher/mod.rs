@@ -1,0 +1,436 @@
+//! Routes each delivery to every matching consumer's bounded queue; runs each consumer on its own
+//! tasks; settles deliveries; measures backlogs.
+
+mod queue;
+mod rate;
+mod ticket;
+mod worker;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use metrics::Counter;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::metrics::{BackendMetrics, ConsumerMetrics, DISPATCHER_UNROUTED};
+use crate::topic::TopicWords;
+use crate::{Consumer, ConsumerOptions, Context, Delivery, Message, Pattern, Subscription, SubscriptionId, Verdict};
+use queue::{Offer, Queue, Queued};
+use rate::Rate;
+use ticket::{Settle, Ticket};
+
+/// Index of a backend registered with a [`DispatcherBuilder`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendIndex(usize);
+
+/// Collects backends and consumers, then builds a [`Dispatcher`].
+#[derive(Default)]
+pub struct DispatcherBuilder {
+    backends: Vec<BackendMetrics>,
+    slots: Vec<Slot>,
+}
+
+impl DispatcherBuilder {
+    /// Registers a backend whose deliveries will enter through [`Dispatcher::intake`].
+    pub fn backend(&mut self, metrics: BackendMetrics) -> BackendIndex {
+        self.backends.push(metrics);
+        BackendIndex(self.backends.len() - 1)
+    }
+
+    /// Registers a consumer fed by `backend`'s messages that match any of `patterns`.
+    /// Its metric series are registered now, with the current recorder.
+    ///
+    /// # Panics
+    /// If `backend` did not come from this builder.
+    pub fn consumer(
+        &mut self,
+        backend: BackendIndex,
+        patterns: Vec<Pattern>,
+        mut options: ConsumerOptions,
+        consumer: Arc<dyn Consumer>,
+        cx: Context,
+    ) -> SubscriptionId {
+        assert!(backend.0 < self.backends.len(), "unknown backend index");
+        options.concurrency = options.concurrency.max(1);
+        options.queue_capacity = options.queue_capacity.max(1);
+        let name: Arc<str> = cx.name().into();
+        let now = Instant::now();
+        self.slots.push(Slot {
+            metrics: ConsumerMetrics::register(&name),
+            queue: Queue::new(options.queue_capacity, options.concurrency),
+            name,
+            backend: backend.0,
+            patterns: patterns.into(),
+            options,
+            consumer,
+            cx,
+            in_flight: AtomicUsize::new(0),
+            completed: AtomicU64::new(0),
+            last_completed_ns: AtomicU64::new(u64::MAX),
+            rate: Mutex::new(Rate::new(now)),
+        });
+        SubscriptionId(self.slots.len() - 1)
+    }
+
+    /// Finishes the routing table. Nothing runs until [`Dispatcher::start`].
+    pub fn build(self) -> Dispatcher {
+        let routes = (0..self.backends.len())
+            .map(|b| {
+                self.slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.backend == b)
+                    .map(|(i, _)| i)
+                    .collect()
+            })
+            .collect();
+        Dispatcher {
+            shared: Arc::new(Shared {
+                slots: self.slots,
+                routes,
+                backends: self.backends,
+                unrouted: metrics::counter!(DISPATCHER_UNROUTED),
+                epoch: Instant::now(),
+                workers: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+}
+
+pub(crate) struct Slot {
+    name: Arc<str>,
+    backend: usize,
+    patterns: Box<[Pattern]>,
+    options: ConsumerOptions,
+    consumer: Arc<dyn Consumer>,
+    cx: Context,
+    queue: Queue,
+    metrics: ConsumerMetrics,
+    in_flight: AtomicUsize,
+    completed: AtomicU64,
+    /// Nanoseconds after the dispatcher's epoch of the last completion; `u64::MAX` = never.
+    last_completed_ns: AtomicU64,
+    rate: Mutex<Rate>,
+}
+
+impl Slot {
+    fn wants(&self, topic: &TopicWords<'_>) -> bool {
+        self.patterns.iter().any(|p| p.matches_words(topic))
+    }
+
+    fn record_completion(&self, shared: &Shared, at: Instant) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        let ns = at.saturating_duration_since(shared.epoch).as_nanos();
+        self.last_completed_ns
+            .store(u64::try_from(ns).unwrap_or(u64::MAX - 1), Ordering::Relaxed);
+    }
+}
+
+pub(crate) struct Shared {
+    slots: Vec<Slot>,
+    /// Per backend: the consumers it feeds.
+    routes: Vec<Vec<usize>>,
+    backends: Vec<BackendMetrics>,
+    unrouted: Counter,
+    epoch: Instant,
+    workers: Mutex<Vec<(usize, JoinHandle<()>)>>,
+}
+
+/// The per-consumer queues and tasks. Cheap to clone.
+#[derive(Clone)]
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+}
+
+/// The entry point for one backend's deliveries. Cheap to clone.
+#[derive(Clone)]
+pub struct Intake {
+    shared: Arc<Shared>,
+    backend: usize,
+}
+
+/// The hub is shutting down and takes no more messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the hub is shutting down and takes no more messages")]
+pub struct IntakeClosed;
+
+impl Intake {
+    /// Routes one delivery to every matching consumer (or to its target subscription).
+    ///
+    /// Returns at once unless a matching consumer with `when_full = "block"` is full: then it
+    /// waits for room, which is how backpressure reaches the backend.
+    ///
+    /// # Errors
+    /// [`IntakeClosed`] once shutdown has begun; the delivery is settled as a retry.
+    pub async fn deliver(&self, delivery: Delivery) -> Result<(), IntakeClosed> {
+        let sh = &*self.shared;
+        sh.backends[self.backend].received.increment(1);
+        let Delivery {
+            message,
+            acker,
+            target,
+        } = delivery;
+        let now = Instant::now();
+        if let Some(SubscriptionId(i)) = target {
+            let settle = match acker {
+                Some(a) => Settle::of(&Ticket::new(a, 1)),
+                None => Settle::none(),
+            };
+            return offer(&sh.slots[i], message, settle, now).await;
+        }
+        let routes = &sh.routes[self.backend];
+        let topic = TopicWords::new(message.topic());
+        let topic = &topic;
+        match acker {
+            None => {
+                let mut matched = false;
+                let mut closed = Ok(());
+                for &i in routes {
+                    let slot = &sh.slots[i];
+                    if slot.wants(topic) {
+                        matched = true;
+                        closed = closed.and(offer(slot, message.clone(), Settle::none(), now).await);
+                    }
+                }
+                if !matched {
+                    sh.unrouted.increment(1);
+                }
+                closed
+            }
+            Some(acker) => {
+                // Count first, so the ticket cannot settle before every copy is queued.
+                let n = routes.iter().filter(|&&i| sh.slots[i].wants(topic)).count();
+                if n == 0 {
+                    sh.unrouted.increment(1);
+                    acker.settle(Verdict::Ack);
+                    return Ok(());
+                }
+                let ticket = Ticket::new(acker, n);
+                let mut closed = Ok(());
+                for &i in routes {
+                    let slot = &sh.slots[i];
+                    if slot.wants(topic) {
+                        closed = closed.and(offer(slot, message.clone(), Settle::of(&ticket), now).await);
+                    }
+                }
+                closed
+            }
+        }
+    }
+
+    /// This backend's metrics.
+    pub fn metrics(&self) -> &BackendMetrics {
+        &self.shared.backends[self.backend]
+    }
+}
+
+async fn offer(slot: &Slot, message: Message, settle: Settle, now: Instant) -> Result<(), IntakeClosed> {
+    let item = Queued {
+        message,
+        settle,
+        enqueued_at: now,
+    };
+    match slot.queue.push(item, slot.options.when_full).await {
+        Offer::Accepted => {
+            slot.metrics.received.increment(1);
+            Ok(())
+        }
+        Offer::Dropped(victim) => {
+            slot.metrics.received.increment(1);
+            slot.metrics.dropped.increment(1);
+            debug!(consumer = %slot.name, message_id = %victim.message.id(), "Queue full; message dropped.");
+            victim.settle.finish(Verdict::Reject {
+                reason: format!("consumer {}: queue full, message dropped", slot.name),
+            });
+            Ok(())
+        }
+        Offer::Closed(_refused) => Err(IntakeClosed),
+    }
+}
+
+/// A snapshot of one consumer's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumerState {
+    /// Consumer name.
+    pub name: String,
+    /// Queued, not started.
+    pub backlog: usize,
+    /// Being handled.
+    pub in_flight: usize,
+    /// Finished (any outcome).
+    pub completed: u64,
+    /// Age of the oldest queued message.
+    pub oldest_age: Duration,
+    /// Estimated seconds to work off the backlog (see the metric).
+    pub catch_up_seconds: f64,
+}
+
+/// What shutdown left undone, per consumer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// `(consumer, queued messages never started, messages cut off while in flight)` for every
+    /// consumer that did not finish; empty when everything drained in time.
+    pub unfinished: Vec<(String, usize, usize)>,
+}
+
+impl DrainReport {
+    /// True when every queued and in-flight message finished.
+    pub fn is_clean(&self) -> bool {
+        self.unfinished.is_empty()
+    }
+}
+
+impl Dispatcher {
+    /// Starts collecting backends and consumers.
+    pub fn builder() -> DispatcherBuilder {
+        DispatcherBuilder::default()
+    }
+
+    /// The entry point for `backend`'s deliveries.
+    pub fn intake(&self, backend: BackendIndex) -> Intake {
+        Intake {
+            shared: Arc::clone(&self.shared),
+            backend: backend.0,
+        }
+    }
+
+    /// The subscriptions fed by `backend`, as handed to it in its context.
+    pub fn subscriptions(&self, backend: BackendIndex) -> Vec<Subscription> {
+        self.shared.routes[backend.0]
+            .iter()
+            .map(|&i| {
+                let s = &self.shared.slots[i];
+                Subscription {
+                    id: SubscriptionId(i),
+                    consumer: Arc::clone(&s.name),
+                    patterns: s.patterns.to_vec(),
+                    options: s.options.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Spawns each consumer's workers on the current tokio runtime.
+    pub fn start(&self) {
+        let mut workers = self.shared.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        for (i, slot) in self.shared.slots.iter().enumerate() {
+            for _ in 0..slot.options.concurrency {
+                let shared = Arc::clone(&self.shared);
+                let span = tracing::info_span!("consumer", consumer = %slot.name);
+                let task = tracing::Instrument::instrument(worker::run(shared, i), span);
+                workers.push((i, tokio::spawn(task)));
+            }
+        }
+    }
+
+    /// Refuses new deliveries from now on; queued messages still run.
+    pub fn close_intake(&self) {
+        for slot in &self.shared.slots {
+            slot.queue.close();
+        }
+    }
+
+    /// Closes intake, then waits up to `grace` for every queued and in-flight message to finish.
+    /// What is still unfinished then is cut off, settled as a retry, and reported.
+    pub async fn drain(&self, grace: Duration) -> DrainReport {
+        self.close_intake();
+        let workers: Vec<_> = std::mem::take(&mut *self.shared.workers.lock().unwrap_or_else(PoisonError::into_inner));
+        let deadline = Instant::now() + grace;
+        let mut report = DrainReport::default();
+        let mut pending = Vec::new();
+        for (i, mut handle) in workers {
+            if tokio::time::timeout_at(deadline, &mut handle).await.is_err() {
+                pending.push((i, handle));
+            }
+        }
+        if !pending.is_empty() {
+            for (i, slot) in self.shared.slots.iter().enumerate() {
+                if pending.iter().any(|(p, _)| *p == i) {
+                    let (queued, _) = slot.queue.snapshot();
+                    let in_flight = slot.in_flight.load(Ordering::Relaxed);
+                    warn!(consumer = %slot.name, queued, in_flight, "Shutdown grace expired; cutting off unfinished messages.");
+                    report.unfinished.push((slot.name.to_string(), queued, in_flight));
+                }
+            }
+            for (_, handle) in &pending {
+                handle.abort();
+            }
+            for (_, handle) in pending {
+                let _ = handle.await;
+            }
+            for slot in &self.shared.slots {
+                slot.queue.clear();
+            }
+        }
+        self.refresh_gauges();
+        report
+    }
+
+    /// Recomputes every consumer's gauges (backlog, in flight, oldest age, catch-up) from the
+    /// queues now. Call before rendering metrics.
+    pub fn refresh_gauges(&self) {
+        for (slot, state) in self.shared.slots.iter().zip(self.states()) {
+            slot.metrics.backlog.set(state.backlog as f64);
+            slot.metrics.in_flight.set(state.in_flight as f64);
+            slot.metrics.oldest_age.set(state.oldest_age.as_secs_f64());
+            slot.metrics.catch_up.set(state.catch_up_seconds);
+        }
+    }
+
+    /// Every consumer's state now.
+    pub fn states(&self) -> Vec<ConsumerState> {
+        let now = Instant::now();
+        self.shared
+            .slots
+            .iter()
+            .map(|slot| {
+                let (backlog, oldest) = slot.queue.snapshot();
+                let completed = slot.completed.load(Ordering::Relaxed);
+                let rate = slot
+                    .rate
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .sample(now, completed);
+                let last = slot.last_completed_ns.load(Ordering::Relaxed);
+                let since_last = (last != u64::MAX).then(|| {
+                    now.saturating_duration_since(self.shared.epoch + Duration::from_nanos(last))
+                });
+                ConsumerState {
+                    name: slot.name.to_string(),
+                    backlog,
+                    in_flight: slot.in_flight.load(Ordering::Relaxed),
+                    completed,
+                    oldest_age: oldest.map_or(Duration::ZERO, |t| now.saturating_duration_since(t)),
+                    catch_up_seconds: rate::catch_up_seconds(backlog, rate, since_last),
+                }
+            })
+            .collect()
+    }
+
+    /// Runs each consumer's stop hook.
+    pub async fn stop_consumers(&self) {
+        for slot in &self.shared.slots {
+            slot.consumer.stop(&slot.cx).await;
+        }
+    }
+
+    /// Runs each consumer's start hook, in registration order.
+    ///
+    /// # Errors
+    /// The first consumer name and error that failed.
+    pub async fn start_consumers(&self) -> Result<(), (String, crate::BoxError)> {
+        for slot in &self.shared.slots {
+            slot.consumer
+                .start(&slot.cx)
+                .await
+                .map_err(|e| (slot.name.to_string(), e))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

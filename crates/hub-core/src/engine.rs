@@ -1,0 +1,426 @@
+//! Assembles backends, consumers and producers into a running hub, and shuts it down in order.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::dispatcher::BackendIndex;
+use crate::metrics::BackendMetrics;
+use crate::{
+    Backend, BackendContext, BackendError, BoxError, Consumer, ConsumerOptions, Context, Dispatcher, DrainReport,
+    Pattern, Producer, Publisher, Resources,
+};
+
+/// How one consumer is wired.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// Unique consumer name (metric label, log field).
+    pub name: String,
+    /// Id of the backend that feeds it.
+    pub backend: String,
+    /// Topic patterns it wants.
+    pub patterns: Vec<Pattern>,
+    /// Dispatch options.
+    pub options: ConsumerOptions,
+}
+
+/// A wiring mistake found before anything runs.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A consumer or producer names a backend that was not added.
+    #[error("{what} {name}: unknown backend {backend:?}")]
+    UnknownBackend {
+        /// "consumer" or "producer".
+        what: &'static str,
+        /// Its name.
+        name: String,
+        /// The backend it asked for.
+        backend: String,
+    },
+    /// Two consumers, producers or backends share a name.
+    #[error("duplicate {what} name {name:?}")]
+    Duplicate {
+        /// "consumer", "producer" or "backend".
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// A consumer's start hook failed.
+    #[error("consumer {consumer} failed to start: {source}")]
+    ConsumerStart {
+        /// Consumer name.
+        consumer: String,
+        /// Its error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// Collects the parts of a hub.
+pub struct EngineBuilder {
+    name: String,
+    resources: Resources,
+    backends: Vec<(String, Arc<dyn Backend>)>,
+    consumers: Vec<(ConsumerSpec, Arc<dyn Consumer>)>,
+    producers: Vec<(String, String, Arc<dyn Producer>)>,
+}
+
+impl EngineBuilder {
+    /// A hub named `name` (`[hub] name`).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            resources: Resources::new(),
+            backends: Vec::new(),
+            consumers: Vec::new(),
+            producers: Vec::new(),
+        }
+    }
+
+    /// Shared resources every consumer and producer can reach through its [`Context`].
+    pub fn resources(mut self, resources: Resources) -> Self {
+        self.resources = resources;
+        self
+    }
+
+    /// Adds a backend under `id`.
+    pub fn backend(mut self, id: impl Into<String>, backend: Arc<dyn Backend>) -> Self {
+        self.backends.push((id.into(), backend));
+        self
+    }
+
+    /// Adds a consumer.
+    pub fn consumer(mut self, spec: ConsumerSpec, consumer: Arc<dyn Consumer>) -> Self {
+        self.consumers.push((spec, consumer));
+        self
+    }
+
+    /// Adds a producer publishing on `backend`.
+    pub fn producer(mut self, name: impl Into<String>, backend: impl Into<String>, producer: Arc<dyn Producer>) -> Self {
+        self.producers.push((name.into(), backend.into(), producer));
+        self
+    }
+
+    /// Checks the wiring and registers every metric series with the current recorder.
+    ///
+    /// # Errors
+    /// [`EngineError`] for an unknown backend or a duplicate name.
+    pub fn build(self) -> Result<Engine, EngineError> {
+        let shutdown = CancellationToken::new();
+        let mut seen = HashSet::new();
+        let mut builder = Dispatcher::builder();
+        let mut backends = Vec::new();
+        for (id, backend) in self.backends {
+            if !seen.insert(("backend", id.clone())) {
+                return Err(EngineError::Duplicate { what: "backend", name: id });
+            }
+            let metrics = BackendMetrics::register(&id);
+            let index = builder.backend(metrics.clone());
+            backends.push(BackendSlot {
+                id: id.into(),
+                backend,
+                metrics,
+                index,
+            });
+        }
+        let find = |what: &'static str, name: &str, backend: &str| {
+            backends
+                .iter()
+                .find(|b| &*b.id == backend)
+                .ok_or_else(|| EngineError::UnknownBackend {
+                    what,
+                    name: name.to_owned(),
+                    backend: backend.to_owned(),
+                })
+        };
+        for (spec, consumer) in self.consumers {
+            if !seen.insert(("consumer", spec.name.clone())) {
+                return Err(EngineError::Duplicate { what: "consumer", name: spec.name });
+            }
+            let b = find("consumer", &spec.name, &spec.backend)?;
+            let cx = Context::new(
+                spec.name.as_str(),
+                Publisher::new(Arc::clone(&b.backend), b.metrics.clone()),
+                self.resources.clone(),
+                shutdown.clone(),
+            );
+            builder.consumer(b.index, spec.patterns, spec.options, consumer, cx);
+        }
+        let mut producers = Vec::new();
+        for (name, backend, producer) in self.producers {
+            if !seen.insert(("producer", name.clone())) {
+                return Err(EngineError::Duplicate { what: "producer", name });
+            }
+            let b = find("producer", &name, &backend)?;
+            let cx = Context::new(
+                name.as_str(),
+                Publisher::new(Arc::clone(&b.backend), b.metrics.clone()),
+                self.resources.clone(),
+                shutdown.clone(),
+            );
+            producers.push((cx, producer));
+        }
+        Ok(Engine {
+            name: self.name.into(),
+            dispatcher: builder.build(),
+            backends,
+            producers,
+            shutdown,
+        })
+    }
+}
+
+struct BackendSlot {
+    id: Arc<str>,
+    backend: Arc<dyn Backend>,
+    metrics: BackendMetrics,
+    index: BackendIndex,
+}
+
+/// A wired hub, not yet running.
+pub struct Engine {
+    name: Arc<str>,
+    dispatcher: Dispatcher,
+    backends: Vec<BackendSlot>,
+    producers: Vec<(Context, Arc<dyn Producer>)>,
+    shutdown: CancellationToken,
+}
+
+impl Engine {
+    /// The dispatcher (for metrics and state).
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.dispatcher
+    }
+
+    /// Runs consumers' start hooks, then starts consumer workers, backends, producers and a
+    /// once-a-second gauge refresh, on the current tokio runtime.
+    ///
+    /// # Errors
+    /// [`EngineError::ConsumerStart`] when a start hook fails (nothing keeps running then).
+    pub async fn start(self) -> Result<RunningEngine, EngineError> {
+        self.dispatcher
+            .start_consumers()
+            .await
+            .map_err(|(consumer, source)| EngineError::ConsumerStart { consumer, source })?;
+        self.dispatcher.start();
+        let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
+        let mut backend_tasks = Vec::new();
+        for b in &self.backends {
+            let cx = BackendContext {
+                id: Arc::clone(&b.id),
+                hub_name: Arc::clone(&self.name),
+                subscriptions: self.dispatcher.subscriptions(b.index),
+                intake: self.dispatcher.intake(b.index),
+                shutdown: self.shutdown.child_token(),
+                metrics: b.metrics.clone(),
+            };
+            let backend = Arc::clone(&b.backend);
+            let id = Arc::clone(&b.id);
+            let fatal = fatal_tx.clone();
+            let metrics = b.metrics.clone();
+            let task = async move {
+                if let Err(e) = backend.run(cx).await {
+                    metrics.set_connected(false);
+                    error!(backend = %id, error = %e, "Backend stopped with an error.");
+                    let _ = fatal.send(e);
+                }
+            };
+            backend_tasks.push(tokio::spawn(task.instrument(info_span!("backend", backend = %b.id))));
+        }
+        let mut producer_tasks = Vec::new();
+        for (cx, producer) in self.producers.iter().cloned() {
+            let span = info_span!("producer", producer = %cx.name());
+            producer_tasks.push(tokio::spawn(run_producer(cx, producer).instrument(span)));
+        }
+        let dispatcher = self.dispatcher.clone();
+        let ticker = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                dispatcher.refresh_gauges();
+            }
+        });
+        info!(hub = %self.name, backends = self.backends.len(), producers = self.producers.len(), "Hub started.");
+        Ok(RunningEngine {
+            engine: self,
+            backend_tasks,
+            producer_tasks,
+            ticker,
+            fatal: fatal_rx,
+            started: AtomicBool::new(true),
+        })
+    }
+}
+
+async fn run_producer(cx: Context, producer: Arc<dyn Producer>) {
+    let token = cx.shutdown().clone();
+    let work = async {
+        match producer.interval() {
+            Some(period) => {
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = producer.produce(&cx).await {
+                        warn!(producer = %cx.name(), error = %e, "Producer round failed.");
+                    }
+                }
+            }
+            None => loop {
+                match producer.produce(&cx).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        warn!(producer = %cx.name(), error = %e, "Producer failed; restarting in 1 s.");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            },
+        }
+    };
+    tokio::select! {
+        () = token.cancelled() => {}
+        () = work => {}
+    }
+}
+
+/// Whether the hub can take traffic: every backend connected and every consumer started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// True when nothing below is missing.
+    pub ready: bool,
+    /// Backend ids not connected now.
+    pub backends_down: Vec<String>,
+    /// False until consumers have started (and again once shutdown begins).
+    pub consumers_started: bool,
+}
+
+/// What shutdown did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Messages left unfinished, per consumer.
+    pub drain: DrainReport,
+}
+
+/// A running hub.
+pub struct RunningEngine {
+    engine: Engine,
+    backend_tasks: Vec<JoinHandle<()>>,
+    producer_tasks: Vec<JoinHandle<()>>,
+    ticker: JoinHandle<()>,
+    fatal: mpsc::UnboundedReceiver<BackendError>,
+    started: AtomicBool,
+}
+
+impl RunningEngine {
+    /// The dispatcher (for metrics and state).
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.engine.dispatcher
+    }
+
+    /// Readiness now.
+    pub fn readiness(&self) -> Readiness {
+        let backends_down: Vec<String> = self
+            .engine
+            .backends
+            .iter()
+            .filter(|b| !b.metrics.is_connected())
+            .map(|b| b.id.to_string())
+            .collect();
+        let consumers_started = self.started.load(Ordering::Relaxed);
+        Readiness {
+            ready: backends_down.is_empty() && consumers_started,
+            backends_down,
+            consumers_started,
+        }
+    }
+
+    /// A cheap handle that answers [`readiness`](Self::readiness) from another task.
+    pub fn readiness_probe(&self) -> ReadinessProbe {
+        ReadinessProbe {
+            backends: self.engine.backends.iter().map(|b| (b.id.to_string(), b.metrics.clone())).collect(),
+            shutdown: self.engine.shutdown.clone(),
+        }
+    }
+
+    /// Resolves when a backend stops with an error no reconnect can fix.
+    pub async fn fatal(&mut self) -> Option<BackendError> {
+        self.fatal.recv().await
+    }
+
+    /// Stops producers and backend intake, drains consumers within `grace`, runs stop hooks, and
+    /// closes backends.
+    pub async fn shutdown(self, grace: Duration) -> ShutdownReport {
+        let deadline = Instant::now() + grace;
+        info!(grace = ?grace, "Shutting down: intake stopped, draining consumers.");
+        self.started.store(false, Ordering::Relaxed);
+        self.engine.shutdown.cancel();
+        for t in self.producer_tasks {
+            t.abort();
+        }
+        for mut t in self.backend_tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                t.abort();
+            }
+        }
+        let drain = self
+            .engine
+            .dispatcher
+            .drain(deadline.saturating_duration_since(Instant::now()))
+            .await;
+        let stop_limit = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        if tokio::time::timeout(stop_limit, self.engine.dispatcher.stop_consumers())
+            .await
+            .is_err()
+        {
+            warn!("Consumer stop hooks did not finish in time.");
+        }
+        for b in &self.engine.backends {
+            if tokio::time::timeout(Duration::from_secs(5), b.backend.close()).await.is_err() {
+                warn!(backend = %b.id, "Backend did not close in time.");
+            }
+        }
+        self.ticker.abort();
+        if drain.is_clean() {
+            info!("Shutdown complete: every queued message finished.");
+        } else {
+            for (consumer, queued, in_flight) in &drain.unfinished {
+                warn!(%consumer, queued, in_flight, "Left unfinished at shutdown.");
+            }
+        }
+        ShutdownReport { drain }
+    }
+}
+
+/// Answers readiness without holding the running hub.
+#[derive(Clone)]
+pub struct ReadinessProbe {
+    backends: Vec<(String, BackendMetrics)>,
+    shutdown: CancellationToken,
+}
+
+impl ReadinessProbe {
+    /// Readiness now.
+    pub fn readiness(&self) -> Readiness {
+        let backends_down: Vec<String> = self
+            .backends
+            .iter()
+            .filter(|(_, m)| !m.is_connected())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let consumers_started = !self.shutdown.is_cancelled();
+        Readiness {
+            ready: backends_down.is_empty() && consumers_started,
+            backends_down,
+            consumers_started,
+        }
+    }
+}

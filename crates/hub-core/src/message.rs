@@ -1,0 +1,243 @@
+//! The message envelope every backend produces and every consumer sees.
+
+use std::fmt;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+/// Message headers: a JSON object of string keys (AMQP headers, fedmsg's extra envelope fields).
+pub type Headers = serde_json::Map<String, Value>;
+
+/// One message as consumers see it.
+///
+/// Cloning is one reference-count increment: fan-out to many consumers never copies the body.
+/// In JSON it reads `{"id", "topic", "timestamp" (RFC 3339, UTC), "headers", "body"}` and round-trips.
+#[derive(Clone, PartialEq)]
+pub struct Message(Arc<Inner>);
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Inner {
+    id: String,
+    topic: String,
+    timestamp: Timestamp,
+    #[serde(default)]
+    headers: Headers,
+    body: Value,
+}
+
+impl Message {
+    /// A new message with a fresh UUID4 id, stamped now, with no headers.
+    pub fn new(topic: impl Into<String>, body: Value) -> Self {
+        Self::builder(topic, body).build()
+    }
+
+    /// Starts a message whose id, timestamp and headers can be set.
+    pub fn builder(topic: impl Into<String>, body: Value) -> MessageBuilder {
+        MessageBuilder {
+            id: None,
+            topic: topic.into(),
+            timestamp: None,
+            headers: Headers::new(),
+            body,
+        }
+    }
+
+    /// The message id (fedmsg `msg_id`, AMQP `message_id`).
+    pub fn id(&self) -> &str {
+        &self.0.id
+    }
+
+    /// The topic (fedmsg frame 0, AMQP routing key), words separated by `.`.
+    pub fn topic(&self) -> &str {
+        &self.0.topic
+    }
+
+    /// When the message was sent, in UTC.
+    pub fn timestamp(&self) -> Timestamp {
+        self.0.timestamp
+    }
+
+    /// All headers.
+    pub fn headers(&self) -> &Headers {
+        &self.0.headers
+    }
+
+    /// One header, if present.
+    pub fn header(&self, name: &str) -> Option<&Value> {
+        self.0.headers.get(name)
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> &Value {
+        &self.0.body
+    }
+
+    /// Decodes the body into a typed struct, without copying it.
+    ///
+    /// # Errors
+    /// A [`DecodeError`] naming the message id, topic and target type when the body does not fit.
+    /// Converted with `?` into a [`ConsumeError`](crate::ConsumeError) it is an *invalid message*
+    /// error (never retried, dead-lettered where the backend can).
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
+        T::deserialize(&self.0.body).map_err(|source| DecodeError {
+            id: self.0.id.clone(),
+            topic: self.0.topic.clone(),
+            target: std::any::type_name::<T>(),
+            source,
+        })
+    }
+
+    /// Serializes the whole envelope as one line of JSON.
+    pub fn to_json(&self) -> String {
+        // Serializing a tree of JSON values and strings cannot fail.
+        serde_json::to_string(&*self.0).unwrap_or_default()
+    }
+
+    /// Parses an envelope written by [`Message::to_json`].
+    ///
+    /// # Errors
+    /// The JSON error when the text is not such an envelope.
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str::<Inner>(text).map(|inner| Self(Arc::new(inner)))
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("id", &self.0.id)
+            .field("topic", &self.0.topic)
+            .field("timestamp", &self.0.timestamp)
+            .field("headers", &self.0.headers)
+            .field("body", &self.0.body)
+            .finish()
+    }
+}
+
+impl Serialize for Message {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Message {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Inner::deserialize(d).map(|inner| Self(Arc::new(inner)))
+    }
+}
+
+/// Builds a [`Message`] with a chosen id, timestamp or headers.
+#[derive(Debug)]
+pub struct MessageBuilder {
+    id: Option<String>,
+    topic: String,
+    timestamp: Option<Timestamp>,
+    headers: Headers,
+    body: Value,
+}
+
+impl MessageBuilder {
+    /// Sets the id (default: a fresh UUID4).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Sets the timestamp (default: now).
+    pub fn timestamp(mut self, ts: Timestamp) -> Self {
+        self.timestamp = Some(ts);
+        self
+    }
+
+    /// Adds one header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Replaces all headers.
+    pub fn headers(mut self, headers: Headers) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// Finishes the message.
+    pub fn build(self) -> Message {
+        Message(Arc::new(Inner {
+            id: self.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            topic: self.topic,
+            timestamp: self.timestamp.unwrap_or_else(Timestamp::now),
+            headers: self.headers,
+            body: self.body,
+        }))
+    }
+}
+
+/// A message body that does not fit the type a consumer asked for.
+#[derive(Debug, thiserror::Error)]
+#[error("message {id} on topic {topic}: body does not decode as {target}: {source}")]
+pub struct DecodeError {
+    id: String,
+    topic: String,
+    target: &'static str,
+    #[source]
+    source: serde_json::Error,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Build {
+        name: String,
+        id: u64,
+    }
+
+    #[test]
+    fn json_round_trip_keeps_every_field() {
+        let ts: Timestamp = "2026-11-22T19:00:00.123456789Z".parse().unwrap();
+        let m = Message::builder("org.example.build", json!({"name": "x", "id": 7}))
+            .id("2026-abc")
+            .timestamp(ts)
+            .header("sent-at", "2026-11-22T19:00:00+00:00")
+            .build();
+        let text = m.to_json();
+        assert!(text.contains(r#""timestamp":"2026-11-22T19:00:00.123456789Z""#), "{text}");
+        let back = Message::from_json(&text).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.timestamp(), ts);
+        assert_eq!(back.header("sent-at"), Some(&json!("2026-11-22T19:00:00+00:00")));
+    }
+
+    #[test]
+    fn clone_shares_the_body() {
+        let m = Message::new("a", json!({"big": "x".repeat(1000)}));
+        let c = m.clone();
+        assert!(std::ptr::eq(m.body(), c.body()));
+    }
+
+    #[test]
+    fn decode_gives_typed_struct_or_a_clear_error() {
+        let m = Message::builder("org.b", json!({"name": "n", "id": 3})).id("m-1").build();
+        assert_eq!(m.decode::<Build>().unwrap(), Build { name: "n".into(), id: 3 });
+        let bad = Message::builder("org.b", json!({"name": "n"})).id("m-2").build();
+        let err = bad.decode::<Build>().unwrap_err().to_string();
+        assert!(err.contains("message m-2 on topic org.b"), "{err}");
+        assert!(err.contains("missing field `id`"), "{err}");
+    }
+
+    #[test]
+    fn new_messages_get_unique_ids_and_utc_now() {
+        let a = Message::new("t", Value::Null);
+        let b = Message::new("t", Value::Null);
+        assert_ne!(a.id(), b.id());
+        let age = Timestamp::now().duration_since(a.timestamp());
+        assert!(age.as_secs_f64() < 5.0);
+    }
+}

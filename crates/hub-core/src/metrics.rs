@@ -1,0 +1,175 @@
+//! Metric names, labels and handles: a user contract.
+//!
+//! Every series is registered once, when the hub is built, so the hot path touches only
+//! pre-registered handles and a stuck consumer's series exist from the start (at 0).
+//!
+//! | name | type | labels | meaning |
+//! |---|---|---|---|
+//! | `hub_consumer_backlog_messages` | gauge | `consumer` | queued, not yet started |
+//! | `hub_consumer_in_flight_messages` | gauge | `consumer` | being handled now |
+//! | `hub_consumer_oldest_message_age_seconds` | gauge | `consumer` | how long the oldest queued message has waited; 0 when empty |
+//! | `hub_consumer_catch_up_seconds` | gauge | `consumer` | backlog / recent completion rate; 0 when empty; `+Inf` while there is a backlog and nothing completes |
+//! | `hub_consumer_received_messages_total` | counter | `consumer` | messages routed to the consumer |
+//! | `hub_consumer_processed_messages_total` | counter | `consumer`, `outcome` = `ok`\|`error`\|`timeout`\|`panic` | finished messages |
+//! | `hub_consumer_dropped_messages_total` | counter | `consumer`, `reason` = `queue_full` | dropped by `when_full` |
+//! | `hub_consumer_processing_duration_seconds` | histogram | `consumer` | time in `consume` |
+//! | `hub_consumer_queue_wait_seconds` | histogram | `consumer` | time from enqueue to start |
+//! | `hub_backend_received_messages_total` | counter | `backend` | messages the backend delivered |
+//! | `hub_backend_published_messages_total` | counter | `backend` | messages published through it |
+//! | `hub_backend_invalid_messages_total` | counter | `backend` | malformed input rejected by it |
+//! | `hub_backend_connected` | gauge | `backend` | 1 when connected, else 0 |
+//! | `hub_dispatcher_unrouted_messages_total` | counter | — | messages no consumer matched |
+//!
+//! Gauges are computed from the queues when [`Dispatcher::refresh_gauges`](crate::Dispatcher::refresh_gauges)
+//! runs: the hub calls it on every scrape and once a second, so they are true when scraped.
+//! Topics never become labels. Invariant per consumer:
+//! `received = processed + dropped + backlog + in_flight`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use metrics::{Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+
+/// `hub_consumer_backlog_messages`
+pub const CONSUMER_BACKLOG: &str = "hub_consumer_backlog_messages";
+/// `hub_consumer_in_flight_messages`
+pub const CONSUMER_IN_FLIGHT: &str = "hub_consumer_in_flight_messages";
+/// `hub_consumer_oldest_message_age_seconds`
+pub const CONSUMER_OLDEST_AGE: &str = "hub_consumer_oldest_message_age_seconds";
+/// `hub_consumer_catch_up_seconds`
+pub const CONSUMER_CATCH_UP: &str = "hub_consumer_catch_up_seconds";
+/// `hub_consumer_received_messages_total`
+pub const CONSUMER_RECEIVED: &str = "hub_consumer_received_messages_total";
+/// `hub_consumer_processed_messages_total`
+pub const CONSUMER_PROCESSED: &str = "hub_consumer_processed_messages_total";
+/// `hub_consumer_dropped_messages_total`
+pub const CONSUMER_DROPPED: &str = "hub_consumer_dropped_messages_total";
+/// `hub_consumer_processing_duration_seconds`
+pub const CONSUMER_DURATION: &str = "hub_consumer_processing_duration_seconds";
+/// `hub_consumer_queue_wait_seconds`
+pub const CONSUMER_QUEUE_WAIT: &str = "hub_consumer_queue_wait_seconds";
+/// `hub_backend_received_messages_total`
+pub const BACKEND_RECEIVED: &str = "hub_backend_received_messages_total";
+/// `hub_backend_published_messages_total`
+pub const BACKEND_PUBLISHED: &str = "hub_backend_published_messages_total";
+/// `hub_backend_invalid_messages_total`
+pub const BACKEND_INVALID: &str = "hub_backend_invalid_messages_total";
+/// `hub_backend_connected`
+pub const BACKEND_CONNECTED: &str = "hub_backend_connected";
+/// `hub_dispatcher_unrouted_messages_total`
+pub const DISPATCHER_UNROUTED: &str = "hub_dispatcher_unrouted_messages_total";
+
+/// Histogram buckets (seconds) for the two `_seconds` histograms: 50 µs to 5 min.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// Registers HELP text for every metric with the installed recorder. Call after installing it.
+pub fn describe() {
+    describe_gauge!(CONSUMER_BACKLOG, Unit::Count, "Messages queued for the consumer, not yet started.");
+    describe_gauge!(CONSUMER_IN_FLIGHT, Unit::Count, "Messages the consumer is handling now.");
+    describe_gauge!(CONSUMER_OLDEST_AGE, Unit::Seconds, "How long the oldest queued message has waited (0 when the queue is empty).");
+    describe_gauge!(CONSUMER_CATCH_UP, Unit::Seconds, "Backlog divided by the recent completion rate (0 when empty, +Inf while nothing completes).");
+    describe_counter!(CONSUMER_RECEIVED, Unit::Count, "Messages routed to the consumer.");
+    describe_counter!(CONSUMER_PROCESSED, Unit::Count, "Messages the consumer finished, by outcome.");
+    describe_counter!(CONSUMER_DROPPED, Unit::Count, "Messages dropped because the consumer's queue was full.");
+    describe_histogram!(CONSUMER_DURATION, Unit::Seconds, "Time spent handling one message.");
+    describe_histogram!(CONSUMER_QUEUE_WAIT, Unit::Seconds, "Time a message waited in the consumer's queue.");
+    describe_counter!(BACKEND_RECEIVED, Unit::Count, "Messages the backend delivered into the hub.");
+    describe_counter!(BACKEND_PUBLISHED, Unit::Count, "Messages published through the backend.");
+    describe_counter!(BACKEND_INVALID, Unit::Count, "Malformed messages the backend rejected.");
+    describe_gauge!(BACKEND_CONNECTED, Unit::Count, "1 while the backend is connected, else 0.");
+    describe_counter!(DISPATCHER_UNROUTED, Unit::Count, "Messages that matched no consumer.");
+}
+
+/// One consumer's series.
+#[derive(Clone)]
+pub(crate) struct ConsumerMetrics {
+    pub backlog: Gauge,
+    pub in_flight: Gauge,
+    pub oldest_age: Gauge,
+    pub catch_up: Gauge,
+    pub received: Counter,
+    pub ok: Counter,
+    pub error: Counter,
+    pub timeout: Counter,
+    pub panic: Counter,
+    pub dropped: Counter,
+    pub duration: Histogram,
+    pub queue_wait: Histogram,
+}
+
+impl ConsumerMetrics {
+    pub fn register(consumer: &str) -> Self {
+        let processed = |outcome: &'static str| {
+            counter!(CONSUMER_PROCESSED, "consumer" => consumer.to_owned(), "outcome" => outcome)
+        };
+        let m = Self {
+            backlog: gauge!(CONSUMER_BACKLOG, "consumer" => consumer.to_owned()),
+            in_flight: gauge!(CONSUMER_IN_FLIGHT, "consumer" => consumer.to_owned()),
+            oldest_age: gauge!(CONSUMER_OLDEST_AGE, "consumer" => consumer.to_owned()),
+            catch_up: gauge!(CONSUMER_CATCH_UP, "consumer" => consumer.to_owned()),
+            received: counter!(CONSUMER_RECEIVED, "consumer" => consumer.to_owned()),
+            ok: processed("ok"),
+            error: processed("error"),
+            timeout: processed("timeout"),
+            panic: processed("panic"),
+            dropped: counter!(CONSUMER_DROPPED, "consumer" => consumer.to_owned(), "reason" => "queue_full"),
+            duration: histogram!(CONSUMER_DURATION, "consumer" => consumer.to_owned()),
+            queue_wait: histogram!(CONSUMER_QUEUE_WAIT, "consumer" => consumer.to_owned()),
+        };
+        // Series appear only once they hold a value: show every consumer from the start.
+        for g in [&m.backlog, &m.in_flight, &m.oldest_age, &m.catch_up] {
+            g.set(0.0);
+        }
+        for c in [&m.received, &m.ok, &m.error, &m.timeout, &m.panic, &m.dropped] {
+            c.increment(0);
+        }
+        m
+    }
+}
+
+/// One backend's series and connection state. Cheap to clone.
+#[derive(Clone)]
+pub struct BackendMetrics {
+    pub(crate) received: Counter,
+    pub(crate) published: Counter,
+    invalid: Counter,
+    connected_gauge: Gauge,
+    connected: Arc<AtomicBool>,
+}
+
+impl BackendMetrics {
+    /// Registers the series for backend `id` with the current recorder.
+    pub fn register(id: &str) -> Self {
+        let m = Self {
+            received: counter!(BACKEND_RECEIVED, "backend" => id.to_owned()),
+            published: counter!(BACKEND_PUBLISHED, "backend" => id.to_owned()),
+            invalid: counter!(BACKEND_INVALID, "backend" => id.to_owned()),
+            connected_gauge: gauge!(BACKEND_CONNECTED, "backend" => id.to_owned()),
+            connected: Arc::new(AtomicBool::new(false)),
+        };
+        m.received.increment(0);
+        m.published.increment(0);
+        m.invalid.increment(0);
+        m.connected_gauge.set(0.0);
+        m
+    }
+
+    /// Records whether the backend is connected (gauge and readiness).
+    pub fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Relaxed);
+        self.connected_gauge.set(if up { 1.0 } else { 0.0 });
+    }
+
+    /// Whether the backend last said it was connected.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Counts one malformed message the backend rejected.
+    pub fn invalid(&self) {
+        self.invalid.increment(1);
+    }
+}

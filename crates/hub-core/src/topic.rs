@@ -1,0 +1,270 @@
+//! Topic patterns with AMQP topic-exchange semantics.
+//!
+//! A topic is a string of words separated by `.`. In a pattern, `*` stands for exactly one word
+//! and `#` for zero or more words: `a.#` matches `a`, `a.b` and `a.b.c`; `#.b` matches `b`;
+//! `#` matches every topic. The empty topic has zero words.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A compiled topic pattern. Matching allocates nothing.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Pattern {
+    source: Box<str>,
+    words: Box<[Word]>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+enum Word {
+    Literal(Box<str>),
+    /// `*`: exactly one word.
+    One,
+    /// `#`: zero or more words.
+    Many,
+}
+
+/// Why a pattern was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    /// The pattern is the empty string.
+    #[error("invalid topic pattern \"\": a pattern needs at least one word (use \"#\" for every topic)")]
+    Empty,
+    /// Two dots in a row, or a leading or trailing dot.
+    #[error("invalid topic pattern {pattern:?}: word {position} is empty (words are separated by single dots)")]
+    EmptyWord {
+        /// The pattern as written.
+        pattern: String,
+        /// One-based position of the empty word.
+        position: usize,
+    },
+    /// A wildcard mixed with other characters in one word, such as `*x` or `a#`.
+    #[error("invalid topic pattern {pattern:?}: word {word:?} mixes a wildcard with other characters (`*` and `#` must be whole words)")]
+    PartialWildcard {
+        /// The pattern as written.
+        pattern: String,
+        /// The offending word.
+        word: String,
+    },
+}
+
+impl Pattern {
+    /// Compiles a pattern.
+    ///
+    /// # Errors
+    /// [`PatternError`] for an empty pattern, an empty word (`a..b`, `.a`, `a.`) or a wildcard that
+    /// is not a whole word (`*x`).
+    pub fn new(pattern: &str) -> Result<Self, PatternError> {
+        if pattern.is_empty() {
+            return Err(PatternError::Empty);
+        }
+        let mut words: Vec<Word> = Vec::new();
+        for (i, w) in pattern.split('.').enumerate() {
+            let word = match w {
+                "" => {
+                    return Err(PatternError::EmptyWord {
+                        pattern: pattern.to_owned(),
+                        position: i + 1,
+                    });
+                }
+                "*" => Word::One,
+                "#" => Word::Many,
+                w if w.contains(['*', '#']) => {
+                    return Err(PatternError::PartialWildcard {
+                        pattern: pattern.to_owned(),
+                        word: w.to_owned(),
+                    });
+                }
+                w => Word::Literal(w.into()),
+            };
+            // `#.#` means the same as `#`: keep one, so matching never backtracks over both.
+            if word == Word::Many && words.last() == Some(&Word::Many) {
+                continue;
+            }
+            words.push(word);
+        }
+        Ok(Self {
+            source: pattern.into(),
+            words: words.into(),
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// True when the pattern has no wildcard.
+    pub fn is_literal(&self) -> bool {
+        self.words.iter().all(|w| matches!(w, Word::Literal(_)))
+    }
+
+    /// The longest byte prefix every matching topic starts with: the literal words before the first
+    /// wildcard, with the separating dot when a `*` follows (it needs one more word) and without it
+    /// when a `#` follows (it may match none). `""` when the pattern starts with a wildcard.
+    /// Prefix-filtering transports (ZeroMQ SUB sockets) subscribe to this.
+    pub fn prefix(&self) -> String {
+        let mut out = String::new();
+        for (i, w) in self.words.iter().enumerate() {
+            match w {
+                Word::Literal(l) => {
+                    if i > 0 {
+                        out.push('.');
+                    }
+                    out.push_str(l);
+                }
+                Word::One => {
+                    if i > 0 {
+                        out.push('.');
+                    }
+                    break;
+                }
+                Word::Many => break,
+            }
+        }
+        out
+    }
+
+    /// Does `topic` match this pattern?
+    pub fn matches(&self, topic: &str) -> bool {
+        self.matches_words(&TopicWords::new(topic))
+    }
+
+    /// Does a topic already split into words match? Split once, match against many patterns.
+    pub fn matches_words(&self, topic: &TopicWords<'_>) -> bool {
+        match topic.as_slice() {
+            Some(words) => match_slice(&self.words, words),
+            None => {
+                let all: Vec<&str> = split(topic.topic).collect();
+                match_slice(&self.words, &all)
+            }
+        }
+    }
+}
+
+/// Wildcard matching over words: `*` is one word, `#` any number, with a single backtrack point
+/// (the last `#` seen), which is exact for these two wildcards.
+fn match_slice(pat: &[Word], topic: &[&str]) -> bool {
+    let (mut p, mut i) = (0, 0);
+    let mut hash: Option<(usize, usize)> = None;
+    loop {
+        if let Some(Word::Many) = pat.get(p) {
+            hash = Some((p + 1, i));
+            p += 1;
+            continue;
+        }
+        if i == topic.len() {
+            return p == pat.len();
+        }
+        let step = match pat.get(p) {
+            Some(Word::One) => true,
+            Some(Word::Literal(l)) => **l == *topic[i],
+            _ => false,
+        };
+        if step {
+            p += 1;
+            i += 1;
+            continue;
+        }
+        match hash {
+            // Let the last `#` swallow one more word and retry after it.
+            Some((after, from)) if from < topic.len() => {
+                hash = Some((after, from + 1));
+                p = after;
+                i = from + 1;
+            }
+            _ => return false,
+        }
+    }
+}
+
+const INLINE_WORDS: usize = 32;
+
+/// A topic split into words on the stack (no allocation up to 32 words). The empty topic has
+/// no words.
+pub struct TopicWords<'a> {
+    topic: &'a str,
+    words: [&'a str; INLINE_WORDS],
+    len: usize,
+    overflow: bool,
+}
+
+impl<'a> TopicWords<'a> {
+    /// Splits `topic` on `.`.
+    pub fn new(topic: &'a str) -> Self {
+        let mut words = [""; INLINE_WORDS];
+        let mut len = 0;
+        let mut overflow = false;
+        for w in split(topic) {
+            if len == INLINE_WORDS {
+                overflow = true;
+                break;
+            }
+            words[len] = w;
+            len += 1;
+        }
+        Self { topic, words, len, overflow }
+    }
+
+    fn as_slice(&self) -> Option<&[&'a str]> {
+        (!self.overflow).then(|| &self.words[..self.len])
+    }
+}
+
+/// Splits on `.` with a plain byte scan (topics are short; `str::split` costs more to set up).
+fn split(topic: &str) -> impl Iterator<Item = &str> {
+    let bytes = topic.as_bytes();
+    let mut start = 0;
+    let mut done = topic.is_empty();
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let mut end = start;
+        while end < bytes.len() && bytes[end] != b'.' {
+            end += 1;
+        }
+        // `.` is ASCII, so both ends fall on character boundaries.
+        let word = topic.get(start..end).unwrap_or_default();
+        if end >= bytes.len() {
+            done = true;
+        } else {
+            start = end + 1;
+        }
+        Some(word)
+    })
+}
+
+impl FromStr for Pattern {
+    type Err = PatternError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+impl fmt::Debug for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pattern({:?})", self.source)
+    }
+}
+
+impl serde::Serialize for Pattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Pattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests;
