@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hub_core::metrics::DURATION_BUCKETS;
 use hub_core::{
-    BackendMetrics, CancellationToken, ConsumeError, Consumer, ConsumerOptions, Context, Delivery, Dispatcher, Intake,
-    MemoryBackend, Message, Pattern, Publisher, Resources, TopicWords, async_trait,
+    BackendMetrics, CancellationToken, ConsumeError, Consumer, ConsumerOptions, Context, Delivery,
+    Dispatcher, Intake, MemoryBackend, Message, Pattern, Publisher, Resources, TopicWords,
+    async_trait,
 };
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -30,7 +31,10 @@ impl Consumer for Count {
     }
 }
 
-fn hub(rt: &tokio::runtime::Runtime, consumers: usize) -> (Intake, Vec<Arc<AtomicU64>>, Dispatcher) {
+fn hub(
+    rt: &tokio::runtime::Runtime,
+    consumers: usize,
+) -> (Intake, Vec<Arc<AtomicU64>>, Dispatcher) {
     let _guard = rt.enter();
     let mut b = Dispatcher::builder();
     let bm = BackendMetrics::register("bench");
@@ -40,8 +44,19 @@ fn hub(rt: &tokio::runtime::Runtime, consumers: usize) -> (Intake, Vec<Arc<Atomi
     for i in 0..consumers {
         let c = Arc::new(AtomicU64::new(0));
         counts.push(Arc::clone(&c));
-        let cx = Context::new(format!("c{i}"), Publisher::new(Arc::clone(&mem), bm.clone()), Resources::new(), CancellationToken::new());
-        b.consumer(backend, vec![Pattern::new("org.fedoraproject.#").unwrap()], ConsumerOptions::default(), Arc::new(Count(c)), cx);
+        let cx = Context::new(
+            format!("c{i}"),
+            Publisher::new(Arc::clone(&mem), bm.clone()),
+            Resources::new(),
+            CancellationToken::new(),
+        );
+        b.consumer(
+            backend,
+            vec![Pattern::new("org.fedoraproject.#").unwrap()],
+            ConsumerOptions::default(),
+            Arc::new(Count(c)),
+            cx,
+        );
     }
     let d = b.build();
     d.start();
@@ -55,8 +70,15 @@ async fn wait_all(counts: &[Arc<AtomicU64>], target: u64) {
 }
 
 fn dispatch(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let msg = Message::new("org.fedoraproject.prod.buildsys.build.state.change", json!({"build_id": 1, "name": "kernel", "owner": "someone"}));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let msg = Message::new(
+        "org.fedoraproject.prod.buildsys.build.state.change",
+        json!({"build_id": 1, "name": "kernel", "owner": "someone"}),
+    );
     let mut group = c.benchmark_group("dispatch");
     group.throughput(Throughput::Elements(BATCH));
     group.sample_size(20);
@@ -118,7 +140,9 @@ fn dispatch(c: &mut Criterion) {
 
 fn routing(c: &mut Criterion) {
     // 100 patterns of the shapes real configs use; a 6-word topic that matches a few of them.
-    let apps = ["buildsys", "bodhi", "copr", "pagure", "fas", "koschei", "mdapi", "anitya", "fmn", "badges"];
+    let apps = [
+        "buildsys", "bodhi", "copr", "pagure", "fas", "koschei", "mdapi", "anitya", "fmn", "badges",
+    ];
     let mut patterns = Vec::new();
     for (i, app) in apps.iter().enumerate() {
         patterns.push(format!("org.fedoraproject.prod.{app}.#"));
@@ -140,7 +164,10 @@ fn routing(c: &mut Criterion) {
         // As the dispatcher does: split the topic once, then match every pattern.
         b.iter(|| {
             let words = TopicWords::new(black_box(topic));
-            black_box(&patterns).iter().filter(|p| p.matches_words(&words)).count()
+            black_box(&patterns)
+                .iter()
+                .filter(|p| p.matches_words(&words))
+                .count()
         });
     });
 }
@@ -148,10 +175,10 @@ fn routing(c: &mut Criterion) {
 fn setup(c: &mut Criterion) {
     // Install once: a real recorder, with the hub's buckets (HUB_BENCH_NO_RECORDER=1 measures without).
     if std::env::var_os("HUB_BENCH_NO_RECORDER").is_none() {
-    let _ = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets(DURATION_BUCKETS)
-        .unwrap()
-        .install_recorder();
+        let _ = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets(DURATION_BUCKETS)
+            .unwrap()
+            .install_recorder();
     }
     dispatch(c);
     routing(c);

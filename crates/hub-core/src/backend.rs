@@ -16,7 +16,9 @@ use crate::{BackendError, ConsumerOptions, Intake, Message, Pattern, PublishErro
 /// arguments, say). Acknowledgements travel with each [`Delivery`] and are settled by the
 /// dispatcher, never by the backend itself.
 #[async_trait]
-#[diagnostic::on_unimplemented(note = "implement `hub_core::Backend` with `#[async_trait::async_trait]`")]
+#[diagnostic::on_unimplemented(
+    note = "implement `hub_core::Backend` with `#[async_trait::async_trait]`"
+)]
 pub trait Backend: Send + Sync + 'static {
     /// Connects, subscribes, and hands every message to `cx.intake` until `cx.shutdown` is
     /// cancelled; then stops taking new messages and returns. Publishing and settling deliveries

@@ -13,7 +13,9 @@ use crate::{BoxError, ConsumeError, Context, Message};
 /// flight at once, for slow HTTP peers); at the default N = 1 calls never overlap and messages
 /// arrive in order. Keep mutable state behind a `Mutex` or in atomics.
 #[async_trait]
-#[diagnostic::on_unimplemented(note = "implement `hub_core::Consumer` with `#[async_trait::async_trait]`")]
+#[diagnostic::on_unimplemented(
+    note = "implement `hub_core::Consumer` with `#[async_trait::async_trait]`"
+)]
 pub trait Consumer: Send + Sync + 'static {
     /// Runs once before the first message. An error stops the hub from starting.
     async fn start(&self, _cx: &Context) -> Result<(), BoxError> {

@@ -14,8 +14,8 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::dispatcher::BackendIndex;
 use crate::metrics::BackendMetrics;
 use crate::{
-    Backend, BackendContext, BackendError, BoxError, Consumer, ConsumerOptions, Context, Dispatcher, DrainReport,
-    Pattern, Producer, Publisher, Resources,
+    Backend, BackendContext, BackendError, BoxError, Consumer, ConsumerOptions, Context,
+    Dispatcher, DrainReport, Pattern, Producer, Publisher, Resources,
 };
 
 /// How one consumer is wired.
@@ -103,7 +103,12 @@ impl EngineBuilder {
     }
 
     /// Adds a producer publishing on `backend`.
-    pub fn producer(mut self, name: impl Into<String>, backend: impl Into<String>, producer: Arc<dyn Producer>) -> Self {
+    pub fn producer(
+        mut self,
+        name: impl Into<String>,
+        backend: impl Into<String>,
+        producer: Arc<dyn Producer>,
+    ) -> Self {
         self.producers.push((name.into(), backend.into(), producer));
         self
     }
@@ -119,7 +124,10 @@ impl EngineBuilder {
         let mut backends = Vec::new();
         for (id, backend) in self.backends {
             if !seen.insert(("backend", id.clone())) {
-                return Err(EngineError::Duplicate { what: "backend", name: id });
+                return Err(EngineError::Duplicate {
+                    what: "backend",
+                    name: id,
+                });
             }
             let metrics = BackendMetrics::register(&id);
             let index = builder.backend(metrics.clone());
@@ -142,7 +150,10 @@ impl EngineBuilder {
         };
         for (spec, consumer) in self.consumers {
             if !seen.insert(("consumer", spec.name.clone())) {
-                return Err(EngineError::Duplicate { what: "consumer", name: spec.name });
+                return Err(EngineError::Duplicate {
+                    what: "consumer",
+                    name: spec.name,
+                });
             }
             let b = find("consumer", &spec.name, &spec.backend)?;
             let cx = Context::new(
@@ -156,7 +167,10 @@ impl EngineBuilder {
         let mut producers = Vec::new();
         for (name, backend, producer) in self.producers {
             if !seen.insert(("producer", name.clone())) {
-                return Err(EngineError::Duplicate { what: "producer", name });
+                return Err(EngineError::Duplicate {
+                    what: "producer",
+                    name,
+                });
             }
             let b = find("producer", &name, &backend)?;
             let cx = Context::new(
@@ -232,7 +246,9 @@ impl Engine {
                     let _ = fatal.send(e);
                 }
             };
-            backend_tasks.push(tokio::spawn(task.instrument(info_span!("backend", backend = %b.id))));
+            backend_tasks.push(tokio::spawn(
+                task.instrument(info_span!("backend", backend = %b.id)),
+            ));
         }
         let mut producer_tasks = Vec::new();
         for (cx, producer) in self.producers.iter().cloned() {
@@ -344,7 +360,12 @@ impl RunningEngine {
     /// A cheap handle that answers [`readiness`](Self::readiness) from another task.
     pub fn readiness_probe(&self) -> ReadinessProbe {
         ReadinessProbe {
-            backends: self.engine.backends.iter().map(|b| (b.id.to_string(), b.metrics.clone())).collect(),
+            backends: self
+                .engine
+                .backends
+                .iter()
+                .map(|b| (b.id.to_string(), b.metrics.clone()))
+                .collect(),
             shutdown: self.engine.shutdown.clone(),
         }
     }
@@ -384,7 +405,10 @@ impl RunningEngine {
             warn!("Consumer stop hooks did not finish in time.");
         }
         for b in &self.engine.backends {
-            if tokio::time::timeout(Duration::from_secs(5), b.backend.close()).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), b.backend.close())
+                .await
+                .is_err()
+            {
                 warn!(backend = %b.id, "Backend did not close in time.");
             }
         }

@@ -43,24 +43,32 @@ mod context;
 mod dispatcher;
 mod engine;
 mod error;
+mod factory;
 pub mod memory;
 pub mod message;
 pub mod metrics;
 mod producer;
 pub mod topic;
 
+pub use crate::metrics::BackendMetrics;
 pub use async_trait::async_trait;
-pub use backend::{Acker, Backend, BackendContext, Delivery, Subscription, SubscriptionId, Verdict};
+pub use backend::{
+    Acker, Backend, BackendContext, Delivery, Subscription, SubscriptionId, Verdict,
+};
 pub use consumer::{Consumer, ConsumerOptions, WhenFull};
 pub use context::{Context, Publisher, Resources};
 pub use dispatcher::{
     BackendIndex, ConsumerState, Dispatcher, DispatcherBuilder, DrainReport, Intake, IntakeClosed,
 };
-pub use engine::{ConsumerSpec, Engine, EngineBuilder, EngineError, Readiness, ReadinessProbe, RunningEngine, ShutdownReport};
+pub use engine::{
+    ConsumerSpec, Engine, EngineBuilder, EngineError, Readiness, ReadinessProbe, RunningEngine,
+    ShutdownReport,
+};
 pub use error::{BackendError, BoxError, ConsumeError, ErrorKind, PublishError, ResultExt};
-pub use crate::metrics::BackendMetrics;
+pub use factory::duration;
+pub use factory::{BackendConfig, ConsumerConfig, MemoryConfig, ProducerConfig};
 pub use memory::MemoryBackend;
 pub use message::{DecodeError, Headers, Message, MessageBuilder};
 pub use producer::Producer;
-pub use topic::{Pattern, PatternError, TopicWords};
 pub use tokio_util::sync::CancellationToken;
+pub use topic::{Pattern, PatternError, TopicWords};

@@ -8,7 +8,9 @@ use std::sync::{Mutex, PoisonError};
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
-use crate::{Backend, BackendContext, BackendError, Delivery, Intake, Message, PublishError, Verdict};
+use crate::{
+    Backend, BackendContext, BackendError, Delivery, Intake, Message, PublishError, Verdict,
+};
 
 /// Loopback backend, `type = "memory"`: publish → deliver, in process.
 #[derive(Default)]
@@ -41,10 +43,13 @@ impl MemoryBackend {
 
     fn intake(&self) -> Result<Intake, PublishError> {
         let guard = self.intake.lock().unwrap_or_else(PoisonError::into_inner);
-        guard.as_ref().map(|(_, i)| i.clone()).ok_or_else(|| PublishError::Unavailable {
-            backend: "memory".into(),
-            reason: "the backend is not running".into(),
-        })
+        guard
+            .as_ref()
+            .map(|(_, i)| i.clone())
+            .ok_or_else(|| PublishError::Unavailable {
+                backend: "memory".into(),
+                reason: "the backend is not running".into(),
+            })
     }
 
     fn unavailable(e: crate::IntakeClosed) -> PublishError {
@@ -59,7 +64,10 @@ impl MemoryBackend {
     ///
     /// # Errors
     /// [`PublishError::Unavailable`] when the backend is not running.
-    pub async fn send_acked(&self, msg: Message) -> Result<oneshot::Receiver<Verdict>, PublishError> {
+    pub async fn send_acked(
+        &self,
+        msg: Message,
+    ) -> Result<oneshot::Receiver<Verdict>, PublishError> {
         let intake = self.intake()?;
         let (tx, rx) = oneshot::channel();
         let tx = Mutex::new(Some(tx));
@@ -79,10 +87,14 @@ impl MemoryBackend {
 #[async_trait]
 impl Backend for MemoryBackend {
     async fn run(&self, cx: BackendContext) -> Result<(), BackendError> {
-        *self.intake.lock().unwrap_or_else(PoisonError::into_inner) = Some((cx.id.to_string(), cx.intake.clone()));
+        *self.intake.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((cx.id.to_string(), cx.intake.clone()));
         cx.metrics.set_connected(true);
         cx.shutdown.cancelled().await;
-        self.intake.lock().unwrap_or_else(PoisonError::into_inner).take();
+        self.intake
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         cx.metrics.set_connected(false);
         Ok(())
     }
@@ -90,7 +102,9 @@ impl Backend for MemoryBackend {
     async fn publish(&self, msg: &Message) -> Result<(), PublishError> {
         let intake = self.intake()?;
         if let Some(r) = &self.record {
-            r.lock().unwrap_or_else(PoisonError::into_inner).push(msg.clone());
+            r.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(msg.clone());
         }
         intake
             .deliver(Delivery::new(msg.clone()))

@@ -208,11 +208,17 @@ mod tests {
             .header("sent-at", "2026-11-22T19:00:00+00:00")
             .build();
         let text = m.to_json();
-        assert!(text.contains(r#""timestamp":"2026-11-22T19:00:00.123456789Z""#), "{text}");
+        assert!(
+            text.contains(r#""timestamp":"2026-11-22T19:00:00.123456789Z""#),
+            "{text}"
+        );
         let back = Message::from_json(&text).unwrap();
         assert_eq!(back, m);
         assert_eq!(back.timestamp(), ts);
-        assert_eq!(back.header("sent-at"), Some(&json!("2026-11-22T19:00:00+00:00")));
+        assert_eq!(
+            back.header("sent-at"),
+            Some(&json!("2026-11-22T19:00:00+00:00"))
+        );
     }
 
     #[test]
@@ -224,9 +230,19 @@ mod tests {
 
     #[test]
     fn decode_gives_typed_struct_or_a_clear_error() {
-        let m = Message::builder("org.b", json!({"name": "n", "id": 3})).id("m-1").build();
-        assert_eq!(m.decode::<Build>().unwrap(), Build { name: "n".into(), id: 3 });
-        let bad = Message::builder("org.b", json!({"name": "n"})).id("m-2").build();
+        let m = Message::builder("org.b", json!({"name": "n", "id": 3}))
+            .id("m-1")
+            .build();
+        assert_eq!(
+            m.decode::<Build>().unwrap(),
+            Build {
+                name: "n".into(),
+                id: 3
+            }
+        );
+        let bad = Message::builder("org.b", json!({"name": "n"}))
+            .id("m-2")
+            .build();
         let err = bad.decode::<Build>().unwrap_err().to_string();
         assert!(err.contains("message m-2 on topic org.b"), "{err}");
         assert!(err.contains("missing field `id`"), "{err}");

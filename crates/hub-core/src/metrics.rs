@@ -28,7 +28,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use metrics::{Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{
+    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
+};
 
 /// `hub_consumer_backlog_messages`
 pub const CONSUMER_BACKLOG: &str = "hub_consumer_backlog_messages";
@@ -67,20 +70,76 @@ pub const DURATION_BUCKETS: &[f64] = &[
 
 /// Registers HELP text for every metric with the installed recorder. Call after installing it.
 pub fn describe() {
-    describe_gauge!(CONSUMER_BACKLOG, Unit::Count, "Messages queued for the consumer, not yet started.");
-    describe_gauge!(CONSUMER_IN_FLIGHT, Unit::Count, "Messages the consumer is handling now.");
-    describe_gauge!(CONSUMER_OLDEST_AGE, Unit::Seconds, "How long the oldest queued message has waited (0 when the queue is empty).");
-    describe_gauge!(CONSUMER_CATCH_UP, Unit::Seconds, "Backlog divided by the recent completion rate (0 when empty, +Inf while nothing completes).");
-    describe_counter!(CONSUMER_RECEIVED, Unit::Count, "Messages routed to the consumer.");
-    describe_counter!(CONSUMER_PROCESSED, Unit::Count, "Messages the consumer finished, by outcome.");
-    describe_counter!(CONSUMER_DROPPED, Unit::Count, "Messages dropped because the consumer's queue was full.");
-    describe_histogram!(CONSUMER_DURATION, Unit::Seconds, "Time spent handling one message.");
-    describe_histogram!(CONSUMER_QUEUE_WAIT, Unit::Seconds, "Time a message waited in the consumer's queue.");
-    describe_counter!(BACKEND_RECEIVED, Unit::Count, "Messages the backend delivered into the hub.");
-    describe_counter!(BACKEND_PUBLISHED, Unit::Count, "Messages published through the backend.");
-    describe_counter!(BACKEND_INVALID, Unit::Count, "Malformed messages the backend rejected.");
-    describe_gauge!(BACKEND_CONNECTED, Unit::Count, "1 while the backend is connected, else 0.");
-    describe_counter!(DISPATCHER_UNROUTED, Unit::Count, "Messages that matched no consumer.");
+    describe_gauge!(
+        CONSUMER_BACKLOG,
+        Unit::Count,
+        "Messages queued for the consumer, not yet started."
+    );
+    describe_gauge!(
+        CONSUMER_IN_FLIGHT,
+        Unit::Count,
+        "Messages the consumer is handling now."
+    );
+    describe_gauge!(
+        CONSUMER_OLDEST_AGE,
+        Unit::Seconds,
+        "How long the oldest queued message has waited (0 when the queue is empty)."
+    );
+    describe_gauge!(
+        CONSUMER_CATCH_UP,
+        Unit::Seconds,
+        "Backlog divided by the recent completion rate (0 when empty, +Inf while nothing completes)."
+    );
+    describe_counter!(
+        CONSUMER_RECEIVED,
+        Unit::Count,
+        "Messages routed to the consumer."
+    );
+    describe_counter!(
+        CONSUMER_PROCESSED,
+        Unit::Count,
+        "Messages the consumer finished, by outcome."
+    );
+    describe_counter!(
+        CONSUMER_DROPPED,
+        Unit::Count,
+        "Messages dropped because the consumer's queue was full."
+    );
+    describe_histogram!(
+        CONSUMER_DURATION,
+        Unit::Seconds,
+        "Time spent handling one message."
+    );
+    describe_histogram!(
+        CONSUMER_QUEUE_WAIT,
+        Unit::Seconds,
+        "Time a message waited in the consumer's queue."
+    );
+    describe_counter!(
+        BACKEND_RECEIVED,
+        Unit::Count,
+        "Messages the backend delivered into the hub."
+    );
+    describe_counter!(
+        BACKEND_PUBLISHED,
+        Unit::Count,
+        "Messages published through the backend."
+    );
+    describe_counter!(
+        BACKEND_INVALID,
+        Unit::Count,
+        "Malformed messages the backend rejected."
+    );
+    describe_gauge!(
+        BACKEND_CONNECTED,
+        Unit::Count,
+        "1 while the backend is connected, else 0."
+    );
+    describe_counter!(
+        DISPATCHER_UNROUTED,
+        Unit::Count,
+        "Messages that matched no consumer."
+    );
 }
 
 /// One consumer's series.
@@ -102,9 +161,7 @@ pub(crate) struct ConsumerMetrics {
 
 impl ConsumerMetrics {
     pub fn register(consumer: &str) -> Self {
-        let processed = |outcome: &'static str| {
-            counter!(CONSUMER_PROCESSED, "consumer" => consumer.to_owned(), "outcome" => outcome)
-        };
+        let processed = |outcome: &'static str| counter!(CONSUMER_PROCESSED, "consumer" => consumer.to_owned(), "outcome" => outcome);
         let m = Self {
             backlog: gauge!(CONSUMER_BACKLOG, "consumer" => consumer.to_owned()),
             in_flight: gauge!(CONSUMER_IN_FLIGHT, "consumer" => consumer.to_owned()),
@@ -123,7 +180,14 @@ impl ConsumerMetrics {
         for g in [&m.backlog, &m.in_flight, &m.oldest_age, &m.catch_up] {
             g.set(0.0);
         }
-        for c in [&m.received, &m.ok, &m.error, &m.timeout, &m.panic, &m.dropped] {
+        for c in [
+            &m.received,
+            &m.ok,
+            &m.error,
+            &m.timeout,
+            &m.panic,
+            &m.dropped,
+        ] {
             c.increment(0);
         }
         m

@@ -27,10 +27,14 @@ enum Word {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatternError {
     /// The pattern is the empty string.
-    #[error("invalid topic pattern \"\": a pattern needs at least one word (use \"#\" for every topic)")]
+    #[error(
+        "invalid topic pattern \"\": a pattern needs at least one word (use \"#\" for every topic)"
+    )]
     Empty,
     /// Two dots in a row, or a leading or trailing dot.
-    #[error("invalid topic pattern {pattern:?}: word {position} is empty (words are separated by single dots)")]
+    #[error(
+        "invalid topic pattern {pattern:?}: word {position} is empty (words are separated by single dots)"
+    )]
     EmptyWord {
         /// The pattern as written.
         pattern: String,
@@ -38,7 +42,9 @@ pub enum PatternError {
         position: usize,
     },
     /// A wildcard mixed with other characters in one word, such as `*x` or `a#`.
-    #[error("invalid topic pattern {pattern:?}: word {word:?} mixes a wildcard with other characters (`*` and `#` must be whole words)")]
+    #[error(
+        "invalid topic pattern {pattern:?}: word {word:?} mixes a wildcard with other characters (`*` and `#` must be whole words)"
+    )]
     PartialWildcard {
         /// The pattern as written.
         pattern: String,
@@ -202,7 +208,12 @@ impl<'a> TopicWords<'a> {
             words[len] = w;
             len += 1;
         }
-        Self { topic, words, len, overflow }
+        Self {
+            topic,
+            words,
+            len,
+            overflow,
+        }
     }
 
     fn as_slice(&self) -> Option<&[&'a str]> {

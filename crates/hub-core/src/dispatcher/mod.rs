@@ -17,7 +17,10 @@ use tracing::{debug, warn};
 
 use crate::metrics::{BackendMetrics, ConsumerMetrics, DISPATCHER_UNROUTED};
 use crate::topic::TopicWords;
-use crate::{Consumer, ConsumerOptions, Context, Delivery, Message, Pattern, Subscription, SubscriptionId, Verdict};
+use crate::{
+    Consumer, ConsumerOptions, Context, Delivery, Message, Pattern, Subscription, SubscriptionId,
+    Verdict,
+};
 use queue::{Offer, Queue, Queued};
 use rate::Rate;
 use ticket::{Settle, Ticket};
@@ -192,7 +195,8 @@ impl Intake {
                     let slot = &sh.slots[i];
                     if slot.wants(topic) {
                         matched = true;
-                        closed = closed.and(offer(slot, message.clone(), Settle::none(), now).await);
+                        closed =
+                            closed.and(offer(slot, message.clone(), Settle::none(), now).await);
                     }
                 }
                 if !matched {
@@ -213,7 +217,8 @@ impl Intake {
                 for &i in routes {
                     let slot = &sh.slots[i];
                     if slot.wants(topic) {
-                        closed = closed.and(offer(slot, message.clone(), Settle::of(&ticket), now).await);
+                        closed = closed
+                            .and(offer(slot, message.clone(), Settle::of(&ticket), now).await);
                     }
                 }
                 closed
@@ -227,7 +232,12 @@ impl Intake {
     }
 }
 
-async fn offer(slot: &Slot, message: Message, settle: Settle, now: Instant) -> Result<(), IntakeClosed> {
+async fn offer(
+    slot: &Slot,
+    message: Message,
+    settle: Settle,
+    now: Instant,
+) -> Result<(), IntakeClosed> {
     let item = Queued {
         message,
         settle,
@@ -315,7 +325,11 @@ impl Dispatcher {
 
     /// Spawns each consumer's workers on the current tokio runtime.
     pub fn start(&self) {
-        let mut workers = self.shared.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut workers = self
+            .shared
+            .workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         for (i, slot) in self.shared.slots.iter().enumerate() {
             for _ in 0..slot.options.concurrency {
                 let shared = Arc::clone(&self.shared);
@@ -337,12 +351,21 @@ impl Dispatcher {
     /// What is still unfinished then is cut off, settled as a retry, and reported.
     pub async fn drain(&self, grace: Duration) -> DrainReport {
         self.close_intake();
-        let workers: Vec<_> = std::mem::take(&mut *self.shared.workers.lock().unwrap_or_else(PoisonError::into_inner));
+        let workers: Vec<_> = std::mem::take(
+            &mut *self
+                .shared
+                .workers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         let deadline = Instant::now() + grace;
         let mut report = DrainReport::default();
         let mut pending = Vec::new();
         for (i, mut handle) in workers {
-            if tokio::time::timeout_at(deadline, &mut handle).await.is_err() {
+            if tokio::time::timeout_at(deadline, &mut handle)
+                .await
+                .is_err()
+            {
                 pending.push((i, handle));
             }
         }
@@ -352,7 +375,9 @@ impl Dispatcher {
                     let (queued, _) = slot.queue.snapshot();
                     let in_flight = slot.in_flight.load(Ordering::Relaxed);
                     warn!(consumer = %slot.name, queued, in_flight, "Shutdown grace expired; cutting off unfinished messages.");
-                    report.unfinished.push((slot.name.to_string(), queued, in_flight));
+                    report
+                        .unfinished
+                        .push((slot.name.to_string(), queued, in_flight));
                 }
             }
             for (_, handle) in &pending {

@@ -46,14 +46,22 @@ impl Rate {
 
 /// Seconds to work off `backlog`: 0 when empty; +Inf when nothing completes (never, or not for
 /// the longer of ten seconds and three mean service intervals); else backlog / rate.
-pub(crate) fn catch_up_seconds(backlog: usize, rate: f64, since_last_completion: Option<Duration>) -> f64 {
+pub(crate) fn catch_up_seconds(
+    backlog: usize,
+    rate: f64,
+    since_last_completion: Option<Duration>,
+) -> f64 {
     if backlog == 0 {
         return 0.0;
     }
     let Some(idle) = since_last_completion else {
         return f64::INFINITY;
     };
-    let patience = if rate > 0.0 { (3.0 / rate).max(TAU) } else { TAU };
+    let patience = if rate > 0.0 {
+        (3.0 / rate).max(TAU)
+    } else {
+        TAU
+    };
     if rate <= 0.0 || idle.as_secs_f64() > patience {
         return f64::INFINITY;
     }
@@ -88,9 +96,18 @@ mod tests {
     fn catch_up_cases() {
         assert_eq!(catch_up_seconds(0, 0.0, None), 0.0);
         assert_eq!(catch_up_seconds(5, 0.0, None), f64::INFINITY);
-        assert_eq!(catch_up_seconds(50, 10.0, Some(Duration::from_millis(50))), 5.0);
-        assert_eq!(catch_up_seconds(50, 10.0, Some(Duration::from_secs(11))), f64::INFINITY);
+        assert_eq!(
+            catch_up_seconds(50, 10.0, Some(Duration::from_millis(50))),
+            5.0
+        );
+        assert_eq!(
+            catch_up_seconds(50, 10.0, Some(Duration::from_secs(11))),
+            f64::INFINITY
+        );
         // A slow consumer (one message per 20 s) is not declared stuck after 15 s.
-        assert_eq!(catch_up_seconds(2, 0.05, Some(Duration::from_secs(15))), 40.0);
+        assert_eq!(
+            catch_up_seconds(2, 0.05, Some(Duration::from_secs(15))),
+            40.0
+        );
     }
 }

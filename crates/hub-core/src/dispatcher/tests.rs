@@ -73,7 +73,12 @@ fn rig(consumers: Vec<(&str, &[&str], ConsumerOptions, Arc<Probe>)>) -> Rig {
         let backend = b.backend(bm.clone());
         let mem: Arc<dyn crate::Backend> = Arc::new(MemoryBackend::new());
         for (name, patterns, options, consumer) in consumers {
-            let cx = Context::new(name, Publisher::new(Arc::clone(&mem), bm.clone()), Resources::new(), CancellationToken::new());
+            let cx = Context::new(
+                name,
+                Publisher::new(Arc::clone(&mem), bm.clone()),
+                Resources::new(),
+                CancellationToken::new(),
+            );
             let patterns = patterns.iter().map(|p| Pattern::new(p).unwrap()).collect();
             b.consumer(backend, patterns, options, consumer, cx);
         }
@@ -82,7 +87,12 @@ fn rig(consumers: Vec<(&str, &[&str], ConsumerOptions, Arc<Probe>)>) -> Rig {
         (d, intake)
     });
     dispatcher.start();
-    Rig { dispatcher, intake, metrics: handle, _recorder: recorder }
+    Rig {
+        dispatcher,
+        intake,
+        metrics: handle,
+        _recorder: recorder,
+    }
 }
 
 fn msg(i: u64) -> Message {
@@ -109,88 +119,165 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// Reads one sample from Prometheus text: `name{labels} value`, labels in any order.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
-        if n != name {
-            return None;
-        }
-        let body = rest.strip_suffix('}')?;
-        let have: Vec<(&str, &str)> = if body.is_empty() {
-            vec![]
-        } else {
-            body.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k, v.trim_matches('"'))).collect()
-        };
-        (have.len() == labels.len() && labels.iter().all(|l| have.contains(l))).then(|| match value {
-            "+Inf" => f64::INFINITY,
-            v => v.parse().unwrap_or(f64::NAN),
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+            if n != name {
+                return None;
+            }
+            let body = rest.strip_suffix('}')?;
+            let have: Vec<(&str, &str)> = if body.is_empty() {
+                vec![]
+            } else {
+                body.split(',')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k, v.trim_matches('"')))
+                    .collect()
+            };
+            (have.len() == labels.len() && labels.iter().all(|l| have.contains(l))).then(|| {
+                match value {
+                    "+Inf" => f64::INFINITY,
+                    v => v.parse().unwrap_or(f64::NAN),
+                }
+            })
         })
-    })
 }
 
 fn acker() -> (Box<dyn crate::Acker>, oneshot::Receiver<Verdict>) {
     let (tx, rx) = oneshot::channel();
     let tx = Mutex::new(Some(tx));
-    (Box::new(move |v: Verdict| { let _ = tx.lock().unwrap().take().map(|t| t.send(v)); }), rx)
+    (
+        Box::new(move |v: Verdict| {
+            let _ = tx.lock().unwrap().take().map(|t| t.send(v));
+        }),
+        rx,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_is_kept_at_concurrency_one_over_100k_messages() {
     let probe = Arc::new(Probe::default());
-    let r = rig(vec![("ordered", &["#"], opts(|o| o.queue_capacity = 512), Arc::clone(&probe))]);
+    let r = rig(vec![(
+        "ordered",
+        &["#"],
+        opts(|o| o.queue_capacity = 512),
+        Arc::clone(&probe),
+    )]);
     for i in 0..100_000 {
         r.intake.deliver(Delivery::new(msg(i))).await.unwrap();
     }
     assert!(r.dispatcher.drain(Duration::from_secs(30)).await.is_clean());
     let seen = probe.seen.lock().unwrap();
     assert_eq!(seen.len(), 100_000);
-    assert!(seen.iter().copied().eq(0..100_000), "messages were reordered");
+    assert!(
+        seen.iter().copied().eq(0..100_000),
+        "messages were reordered"
+    );
     assert_eq!(probe.max_running.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_n_really_runs_n_at_once() {
     // Each call waits at a barrier of 4: the test only finishes if 4 calls are in flight together.
-    let probe = Arc::new(Probe { barrier: Some(Arc::new(Barrier::new(4))), ..Probe::default() });
-    let r = rig(vec![("wide", &["#"], opts(|o| o.concurrency = 4), Arc::clone(&probe))]);
+    let probe = Arc::new(Probe {
+        barrier: Some(Arc::new(Barrier::new(4))),
+        ..Probe::default()
+    });
+    let r = rig(vec![(
+        "wide",
+        &["#"],
+        opts(|o| o.concurrency = 4),
+        Arc::clone(&probe),
+    )]);
     for i in 0..16 {
         r.intake.deliver(Delivery::new(msg(i))).await.unwrap();
     }
-    wait_for("16 messages through a 4-wide barrier", || probe.seen.lock().unwrap().len() == 16).await;
-    assert_eq!(probe.max_running.load(Ordering::SeqCst), 4, "never more than 4 at once");
+    wait_for("16 messages through a 4-wide barrier", || {
+        probe.seen.lock().unwrap().len() == 16
+    })
+    .await;
+    assert_eq!(
+        probe.max_running.load(Ordering::SeqCst),
+        4,
+        "never more than 4 at once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_does_not_slow_a_fast_one() {
-    let slow = Arc::new(Probe { delay: Some(Duration::from_millis(10)), ..Probe::default() });
+    let slow = Arc::new(Probe {
+        delay: Some(Duration::from_millis(10)),
+        ..Probe::default()
+    });
     let fast = Arc::new(Probe::default());
     let r = rig(vec![
-        ("slow", &["org.#"], opts(|o| o.queue_capacity = 20_000), Arc::clone(&slow)),
-        ("fast", &["org.#"], ConsumerOptions::default(), Arc::clone(&fast)),
+        (
+            "slow",
+            &["org.#"],
+            opts(|o| o.queue_capacity = 20_000),
+            Arc::clone(&slow),
+        ),
+        (
+            "fast",
+            &["org.#"],
+            ConsumerOptions::default(),
+            Arc::clone(&fast),
+        ),
     ]);
     let started = Instant::now();
     for i in 0..10_000 {
         r.intake.deliver(Delivery::new(msg(i))).await.unwrap();
     }
-    wait_for("fast consumer to finish 10k", || fast.seen.lock().unwrap().len() == 10_000).await;
+    wait_for("fast consumer to finish 10k", || {
+        fast.seen.lock().unwrap().len() == 10_000
+    })
+    .await;
     let elapsed = started.elapsed();
     let s = state(&r.dispatcher, "slow");
     // At 10 ms a message the slow one cannot have done more than elapsed/10ms (+1 in flight).
     let slow_done = slow.seen.lock().unwrap().len();
-    assert!(s.backlog > 0, "slow consumer should still have a backlog: {s:?}");
-    assert!(slow_done as u128 <= elapsed.as_millis() / 10 + 1, "slow did {slow_done} in {elapsed:?}");
-    assert!(s.backlog + slow_done + s.in_flight == 10_000, "{s:?} done={slow_done}");
-    assert!(s.oldest_age > Duration::ZERO && s.catch_up_seconds > 0.0, "{s:?}");
+    assert!(
+        s.backlog > 0,
+        "slow consumer should still have a backlog: {s:?}"
+    );
+    assert!(
+        slow_done as u128 <= elapsed.as_millis() / 10 + 1,
+        "slow did {slow_done} in {elapsed:?}"
+    );
+    assert!(
+        s.backlog + slow_done + s.in_flight == 10_000,
+        "{s:?} done={slow_done}"
+    );
+    assert!(
+        s.oldest_age > Duration::ZERO && s.catch_up_seconds > 0.0,
+        "{s:?}"
+    );
     assert_eq!(state(&r.dispatcher, "fast").backlog, 0);
 }
 
 /// One gated consumer with room for 4: message 0 is taken (in flight), then `extra` more arrive.
 async fn gated(policy: WhenFull, extra: u64) -> (Rig, Arc<Probe>, Arc<Semaphore>) {
     let gate = Arc::new(Semaphore::new(0));
-    let probe = Arc::new(Probe { gate: Some(Arc::clone(&gate)), ..Probe::default() });
-    let r = rig(vec![("gated", &["#"], opts(|o| { o.queue_capacity = 4; o.when_full = policy; }), Arc::clone(&probe))]);
+    let probe = Arc::new(Probe {
+        gate: Some(Arc::clone(&gate)),
+        ..Probe::default()
+    });
+    let r = rig(vec![(
+        "gated",
+        &["#"],
+        opts(|o| {
+            o.queue_capacity = 4;
+            o.when_full = policy;
+        }),
+        Arc::clone(&probe),
+    )]);
     r.intake.deliver(Delivery::new(msg(0))).await.unwrap();
-    wait_for("first message in flight", || state(&r.dispatcher, "gated").in_flight == 1).await;
+    wait_for("first message in flight", || {
+        state(&r.dispatcher, "gated").in_flight == 1
+    })
+    .await;
     for i in 1..=extra {
         r.intake.deliver(Delivery::new(msg(i))).await.unwrap();
     }
@@ -202,9 +289,31 @@ async fn drop_newest_drops_exactly_the_overflow() {
     let (r, probe, gate) = gated(WhenFull::DropNewest, 9).await;
     r.dispatcher.refresh_gauges();
     let text = r.metrics.render();
-    assert_eq!(sample(&text, "hub_consumer_dropped_messages_total", &[("consumer", "gated"), ("reason", "queue_full")]), Some(5.0), "{text}");
-    assert_eq!(sample(&text, "hub_consumer_received_messages_total", &[("consumer", "gated")]), Some(10.0));
-    assert_eq!(sample(&text, "hub_consumer_backlog_messages", &[("consumer", "gated")]), Some(4.0));
+    assert_eq!(
+        sample(
+            &text,
+            "hub_consumer_dropped_messages_total",
+            &[("consumer", "gated"), ("reason", "queue_full")]
+        ),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "hub_consumer_received_messages_total",
+            &[("consumer", "gated")]
+        ),
+        Some(10.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "hub_consumer_backlog_messages",
+            &[("consumer", "gated")]
+        ),
+        Some(4.0)
+    );
     gate.add_permits(100);
     assert!(r.dispatcher.drain(Duration::from_secs(5)).await.is_clean());
     assert_eq!(*probe.seen.lock().unwrap(), vec![0, 1, 2, 3, 4]);
@@ -214,7 +323,14 @@ async fn drop_newest_drops_exactly_the_overflow() {
 async fn drop_oldest_keeps_the_newest() {
     let (r, probe, gate) = gated(WhenFull::DropOldest, 9).await;
     let text = r.metrics.render();
-    assert_eq!(sample(&text, "hub_consumer_dropped_messages_total", &[("consumer", "gated"), ("reason", "queue_full")]), Some(5.0));
+    assert_eq!(
+        sample(
+            &text,
+            "hub_consumer_dropped_messages_total",
+            &[("consumer", "gated"), ("reason", "queue_full")]
+        ),
+        Some(5.0)
+    );
     gate.add_permits(100);
     assert!(r.dispatcher.drain(Duration::from_secs(5)).await.is_clean());
     assert_eq!(*probe.seen.lock().unwrap(), vec![0, 6, 7, 8, 9]);
@@ -226,83 +342,223 @@ async fn block_pauses_intake_until_there_is_room() {
     let intake = r.intake.clone();
     let mut sixth = tokio::spawn(async move { intake.deliver(Delivery::new(msg(5))).await });
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), &mut sixth).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(300), &mut sixth)
+            .await
+            .is_err(),
         "delivery into a full `block` queue must wait"
     );
     gate.add_permits(1);
-    tokio::time::timeout(Duration::from_secs(5), sixth).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), sixth)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     gate.add_permits(100);
     assert!(r.dispatcher.drain(Duration::from_secs(5)).await.is_clean());
     assert_eq!(*probe.seen.lock().unwrap(), vec![0, 1, 2, 3, 4, 5]);
     let text = r.metrics.render();
-    assert_eq!(sample(&text, "hub_consumer_dropped_messages_total", &[("consumer", "gated"), ("reason", "queue_full")]), Some(0.0));
+    assert_eq!(
+        sample(
+            &text,
+            "hub_consumer_dropped_messages_total",
+            &[("consumer", "gated"), ("reason", "queue_full")]
+        ),
+        Some(0.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_timeout_and_panic_are_counted_and_the_consumer_keeps_going() {
     let probe = Arc::new(Probe::default());
-    let r = rig(vec![("flaky", &["#"], opts(|o| o.timeout = Some(Duration::from_millis(100))), Arc::clone(&probe))]);
-    let bodies = [json!({"i": 1}), json!({"do": "fail"}), json!({"do": "invalid"}), json!({"do": "panic"}), json!({"do": "hang"}), json!({"i": 2})];
+    let r = rig(vec![(
+        "flaky",
+        &["#"],
+        opts(|o| o.timeout = Some(Duration::from_millis(100))),
+        Arc::clone(&probe),
+    )]);
+    let bodies = [
+        json!({"i": 1}),
+        json!({"do": "fail"}),
+        json!({"do": "invalid"}),
+        json!({"do": "panic"}),
+        json!({"do": "hang"}),
+        json!({"i": 2}),
+    ];
     let mut verdicts = Vec::new();
     for body in bodies {
         let (a, rx) = acker();
-        r.intake.deliver(Delivery::with_acker(Message::new("t", body), a)).await.unwrap();
+        r.intake
+            .deliver(Delivery::with_acker(Message::new("t", body), a))
+            .await
+            .unwrap();
         verdicts.push(rx);
     }
     let mut got = Vec::new();
     for rx in verdicts {
-        got.push(tokio::time::timeout(Duration::from_secs(5), rx).await.unwrap().unwrap());
+        got.push(
+            tokio::time::timeout(Duration::from_secs(5), rx)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
     }
     assert_eq!(got[0], Verdict::Ack);
-    assert!(matches!(&got[1], Verdict::Retry { reason } if reason.contains("database down")), "{:?}", got[1]);
-    assert!(matches!(&got[2], Verdict::Reject { reason } if reason.contains("no such build")), "{:?}", got[2]);
-    assert!(matches!(&got[3], Verdict::Retry { reason } if reason.contains("panicked: consumer bug")), "{:?}", got[3]);
-    assert!(matches!(&got[4], Verdict::Retry { reason } if reason.contains("timed out")), "{:?}", got[4]);
+    assert!(
+        matches!(&got[1], Verdict::Retry { reason } if reason.contains("database down")),
+        "{:?}",
+        got[1]
+    );
+    assert!(
+        matches!(&got[2], Verdict::Reject { reason } if reason.contains("no such build")),
+        "{:?}",
+        got[2]
+    );
+    assert!(
+        matches!(&got[3], Verdict::Retry { reason } if reason.contains("panicked: consumer bug")),
+        "{:?}",
+        got[3]
+    );
+    assert!(
+        matches!(&got[4], Verdict::Retry { reason } if reason.contains("timed out")),
+        "{:?}",
+        got[4]
+    );
     assert_eq!(got[5], Verdict::Ack);
-    assert_eq!(*probe.seen.lock().unwrap(), vec![1, 2], "the consumer kept going after each failure");
+    assert_eq!(
+        *probe.seen.lock().unwrap(),
+        vec![1, 2],
+        "the consumer kept going after each failure"
+    );
     let text = r.metrics.render();
-    let outcome = |o: &str| sample(&text, "hub_consumer_processed_messages_total", &[("consumer", "flaky"), ("outcome", o)]);
-    assert_eq!((outcome("ok"), outcome("error"), outcome("timeout"), outcome("panic")), (Some(2.0), Some(2.0), Some(1.0), Some(1.0)), "{text}");
+    let outcome = |o: &str| {
+        sample(
+            &text,
+            "hub_consumer_processed_messages_total",
+            &[("consumer", "flaky"), ("outcome", o)],
+        )
+    };
+    assert_eq!(
+        (
+            outcome("ok"),
+            outcome("error"),
+            outcome("timeout"),
+            outcome("panic")
+        ),
+        (Some(2.0), Some(2.0), Some(1.0), Some(1.0)),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ack_only_after_every_matching_consumer_finished() {
     let gate = Arc::new(Semaphore::new(0));
-    let slow = Arc::new(Probe { gate: Some(Arc::clone(&gate)), ..Probe::default() });
+    let slow = Arc::new(Probe {
+        gate: Some(Arc::clone(&gate)),
+        ..Probe::default()
+    });
     let fast = Arc::new(Probe::default());
     let other = Arc::new(Probe::default());
     let r = rig(vec![
-        ("slow", &["org.*.event"], ConsumerOptions::default(), Arc::clone(&slow)),
-        ("fast", &["org.#"], ConsumerOptions::default(), Arc::clone(&fast)),
-        ("other", &["com.#"], ConsumerOptions::default(), Arc::clone(&other)),
+        (
+            "slow",
+            &["org.*.event"],
+            ConsumerOptions::default(),
+            Arc::clone(&slow),
+        ),
+        (
+            "fast",
+            &["org.#"],
+            ConsumerOptions::default(),
+            Arc::clone(&fast),
+        ),
+        (
+            "other",
+            &["com.#"],
+            ConsumerOptions::default(),
+            Arc::clone(&other),
+        ),
     ]);
     let (a, mut rx) = acker();
-    r.intake.deliver(Delivery::with_acker(msg(7), a)).await.unwrap();
-    wait_for("fast consumer done", || fast.seen.lock().unwrap().len() == 1).await;
+    r.intake
+        .deliver(Delivery::with_acker(msg(7), a))
+        .await
+        .unwrap();
+    wait_for("fast consumer done", || {
+        fast.seen.lock().unwrap().len() == 1
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(rx.try_recv().is_err(), "settled before the slow consumer finished");
+    assert!(
+        rx.try_recv().is_err(),
+        "settled before the slow consumer finished"
+    );
     gate.add_permits(1);
-    assert_eq!(tokio::time::timeout(Duration::from_secs(5), rx).await.unwrap().unwrap(), Verdict::Ack);
-    assert!(other.seen.lock().unwrap().is_empty(), "non-matching consumer got the message");
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .unwrap()
+            .unwrap(),
+        Verdict::Ack
+    );
+    assert!(
+        other.seen.lock().unwrap().is_empty(),
+        "non-matching consumer got the message"
+    );
 
     // One failure among the matching consumers decides the verdict.
     let (a, rx) = acker();
-    r.intake.deliver(Delivery::with_acker(Message::new("org.x.event", json!({"do": "invalid"})), a)).await.unwrap();
+    r.intake
+        .deliver(Delivery::with_acker(
+            Message::new("org.x.event", json!({"do": "invalid"})),
+            a,
+        ))
+        .await
+        .unwrap();
     gate.add_permits(1);
-    assert!(matches!(tokio::time::timeout(Duration::from_secs(5), rx).await.unwrap().unwrap(), Verdict::Reject { .. }));
+    assert!(matches!(
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .unwrap()
+            .unwrap(),
+        Verdict::Reject { .. }
+    ));
 
     // Nothing matched: counted as unrouted and acknowledged.
     let (a, rx) = acker();
-    r.intake.deliver(Delivery::with_acker(Message::new("net.nobody", json!({})), a)).await.unwrap();
+    r.intake
+        .deliver(Delivery::with_acker(
+            Message::new("net.nobody", json!({})),
+            a,
+        ))
+        .await
+        .unwrap();
     assert_eq!(rx.await.unwrap(), Verdict::Ack);
-    r.intake.deliver(Delivery::new(Message::new("net.nobody", json!({})))).await.unwrap();
-    assert_eq!(sample(&r.metrics.render(), "hub_dispatcher_unrouted_messages_total", &[]), Some(2.0));
+    r.intake
+        .deliver(Delivery::new(Message::new("net.nobody", json!({}))))
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(
+            &r.metrics.render(),
+            "hub_dispatcher_unrouted_messages_total",
+            &[]
+        ),
+        Some(2.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_queued_messages_and_refuses_new_ones() {
-    let probe = Arc::new(Probe { delay: Some(Duration::from_millis(2)), ..Probe::default() });
-    let r = rig(vec![("drainer", &["#"], ConsumerOptions::default(), Arc::clone(&probe))]);
+    let probe = Arc::new(Probe {
+        delay: Some(Duration::from_millis(2)),
+        ..Probe::default()
+    });
+    let r = rig(vec![(
+        "drainer",
+        &["#"],
+        ConsumerOptions::default(),
+        Arc::clone(&probe),
+    )]);
     for i in 0..200 {
         r.intake.deliver(Delivery::new(msg(i))).await.unwrap();
     }
@@ -310,43 +566,82 @@ async fn shutdown_drains_queued_messages_and_refuses_new_ones() {
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(probe.seen.lock().unwrap().len(), 200);
     let (a, rx) = acker();
-    assert_eq!(r.intake.deliver(Delivery::with_acker(msg(999), a)).await, Err(IntakeClosed));
-    assert!(matches!(rx.await.unwrap(), Verdict::Retry { .. }), "a refused delivery is settled as a retry");
+    assert_eq!(
+        r.intake.deliver(Delivery::with_acker(msg(999), a)).await,
+        Err(IntakeClosed)
+    );
+    assert!(
+        matches!(rx.await.unwrap(), Verdict::Retry { .. }),
+        "a refused delivery is settled as a retry"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_past_grace_reports_and_retries_what_is_left() {
     let gate = Arc::new(Semaphore::new(0));
-    let probe = Arc::new(Probe { gate: Some(gate), ..Probe::default() });
-    let r = rig(vec![("stuck", &["#"], ConsumerOptions::default(), Arc::clone(&probe))]);
+    let probe = Arc::new(Probe {
+        gate: Some(gate),
+        ..Probe::default()
+    });
+    let r = rig(vec![(
+        "stuck",
+        &["#"],
+        ConsumerOptions::default(),
+        Arc::clone(&probe),
+    )]);
     let mut rxs = Vec::new();
     for i in 0..5 {
         let (a, rx) = acker();
-        r.intake.deliver(Delivery::with_acker(msg(i), a)).await.unwrap();
+        r.intake
+            .deliver(Delivery::with_acker(msg(i), a))
+            .await
+            .unwrap();
         rxs.push(rx);
     }
-    wait_for("one in flight", || state(&r.dispatcher, "stuck").in_flight == 1).await;
+    wait_for("one in flight", || {
+        state(&r.dispatcher, "stuck").in_flight == 1
+    })
+    .await;
     let report = r.dispatcher.drain(Duration::from_millis(200)).await;
     assert_eq!(report.unfinished, vec![("stuck".to_string(), 4, 1)]);
     for rx in rxs {
-        assert!(matches!(rx.await.unwrap(), Verdict::Retry { .. }), "never acked without processing");
+        assert!(
+            matches!(rx.await.unwrap(), Verdict::Retry { .. }),
+            "never acked without processing"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_gauges_of_a_stuck_consumer_keep_growing() {
     let gate = Arc::new(Semaphore::new(0));
-    let stuck = Arc::new(Probe { gate: Some(Arc::clone(&gate)), ..Probe::default() });
+    let stuck = Arc::new(Probe {
+        gate: Some(Arc::clone(&gate)),
+        ..Probe::default()
+    });
     let fine = Arc::new(Probe::default());
     let r = rig(vec![
-        ("stuck", &["#"], ConsumerOptions::default(), Arc::clone(&stuck)),
-        ("fine", &["#"], ConsumerOptions::default(), Arc::clone(&fine)),
+        (
+            "stuck",
+            &["#"],
+            ConsumerOptions::default(),
+            Arc::clone(&stuck),
+        ),
+        (
+            "fine",
+            &["#"],
+            ConsumerOptions::default(),
+            Arc::clone(&fine),
+        ),
     ]);
     for i in 0..3 {
         r.intake.deliver(Delivery::new(msg(i))).await.unwrap();
     }
     wait_for("fine done", || fine.seen.lock().unwrap().len() == 3).await;
-    wait_for("stuck busy", || state(&r.dispatcher, "stuck").in_flight == 1).await;
+    wait_for("stuck busy", || {
+        state(&r.dispatcher, "stuck").in_flight == 1
+    })
+    .await;
     let read = |name: &str, consumer: &str| {
         r.dispatcher.refresh_gauges();
         sample(&r.metrics.render(), name, &[("consumer", consumer)]).unwrap()
@@ -354,18 +649,46 @@ async fn prometheus_gauges_of_a_stuck_consumer_keep_growing() {
     let age1 = read("hub_consumer_oldest_message_age_seconds", "stuck");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let age2 = read("hub_consumer_oldest_message_age_seconds", "stuck");
-    assert!(age2 >= age1 + 0.25, "oldest age must grow while stuck: {age1} -> {age2}");
+    assert!(
+        age2 >= age1 + 0.25,
+        "oldest age must grow while stuck: {age1} -> {age2}"
+    );
     assert_eq!(read("hub_consumer_backlog_messages", "stuck"), 2.0);
     assert_eq!(read("hub_consumer_in_flight_messages", "stuck"), 1.0);
-    assert_eq!(read("hub_consumer_catch_up_seconds", "stuck"), f64::INFINITY);
+    assert_eq!(
+        read("hub_consumer_catch_up_seconds", "stuck"),
+        f64::INFINITY
+    );
     assert_eq!(read("hub_consumer_backlog_messages", "fine"), 0.0);
     assert_eq!(read("hub_consumer_oldest_message_age_seconds", "fine"), 0.0);
     assert_eq!(read("hub_consumer_catch_up_seconds", "fine"), 0.0);
     let text = r.metrics.render();
-    assert!(text.contains("hub_consumer_processing_duration_seconds_bucket{consumer=\"fine\",le=\"0.001\"}"), "histograms have buckets:\n{text}");
-    assert!(text.contains("hub_consumer_queue_wait_seconds_bucket"), "{text}");
-    assert_eq!(sample(&text, "hub_backend_received_messages_total", &[("backend", "mem")]), Some(3.0));
+    assert!(
+        text.contains(
+            "hub_consumer_processing_duration_seconds_bucket{consumer=\"fine\",le=\"0.001\"}"
+        ),
+        "histograms have buckets:\n{text}"
+    );
+    assert!(
+        text.contains("hub_consumer_queue_wait_seconds_bucket"),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "hub_backend_received_messages_total",
+            &[("backend", "mem")]
+        ),
+        Some(3.0)
+    );
     // Invariant: received = processed + dropped + backlog + in flight.
-    assert_eq!(sample(&text, "hub_consumer_received_messages_total", &[("consumer", "stuck")]), Some(3.0));
+    assert_eq!(
+        sample(
+            &text,
+            "hub_consumer_received_messages_total",
+            &[("consumer", "stuck")]
+        ),
+        Some(3.0)
+    );
     gate.add_permits(10);
 }

@@ -30,7 +30,11 @@ impl Ticket {
             }
         }
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let worst = self.worst.lock().unwrap_or_else(PoisonError::into_inner).take();
+            let worst = self
+                .worst
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
             self.acker.settle(worst.unwrap_or(Verdict::Ack));
         }
     }

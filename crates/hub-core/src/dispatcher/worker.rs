@@ -54,7 +54,9 @@ async fn process(shared: &Shared, slot: &Slot, item: Queued) {
     };
     let ended = Instant::now();
     drop(in_flight);
-    slot.metrics.duration.record(ended.saturating_duration_since(started));
+    slot.metrics
+        .duration
+        .record(ended.saturating_duration_since(started));
 
     let verdict = match result {
         Some(Ok(Ok(()))) => {

@@ -54,8 +54,16 @@ fn table_of_matches() {
         ("a.b", "a.b", true),
         ("a.b", "a.bc", false),
         ("a.b", "a.b.c", false),
-        ("org.fedoraproject.*.buildsys.#", "org.fedoraproject.prod.buildsys.build.state.change", true),
-        ("org.fedoraproject.*.buildsys.#", "org.fedoraproject.prod.bodhi.update", false),
+        (
+            "org.fedoraproject.*.buildsys.#",
+            "org.fedoraproject.prod.buildsys.build.state.change",
+            true,
+        ),
+        (
+            "org.fedoraproject.*.buildsys.#",
+            "org.fedoraproject.prod.bodhi.update",
+            false,
+        ),
     ];
     for (p, t, want) in cases {
         assert_eq!(m(p, t), *want, "pattern {p:?} vs topic {t:?}");
@@ -66,10 +74,22 @@ fn table_of_matches() {
 fn invalid_patterns_are_rejected_with_a_clear_error() {
     assert_eq!(Pattern::new(""), Err(PatternError::Empty));
     let e = Pattern::new("a..b").unwrap_err();
-    assert_eq!(e, PatternError::EmptyWord { pattern: "a..b".into(), position: 2 });
+    assert_eq!(
+        e,
+        PatternError::EmptyWord {
+            pattern: "a..b".into(),
+            position: 2
+        }
+    );
     assert!(e.to_string().contains("word 2 is empty"), "{e}");
-    assert!(matches!(Pattern::new(".a"), Err(PatternError::EmptyWord { position: 1, .. })));
-    assert!(matches!(Pattern::new("a."), Err(PatternError::EmptyWord { position: 2, .. })));
+    assert!(matches!(
+        Pattern::new(".a"),
+        Err(PatternError::EmptyWord { position: 1, .. })
+    ));
+    assert!(matches!(
+        Pattern::new("a."),
+        Err(PatternError::EmptyWord { position: 2, .. })
+    ));
     let e = Pattern::new("*x").unwrap_err();
     assert!(e.to_string().contains("\"*x\" mixes a wildcard"), "{e}");
     assert!(Pattern::new("a.b#").is_err());
@@ -91,9 +111,7 @@ fn reference(pattern: &[&str], topic: &[&str]) -> bool {
     match (pattern.split_first(), topic.split_first()) {
         (None, None) => true,
         (None, Some(_)) => false,
-        (Some((&"#", rest)), _) => {
-            (0..=topic.len()).any(|skip| reference(rest, &topic[skip..]))
-        }
+        (Some((&"#", rest)), _) => (0..=topic.len()).any(|skip| reference(rest, &topic[skip..])),
         (Some(_), None) => false,
         (Some((&"*", prest)), Some((_, trest))) => reference(prest, trest),
         (Some((w, prest)), Some((t, trest))) => w == t && reference(prest, trest),
@@ -101,7 +119,11 @@ fn reference(pattern: &[&str], topic: &[&str]) -> bool {
 }
 
 fn words(s: &str) -> Vec<&str> {
-    if s.is_empty() { vec![] } else { s.split('.').collect() }
+    if s.is_empty() {
+        vec![]
+    } else {
+        s.split('.').collect()
+    }
 }
 
 proptest! {

@@ -1,0 +1,133 @@
+//! The TOML-facing half of consumers, producers and backends: a settings type that builds the
+//! runtime half. The `hub` crate's builder registers these by type.
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use crate::{Backend, BoxError, Consumer, Producer, Resources};
+
+/// Settings of a consumer type, read from `[consumers.<id>.settings]`; builds the consumer.
+///
+/// Use `#[serde(deny_unknown_fields)]` on the settings struct so typos are errors.
+pub trait ConsumerConfig: DeserializeOwned + Send + 'static {
+    /// The `type = "..."` that selects this consumer (snake_case).
+    const TYPE: &'static str;
+    /// One line for `hub consumers`.
+    const DESCRIPTION: &'static str = "";
+
+    /// Builds the consumer. Connect to nothing here: do that in [`Consumer::start`].
+    ///
+    /// # Errors
+    /// A settings value the type cannot work with.
+    fn build(self, resources: &Resources) -> Result<Arc<dyn Consumer>, BoxError>;
+}
+
+/// Settings of a producer type, read from `[producers.<id>.settings]`; builds the producer.
+pub trait ProducerConfig: DeserializeOwned + Send + 'static {
+    /// The `type = "..."` that selects this producer.
+    const TYPE: &'static str;
+    /// One line for `hub consumers`.
+    const DESCRIPTION: &'static str = "";
+
+    /// Builds the producer.
+    ///
+    /// # Errors
+    /// A settings value the type cannot work with.
+    fn build(self, resources: &Resources) -> Result<Arc<dyn Producer>, BoxError>;
+}
+
+/// Settings of a backend type, read from the keys of `[backends.<id>]` other than `type`.
+pub trait BackendConfig: DeserializeOwned + Send + 'static {
+    /// The `type = "..."` that selects this backend.
+    const TYPE: &'static str;
+    /// One line for `hub consumers`.
+    const DESCRIPTION: &'static str = "";
+
+    /// Builds the backend without connecting (connecting happens in [`Backend::run`]).
+    ///
+    /// # Errors
+    /// A settings value the type cannot work with.
+    fn build(self, id: &str) -> Result<Arc<dyn Backend>, BoxError>;
+}
+
+/// `type = "memory"`: the in-process loopback backend. It has no keys.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {}
+
+impl BackendConfig for MemoryConfig {
+    const TYPE: &'static str = "memory";
+    const DESCRIPTION: &'static str =
+        "in-process loopback: what is published is delivered back into this hub";
+
+    fn build(self, _id: &str) -> Result<Arc<dyn Backend>, BoxError> {
+        Ok(Arc::new(crate::MemoryBackend::new()))
+    }
+}
+
+/// Serde helpers for human durations (`"50ms"`, `"30s"`, `"1m 30s"`) in settings structs:
+/// `#[serde(with = "hub_core::duration")]`, or `hub_core::duration::option` for `Option<Duration>`.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Parses `"50ms"`, `"30s"`, `"1m 30s"`, `"2h"` (also ISO 8601 `PT30S`).
+    ///
+    /// # Errors
+    /// A message saying what was expected.
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let signed: jiff::SignedDuration = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("invalid duration {text:?}: expected a duration like \"50ms\", \"30s\" or \"1m 30s\""))?;
+        Duration::try_from(signed)
+            .map_err(|_| format!("invalid duration {text:?}: must not be negative"))
+    }
+
+    /// Deserializes a human duration.
+    ///
+    /// # Errors
+    /// A non-string or unparsable value.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        parse(&text).map_err(serde::de::Error::custom)
+    }
+
+    /// Serializes as `"1.5s"`-style text.
+    ///
+    /// # Errors
+    /// Only the serializer's own.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", d.as_millis()))
+    }
+
+    /// The same for `Option<Duration>` (use with `#[serde(default)]`).
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        /// Deserializes an optional human duration.
+        ///
+        /// # Errors
+        /// A non-string or unparsable value.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            let text = Option::<String>::deserialize(d)?;
+            text.map(|t| super::parse(&t).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+
+        /// Serializes an optional duration.
+        ///
+        /// # Errors
+        /// Only the serializer's own.
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}

@@ -1,0 +1,565 @@
+//! Loading `hub.toml`: the file, then `HUB_` environment overrides; validation that reports every
+//! problem at once, each naming its file (or variable), key path and what was expected.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::value::{Dict, Value};
+use figment::{Figment, Source};
+use hub_core::{ConsumerOptions, Pattern, WhenFull};
+use serde::Deserialize;
+
+use crate::registry::{BuildBackend, BuildConsumer, BuildProducer, Registry, known};
+
+/// The embedded default configuration (`config/hub.toml`), used when `--config` is not given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/hub.toml");
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// A TOML file; it must exist.
+    File(PathBuf),
+    /// The embedded default.
+    Embedded,
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "{}", p.display()),
+            Self::Embedded => f.write_str("embedded default config/hub.toml"),
+        }
+    }
+}
+
+/// `[hub]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubSection {
+    /// The hub's name: log field, durable queue prefix. Default `"hub"`.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// How long shutdown waits for queued and in-flight messages. Default `"10s"`.
+    #[serde(default = "default_grace", with = "hub_core::duration")]
+    pub shutdown_grace: Duration,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Address for `/metrics`, `/live`, `/ready`. Default `127.0.0.1:9898` (loopback).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+fn default_name() -> String {
+    "hub".into()
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9898))
+}
+
+impl Default for HubSection {
+    fn default() -> Self {
+        Self {
+            name: default_name(),
+            shutdown_grace: default_grace(),
+        }
+    }
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+/// `[consumers.<id>]` without its settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsumer {
+    #[serde(rename = "type")]
+    kind: String,
+    topics: Vec<String>,
+    #[serde(default)]
+    backend: Option<String>,
+    #[serde(default)]
+    concurrency: Option<usize>,
+    #[serde(default)]
+    queue_capacity: Option<usize>,
+    #[serde(default)]
+    when_full: Option<WhenFull>,
+    #[serde(default, with = "hub_core::duration::option")]
+    timeout: Option<Duration>,
+    #[serde(default)]
+    #[allow(dead_code, reason = "read separately, with its own key path")]
+    settings: Option<serde::de::IgnoredAny>,
+}
+
+/// `[producers.<id>]` without its settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProducer {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    backend: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code, reason = "read separately, with its own key path")]
+    settings: Option<serde::de::IgnoredAny>,
+}
+
+/// A backend, validated.
+pub struct BackendEntry {
+    /// `[backends.<id>]`
+    pub id: String,
+    /// Its `type`.
+    pub kind: String,
+    pub(crate) build: BuildBackend,
+}
+
+/// A consumer, validated.
+pub struct ConsumerEntry {
+    /// `[consumers.<id>]`
+    pub id: String,
+    /// Its `type`.
+    pub kind: String,
+    /// The backend id that feeds it.
+    pub backend: String,
+    /// Its topic patterns.
+    pub topics: Vec<Pattern>,
+    /// Dispatch options.
+    pub options: ConsumerOptions,
+    pub(crate) build: BuildConsumer,
+}
+
+/// A producer, validated.
+pub struct ProducerEntry {
+    /// `[producers.<id>]`
+    pub id: String,
+    /// Its `type`.
+    pub kind: String,
+    /// The backend id it publishes on.
+    pub backend: String,
+    pub(crate) build: BuildProducer,
+}
+
+/// A whole validated configuration.
+pub struct Config {
+    /// Where it came from.
+    pub source: ConfigSource,
+    /// `[hub]`
+    pub hub: HubSection,
+    /// `[http]`
+    pub http: HttpSection,
+    /// `[backends.*]`, by id.
+    pub backends: Vec<BackendEntry>,
+    /// `[producers.*]`, by id.
+    pub producers: Vec<ProducerEntry>,
+    /// `[consumers.*]`, by id.
+    pub consumers: Vec<ConsumerEntry>,
+}
+
+/// One problem in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// The file or environment variable the key came from.
+    pub source: String,
+    /// Dotted key path, such as `consumers.slow.settings.delay`.
+    pub key: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.source, self.message)
+        } else {
+            write!(f, "{}: key `{}`: {}", self.source, self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigIssue>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(
+            f,
+            "{n} configuration problem{}:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for issue in &self.0 {
+            writeln!(f, "  - {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+const SECTIONS: &[&str] = &["hub", "http", "backends", "producers", "consumers"];
+
+struct Loader<'a> {
+    figment: Figment,
+    fallback_source: String,
+    issues: Vec<ConfigIssue>,
+    registry: &'a Registry,
+}
+
+impl Loader<'_> {
+    fn source_of(&self, key: &str) -> String {
+        let mut k = key;
+        loop {
+            if let Some(meta) = self.figment.find_metadata(k) {
+                return match &meta.source {
+                    Some(Source::File(p)) => p.display().to_string(),
+                    _ if meta.name.contains("environment") => {
+                        format!(
+                            "environment variable HUB_{}",
+                            key.replace('.', "__").to_uppercase()
+                        )
+                    }
+                    _ => self.fallback_source.clone(),
+                };
+            }
+            match k.rfind('.') {
+                Some(i) => k = &k[..i],
+                None => return self.fallback_source.clone(),
+            }
+        }
+    }
+
+    fn issue(&mut self, key: &str, message: impl Into<String>) {
+        let source = self.source_of(key);
+        self.issues.push(ConfigIssue {
+            source,
+            key: key.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn figment_issues(&mut self, prefix: &str, err: figment::Error) {
+        for e in err {
+            let mut key = prefix.to_owned();
+            for p in &e.path {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(p);
+            }
+            // figment quotes the expected names itself: keep one pair of backticks.
+            self.issue(&key, e.kind.to_string().replace("``", "`"));
+        }
+    }
+
+    fn value(&mut self, key: &str) -> Option<Value> {
+        self.figment.find_value(key).ok()
+    }
+
+    fn section<T: for<'de> Deserialize<'de> + Default>(&mut self, key: &str) -> T {
+        match self.value(key) {
+            None => T::default(),
+            Some(v) => match v.deserialize::<T>() {
+                Ok(t) => t,
+                Err(e) => {
+                    self.figment_issues(key, e);
+                    T::default()
+                }
+            },
+        }
+    }
+
+    fn table(&mut self, key: &str) -> Vec<(String, Value)> {
+        match self.value(key) {
+            None => Vec::new(),
+            Some(Value::Dict(_, dict)) => {
+                let mut out = Vec::new();
+                for (id, v) in dict {
+                    let valid = !id.is_empty()
+                        && id
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                    if valid {
+                        out.push((id, v));
+                    } else {
+                        self.issue(
+                            &format!("{key}.{id}"),
+                            "ids may use only letters, digits, `_` and `-`",
+                        );
+                    }
+                }
+                out
+            }
+            Some(_) => {
+                self.issue(key, format!("expected a table of [{key}.<id>] sections"));
+                Vec::new()
+            }
+        }
+    }
+
+    fn settings(&mut self, key: &str) -> Value {
+        self.value(key).unwrap_or_else(|| Value::from(Dict::new()))
+    }
+}
+
+/// Reads and validates a configuration against the registered types.
+///
+/// # Errors
+/// Every problem found, at once.
+pub(crate) fn load(source: &ConfigSource, registry: &Registry) -> Result<Config, ConfigErrors> {
+    let fallback_source = source.to_string();
+    let base = match source {
+        ConfigSource::File(path) => {
+            if !Path::new(path).is_file() {
+                return Err(ConfigErrors(vec![ConfigIssue {
+                    source: fallback_source,
+                    key: String::new(),
+                    message: "configuration file not found (a missing file is an error, never silent defaults)".into(),
+                }]));
+            }
+            Figment::from(Toml::file_exact(path))
+        }
+        ConfigSource::Embedded => Figment::from(Toml::string(EMBEDDED_DEFAULT)),
+    };
+    // Only variables with a `__` are overrides (`HUB_HTTP__LISTEN`); others, like `HUB_CONFIG`,
+    // belong to the CLI or to tests.
+    let figment = base.merge(
+        Env::prefixed("HUB_")
+            .filter(|k| k.as_str().contains("__"))
+            .split("__"),
+    );
+    let mut l = Loader {
+        figment,
+        fallback_source,
+        issues: Vec::new(),
+        registry,
+    };
+
+    let top: Dict = match l.figment.extract() {
+        Ok(d) => d,
+        Err(e) => {
+            l.figment_issues("", e);
+            return Err(ConfigErrors(l.issues));
+        }
+    };
+    for key in top.keys() {
+        if !SECTIONS.contains(&key.as_str()) {
+            l.issue(
+                key,
+                format!("unknown section; expected one of {}", SECTIONS.join(", ")),
+            );
+        }
+    }
+    let hub: HubSection = l.section("hub");
+    let http: HttpSection = l.section("http");
+    if hub.name.is_empty() {
+        l.issue("hub.name", "must not be empty");
+    }
+
+    let mut backends = Vec::new();
+    for (id, value) in l.table("backends") {
+        let key = format!("backends.{id}");
+        let Value::Dict(tag, mut dict) = value else {
+            l.issue(&key, "expected a table with `type = \"...\"`");
+            continue;
+        };
+        let kind = match dict.remove("type") {
+            Some(Value::String(_, s)) => s,
+            Some(_) => {
+                l.issue(&format!("{key}.type"), "expected a string");
+                continue;
+            }
+            None => {
+                l.issue(
+                    &format!("{key}.type"),
+                    format!(
+                        "missing; known backend types: {}",
+                        known(&l.registry.backends)
+                    ),
+                );
+                continue;
+            }
+        };
+        let Some(k) = l.registry.backends.get(kind.as_str()) else {
+            l.issue(
+                &format!("{key}.type"),
+                format!(
+                    "unknown backend type {kind:?}; known: {}",
+                    known(&l.registry.backends)
+                ),
+            );
+            continue;
+        };
+        match (k.parse)(Value::Dict(tag, dict)) {
+            Ok(build) => backends.push(BackendEntry { id, kind, build }),
+            Err(e) => l.figment_issues(&key, e),
+        }
+    }
+    let backend_ids: BTreeSet<String> = backends.iter().map(|b| b.id.clone()).collect();
+    if backends.is_empty() && l.issues.is_empty() {
+        l.issue(
+            "backends",
+            format!(
+                "no backend configured; add [backends.<id>] with type = one of {}",
+                known(&l.registry.backends)
+            ),
+        );
+    }
+    let resolve = |l: &mut Loader<'_>, key: &str, backend: Option<String>| -> Option<String> {
+        match backend {
+            Some(b) if backend_ids.contains(&b) => Some(b),
+            Some(b) => {
+                let ids = backend_ids.iter().cloned().collect::<Vec<_>>().join(", ");
+                l.issue(
+                    &format!("{key}.backend"),
+                    format!("unknown backend {b:?}; configured backends: {ids}"),
+                );
+                None
+            }
+            None if backend_ids.len() == 1 => backend_ids.iter().next().cloned(),
+            None => {
+                if !backend_ids.is_empty() {
+                    l.issue(
+                        &format!("{key}.backend"),
+                        "required when more than one backend is configured",
+                    );
+                }
+                None
+            }
+        }
+    };
+
+    let mut producers = Vec::new();
+    for (id, value) in l.table("producers") {
+        let key = format!("producers.{id}");
+        let raw: RawProducer = match value.deserialize() {
+            Ok(r) => r,
+            Err(e) => {
+                l.figment_issues(&key, e);
+                continue;
+            }
+        };
+        let backend = resolve(&mut l, &key, raw.backend);
+        let Some(k) = l.registry.producers.get(raw.kind.as_str()) else {
+            l.issue(
+                &format!("{key}.type"),
+                format!(
+                    "unknown producer type {:?}; known: {}",
+                    raw.kind,
+                    known(&l.registry.producers)
+                ),
+            );
+            continue;
+        };
+        let settings_key = format!("{key}.settings");
+        let settings = l.settings(&settings_key);
+        match ((k.parse)(settings), backend) {
+            (Ok(build), Some(backend)) => producers.push(ProducerEntry {
+                id,
+                kind: raw.kind,
+                backend,
+                build,
+            }),
+            (Err(e), _) => l.figment_issues(&settings_key, e),
+            _ => {}
+        }
+    }
+
+    let mut consumers = Vec::new();
+    for (id, value) in l.table("consumers") {
+        let key = format!("consumers.{id}");
+        let raw: RawConsumer = match value.deserialize() {
+            Ok(r) => r,
+            Err(e) => {
+                l.figment_issues(&key, e);
+                continue;
+            }
+        };
+        let backend = resolve(&mut l, &key, raw.backend);
+        let mut topics = Vec::new();
+        if raw.topics.is_empty() {
+            l.issue(
+                &format!("{key}.topics"),
+                "must list at least one topic pattern (\"#\" for every topic)",
+            );
+        }
+        for (i, t) in raw.topics.iter().enumerate() {
+            match Pattern::new(t) {
+                Ok(p) => topics.push(p),
+                Err(e) => l.issue(&format!("{key}.topics[{i}]"), e.to_string()),
+            }
+        }
+        let defaults = ConsumerOptions::default();
+        let options = ConsumerOptions {
+            concurrency: raw.concurrency.unwrap_or(defaults.concurrency),
+            queue_capacity: raw.queue_capacity.unwrap_or(defaults.queue_capacity),
+            when_full: raw.when_full.unwrap_or(defaults.when_full),
+            timeout: raw.timeout,
+        };
+        if options.concurrency == 0 {
+            l.issue(&format!("{key}.concurrency"), "must be at least 1");
+        }
+        if options.queue_capacity == 0 {
+            l.issue(&format!("{key}.queue_capacity"), "must be at least 1");
+        }
+        if options.timeout == Some(Duration::ZERO) {
+            l.issue(
+                &format!("{key}.timeout"),
+                "must be longer than 0s (leave it out for no limit)",
+            );
+        }
+        let Some(k) = l.registry.consumers.get(raw.kind.as_str()) else {
+            l.issue(
+                &format!("{key}.type"),
+                format!(
+                    "unknown consumer type {:?}; known: {}",
+                    raw.kind,
+                    known(&l.registry.consumers)
+                ),
+            );
+            continue;
+        };
+        let settings_key = format!("{key}.settings");
+        let settings = l.settings(&settings_key);
+        match ((k.parse)(settings), backend) {
+            (Ok(build), Some(backend)) if topics.len() == raw.topics.len() => {
+                consumers.push(ConsumerEntry {
+                    id,
+                    kind: raw.kind,
+                    backend,
+                    topics,
+                    options,
+                    build,
+                })
+            }
+            (Err(e), _) => l.figment_issues(&settings_key, e),
+            _ => {}
+        }
+    }
+
+    if l.issues.is_empty() {
+        Ok(Config {
+            source: source.clone(),
+            hub,
+            http,
+            backends,
+            producers,
+            consumers,
+        })
+    } else {
+        Err(ConfigErrors(l.issues))
+    }
+}

@@ -1,0 +1,405 @@
+//! # hub
+//!
+//! The `hub` daemon as a library: register consumer, producer and backend types with
+//! [`Hub::builder`], then [`HubBuilder::run_cli`] gives the whole CLI (`run`, `check`,
+//! `consumers`). The stock binary is `Hub::builder().stock().run_cli()`; your own binary adds
+//! your types:
+//!
+//! ```ignore
+//! fn main() -> std::process::ExitCode {
+//!     hub::Hub::builder().stock().consumer::<my_crate::MyConsumerConfig>().run_cli()
+//! }
+//! ```
+//!
+//! # Layout
+//! - `config`: figment loading and validation (every problem at once).
+//! - `registry`: `type = "..."` → settings → built consumer/producer/backend.
+//! - `http`: `/metrics`, `/live`, `/ready`.
+//! - `stock`: `echo`, `delay`, `reply`, `ticker`.
+//! - `telemetry`: logs and the Prometheus recorder.
+
+pub mod config;
+mod http;
+mod registry;
+pub mod stock;
+pub mod telemetry;
+
+use std::any::Any;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use hub_core::{
+    BackendConfig, CancellationToken, ConsumerConfig, ConsumerSpec, EngineBuilder, MemoryConfig,
+    ProducerConfig, Resources, ShutdownReport,
+};
+use tracing::{error, info, warn};
+
+pub use config::{Config, ConfigErrors, ConfigIssue, ConfigSource};
+use registry::Registry;
+use telemetry::LogFormat;
+
+/// Exit code: a runtime failure (a backend failed for good, a consumer did not start, the HTTP
+/// port is taken).
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code: invalid configuration or command line.
+pub const EXIT_CONFIG: u8 = 2;
+/// Exit code: a second SIGINT/SIGTERM cut the graceful shutdown short.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Entry point: `Hub::builder()`.
+pub struct Hub;
+
+impl Hub {
+    /// A builder that knows the `memory` backend and nothing else yet.
+    pub fn builder() -> HubBuilder {
+        let mut registry = Registry::default();
+        registry.backend::<MemoryConfig>();
+        HubBuilder {
+            registry,
+            resources: Resources::new(),
+        }
+    }
+}
+
+/// Registers types and shared resources; then runs the CLI or a configuration.
+pub struct HubBuilder {
+    registry: Registry,
+    resources: Resources,
+}
+
+impl HubBuilder {
+    /// Registers the stock types: consumers `echo`, `delay`, `reply`; producer `ticker`.
+    pub fn stock(self) -> Self {
+        self.consumer::<stock::EchoConfig>()
+            .consumer::<stock::DelayConfig>()
+            .consumer::<stock::ReplyConfig>()
+            .producer::<stock::TickerConfig>()
+    }
+
+    /// Registers a consumer type (`type = C::TYPE`).
+    pub fn consumer<C: ConsumerConfig>(mut self) -> Self {
+        self.registry.consumer::<C>();
+        self
+    }
+
+    /// Registers a producer type.
+    pub fn producer<P: ProducerConfig>(mut self) -> Self {
+        self.registry.producer::<P>();
+        self
+    }
+
+    /// Registers a backend type.
+    pub fn backend<B: BackendConfig>(mut self) -> Self {
+        self.registry.backend::<B>();
+        self
+    }
+
+    /// Adds a shared resource (a database pool, an HTTP client) that every consumer and producer
+    /// can fetch with `cx.resource::<T>()`.
+    pub fn resource<T: Any + Send + Sync>(mut self, value: T) -> Self {
+        self.resources = self.resources.with(value);
+        self
+    }
+
+    /// The registered type names: `(consumers, producers, backends)`, each with its description.
+    pub fn types(&self) -> [Vec<(&'static str, &'static str)>; 3] {
+        fn list<B>(
+            m: &std::collections::BTreeMap<&'static str, registry::Kind<B>>,
+        ) -> Vec<(&'static str, &'static str)> {
+            m.iter().map(|(k, v)| (*k, v.description)).collect()
+        }
+        [
+            list(&self.registry.consumers),
+            list(&self.registry.producers),
+            list(&self.registry.backends),
+        ]
+    }
+
+    /// Reads and validates a configuration, and builds every part of it (connecting to nothing).
+    ///
+    /// # Errors
+    /// Every problem found, at once.
+    pub fn check(&self, source: &ConfigSource) -> Result<Config, ConfigErrors> {
+        config::load(source, &self.registry)
+    }
+
+    fn assemble(&self, config: Config) -> Result<EngineBuilder, ConfigErrors> {
+        let mut issues = Vec::new();
+        let source = config.source.to_string();
+        let mut issue = |key: String, message: String| {
+            issues.push(ConfigIssue {
+                source: source.clone(),
+                key,
+                message,
+            });
+        };
+        let mut engine =
+            EngineBuilder::new(config.hub.name.clone()).resources(self.resources.clone());
+        for b in config.backends {
+            match (b.build)(&b.id) {
+                Ok(backend) => engine = engine.backend(b.id, backend),
+                Err(e) => issue(format!("backends.{}", b.id), e.to_string()),
+            }
+        }
+        for p in config.producers {
+            match (p.build)(&self.resources) {
+                Ok(producer) => engine = engine.producer(p.id, p.backend, producer),
+                Err(e) => issue(format!("producers.{}.settings", p.id), e.to_string()),
+            }
+        }
+        for c in config.consumers {
+            match (c.build)(&self.resources) {
+                Ok(consumer) => {
+                    let spec = ConsumerSpec {
+                        name: c.id,
+                        backend: c.backend,
+                        patterns: c.topics,
+                        options: c.options,
+                    };
+                    engine = engine.consumer(spec, consumer);
+                }
+                Err(e) => issue(format!("consumers.{}.settings", c.id), e.to_string()),
+            }
+        }
+        if issues.is_empty() {
+            Ok(engine)
+        } else {
+            Err(ConfigErrors(issues))
+        }
+    }
+
+    /// Runs a configuration until `shutdown` resolves, then drains within `[hub] shutdown_grace`.
+    /// Installs the process-wide Prometheus recorder; call once per process.
+    ///
+    /// # Errors
+    /// A configuration that does not build, a taken HTTP port, a consumer that does not start,
+    /// or a backend that failed for good.
+    pub async fn run(
+        self,
+        config: Config,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<ShutdownReport> {
+        let metrics = telemetry::install_metrics()?;
+        let grace = config.hub.shutdown_grace;
+        let listen = config.http.listen;
+        let source = config.source.to_string();
+        let listener = http::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen} ([http] listen): {e}"))?;
+        let engine = self.assemble(config)?.build()?;
+        let mut running = engine.start().await?;
+        let stop_http = CancellationToken::new();
+        let server = tokio::spawn(http::serve(
+            listener,
+            metrics,
+            running.dispatcher().clone(),
+            running.readiness_probe(),
+            stop_http.clone(),
+        ));
+        info!(config = %source, %listen, "Serving /metrics, /live and /ready.");
+        let fatal = tokio::select! {
+            () = shutdown => None,
+            e = running.fatal() => e,
+        };
+        let report = running.shutdown(grace).await;
+        stop_http.cancel();
+        let _ = server.await;
+        match fatal {
+            Some(e) => Err(anyhow::anyhow!(e)),
+            None => Ok(report),
+        }
+    }
+
+    /// Parses the command line and runs it; returns the process exit code.
+    pub fn run_cli(self) -> ExitCode {
+        let cli = Cli::parse();
+        telemetry::init_logs(cli.log_format);
+        match cli.command {
+            Command::Consumers => {
+                let [consumers, producers, backends] = self.types();
+                for (title, list) in [
+                    ("consumers", consumers),
+                    ("producers", producers),
+                    ("backends", backends),
+                ] {
+                    println!("{title}:");
+                    for (name, description) in list {
+                        println!("  {name:<10} {description}");
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            Command::Check { config } => {
+                let source = source(config);
+                match self.check(&source).and_then(|c| {
+                    let summary = summarize(&c);
+                    self.assemble(c).map(|_| summary)
+                }) {
+                    Ok(summary) => {
+                        print!("{summary}");
+                        println!("{source}: OK");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprint!("{e}");
+                        ExitCode::from(EXIT_CONFIG)
+                    }
+                }
+            }
+            Command::Run { config } => {
+                let source = source(config);
+                if matches!(source, ConfigSource::Embedded) {
+                    info!("No --config given: running the embedded default (config/hub.toml).");
+                }
+                let config = match self.check(&source) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprint!("{e}");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                };
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        error!(error = %e, "Cannot start the tokio runtime.");
+                        return ExitCode::from(EXIT_FAILURE);
+                    }
+                };
+                let result = runtime.block_on(async move {
+                    let stop = CancellationToken::new();
+                    tokio::spawn(watch_signals(stop.clone()));
+                    self.run(config, async move { stop.cancelled().await })
+                        .await
+                });
+                match result {
+                    Ok(_) => ExitCode::SUCCESS,
+                    Err(e) => match e.downcast_ref::<ConfigErrors>() {
+                        Some(c) => {
+                            eprint!("{c}");
+                            ExitCode::from(EXIT_CONFIG)
+                        }
+                        None => {
+                            error!(error = format!("{e:#}"), "Hub stopped with an error.");
+                            eprintln!("error: {e:#}");
+                            ExitCode::from(EXIT_FAILURE)
+                        }
+                    },
+                }
+            }
+        }
+    }
+}
+
+fn source(config: Option<PathBuf>) -> ConfigSource {
+    config.map_or(ConfigSource::Embedded, ConfigSource::File)
+}
+
+fn summarize(c: &Config) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "hub {:?}: http listen {}, shutdown_grace {:?}",
+        c.hub.name, c.http.listen, c.hub.shutdown_grace
+    );
+    for b in &c.backends {
+        let _ = writeln!(s, "backend  {:<16} type={}", b.id, b.kind);
+    }
+    for p in &c.producers {
+        let _ = writeln!(
+            s,
+            "producer {:<16} type={:<8} backend={}",
+            p.id, p.kind, p.backend
+        );
+    }
+    for cs in &c.consumers {
+        let topics: Vec<&str> = cs.topics.iter().map(|t| t.as_str()).collect();
+        let _ = writeln!(
+            s,
+            "consumer {:<16} type={:<8} backend={} topics={:?} concurrency={} queue_capacity={} when_full={} timeout={}",
+            cs.id,
+            cs.kind,
+            cs.backend,
+            topics,
+            cs.options.concurrency,
+            cs.options.queue_capacity,
+            match cs.options.when_full {
+                hub_core::WhenFull::Block => "block",
+                hub_core::WhenFull::DropNewest => "drop_newest",
+                hub_core::WhenFull::DropOldest => "drop_oldest",
+            },
+            cs.options
+                .timeout
+                .map_or_else(|| "none".to_owned(), |t| format!("{t:?}"))
+        );
+    }
+    s
+}
+
+/// First SIGINT/SIGTERM: graceful stop. Second: exit at once with [`EXIT_INTERRUPTED`].
+async fn watch_signals(stop: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "Cannot listen for SIGTERM; only SIGINT stops the hub.");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    for n in 0..2 {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        if n == 0 {
+            info!("Signal received: stopping intake and draining (send it again to exit at once).");
+            stop.cancel();
+        }
+    }
+    eprintln!("second signal: exiting without draining");
+    std::process::exit(i32::from(EXIT_INTERRUPTED));
+}
+
+/// `hub`: runs message consumers, each on its own bounded queue, with backlog metrics.
+#[derive(Debug, Parser)]
+#[command(
+    name = "hub",
+    version,
+    about = "Runs message consumers, each on its own bounded queue, and measures how far behind each one is.",
+    after_help = "Exit codes: 0 success (also after a graceful shutdown), 1 runtime failure, 2 invalid configuration or usage, 130 second signal during shutdown.\nEnvironment: HUB_CONFIG (the --config file), HUB_<SECTION>__<KEY> overrides a key (HUB_HTTP__LISTEN=127.0.0.1:9999), RUST_LOG filters logs."
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the hub until SIGINT/SIGTERM, then drain within [hub] shutdown_grace.
+    Run {
+        /// TOML configuration file; without it, the embedded default (config/hub.toml) runs.
+        #[arg(short, long, env = "HUB_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration and print each consumer with its type, topics and backend; connects to nothing.
+    Check {
+        /// TOML configuration file; without it, the embedded default is checked.
+        #[arg(short, long, env = "HUB_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// List the registered consumer, producer and backend types.
+    Consumers,
+}
+
+/// Keeps `Arc` in the public API surface of this crate's docs consistent.
+#[doc(hidden)]
+pub type SharedBackend = Arc<dyn hub_core::Backend>;

@@ -1,0 +1,79 @@
+//! Type-erased factories: `type = "..."` → parse settings → build.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use figment::value::Value;
+use hub_core::{
+    Backend, BackendConfig, BoxError, Consumer, ConsumerConfig, Producer, ProducerConfig, Resources,
+};
+
+/// A validated consumer's settings, ready to build.
+pub(crate) type BuildConsumer =
+    Box<dyn FnOnce(&Resources) -> Result<Arc<dyn Consumer>, BoxError> + Send>;
+/// A validated producer's settings, ready to build.
+pub(crate) type BuildProducer =
+    Box<dyn FnOnce(&Resources) -> Result<Arc<dyn Producer>, BoxError> + Send>;
+/// A validated backend's settings, ready to build.
+pub(crate) type BuildBackend = Box<dyn FnOnce(&str) -> Result<Arc<dyn Backend>, BoxError> + Send>;
+
+type Parse<B> = Box<dyn Fn(Value) -> Result<B, figment::Error> + Send + Sync>;
+
+pub(crate) struct Kind<B> {
+    pub description: &'static str,
+    pub parse: Parse<B>,
+}
+
+/// Every type the binary knows, by kind.
+#[derive(Default)]
+pub(crate) struct Registry {
+    pub consumers: BTreeMap<&'static str, Kind<BuildConsumer>>,
+    pub producers: BTreeMap<&'static str, Kind<BuildProducer>>,
+    pub backends: BTreeMap<&'static str, Kind<BuildBackend>>,
+}
+
+impl Registry {
+    pub fn consumer<C: ConsumerConfig>(&mut self) {
+        self.consumers.insert(
+            C::TYPE,
+            Kind {
+                description: C::DESCRIPTION,
+                parse: Box::new(|v| {
+                    let c: C = v.deserialize()?;
+                    Ok(Box::new(move |r: &Resources| c.build(r)) as BuildConsumer)
+                }),
+            },
+        );
+    }
+
+    pub fn producer<P: ProducerConfig>(&mut self) {
+        self.producers.insert(
+            P::TYPE,
+            Kind {
+                description: P::DESCRIPTION,
+                parse: Box::new(|v| {
+                    let p: P = v.deserialize()?;
+                    Ok(Box::new(move |r: &Resources| p.build(r)) as BuildProducer)
+                }),
+            },
+        );
+    }
+
+    pub fn backend<B: BackendConfig>(&mut self) {
+        self.backends.insert(
+            B::TYPE,
+            Kind {
+                description: B::DESCRIPTION,
+                parse: Box::new(|v| {
+                    let b: B = v.deserialize()?;
+                    Ok(Box::new(move |id: &str| b.build(id)) as BuildBackend)
+                }),
+            },
+        );
+    }
+}
+
+/// `a, b, c` for error messages.
+pub(crate) fn known<B>(map: &BTreeMap<&'static str, Kind<B>>) -> String {
+    map.keys().copied().collect::<Vec<_>>().join(", ")
+}

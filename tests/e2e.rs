@@ -1,0 +1,444 @@
+//! End-to-end tests: the real `hub` binary on configs in a temp dir, on free loopback ports.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const HUB: &str = env!("CARGO_BIN_EXE_hub");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let p = dir.join("hub.toml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+fn hub(args: &[&str]) -> Command {
+    let mut c = Command::new(HUB);
+    c.args(args)
+        .env_remove("HUB_CONFIG")
+        .env("RUST_LOG", "info");
+    c
+}
+
+fn check(config: &Path) -> Output {
+    hub(&["check", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap()
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("hub did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_ready(port: u16, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some((200, body)) = http_get(port, "/ready") {
+            assert!(body.contains("\"ready\":true"), "{body}");
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("hub exited early: {status}");
+        }
+        assert!(Instant::now() < deadline, "hub never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn messages_flow_slow_backlog_grows_and_sigterm_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let echo = dir.path().join("fast.jsonl");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[hub]
+name = "e2e"
+shutdown_grace = "8s"
+[http]
+listen = "127.0.0.1:{port}"
+[backends.mem]
+type = "memory"
+[producers.tick]
+type = "ticker"
+[producers.tick.settings]
+topic = "org.e2e.tick"
+rate = 200.0
+[consumers.fast]
+type = "echo"
+topics = ["org.e2e.#"]
+[consumers.fast.settings]
+path = "{}"
+[consumers.slow]
+type = "delay"
+topics = ["org.*.tick"]
+queue_capacity = 50
+when_full = "drop_oldest"
+[consumers.slow.settings]
+delay = "20ms"
+"#,
+            echo.display()
+        ),
+    );
+    let mut child = hub(&["run", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(port, &mut child);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, first) = http_get(port, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, second) = http_get(port, "/metrics").unwrap();
+    let received = |t: &str| {
+        sample(
+            t,
+            r#"hub_consumer_received_messages_total{consumer="fast"}"#,
+        )
+        .unwrap()
+    };
+    assert!(received(&first) > 100.0, "{first}");
+    assert!(received(&second) > received(&first), "counters must rise");
+    let slow_backlog =
+        sample(&second, r#"hub_consumer_backlog_messages{consumer="slow"}"#).unwrap();
+    let fast_backlog =
+        sample(&second, r#"hub_consumer_backlog_messages{consumer="fast"}"#).unwrap();
+    assert!(slow_backlog > 10.0, "slow backlog {slow_backlog}");
+    assert!(fast_backlog <= 5.0, "fast backlog {fast_backlog}");
+    assert!(
+        sample(
+            &second,
+            r#"hub_consumer_oldest_message_age_seconds{consumer="slow"}"#
+        )
+        .unwrap()
+            > 0.0
+    );
+    assert!(sample(&second, r#"hub_consumer_catch_up_seconds{consumer="slow"}"#).unwrap() > 0.0);
+    assert!(
+        sample(
+            &second,
+            r#"hub_consumer_dropped_messages_total{consumer="slow",reason="queue_full"}"#
+        )
+        .unwrap()
+            > 0.0
+    );
+    assert_eq!(
+        sample(&second, r#"hub_backend_connected{backend="mem"}"#),
+        Some(1.0)
+    );
+    assert!(second.contains(
+        "hub_consumer_processing_duration_seconds_bucket{consumer=\"fast\",le=\"0.001\"}"
+    ));
+    assert_eq!(http_get(port, "/live").unwrap().0, 200);
+
+    let t = Instant::now();
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(15));
+    assert!(status.success(), "exit {status}");
+    assert!(
+        t.elapsed() < Duration::from_secs(9),
+        "drain took {:?}",
+        t.elapsed()
+    );
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(log.contains("every queued message finished"), "{log}");
+
+    // Every message the fast consumer finished is in the file, in order, with no gap.
+    let lines = std::fs::read_to_string(&echo).unwrap();
+    let seqs: Vec<u64> = lines
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["topic"], "org.e2e.tick");
+            v["body"]["seq"].as_u64().unwrap()
+        })
+        .collect();
+    assert!(
+        seqs.len() as f64 >= received(&second),
+        "{} lines",
+        seqs.len()
+    );
+    assert!(
+        seqs.iter().copied().eq(0..seqs.len() as u64),
+        "gap or reorder in echo output"
+    );
+}
+
+#[test]
+fn second_signal_exits_at_once_with_130() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r##"
+[hub]
+shutdown_grace = "60s"
+[http]
+listen = "127.0.0.1:{port}"
+[backends.mem]
+type = "memory"
+[producers.tick]
+type = "ticker"
+settings = {{ topic = "a.b", rate = 50.0 }}
+[consumers.stuck]
+type = "delay"
+topics = ["#"]
+settings = {{ delay = "30s" }}
+"##
+        ),
+    );
+    let mut child = hub(&["run", "--config", config.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(port, &mut child);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, "-TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "first signal drains (60 s grace)"
+    );
+    let (status, ready) = http_get(port, "/ready").unwrap();
+    assert_eq!(status, 503, "not ready while draining: {ready}");
+    signal(&child, "-INT");
+    let status = wait_exit(&mut child, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(130));
+}
+
+#[test]
+fn check_passes_on_every_file_in_config() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = check(&path);
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("consumer "),
+                "check lists consumers"
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "config/ holds hub.toml and reference.toml");
+}
+
+const VALID: &str = r#"
+[backends.mem]
+type = "memory"
+[consumers.c]
+type = "delay"
+topics = ["org.#"]
+settings = { delay = "1ms" }
+"#;
+
+#[test]
+fn broken_configs_exit_2_and_name_the_key() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "unknown key",
+            "[http]\nlisen = \"127.0.0.1:1\"\n",
+            &["key `http.lisen`", "expected `listen`"],
+        ),
+        (
+            "unknown section",
+            "[hubb]\n",
+            &["key `hubb`", "unknown section"],
+        ),
+        (
+            "unknown type",
+            "[consumers.d]\ntype = \"ech\"\ntopics = [\"#\"]\n",
+            &[
+                "key `consumers.d.type`",
+                "unknown consumer type \"ech\"; known: delay, echo, reply",
+            ],
+        ),
+        (
+            "bad duration",
+            "[consumers.d]\ntype = \"delay\"\ntopics = [\"#\"]\nsettings = { delay = \"fast\" }\n",
+            &[
+                "key `consumers.d.settings.delay`",
+                "expected a duration like",
+            ],
+        ),
+        (
+            "bad grace",
+            "[hub]\nshutdown_grace = \"10 parsecs\"\n",
+            &["key `hub.shutdown_grace`"],
+        ),
+        (
+            "unknown backend",
+            "[consumers.d]\ntype = \"echo\"\ntopics = [\"#\"]\nbackend = \"nope\"\n",
+            &[
+                "key `consumers.d.backend`",
+                "unknown backend \"nope\"; configured backends: mem",
+            ],
+        ),
+        (
+            "invalid pattern",
+            "[consumers.d]\ntype = \"echo\"\ntopics = [\"a.#\", \"a..b\"]\n",
+            &["key `consumers.d.topics[1]`", "word 2 is empty"],
+        ),
+        (
+            "unknown settings key",
+            "[consumers.d]\ntype = \"echo\"\ntopics = [\"#\"]\nsettings = { pth = \"x\" }\n",
+            &["key `consumers.d.settings.pth`"],
+        ),
+        (
+            "bad when_full",
+            "[consumers.d]\ntype = \"echo\"\ntopics = [\"#\"]\nwhen_full = \"drop_all\"\n",
+            &["key `consumers.d.when_full`", "drop_oldest"],
+        ),
+    ];
+    for (what, extra, needles) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), &format!("{VALID}\n{extra}"));
+        let out = check(&config);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {err}");
+        assert!(
+            err.contains(&config.display().to_string()),
+            "{what}: names the file: {err}"
+        );
+        for n in *needles {
+            assert!(err.contains(n), "{what}: expected {n:?} in:\n{err}");
+        }
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "{VALID}\n[http]\nlisten = \"nowhere\"\n[consumers.x]\ntype = \"nope\"\ntopics = [\"#\"]\n[consumers.y]\ntype = \"echo\"\ntopics = []\n"
+        ),
+    );
+    let out = check(&config);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err.starts_with("3 configuration problems"), "{err}");
+    for key in [
+        "`http.listen`",
+        "`consumers.x.type`",
+        "`consumers.y.topics`",
+    ] {
+        assert!(err.contains(key), "{key} missing from:\n{err}");
+    }
+}
+
+#[test]
+fn missing_config_file_is_an_error() {
+    let out = hub(&["run", "--config", "/nonexistent/hub.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("/nonexistent/hub.toml: configuration file not found")
+    );
+}
+
+#[test]
+fn environment_overrides_nested_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), VALID);
+    let out = hub(&["check", "--config", config.to_str().unwrap()])
+        .env("HUB_HTTP__LISTEN", "127.0.0.1:9999")
+        .env("HUB_CONSUMERS__C__CONCURRENCY", "3")
+        .env("HUB_UNRELATED", "ignored: no `__`, not a config key")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("http listen 127.0.0.1:9999"), "{stdout}");
+    assert!(stdout.contains("concurrency=3"), "{stdout}");
+
+    let out = hub(&["check", "--config", config.to_str().unwrap()])
+        .env("HUB_HTTP__LISTN", "x")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        err.contains("environment variable HUB_HTTP__LISTN") && err.contains("`http.listn`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn consumers_lists_registered_types() {
+    let out = hub(&["consumers"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for t in ["echo", "delay", "reply", "ticker", "memory"] {
+        assert!(text.contains(t), "{t} missing:\n{text}");
+    }
+}
