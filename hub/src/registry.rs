@@ -1,4 +1,8 @@
 //! Type-erased factories: `type = "..."` → parse settings → build.
+#![allow(
+    clippy::result_large_err,
+    reason = "figment::Error is large; config loading runs once"
+)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
