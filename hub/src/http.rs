@@ -27,7 +27,7 @@ async fn render_metrics(State(s): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        s.metrics.render(),
+        s.metrics.render() + &s.dispatcher.render_histograms(),
     )
         .into_response()
 }

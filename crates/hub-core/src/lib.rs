@@ -71,4 +71,4 @@ pub use memory::MemoryBackend;
 pub use message::{DecodeError, Headers, Message, MessageBuilder};
 pub use producer::Producer;
 pub use tokio_util::sync::CancellationToken;
-pub use topic::{Pattern, PatternError, TopicWords};
+pub use topic::{Pattern, PatternError, PatternSet, TopicWords};

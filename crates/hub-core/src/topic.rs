@@ -183,9 +183,9 @@ fn match_slice(pat: &[Word], topic: &[&str]) -> bool {
     }
 }
 
-const INLINE_WORDS: usize = 32;
+const INLINE_WORDS: usize = 16;
 
-/// A topic split into words on the stack (no allocation up to 32 words). The empty topic has
+/// A topic split into words on the stack (no allocation up to 16 words). The empty topic has
 /// no words.
 pub struct TopicWords<'a> {
     topic: &'a str,
@@ -218,6 +218,108 @@ impl<'a> TopicWords<'a> {
 
     fn as_slice(&self) -> Option<&[&'a str]> {
         (!self.overflow).then(|| &self.words[..self.len])
+    }
+
+    fn with_words<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
+        match self.as_slice() {
+            Some(words) => f(words),
+            None => f(&split(self.topic).collect::<Vec<_>>()),
+        }
+    }
+}
+
+/// Many patterns compiled into one trie over words, each with an id: one walk finds every id
+/// whose pattern matches a topic, however many patterns there are (RabbitMQ's topic exchange
+/// does the same).
+#[derive(Debug, Clone, Default)]
+pub struct PatternSet {
+    nodes: Vec<Node>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Node {
+    literals: Vec<(Box<str>, u32)>,
+    one: Option<u32>,
+    many: Option<u32>,
+    ids: Vec<u32>,
+}
+
+impl PatternSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self {
+            nodes: vec![Node::default()],
+        }
+    }
+
+    fn child(&mut self, at: u32, word: &Word) -> u32 {
+        let next = u32::try_from(self.nodes.len()).unwrap_or(u32::MAX);
+        let node = &mut self.nodes[at as usize];
+        let slot = match word {
+            Word::Literal(l) => match node.literals.iter().find(|(w, _)| w == l) {
+                Some((_, c)) => return *c,
+                None => {
+                    node.literals.push((l.clone(), next));
+                    return self.push_node(next);
+                }
+            },
+            Word::One => &mut node.one,
+            Word::Many => &mut node.many,
+        };
+        match *slot {
+            Some(c) => c,
+            None => {
+                *slot = Some(next);
+                self.push_node(next)
+            }
+        }
+    }
+
+    fn push_node(&mut self, id: u32) -> u32 {
+        self.nodes.push(Node::default());
+        id
+    }
+
+    /// Adds `pattern` under `id`. An id may have several patterns.
+    pub fn insert(&mut self, pattern: &Pattern, id: u32) {
+        if self.nodes.is_empty() {
+            self.nodes.push(Node::default());
+        }
+        let mut at = 0;
+        for w in pattern.words.iter() {
+            at = self.child(at, w);
+        }
+        self.nodes[at as usize].ids.push(id);
+    }
+
+    /// Calls `found` with the id of every pattern matching `topic`; an id may come more than once
+    /// (several of its patterns match). Allocates nothing for topics of up to 16 words.
+    pub fn for_each_match(&self, topic: &TopicWords<'_>, mut found: impl FnMut(u32)) {
+        if self.nodes.is_empty() {
+            return;
+        }
+        topic.with_words(|words| self.walk(0, words, &mut found));
+    }
+
+    fn walk(&self, at: u32, words: &[&str], found: &mut impl FnMut(u32)) {
+        let node = &self.nodes[at as usize];
+        if let Some(many) = node.many {
+            // `#` takes zero or more words: continue after it from every suffix.
+            for skip in 0..=words.len() {
+                self.walk(many, &words[skip..], found);
+            }
+        }
+        match words.split_first() {
+            None => node.ids.iter().for_each(|&id| found(id)),
+            Some((word, rest)) => {
+                if let Some(&(_, c)) = node.literals.iter().find(|(l, _)| **l == **word) {
+                    self.walk(c, rest, found);
+                }
+                if let Some(one) = node.one {
+                    self.walk(one, rest, found);
+                }
+            }
+        }
     }
 }
 

@@ -235,10 +235,11 @@ impl TestHub {
 
     /// The Prometheus text of this hub's metrics, gauges refreshed now.
     pub fn metrics_text(&self) -> String {
-        if let Some(r) = &self.running {
-            r.dispatcher().refresh_gauges();
-        }
-        self.metrics.render()
+        let Some(r) = &self.running else {
+            return self.metrics.render();
+        };
+        r.dispatcher().refresh_gauges();
+        self.metrics.render() + &r.dispatcher().render_histograms()
     }
 
     /// One sample, by its exact series as rendered, such as

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::metrics::{BackendMetrics, ConsumerMetrics, DISPATCHER_UNROUTED};
-use crate::topic::TopicWords;
+use crate::topic::{PatternSet, TopicWords};
 use crate::{
     Consumer, ConsumerOptions, Context, Delivery, Message, Pattern, Subscription, SubscriptionId,
     Verdict,
@@ -71,7 +71,7 @@ impl DispatcherBuilder {
             consumer,
             cx,
             in_flight: AtomicUsize::new(0),
-            completed: AtomicU64::new(0),
+            counts: Counts::default(),
             last_completed_ns: AtomicU64::new(u64::MAX),
             rate: Mutex::new(Rate::new(now)),
         });
@@ -80,16 +80,12 @@ impl DispatcherBuilder {
 
     /// Finishes the routing table. Nothing runs until [`Dispatcher::start`].
     pub fn build(self) -> Dispatcher {
-        let routes = (0..self.backends.len())
-            .map(|b| {
-                self.slots
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| s.backend == b)
-                    .map(|(i, _)| i)
-                    .collect()
-            })
-            .collect();
+        let mut routes = vec![PatternSet::new(); self.backends.len()];
+        for (i, slot) in self.slots.iter().enumerate() {
+            for p in slot.patterns.iter() {
+                routes[slot.backend].insert(p, u32::try_from(i).unwrap_or(u32::MAX));
+            }
+        }
         Dispatcher {
             shared: Arc::new(Shared {
                 slots: self.slots,
@@ -113,19 +109,89 @@ pub(crate) struct Slot {
     queue: Queue,
     metrics: ConsumerMetrics,
     in_flight: AtomicUsize,
-    completed: AtomicU64,
+    counts: Counts,
     /// Nanoseconds after the dispatcher's epoch of the last completion; `u64::MAX` = never.
     last_completed_ns: AtomicU64,
     rate: Mutex<Rate>,
 }
 
-impl Slot {
-    fn wants(&self, topic: &TopicWords<'_>) -> bool {
-        self.patterns.iter().any(|p| p.matches_words(topic))
+/// Exact per-consumer counts, kept as plain atomics on the hot path and copied into the
+/// Prometheus counters on every refresh (so they are exact when scraped).
+#[derive(Default)]
+pub(crate) struct Counts {
+    pub received: AtomicU64,
+    pub ok: AtomicU64,
+    pub error: AtomicU64,
+    pub timeout: AtomicU64,
+    pub panic: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+impl Counts {
+    fn completed(&self) -> u64 {
+        [&self.ok, &self.error, &self.timeout, &self.panic]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// Consumer indices matched by one delivery, deduplicated; on the stack up to 256 consumers.
+struct Matched {
+    inline: [u64; 4],
+    spill: Vec<u64>,
+}
+
+impl Matched {
+    fn new() -> Self {
+        Self {
+            inline: [0; 4],
+            spill: Vec::new(),
+        }
     }
 
+    fn insert(&mut self, id: u32) {
+        let (word, bit) = ((id / 64) as usize, id % 64);
+        let slot = if word < 4 {
+            &mut self.inline[word]
+        } else {
+            if self.spill.len() <= word - 4 {
+                self.spill.resize(word - 3, 0);
+            }
+            &mut self.spill[word - 4]
+        };
+        *slot |= 1 << bit;
+    }
+
+    fn len(&self) -> usize {
+        self.inline
+            .iter()
+            .chain(&self.spill)
+            .map(|w| w.count_ones() as usize)
+            .sum()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.inline
+            .iter()
+            .chain(&self.spill)
+            .enumerate()
+            .flat_map(|(w, &bits)| {
+                let mut rest = bits;
+                std::iter::from_fn(move || {
+                    if rest == 0 {
+                        return None;
+                    }
+                    let b = rest.trailing_zeros() as usize;
+                    rest &= rest - 1;
+                    Some(w * 64 + b)
+                })
+            })
+    }
+}
+
+impl Slot {
     fn record_completion(&self, shared: &Shared, at: Instant) {
-        self.completed.fetch_add(1, Ordering::Relaxed);
         let ns = at.saturating_duration_since(shared.epoch).as_nanos();
         self.last_completed_ns
             .store(u64::try_from(ns).unwrap_or(u64::MAX - 1), Ordering::Relaxed);
@@ -134,8 +200,8 @@ impl Slot {
 
 pub(crate) struct Shared {
     slots: Vec<Slot>,
-    /// Per backend: the consumers it feeds.
-    routes: Vec<Vec<usize>>,
+    /// Per backend: every pattern of the consumers it feeds, by consumer index.
+    routes: Vec<PatternSet>,
     backends: Vec<BackendMetrics>,
     unrouted: Counter,
     epoch: Instant,
@@ -170,7 +236,7 @@ impl Intake {
     /// [`IntakeClosed`] once shutdown has begun; the delivery is settled as a retry.
     pub async fn deliver(&self, delivery: Delivery) -> Result<(), IntakeClosed> {
         let sh = &*self.shared;
-        sh.backends[self.backend].received.increment(1);
+        sh.backends[self.backend].count_received();
         let Delivery {
             message,
             acker,
@@ -184,46 +250,24 @@ impl Intake {
             };
             return offer(&sh.slots[i], message, settle, now).await;
         }
-        let routes = &sh.routes[self.backend];
         let topic = TopicWords::new(message.topic());
-        let topic = &topic;
-        match acker {
-            None => {
-                let mut matched = false;
-                let mut closed = Ok(());
-                for &i in routes {
-                    let slot = &sh.slots[i];
-                    if slot.wants(topic) {
-                        matched = true;
-                        closed =
-                            closed.and(offer(slot, message.clone(), Settle::none(), now).await);
-                    }
-                }
-                if !matched {
-                    sh.unrouted.increment(1);
-                }
-                closed
+        let mut matched = Matched::new();
+        sh.routes[self.backend].for_each_match(&topic, |id| matched.insert(id));
+        let n = matched.len();
+        if n == 0 {
+            sh.unrouted.increment(1);
+            if let Some(acker) = acker {
+                acker.settle(Verdict::Ack);
             }
-            Some(acker) => {
-                // Count first, so the ticket cannot settle before every copy is queued.
-                let n = routes.iter().filter(|&&i| sh.slots[i].wants(topic)).count();
-                if n == 0 {
-                    sh.unrouted.increment(1);
-                    acker.settle(Verdict::Ack);
-                    return Ok(());
-                }
-                let ticket = Ticket::new(acker, n);
-                let mut closed = Ok(());
-                for &i in routes {
-                    let slot = &sh.slots[i];
-                    if slot.wants(topic) {
-                        closed = closed
-                            .and(offer(slot, message.clone(), Settle::of(&ticket), now).await);
-                    }
-                }
-                closed
-            }
+            return Ok(());
         }
+        let ticket = acker.map(|a| Ticket::new(a, n));
+        let mut closed = Ok(());
+        for i in matched.iter() {
+            let settle = ticket.as_ref().map_or_else(Settle::none, Settle::of);
+            closed = closed.and(offer(&sh.slots[i], message.clone(), settle, now).await);
+        }
+        closed
     }
 
     /// This backend's metrics.
@@ -245,12 +289,12 @@ async fn offer(
     };
     match slot.queue.push(item, slot.options.when_full).await {
         Offer::Accepted => {
-            slot.metrics.received.increment(1);
+            slot.counts.received.fetch_add(1, Ordering::Relaxed);
             Ok(())
         }
         Offer::Dropped(victim) => {
-            slot.metrics.received.increment(1);
-            slot.metrics.dropped.increment(1);
+            slot.counts.received.fetch_add(1, Ordering::Relaxed);
+            slot.counts.dropped.fetch_add(1, Ordering::Relaxed);
             debug!(consumer = %slot.name, message_id = %victim.message.id(), "Queue full; message dropped.");
             victim.settle.finish(Verdict::Reject {
                 reason: format!("consumer {}: queue full, message dropped", slot.name),
@@ -309,16 +353,16 @@ impl Dispatcher {
 
     /// The subscriptions fed by `backend`, as handed to it in its context.
     pub fn subscriptions(&self, backend: BackendIndex) -> Vec<Subscription> {
-        self.shared.routes[backend.0]
+        self.shared
+            .slots
             .iter()
-            .map(|&i| {
-                let s = &self.shared.slots[i];
-                Subscription {
-                    id: SubscriptionId(i),
-                    consumer: Arc::clone(&s.name),
-                    patterns: s.patterns.to_vec(),
-                    options: s.options.clone(),
-                }
+            .enumerate()
+            .filter(|(_, s)| s.backend == backend.0)
+            .map(|(i, s)| Subscription {
+                id: SubscriptionId(i),
+                consumer: Arc::clone(&s.name),
+                patterns: s.patterns.to_vec(),
+                options: s.options.clone(),
             })
             .collect()
     }
@@ -397,12 +441,38 @@ impl Dispatcher {
     /// Recomputes every consumer's gauges (backlog, in flight, oldest age, catch-up) from the
     /// queues now. Call before rendering metrics.
     pub fn refresh_gauges(&self) {
+        for b in &self.shared.backends {
+            b.flush();
+        }
         for (slot, state) in self.shared.slots.iter().zip(self.states()) {
+            let (m, c) = (&slot.metrics, &slot.counts);
+            for (counter, count) in [
+                (&m.received, &c.received),
+                (&m.ok, &c.ok),
+                (&m.error, &c.error),
+                (&m.timeout, &c.timeout),
+                (&m.panic, &c.panic),
+                (&m.dropped, &c.dropped),
+            ] {
+                counter.absolute(count.load(Ordering::Relaxed));
+            }
             slot.metrics.backlog.set(state.backlog as f64);
             slot.metrics.in_flight.set(state.in_flight as f64);
             slot.metrics.oldest_age.set(state.oldest_age.as_secs_f64());
             slot.metrics.catch_up.set(state.catch_up_seconds);
         }
+    }
+
+    /// The two duration histograms of every consumer
+    /// (`hub_consumer_processing_duration_seconds`, `hub_consumer_queue_wait_seconds`) in
+    /// Prometheus text format; append it to the recorder's output when serving `/metrics`.
+    pub fn render_histograms(&self) -> String {
+        let mut out = String::new();
+        crate::metrics::render_histograms(
+            &mut out,
+            self.shared.slots.iter().map(|s| (&*s.name, &s.metrics)),
+        );
+        out
     }
 
     /// Every consumer's state now.
@@ -413,7 +483,7 @@ impl Dispatcher {
             .iter()
             .map(|slot| {
                 let (backlog, oldest) = slot.queue.snapshot();
-                let completed = slot.completed.load(Ordering::Relaxed);
+                let completed = slot.counts.completed();
                 let rate = slot
                     .rate
                     .lock()

@@ -141,16 +141,17 @@ impl Queue {
         }
     }
 
-    /// Takes the oldest message, waiting while the queue is empty; `Closed` once it is empty and closed.
-    pub async fn pop(&self) -> Popped {
+    /// Takes the oldest message, waiting while the queue is empty; `Closed` once it is empty and
+    /// closed. The flag says whether it had to wait.
+    pub async fn pop(&self) -> (Popped, bool) {
+        if let Some(p) = self.try_pop() {
+            return (p, false);
+        }
         loop {
-            if let Some(p) = self.try_pop() {
-                return p;
-            }
             let mut notified = pin!(self.not_empty.notified());
             notified.as_mut().enable();
             if let Some(p) = self.try_pop() {
-                return p;
+                return (p, true);
             }
             notified.await;
         }

@@ -95,6 +95,14 @@ fn rig(consumers: Vec<(&str, &[&str], ConsumerOptions, Arc<Probe>)>) -> Rig {
     }
 }
 
+impl Rig {
+    /// What a scrape sees: refresh, then render.
+    fn render(&self) -> String {
+        self.dispatcher.refresh_gauges();
+        self.metrics.render() + &self.dispatcher.render_histograms()
+    }
+}
+
 fn msg(i: u64) -> Message {
     Message::new("org.test.event", json!({ "i": i }))
 }
@@ -288,7 +296,7 @@ async fn gated(policy: WhenFull, extra: u64) -> (Rig, Arc<Probe>, Arc<Semaphore>
 async fn drop_newest_drops_exactly_the_overflow() {
     let (r, probe, gate) = gated(WhenFull::DropNewest, 9).await;
     r.dispatcher.refresh_gauges();
-    let text = r.metrics.render();
+    let text = r.render();
     assert_eq!(
         sample(
             &text,
@@ -322,7 +330,7 @@ async fn drop_newest_drops_exactly_the_overflow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_oldest_keeps_the_newest() {
     let (r, probe, gate) = gated(WhenFull::DropOldest, 9).await;
-    let text = r.metrics.render();
+    let text = r.render();
     assert_eq!(
         sample(
             &text,
@@ -356,7 +364,7 @@ async fn block_pauses_intake_until_there_is_room() {
     gate.add_permits(100);
     assert!(r.dispatcher.drain(Duration::from_secs(5)).await.is_clean());
     assert_eq!(*probe.seen.lock().unwrap(), vec![0, 1, 2, 3, 4, 5]);
-    let text = r.metrics.render();
+    let text = r.render();
     assert_eq!(
         sample(
             &text,
@@ -429,7 +437,7 @@ async fn error_timeout_and_panic_are_counted_and_the_consumer_keeps_going() {
         vec![1, 2],
         "the consumer kept going after each failure"
     );
-    let text = r.metrics.render();
+    let text = r.render();
     let outcome = |o: &str| {
         sample(
             &text,
@@ -538,11 +546,7 @@ async fn ack_only_after_every_matching_consumer_finished() {
         .await
         .unwrap();
     assert_eq!(
-        sample(
-            &r.metrics.render(),
-            "hub_dispatcher_unrouted_messages_total",
-            &[]
-        ),
+        sample(&r.render(), "hub_dispatcher_unrouted_messages_total", &[]),
         Some(2.0)
     );
 }
@@ -644,7 +648,7 @@ async fn prometheus_gauges_of_a_stuck_consumer_keep_growing() {
     .await;
     let read = |name: &str, consumer: &str| {
         r.dispatcher.refresh_gauges();
-        sample(&r.metrics.render(), name, &[("consumer", consumer)]).unwrap()
+        sample(&r.render(), name, &[("consumer", consumer)]).unwrap()
     };
     let age1 = read("hub_consumer_oldest_message_age_seconds", "stuck");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -662,7 +666,7 @@ async fn prometheus_gauges_of_a_stuck_consumer_keep_growing() {
     assert_eq!(read("hub_consumer_backlog_messages", "fine"), 0.0);
     assert_eq!(read("hub_consumer_oldest_message_age_seconds", "fine"), 0.0);
     assert_eq!(read("hub_consumer_catch_up_seconds", "fine"), 0.0);
-    let text = r.metrics.render();
+    let text = r.render();
     assert!(
         text.contains(
             "hub_consumer_processing_duration_seconds_bucket{consumer=\"fine\",le=\"0.001\"}"

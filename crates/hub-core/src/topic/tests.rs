@@ -144,3 +144,24 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #[test]
+    fn pattern_set_finds_exactly_the_matching_patterns(
+        pats in prop::collection::vec(prop::collection::vec(prop_oneof!["a", "b", Just("*".to_string()), Just("#".to_string())], 1..5), 1..8),
+        topic in prop::collection::vec(prop_oneof!["a", "b", "c"], 0..7),
+    ) {
+        let topic = topic.join(".");
+        let compiled: Vec<Pattern> = pats.iter().map(|p| Pattern::new(&p.join(".")).unwrap()).collect();
+        let mut set = PatternSet::new();
+        for (i, p) in compiled.iter().enumerate() {
+            set.insert(p, i as u32);
+        }
+        let mut found = std::collections::BTreeSet::new();
+        set.for_each_match(&TopicWords::new(&topic), |id| { found.insert(id); });
+        let want: std::collections::BTreeSet<u32> =
+            compiled.iter().enumerate().filter(|(_, p)| p.matches(&topic)).map(|(i, _)| i as u32).collect();
+        prop_assert_eq!(found, want, "topic {:?}", topic);
+    }
+}

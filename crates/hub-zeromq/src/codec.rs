@@ -1,0 +1,281 @@
+//! Frames ↔ [`Message`]: fedmsg's two-frame envelope, or raw `[topic, JSON body]`.
+
+use bytes::Bytes;
+use hub_core::{Headers, Message};
+use jiff::Timestamp;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+/// Wire format of a ZeroMQ backend (`format = "fedmsg" | "raw"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// `[topic, {"topic","msg","msg_id","timestamp","i","username",...}]`, as fedmsg publishes.
+    #[default]
+    Fedmsg,
+    /// `[topic, JSON body]`: id and timestamp are made up on receipt.
+    Raw,
+}
+
+/// Why a ZeroMQ message was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// The message id, when it could be read.
+    pub id: Option<String>,
+    /// What was wrong.
+    pub reason: String,
+}
+
+impl Invalid {
+    fn new(reason: impl Into<String>) -> Self {
+        Self {
+            id: None,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// fedmsg fields that map onto the envelope rather than headers.
+const ENVELOPE: &[&str] = &["topic", "msg", "msg_id", "timestamp"];
+
+/// Decodes one multipart message.
+///
+/// # Errors
+/// [`Invalid`] for a frame count other than 2, a non-UTF-8 topic, invalid JSON, a fedmsg
+/// envelope without `msg` or whose `topic` differs from frame 0, or a bad `timestamp`.
+pub fn decode(format: Format, frames: &[Bytes]) -> Result<Message, Invalid> {
+    let [topic, body] = frames else {
+        return Err(Invalid::new(format!(
+            "expected 2 frames [topic, body], got {}",
+            frames.len()
+        )));
+    };
+    let topic = std::str::from_utf8(topic).map_err(|_| Invalid::new("topic frame is not UTF-8"))?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| Invalid::new(format!("body is not JSON: {e}")))?;
+    match format {
+        Format::Raw => Ok(Message::new(topic, value)),
+        Format::Fedmsg => {
+            let Value::Object(mut env) = value else {
+                return Err(Invalid::new("fedmsg envelope is not a JSON object"));
+            };
+            let id = match env.remove("msg_id") {
+                Some(Value::String(s)) => Some(s),
+                Some(Value::Null) | None => None,
+                Some(_) => return Err(Invalid::new("msg_id is not a string")),
+            };
+            let fail = |reason: String| Invalid {
+                id: id.clone(),
+                reason,
+            };
+            match env.remove("topic") {
+                Some(Value::String(t)) if t == topic => {}
+                Some(Value::String(t)) => {
+                    return Err(fail(format!(
+                        "topic envelope mismatch: frame {topic:?}, envelope {t:?}"
+                    )));
+                }
+                Some(_) => return Err(fail("envelope topic is not a string".into())),
+                None => return Err(fail("envelope has no topic".into())),
+            }
+            let body = env
+                .remove("msg")
+                .ok_or_else(|| fail("envelope has no msg".into()))?;
+            let timestamp = match env.remove("timestamp") {
+                None | Some(Value::Null) => Timestamp::now(),
+                Some(Value::Number(n)) => {
+                    let secs = n
+                        .as_f64()
+                        .ok_or_else(|| fail("timestamp is not a number".into()))?;
+                    let nanos = (secs * 1e9).round();
+                    if !nanos.is_finite() || nanos.abs() > 1e19 {
+                        return Err(fail(format!("timestamp {secs} is out of range")));
+                    }
+                    Timestamp::from_nanosecond(nanos as i128)
+                        .map_err(|e| fail(format!("timestamp {secs}: {e}")))?
+                }
+                Some(_) => return Err(fail("timestamp is not a number".into())),
+            };
+            let headers: Headers = env
+                .into_iter()
+                .filter(|(k, _)| !ENVELOPE.contains(&k.as_str()))
+                .collect();
+            let mut b = Message::builder(topic, body)
+                .timestamp(timestamp)
+                .headers(headers);
+            if let Some(id) = id {
+                b = b.id(id);
+            }
+            Ok(b.build())
+        }
+    }
+}
+
+/// A fedmsg `msg_id`: the message id when it already reads `<year>-<uuid>`, `<year>-<id>` when
+/// it is a bare UUID, else a fresh `<year>-<uuid4>`.
+fn fedmsg_id(msg: &Message) -> String {
+    let id = msg.id();
+    let year = msg.timestamp().to_zoned(jiff::tz::TimeZone::UTC).year();
+    let is_uuid = |s: &str| uuid::Uuid::parse_str(s).is_ok();
+    match id.split_once('-') {
+        Some((y, rest))
+            if y.len() == 4 && y.bytes().all(|b| b.is_ascii_digit()) && is_uuid(rest) =>
+        {
+            id.to_owned()
+        }
+        _ if is_uuid(id) => format!("{year}-{id}"),
+        _ => format!("{year}-{}", uuid::Uuid::new_v4()),
+    }
+}
+
+/// Encodes one message as two frames. For fedmsg: sorted keys, compact separators, integer
+/// `timestamp`, `i` = the publisher's counter (from 1), `username`; the message's headers that
+/// are fedmsg fields (`crypto`, `signature`, ...) are kept, others travel under `headers`.
+pub fn encode(format: Format, msg: &Message, i: u64, username: &str) -> [Bytes; 2] {
+    let topic = Bytes::copy_from_slice(msg.topic().as_bytes());
+    let body = match format {
+        Format::Raw => serde_json::to_vec(msg.body()),
+        Format::Fedmsg => {
+            // serde_json's Map is a BTreeMap here (no `preserve_order`): keys come out sorted.
+            let mut env = Map::new();
+            let mut extra = Map::new();
+            for (k, v) in msg.headers() {
+                match k.as_str() {
+                    "crypto" | "signature" | "certificate" | "seq_id" | "source_name"
+                    | "source_version" => {
+                        env.insert(k.clone(), v.clone());
+                    }
+                    "headers" => {
+                        if let Value::Object(h) = v {
+                            extra.extend(h.clone());
+                        }
+                    }
+                    "i" | "username" => {}
+                    _ => {
+                        extra.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            env.insert("topic".into(), json!(msg.topic()));
+            env.insert("msg".into(), msg.body().clone());
+            env.insert("msg_id".into(), json!(fedmsg_id(msg)));
+            env.insert("timestamp".into(), json!(msg.timestamp().as_second()));
+            env.insert("i".into(), json!(i));
+            env.insert("username".into(), json!(username));
+            if !extra.is_empty() {
+                env.insert("headers".into(), Value::Object(extra));
+            }
+            serde_json::to_vec(&Value::Object(env))
+        }
+    };
+    // Serializing JSON values cannot fail.
+    [topic, Bytes::from(body.unwrap_or_default())]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(topic: &[u8], body: &str) -> Vec<Bytes> {
+        vec![
+            Bytes::copy_from_slice(topic),
+            Bytes::copy_from_slice(body.as_bytes()),
+        ]
+    }
+
+    #[test]
+    fn decodes_a_real_fedmsg_envelope() {
+        let body = r#"{"i": 3, "msg": {"build": 42}, "msg_id": "2024-7c2e8a3c-6f2b-4d4e-9d61-2f0a7e5c1b11",
+            "timestamp": 1717171717.5, "topic": "org.fedoraproject.prod.buildsys.build.state.change",
+            "username": "apache", "crypto": "x509", "signature": "c2ln\n", "certificate": "Y2VydA==\n"}"#;
+        let m = decode(
+            Format::Fedmsg,
+            &frames(b"org.fedoraproject.prod.buildsys.build.state.change", body),
+        )
+        .unwrap();
+        assert_eq!(
+            m.topic(),
+            "org.fedoraproject.prod.buildsys.build.state.change"
+        );
+        assert_eq!(m.body(), &json!({"build": 42}));
+        assert_eq!(m.id(), "2024-7c2e8a3c-6f2b-4d4e-9d61-2f0a7e5c1b11");
+        assert_eq!(m.timestamp().as_millisecond(), 1_717_171_717_500);
+        assert_eq!(m.header("i"), Some(&json!(3)));
+        assert_eq!(m.header("username"), Some(&json!("apache")));
+        assert_eq!(m.header("crypto"), Some(&json!("x509")));
+        assert!(m.header("msg").is_none() && m.header("topic").is_none());
+    }
+
+    #[test]
+    fn rejects_malformed_input() {
+        let ok = r#"{"topic": "a.b", "msg": {}, "msg_id": "x", "timestamp": 1}"#;
+        let one = vec![Bytes::from_static(b"a.b")];
+        let three = vec![
+            Bytes::from_static(b"a.b"),
+            Bytes::from_static(b"{}"),
+            Bytes::from_static(b"{}"),
+        ];
+        let cases: Vec<(Vec<Bytes>, &str)> = vec![
+            (one, "expected 2 frames"),
+            (three, "got 3"),
+            (frames(b"a.b", "{not json"), "not JSON"),
+            (frames(b"\xff\xfe", ok), "not UTF-8"),
+            (frames(b"a.c", ok), "topic envelope mismatch"),
+            (frames(b"a.b", r#"{"topic": "a.b"}"#), "no msg"),
+            (frames(b"a.b", r#"[1, 2]"#), "not a JSON object"),
+            (
+                frames(
+                    b"a.b",
+                    r#"{"topic": "a.b", "msg": {}, "timestamp": "yesterday"}"#,
+                ),
+                "timestamp",
+            ),
+        ];
+        for (f, want) in cases {
+            let err = decode(Format::Fedmsg, &f).unwrap_err();
+            assert!(err.reason.contains(want), "{want}: {err:?}");
+        }
+        let err = decode(Format::Fedmsg, &frames(b"a.c", ok)).unwrap_err();
+        assert_eq!(err.id.as_deref(), Some("x"), "the id is logged when known");
+    }
+
+    #[test]
+    fn encodes_what_fedmsg_accepts() {
+        let m = Message::builder("org.example.prod.app.thing", json!({"z": 1, "a": "é"}))
+            .id("7c2e8a3c-6f2b-4d4e-9d61-2f0a7e5c1b11")
+            .timestamp("2026-11-22T19:00:00.9Z".parse().unwrap())
+            .header("trace", "t-1")
+            .build();
+        let [topic, body] = encode(Format::Fedmsg, &m, 7, "hub");
+        assert_eq!(&topic[..], b"org.example.prod.app.thing");
+        let text = std::str::from_utf8(&body).unwrap();
+        assert_eq!(
+            text,
+            r#"{"headers":{"trace":"t-1"},"i":7,"msg":{"a":"é","z":1},"msg_id":"2026-7c2e8a3c-6f2b-4d4e-9d61-2f0a7e5c1b11","timestamp":1795460400,"topic":"org.example.prod.app.thing","username":"hub"}"#
+        );
+        // And it decodes back to the same message (id, topic, body; timestamp to the second).
+        let back = decode(Format::Fedmsg, &[topic, body]).unwrap();
+        assert_eq!(back.id(), "2026-7c2e8a3c-6f2b-4d4e-9d61-2f0a7e5c1b11");
+        assert_eq!(back.body(), m.body());
+        assert_eq!(back.header("headers"), Some(&json!({"trace": "t-1"})));
+    }
+
+    #[test]
+    fn fedmsg_ids_have_a_year_and_a_uuid() {
+        let m = Message::new("a", json!({}));
+        let id = fedmsg_id(&m);
+        let (year, rest) = id.split_once('-').unwrap();
+        assert_eq!(year.len(), 4);
+        assert!(uuid::Uuid::parse_str(rest).is_ok());
+        let odd = Message::builder("a", json!({})).id("not-a-uuid").build();
+        assert!(uuid::Uuid::parse_str(fedmsg_id(&odd).split_once('-').unwrap().1).is_ok());
+    }
+
+    #[test]
+    fn raw_format_is_topic_and_body() {
+        let m = decode(Format::Raw, &frames(b"x.y", r#"{"k": true}"#)).unwrap();
+        assert_eq!((m.topic(), m.body()), ("x.y", &json!({"k": true})));
+        let [t, b] = encode(Format::Raw, &m, 1, "u");
+        assert_eq!((&t[..], &b[..]), (&b"x.y"[..], &br#"{"k":true}"#[..]));
+    }
+}

@@ -1,0 +1,248 @@
+//! One SUB socket per `subscribe` endpoint: connect with retries, filter by prefix, decode,
+//! deliver.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use hub_core::{BackendMetrics, CancellationToken, Delivery, Intake};
+use metrics::{Counter, Gauge};
+use serde_json::Value;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use zeromq::{Socket, SocketEvent, SocketOptions, SocketRecv, SubSocket};
+
+use crate::codec::{self, Format};
+
+/// How long one connect attempt may take (the crate's own default is 30 s, and it blocks).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Per endpoint: connection state and the fedmsg sequence gap count, with their series.
+pub(crate) struct EndpointStats {
+    pub endpoint: String,
+    pub connected: AtomicBool,
+    pub gaps: AtomicU64,
+    connected_gauge: Gauge,
+    gaps_counter: Counter,
+}
+
+impl EndpointStats {
+    pub fn register(backend: &str, endpoint: &str) -> Self {
+        let labels = [
+            ("backend", backend.to_owned()),
+            ("endpoint", endpoint.to_owned()),
+        ];
+        let s = Self {
+            endpoint: endpoint.to_owned(),
+            connected: AtomicBool::new(false),
+            gaps: AtomicU64::new(0),
+            connected_gauge: metrics::gauge!("hub_zeromq_endpoint_connected", &labels),
+            gaps_counter: metrics::counter!("hub_zeromq_gaps_total", &labels),
+        };
+        s.connected_gauge.set(0.0);
+        s.gaps_counter.increment(0);
+        s
+    }
+
+    fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Relaxed);
+        self.connected_gauge.set(if up { 1.0 } else { 0.0 });
+    }
+
+    fn gap(&self, missing: u64) {
+        self.gaps.fetch_add(missing, Ordering::Relaxed);
+        self.gaps_counter.increment(missing);
+    }
+}
+
+/// The backend counts as connected while at least one endpoint is (or it has none to read).
+#[derive(Clone)]
+pub(crate) struct Readiness {
+    metrics: BackendMetrics,
+    endpoints: Vec<Arc<EndpointStats>>,
+}
+
+impl Readiness {
+    pub fn new(metrics: BackendMetrics, endpoints: Vec<Arc<EndpointStats>>) -> Self {
+        Self { metrics, endpoints }
+    }
+
+    pub fn update(&self) {
+        let up = self.endpoints.is_empty()
+            || self
+                .endpoints
+                .iter()
+                .any(|e| e.connected.load(Ordering::Relaxed));
+        self.metrics.set_connected(up);
+    }
+}
+
+/// Logs at most once a second, saying how many it held back.
+struct Throttle {
+    last: Option<Instant>,
+    held: u64,
+}
+
+impl Throttle {
+    fn new() -> Self {
+        Self {
+            last: None,
+            held: 0,
+        }
+    }
+
+    /// `Some(held back since the last line)` when a line may be written now.
+    fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last {
+            Some(t) if now.duration_since(t) < Duration::from_secs(1) => {
+                self.held += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.held))
+            }
+        }
+    }
+}
+
+pub(crate) struct Endpoint {
+    pub backend: String,
+    pub stats: Arc<EndpointStats>,
+    pub prefixes: Vec<String>,
+    pub format: Format,
+    pub intake: Intake,
+    pub metrics: BackendMetrics,
+    pub readiness: Readiness,
+    pub shutdown: CancellationToken,
+}
+
+/// Connects (retrying forever with backoff), then reads until shutdown. Once connected, the
+/// crate's SUB socket reconnects and resubscribes by itself; its monitor tells us when.
+pub(crate) async fn run(ep: Endpoint) {
+    let name = ep.stats.endpoint.clone();
+    let mut backoff = BACKOFF_MIN;
+    let mut failures = 0u64;
+    loop {
+        let mut options = SocketOptions::default();
+        options.connect_timeout(CONNECT_TIMEOUT);
+        let mut socket = SubSocket::with_options(options);
+        let mut monitor = socket.monitor().boxed();
+        let attempt = tokio::select! {
+            () = ep.shutdown.cancelled() => return,
+            r = tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), socket.connect(&name)) => r,
+        };
+        match attempt {
+            Ok(Ok(())) => {}
+            failed => {
+                failures += 1;
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "connect timed out".to_owned(),
+                };
+                // First failure, then one line every ~30 attempts: a down publisher is normal.
+                if failures == 1 || failures.is_multiple_of(30) {
+                    warn!(backend = %ep.backend, endpoint = %name, attempts = failures, error = %why, "Cannot connect; retrying.");
+                }
+                tokio::select! {
+                    () = ep.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        }
+        let mut subscribed = true;
+        for p in &ep.prefixes {
+            if let Err(e) = socket.subscribe(p).await {
+                warn!(backend = %ep.backend, endpoint = %name, prefix = %p, error = %e, "Cannot subscribe; reconnecting.");
+                subscribed = false;
+                break;
+            }
+        }
+        if !subscribed {
+            continue;
+        }
+        info!(backend = %ep.backend, endpoint = %name, prefixes = ?ep.prefixes, "Subscribed.");
+        backoff = BACKOFF_MIN;
+        failures = 0;
+        ep.stats.set_connected(true);
+        ep.readiness.update();
+        if !read(&ep, &mut socket, &mut monitor).await {
+            ep.stats.set_connected(false);
+            ep.readiness.update();
+            let _ = socket.close().await;
+            return;
+        }
+    }
+}
+
+/// Reads until shutdown (returns false). Never returns on a receive error: logs it and goes on.
+async fn read(
+    ep: &Endpoint,
+    socket: &mut SubSocket,
+    monitor: &mut futures_util::stream::BoxStream<'static, SocketEvent>,
+) -> bool {
+    let name = &ep.stats.endpoint;
+    let mut invalid_log = Throttle::new();
+    let mut error_log = Throttle::new();
+    let mut last_i: Option<u64> = None;
+    let mut monitor_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            () = ep.shutdown.cancelled() => return false,
+            event = monitor.next(), if monitor_open => match event {
+                Some(SocketEvent::Disconnected(_)) => {
+                    info!(backend = %ep.backend, endpoint = %name, "Publisher went away; the socket reconnects by itself.");
+                    ep.stats.set_connected(false);
+                    ep.readiness.update();
+                    last_i = None;
+                }
+                Some(SocketEvent::Connected(..)) => {
+                    info!(backend = %ep.backend, endpoint = %name, "Reconnected.");
+                    ep.stats.set_connected(true);
+                    ep.readiness.update();
+                }
+                Some(_) => {}
+                None => monitor_open = false,
+            },
+            received = socket.recv() => match received {
+                Ok(frames) => {
+                    let frames = frames.into_vec();
+                    match codec::decode(ep.format, &frames) {
+                        Ok(msg) => {
+                            if let Some(i) = msg.header("i").and_then(Value::as_u64) {
+                                if let Some(prev) = last_i && i > prev + 1 {
+                                    ep.stats.gap(i - prev - 1);
+                                }
+                                // A smaller `i` is a restarted publisher (or another one): start over.
+                                last_i = Some(i);
+                            }
+                            if ep.intake.deliver(Delivery::new(msg)).await.is_err() {
+                                return false;
+                            }
+                        }
+                        Err(bad) => {
+                            ep.metrics.invalid();
+                            if let Some(held) = invalid_log.allow() {
+                                warn!(backend = %ep.backend, endpoint = %name, message_id = bad.id.as_deref().unwrap_or("-"), reason = %bad.reason, similar_not_logged = held, "Rejected a malformed message.");
+                            } else {
+                                debug!(backend = %ep.backend, message_id = bad.id.as_deref().unwrap_or("-"), reason = %bad.reason, "Rejected a malformed message.");
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    if let Some(held) = error_log.allow() {
+                        warn!(backend = %ep.backend, endpoint = %name, error = %e, similar_not_logged = held, "Receive error; going on.");
+                    }
+                }
+            },
+        }
+    }
+}
