@@ -39,6 +39,33 @@ fn write_config(dir: &Path, body: &str) -> PathBuf {
     p
 }
 
+/// A child process killed when the test ends, even by a failed assertion.
+struct Proc(Child);
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(cmd: &mut Command) -> Proc {
+    Proc(cmd.spawn().unwrap())
+}
+
 fn hub(args: &[&str]) -> Command {
     let mut c = Command::new(HUB);
     c.args(args)
@@ -53,7 +80,7 @@ fn check(config: &Path) -> Output {
         .unwrap()
 }
 
-fn signal(child: &Child, sig: &str) {
+fn signal(child: &Proc, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &child.id().to_string()])
         .status()
@@ -61,7 +88,7 @@ fn signal(child: &Child, sig: &str) {
     assert!(ok.success());
 }
 
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+fn wait_exit(child: &mut Proc, limit: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -75,7 +102,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     }
 }
 
-fn wait_ready(port: u16, child: &mut Child) {
+fn wait_ready(port: u16, child: &mut Proc) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some((200, body)) = http_get(port, "/ready") {
@@ -127,11 +154,11 @@ delay = "20ms"
             echo.display()
         ),
     );
-    let mut child = hub(&["run", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(
+        hub(&["run", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
     wait_ready(port, &mut child);
     std::thread::sleep(Duration::from_millis(1500));
     let (status, first) = http_get(port, "/metrics").unwrap();
@@ -242,10 +269,8 @@ settings = {{ delay = "30s" }}
 "##
         ),
     );
-    let mut child = hub(&["run", "--config", config.to_str().unwrap()])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child =
+        spawn(hub(&["run", "--config", config.to_str().unwrap()]).stderr(Stdio::null()));
     wait_ready(port, &mut child);
     std::thread::sleep(Duration::from_millis(300));
     signal(&child, "-TERM");
@@ -441,4 +466,96 @@ fn consumers_lists_registered_types() {
     for t in ["echo", "delay", "reply", "ticker", "memory"] {
         assert!(text.contains(t), "{t} missing:\n{text}");
     }
+}
+
+#[test]
+fn zeromq_round_trip_with_hub_publish_and_hub_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, inp, out) = (free_port(), free_port(), free_port());
+    let echo = dir.path().join("in.jsonl");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r##"
+[http]
+listen = "127.0.0.1:{port}"
+[backends.bus]
+type = "zeromq"
+subscribe = ["tcp://127.0.0.1:{inp}"]
+publish = "tcp://127.0.0.1:{out}"
+[consumers.log]
+type = "echo"
+topics = ["org.cli.#"]
+settings = {{ path = "{}" }}
+[consumers.answer]
+type = "reply"
+topics = ["org.cli.*"]
+settings = {{ topic = "org.reply.done" }}
+"##,
+            echo.display()
+        ),
+    );
+    let mut hub_proc =
+        spawn(hub(&["run", "--config", config.to_str().unwrap()]).stderr(Stdio::null()));
+    let mut tail = spawn(
+        hub(&[
+            "tail",
+            "--connect",
+            &format!("tcp://127.0.0.1:{out}"),
+            "--topic",
+            "org.reply.#",
+            "--count",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null()),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let sent = hub(&[
+        "publish",
+        "--bind",
+        &format!("tcp://127.0.0.1:{inp}"),
+        "org.cli.hello",
+        r#"{"x": 1}"#,
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let id = String::from_utf8_lossy(&sent.stdout).trim().to_owned();
+
+    let mut tailed = String::new();
+    tail.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut tailed)
+        .unwrap();
+    assert!(wait_exit(&mut tail, Duration::from_secs(10)).success());
+    let line: serde_json::Value = serde_json::from_str(tailed.lines().next().unwrap()).unwrap();
+    assert_eq!(line["topic"], "org.reply.done");
+    assert_eq!(line["body"], serde_json::json!({"x": 1}));
+    assert_eq!(
+        line["headers"]["headers"]["in_reply_to"],
+        id.as_str(),
+        "{line}"
+    );
+
+    let logged: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&echo)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(logged["id"], id.as_str());
+    assert_eq!(
+        logged["headers"]["username"].as_str().map(str::is_empty),
+        Some(false)
+    );
+    signal(&hub_proc, "-TERM");
+    assert!(wait_exit(&mut hub_proc, Duration::from_secs(15)).success());
 }

@@ -18,6 +18,7 @@
 //! - `stock`: `echo`, `delay`, `reply`, `ticker`.
 //! - `telemetry`: logs and the Prometheus recorder.
 
+mod cli_tools;
 pub mod config;
 mod http;
 mod registry;
@@ -71,9 +72,11 @@ pub struct HubBuilder {
 }
 
 impl HubBuilder {
-    /// Registers the stock types: consumers `echo`, `delay`, `reply`; producer `ticker`.
+    /// Registers the stock types: consumers `echo`, `delay`, `reply`; producer `ticker`;
+    /// backend `zeromq` (`memory` is always there).
     pub fn stock(self) -> Self {
-        self.consumer::<stock::EchoConfig>()
+        self.backend::<hub_zeromq::ZeroMqConfig>()
+            .consumer::<stock::EchoConfig>()
             .consumer::<stock::DelayConfig>()
             .consumer::<stock::ReplyConfig>()
             .producer::<stock::TickerConfig>()
@@ -232,6 +235,20 @@ impl HubBuilder {
                 }
                 ExitCode::SUCCESS
             }
+            Command::Tail {
+                connect,
+                topic,
+                format,
+                count,
+            } => cli_tools::tail(&connect, &topic, format, count),
+            Command::Publish {
+                bind,
+                connect,
+                topic,
+                json,
+                format,
+                wait,
+            } => cli_tools::publish(bind, connect, &topic, &json, format, wait),
             Command::Check { config } => {
                 let source = source(config);
                 match self.check(&source).and_then(|c| {
@@ -398,6 +415,41 @@ enum Command {
     },
     /// List the registered consumer, producer and backend types.
     Consumers,
+    /// Print every message from a ZeroMQ PUB endpoint as one JSON line (like fedmsg-tail).
+    Tail {
+        /// PUB endpoint to connect to, such as tcp://127.0.0.1:9940.
+        #[arg(long)]
+        connect: String,
+        /// Only messages matching this pattern (repeatable; `*` one word, `#` any).
+        #[arg(long)]
+        topic: Vec<String>,
+        /// Wire format.
+        #[arg(long, value_enum, default_value = "fedmsg")]
+        format: cli_tools::WireFormat,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Send one message over ZeroMQ (like fedmsg-logger).
+    #[command(group(clap::ArgGroup::new("peer").required(true).args(["bind", "connect"])))]
+    Publish {
+        /// Bind a PUB socket here and wait for a subscriber to connect first.
+        #[arg(long)]
+        bind: Option<String>,
+        /// Connect to a SUB socket that binds here (a relay).
+        #[arg(long)]
+        connect: Option<String>,
+        /// Topic of the message.
+        topic: String,
+        /// JSON body of the message.
+        json: String,
+        /// Wire format.
+        #[arg(long, value_enum, default_value = "fedmsg")]
+        format: cli_tools::WireFormat,
+        /// How long to wait for a subscriber (with --bind) or a connection (with --connect).
+        #[arg(long, default_value = "10s", value_parser = hub_core::duration::parse)]
+        wait: std::time::Duration,
+    },
 }
 
 /// Keeps `Arc` in the public API surface of this crate's docs consistent.

@@ -173,13 +173,14 @@ impl EngineBuilder {
                 });
             }
             let b = find("producer", &name, &backend)?;
+            let backend_metrics = b.metrics.clone();
             let cx = Context::new(
                 name.as_str(),
                 Publisher::new(Arc::clone(&b.backend), b.metrics.clone()),
                 self.resources.clone(),
                 shutdown.clone(),
             );
-            producers.push((cx, producer));
+            producers.push((cx, producer, backend_metrics));
         }
         Ok(Engine {
             name: self.name.into(),
@@ -203,7 +204,7 @@ pub struct Engine {
     name: Arc<str>,
     dispatcher: Dispatcher,
     backends: Vec<BackendSlot>,
-    producers: Vec<(Context, Arc<dyn Producer>)>,
+    producers: Vec<(Context, Arc<dyn Producer>, BackendMetrics)>,
     shutdown: CancellationToken,
 }
 
@@ -251,9 +252,11 @@ impl Engine {
             ));
         }
         let mut producer_tasks = Vec::new();
-        for (cx, producer) in self.producers.iter().cloned() {
+        for (cx, producer, backend) in self.producers.iter().cloned() {
             let span = info_span!("producer", producer = %cx.name());
-            producer_tasks.push(tokio::spawn(run_producer(cx, producer).instrument(span)));
+            producer_tasks.push(tokio::spawn(
+                run_producer(cx, producer, backend).instrument(span),
+            ));
         }
         let dispatcher = self.dispatcher.clone();
         let ticker = tokio::spawn(async move {
@@ -275,9 +278,13 @@ impl Engine {
     }
 }
 
-async fn run_producer(cx: Context, producer: Arc<dyn Producer>) {
+async fn run_producer(cx: Context, producer: Arc<dyn Producer>, backend: BackendMetrics) {
     let token = cx.shutdown().clone();
     let work = async {
+        // Publishing before the backend is up only fails: wait for it.
+        while !backend.is_connected() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         match producer.interval() {
             Some(period) => {
                 let mut tick = tokio::time::interval(period);

@@ -113,7 +113,7 @@ pub fn decode(format: Format, frames: &[Bytes]) -> Result<Message, Invalid> {
 
 /// A fedmsg `msg_id`: the message id when it already reads `<year>-<uuid>`, `<year>-<id>` when
 /// it is a bare UUID, else a fresh `<year>-<uuid4>`.
-fn fedmsg_id(msg: &Message) -> String {
+pub fn fedmsg_id(msg: &Message) -> String {
     let id = msg.id();
     let year = msg.timestamp().to_zoned(jiff::tz::TimeZone::UTC).year();
     let is_uuid = |s: &str| uuid::Uuid::parse_str(s).is_ok();
@@ -251,7 +251,7 @@ mod tests {
         let text = std::str::from_utf8(&body).unwrap();
         assert_eq!(
             text,
-            r#"{"headers":{"trace":"t-1"},"i":7,"msg":{"a":"é","z":1},"msg_id":"2026-7c2e8a3c-6f2b-4d4e-9d61-2f0a7e5c1b11","timestamp":1795460400,"topic":"org.example.prod.app.thing","username":"hub"}"#
+            r#"{"headers":{"trace":"t-1"},"i":7,"msg":{"a":"é","z":1},"msg_id":"2026-7c2e8a3c-6f2b-4d4e-9d61-2f0a7e5c1b11","timestamp":1795374000,"topic":"org.example.prod.app.thing","username":"hub"}"#
         );
         // And it decodes back to the same message (id, topic, body; timestamp to the second).
         let back = decode(Format::Fedmsg, &[topic, body]).unwrap();

@@ -204,7 +204,9 @@ async fn read(
                     last_i = None;
                 }
                 Some(SocketEvent::Connected(..)) => {
-                    info!(backend = %ep.backend, endpoint = %name, "Reconnected.");
+                    if !ep.stats.connected.load(Ordering::Relaxed) {
+                        info!(backend = %ep.backend, endpoint = %name, "Reconnected.");
+                    }
                     ep.stats.set_connected(true);
                     ep.readiness.update();
                 }

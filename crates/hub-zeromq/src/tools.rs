@@ -75,6 +75,8 @@ pub enum Peer {
 /// is not lost to the slow-joiner effect: with `Bind`, until a subscriber connects (at most
 /// `wait`), then `settle`; with `Connect`, `settle` after connecting.
 ///
+/// Returns the id as sent (fedmsg: the `<year>-<uuid>` `msg_id`).
+///
 /// # Errors
 /// Bind or connect failures, no subscriber within `wait`, or a send error.
 pub async fn publish_one(
@@ -83,7 +85,7 @@ pub async fn publish_one(
     format: Format,
     wait: Duration,
     settle: Duration,
-) -> Result<(), ToolError> {
+) -> Result<String, ToolError> {
     let mut socket = PubSocket::new();
     match peer {
         Peer::Bind(endpoint) => {
@@ -115,6 +117,12 @@ pub async fn publish_one(
     }
     tokio::time::sleep(settle).await;
     let user = std::env::var("USER").unwrap_or_else(|_| "hub".into());
+    // Fix the id first so the envelope and the returned id agree.
+    let msg = &Message::builder(msg.topic(), msg.body().clone())
+        .id(codec::fedmsg_id(msg))
+        .timestamp(msg.timestamp())
+        .headers(msg.headers().clone())
+        .build();
     let [topic, body] = codec::encode(format, msg, 1, &user);
     let mut frames = ZmqMessage::from(topic);
     frames.push_back(body);
@@ -122,5 +130,8 @@ pub async fn publish_one(
     // Give the writer a moment to flush before the socket is dropped.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let _ = socket.close().await;
-    Ok(())
+    Ok(match format {
+        Format::Fedmsg => codec::fedmsg_id(msg),
+        Format::Raw => msg.id().to_owned(),
+    })
 }

@@ -1,0 +1,142 @@
+//! `hub tail` and `hub publish`.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use hub_core::{Message, Pattern};
+use hub_zeromq::Format;
+use hub_zeromq::tools::{self, Peer};
+use tracing::warn;
+
+use crate::{EXIT_CONFIG, EXIT_FAILURE};
+
+/// `--format`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum WireFormat {
+    /// fedmsg envelopes.
+    Fedmsg,
+    /// `[topic, JSON body]`.
+    Raw,
+}
+
+impl From<WireFormat> for Format {
+    fn from(f: WireFormat) -> Self {
+        match f {
+            WireFormat::Fedmsg => Format::Fedmsg,
+            WireFormat::Raw => Format::Raw,
+        }
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .ok()
+}
+
+pub(crate) fn tail(
+    endpoint: &str,
+    topics: &[String],
+    format: WireFormat,
+    count: Option<u64>,
+) -> ExitCode {
+    let mut patterns = Vec::new();
+    for t in topics {
+        match Pattern::new(t) {
+            Ok(p) => patterns.push(p),
+            Err(e) => {
+                eprintln!("--topic: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
+    let Some(rt) = runtime() else {
+        return ExitCode::from(EXIT_FAILURE);
+    };
+    let mut seen = 0u64;
+    let result = rt.block_on(async {
+        let stdout = std::io::stdout();
+        let run = tools::tail(
+            endpoint,
+            format.into(),
+            &patterns,
+            Duration::from_secs(10),
+            |m| {
+                let mut out = stdout.lock();
+                let ok = writeln!(out, "{}", m.to_json()).and_then(|()| out.flush()).is_ok();
+                seen += 1;
+                ok && count.is_none_or(|c| seen < c)
+            },
+            |bad| warn!(message_id = bad.id.as_deref().unwrap_or("-"), reason = %bad.reason, "Rejected a malformed message."),
+        );
+        tokio::select! {
+            r = run => r,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+pub(crate) fn publish(
+    bind: Option<String>,
+    connect: Option<String>,
+    topic: &str,
+    json: &str,
+    format: WireFormat,
+    wait: Duration,
+) -> ExitCode {
+    let body: serde_json::Value = match serde_json::from_str(json) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("JSON argument: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Err(e) = Pattern::new(topic)
+        .map_err(|e| e.to_string())
+        .and_then(|p| {
+            if p.is_literal() {
+                Ok(())
+            } else {
+                Err(format!("topic {topic:?} cannot contain wildcards"))
+            }
+        })
+    {
+        eprintln!("TOPIC: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let peer = match (bind, connect) {
+        (Some(b), _) => Peer::Bind(b),
+        (None, Some(c)) => Peer::Connect(c),
+        (None, None) => return ExitCode::from(EXIT_CONFIG),
+    };
+    let Some(rt) = runtime() else {
+        return ExitCode::from(EXIT_FAILURE);
+    };
+    let msg = Message::new(topic, body);
+    // fedmsg's own post-init sleep is 0.5 s: enough for the subscription to reach us.
+    match rt.block_on(tools::publish_one(
+        &peer,
+        &msg,
+        format.into(),
+        wait,
+        Duration::from_millis(500),
+    )) {
+        Ok(id) => {
+            println!("{id}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
