@@ -1,12 +1,13 @@
 //! The message envelope every backend produces and every consumer sees.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use jiff::Timestamp;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Message headers: a JSON object of string keys (AMQP headers, fedmsg's extra envelope fields).
 pub type Headers = serde_json::Map<String, Value>;
@@ -26,7 +27,53 @@ struct Inner {
     timestamp: Timestamp,
     #[serde(default)]
     headers: Headers,
-    body: Value,
+    body: Body,
+}
+
+/// The body: a parsed value, or validated JSON text parsed on first use (once, for every
+/// consumer). Backends that receive text keep it as text, so a consumer that never looks at the
+/// body, or decodes it straight into its own type, never pays for a `Value` tree.
+#[derive(Debug)]
+enum Body {
+    Value(Value),
+    Raw {
+        text: Box<RawValue>,
+        parsed: OnceLock<Value>,
+    },
+}
+
+impl Body {
+    fn value(&self) -> &Value {
+        match self {
+            Self::Value(v) => v,
+            // The text was validated as JSON when it was received; only a nesting deeper than
+            // serde_json's recursion limit could fail here, and it reads as null.
+            Self::Raw { text, parsed } => {
+                parsed.get_or_init(|| serde_json::from_str(text.get()).unwrap_or(Value::Null))
+            }
+        }
+    }
+}
+
+impl PartialEq for Body {
+    fn eq(&self, other: &Self) -> bool {
+        self.value() == other.value()
+    }
+}
+
+impl Serialize for Body {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Value(v) => v.serialize(s),
+            Self::Raw { text, .. } => text.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Body {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Value::deserialize(d).map(Self::Value)
+    }
 }
 
 impl Message {
@@ -42,7 +89,22 @@ impl Message {
             topic: topic.into(),
             timestamp: None,
             headers: Headers::new(),
-            body,
+            body: Body::Value(body),
+        }
+    }
+
+    /// Starts a message whose body is JSON text already validated (as `RawValue` guarantees); it
+    /// is parsed only if someone reads [`Message::body`].
+    pub fn builder_raw(topic: impl Into<String>, body: Box<RawValue>) -> MessageBuilder {
+        MessageBuilder {
+            id: None,
+            topic: topic.into(),
+            timestamp: None,
+            headers: Headers::new(),
+            body: Body::Raw {
+                text: body,
+                parsed: OnceLock::new(),
+            },
         }
     }
 
@@ -71,9 +133,9 @@ impl Message {
         self.0.headers.get(name)
     }
 
-    /// The JSON body.
+    /// The JSON body (parsed on first use when it arrived as text).
     pub fn body(&self) -> &Value {
-        &self.0.body
+        self.0.body.value()
     }
 
     /// Decodes the body into a typed struct, without copying it.
@@ -83,7 +145,13 @@ impl Message {
     /// Converted with `?` into a [`ConsumeError`](crate::ConsumeError) it is an *invalid message*
     /// error (never retried, dead-lettered where the backend can).
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
-        T::deserialize(&self.0.body).map_err(|source| DecodeError {
+        let decoded = match &self.0.body {
+            Body::Raw { text, parsed } if parsed.get().is_none() => {
+                serde_json::from_str(text.get())
+            }
+            body => T::deserialize(body.value()),
+        };
+        decoded.map_err(|source| DecodeError {
             id: self.0.id.clone(),
             topic: self.0.topic.clone(),
             target: std::any::type_name::<T>(),
@@ -113,7 +181,7 @@ impl fmt::Debug for Message {
             .field("topic", &self.0.topic)
             .field("timestamp", &self.0.timestamp)
             .field("headers", &self.0.headers)
-            .field("body", &self.0.body)
+            .field("body", self.0.body.value())
             .finish()
     }
 }
@@ -137,7 +205,7 @@ pub struct MessageBuilder {
     topic: String,
     timestamp: Option<Timestamp>,
     headers: Headers,
-    body: Value,
+    body: Body,
 }
 
 impl MessageBuilder {
@@ -246,6 +314,43 @@ mod tests {
         let err = bad.decode::<Build>().unwrap_err().to_string();
         assert!(err.contains("message m-2 on topic org.b"), "{err}");
         assert!(err.contains("missing field `id`"), "{err}");
+    }
+
+    #[test]
+    fn raw_bodies_are_parsed_lazily_and_behave_like_values() {
+        let raw = RawValue::from_string(r#"{"name": "n", "id": 9}"#.to_owned()).unwrap();
+        let m = Message::builder_raw("t", raw).id("r-1").build();
+        assert_eq!(
+            m.decode::<Build>().unwrap(),
+            Build {
+                name: "n".into(),
+                id: 9
+            }
+        );
+        assert_eq!(m.body(), &json!({"name": "n", "id": 9}));
+        assert_eq!(
+            m,
+            Message::builder("t", json!({"id": 9, "name": "n"}))
+                .id("r-1")
+                .timestamp(m.timestamp())
+                .build()
+        );
+        assert!(
+            m.to_json().contains(r#""body":{"name": "n", "id": 9}"#),
+            "raw text is written as is"
+        );
+        assert_eq!(Message::from_json(&m.to_json()).unwrap().body(), m.body());
+        let bad = Message::builder_raw(
+            "t",
+            RawValue::from_string(r#"{"id": 1}"#.to_owned()).unwrap(),
+        )
+        .build();
+        assert!(
+            bad.decode::<Build>()
+                .unwrap_err()
+                .to_string()
+                .contains("missing field `name`")
+        );
     }
 
     #[test]

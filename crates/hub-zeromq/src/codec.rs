@@ -4,6 +4,10 @@ use bytes::Bytes;
 use hub_core::{Headers, Message};
 use jiff::Timestamp;
 use serde::Deserialize;
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 /// Wire format of a ZeroMQ backend (`format = "fedmsg" | "raw"`).
@@ -51,64 +55,86 @@ pub fn decode(format: Format, frames: &[Bytes]) -> Result<Message, Invalid> {
         )));
     };
     let topic = std::str::from_utf8(topic).map_err(|_| Invalid::new("topic frame is not UTF-8"))?;
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| Invalid::new(format!("body is not JSON: {e}")))?;
+    let text =
+        std::str::from_utf8(body).map_err(|_| Invalid::new("body is not JSON: not UTF-8"))?;
     match format {
-        Format::Raw => Ok(Message::new(topic, value)),
-        Format::Fedmsg => {
-            let Value::Object(mut env) = value else {
-                return Err(Invalid::new("fedmsg envelope is not a JSON object"));
-            };
-            let id = match env.remove("msg_id") {
-                Some(Value::String(s)) => Some(s),
-                Some(Value::Null) | None => None,
-                Some(_) => return Err(Invalid::new("msg_id is not a string")),
-            };
-            let fail = |reason: String| Invalid {
-                id: id.clone(),
-                reason,
-            };
-            match env.remove("topic") {
-                Some(Value::String(t)) if t == topic => {}
-                Some(Value::String(t)) => {
-                    return Err(fail(format!(
-                        "topic envelope mismatch: frame {topic:?}, envelope {t:?}"
-                    )));
-                }
-                Some(_) => return Err(fail("envelope topic is not a string".into())),
-                None => return Err(fail("envelope has no topic".into())),
+        Format::Raw => {
+            let raw: Box<RawValue> = serde_json::from_str(text)
+                .map_err(|e| Invalid::new(format!("body is not JSON: {e}")))?;
+            Ok(Message::builder_raw(topic, raw).build())
+        }
+        Format::Fedmsg => decode_fedmsg(topic, text),
+    }
+}
+
+/// Scans the envelope without building a tree: each field stays borrowed text until needed, and
+/// `msg` becomes the message body as validated text (parsed only if a consumer reads it).
+fn decode_fedmsg(topic: &str, text: &str) -> Result<Message, Invalid> {
+    let fields: HashMap<Cow<'_, str>, &RawValue> = serde_json::from_str(text).map_err(|e| {
+        if text.trim_start().starts_with('{') {
+            Invalid::new(format!("body is not JSON: {e}"))
+        } else {
+            Invalid::new("fedmsg envelope is not a JSON object")
+        }
+    })?;
+    let id = match fields
+        .get("msg_id")
+        .map(|r| serde_json::from_str::<Option<String>>(r.get()))
+    {
+        None => None,
+        Some(Ok(id)) => id,
+        Some(Err(_)) => return Err(Invalid::new("msg_id is not a string")),
+    };
+    let fail = |reason: String| Invalid {
+        id: id.clone(),
+        reason,
+    };
+    match fields
+        .get("topic")
+        .map(|r| serde_json::from_str::<Cow<'_, str>>(r.get()))
+    {
+        Some(Ok(t)) if t == topic => {}
+        Some(Ok(t)) => {
+            return Err(fail(format!(
+                "topic envelope mismatch: frame {topic:?}, envelope {t:?}"
+            )));
+        }
+        Some(Err(_)) => return Err(fail("envelope topic is not a string".into())),
+        None => return Err(fail("envelope has no topic".into())),
+    }
+    let body = fields
+        .get("msg")
+        .ok_or_else(|| fail("envelope has no msg".into()))?;
+    let timestamp = match fields
+        .get("timestamp")
+        .map(|r| serde_json::from_str::<Option<f64>>(r.get()))
+    {
+        None | Some(Ok(None)) => Timestamp::now(),
+        Some(Ok(Some(secs))) => {
+            let nanos = (secs * 1e9).round();
+            if !nanos.is_finite() || nanos.abs() > 1e19 {
+                return Err(fail(format!("timestamp {secs} is out of range")));
             }
-            let body = env
-                .remove("msg")
-                .ok_or_else(|| fail("envelope has no msg".into()))?;
-            let timestamp = match env.remove("timestamp") {
-                None | Some(Value::Null) => Timestamp::now(),
-                Some(Value::Number(n)) => {
-                    let secs = n
-                        .as_f64()
-                        .ok_or_else(|| fail("timestamp is not a number".into()))?;
-                    let nanos = (secs * 1e9).round();
-                    if !nanos.is_finite() || nanos.abs() > 1e19 {
-                        return Err(fail(format!("timestamp {secs} is out of range")));
-                    }
-                    Timestamp::from_nanosecond(nanos as i128)
-                        .map_err(|e| fail(format!("timestamp {secs}: {e}")))?
-                }
-                Some(_) => return Err(fail("timestamp is not a number".into())),
-            };
-            let headers: Headers = env
-                .into_iter()
-                .filter(|(k, _)| !ENVELOPE.contains(&k.as_str()))
-                .collect();
-            let mut b = Message::builder(topic, body)
-                .timestamp(timestamp)
-                .headers(headers);
-            if let Some(id) = id {
-                b = b.id(id);
-            }
-            Ok(b.build())
+            Timestamp::from_nanosecond(nanos as i128)
+                .map_err(|e| fail(format!("timestamp {secs}: {e}")))?
+        }
+        Some(Err(_)) => return Err(fail("timestamp is not a number".into())),
+    };
+    let mut headers = Headers::new();
+    for (k, v) in &fields {
+        if !ENVELOPE.contains(&k.as_ref()) {
+            let value: Value =
+                serde_json::from_str(v.get()).map_err(|e| fail(format!("field {k}: {e}")))?;
+            headers.insert(k.to_string(), value);
         }
     }
+    let mut b = Message::builder_raw(topic, (*body).to_owned())
+        .timestamp(timestamp)
+        .headers(headers);
+    if let Some(id) = id {
+        b = b.id(id);
+    }
+    Ok(b.build())
 }
 
 /// A fedmsg `msg_id`: the message id when it already reads `<year>-<uuid>`, `<year>-<id>` when

@@ -192,10 +192,12 @@ async fn read(
     let mut error_log = Throttle::new();
     let mut last_i: Option<u64> = None;
     let mut monitor_open = true;
+    // Pinned once: a fresh `cancelled()` per message would register and drop a waiter each time.
+    let mut cancelled = std::pin::pin!(ep.shutdown.cancelled());
     loop {
         tokio::select! {
             biased;
-            () = ep.shutdown.cancelled() => return false,
+            () = &mut cancelled => return false,
             event = monitor.next(), if monitor_open => match event {
                 Some(SocketEvent::Disconnected(_)) => {
                     info!(backend = %ep.backend, endpoint = %name, "Publisher went away; the socket reconnects by itself.");

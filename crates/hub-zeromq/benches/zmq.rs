@@ -1,0 +1,340 @@
+//! End-to-end ZeroMQ harness: prints a table. Run: `scripts/bench-zeromq`
+//! (or `cargo bench -p hub-zeromq --bench zmq`).
+//!
+//! In one process, on 127.0.0.1: a zeromq-crate PUB sends N fedmsg envelopes as fast as it can;
+//! (a) a raw zeromq SUB counts them; (b) the hub (ZeroMQ backend) with 1 no-op consumer;
+//! (c) with 4. Rate = messages that arrived / time from first to last arrival. Then the round
+//! trip: PUB → hub → reply consumer → hub PUB → SUB, one message at a time.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hub_core::{
+    ConsumeError, Consumer, ConsumerOptions, ConsumerSpec, Context, EngineBuilder, Message,
+    Pattern, RunningEngine, async_trait,
+};
+use hub_zeromq::{Format, ZeroMqBackend, ZeroMqConfig, codec};
+use serde_json::json;
+use tokio::time::sleep;
+use zeromq::{PubSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
+
+/// Below the zeromq PUB's silent-drop point (about 200 000 queued).
+const N: u64 = 100_000;
+const RTT_N: usize = 10_000;
+
+fn endpoint() -> String {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("tcp://127.0.0.1:{port}")
+}
+
+fn envelope(topic: &str, i: u64, pad: usize) -> ZmqMessage {
+    let msg = Message::builder(topic, json!({"n": i, "pad": "x".repeat(pad)})).build();
+    let [t, b] = codec::encode(Format::Fedmsg, &msg, i + 1, "bench");
+    let mut m = ZmqMessage::from(t);
+    m.push_back(b);
+    m
+}
+
+fn pad_for(target: usize) -> usize {
+    let base = codec::encode(
+        Format::Fedmsg,
+        &Message::builder(
+            "org.fedoraproject.prod.bench.msg",
+            json!({"n": 0, "pad": ""}),
+        )
+        .build(),
+        1,
+        "bench",
+    )[1]
+    .len();
+    target.saturating_sub(base)
+}
+
+/// Counts arrivals and when the first and last came.
+#[derive(Default)]
+struct Arrivals {
+    count: AtomicU64,
+    first_ns: AtomicU64,
+    last_ns: AtomicU64,
+}
+
+impl Arrivals {
+    fn hit(&self, epoch: Instant) {
+        let ns = epoch.elapsed().as_nanos() as u64;
+        if self.count.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.first_ns.store(ns, Ordering::Relaxed);
+        }
+        self.last_ns.store(ns, Ordering::Relaxed);
+    }
+    fn rate(&self) -> f64 {
+        let n = self.count.load(Ordering::Relaxed);
+        let span = self
+            .last_ns
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.first_ns.load(Ordering::Relaxed));
+        if span == 0 {
+            0.0
+        } else {
+            (n.saturating_sub(1)) as f64 / (span as f64 / 1e9)
+        }
+    }
+}
+
+struct Noop(Arc<Arrivals>, Instant);
+
+#[async_trait]
+impl Consumer for Noop {
+    async fn consume(&self, _cx: &Context, msg: &Message) -> Result<(), ConsumeError> {
+        if msg.topic() != "warm.up" {
+            self.0.hit(self.1);
+        }
+        Ok(())
+    }
+}
+
+/// Sends warm-up messages until `ready()`, then N envelopes, then waits until arrivals stop.
+async fn blast(
+    publisher: &mut PubSocket,
+    pad: usize,
+    ready: impl Fn() -> bool,
+    arrivals: &Arrivals,
+) {
+    let mut w = 0;
+    while !ready() {
+        publisher.send(envelope("warm.up", w, 0)).await.unwrap();
+        w += 1;
+        sleep(Duration::from_millis(5)).await;
+    }
+    // Encode everything first: the sender must not be what is measured.
+    let topic = "org.fedoraproject.prod.bench.msg";
+    let batch: Vec<ZmqMessage> = (0..N).map(|i| envelope(topic, i, pad)).collect();
+    sleep(Duration::from_millis(200)).await;
+    for m in batch {
+        publisher.send(m).await.unwrap();
+    }
+    let mut last = u64::MAX;
+    loop {
+        sleep(Duration::from_millis(500)).await;
+        let now = arrivals.count.load(Ordering::Relaxed);
+        if now == last || now >= N {
+            break;
+        }
+        last = now;
+    }
+}
+
+async fn raw(pad: usize) -> (f64, u64) {
+    let ep = endpoint();
+    let mut publisher = PubSocket::new();
+    publisher.bind(&ep).await.unwrap();
+    let mut sub = SubSocket::new();
+    sub.connect(&ep).await.unwrap();
+    sub.subscribe("").await.unwrap();
+    let arrivals = Arc::new(Arrivals::default());
+    let warm = Arc::new(AtomicU64::new(0));
+    let epoch = Instant::now();
+    let (a, wm) = (arrivals.clone(), warm.clone());
+    let reader = tokio::spawn(async move {
+        while let Ok(m) = sub.recv().await {
+            if m.get(0).is_some_and(|t| &t[..] == b"warm.up") {
+                wm.fetch_add(1, Ordering::Relaxed);
+            } else {
+                a.hit(epoch);
+            }
+        }
+    });
+    blast(
+        &mut publisher,
+        pad,
+        || warm.load(Ordering::Relaxed) > 0,
+        &arrivals,
+    )
+    .await;
+    reader.abort();
+    (arrivals.rate(), arrivals.count.load(Ordering::Relaxed))
+}
+
+async fn hub(pad: usize, consumers: usize) -> (f64, u64) {
+    let ep = endpoint();
+    let mut publisher = PubSocket::new();
+    publisher.bind(&ep).await.unwrap();
+    let cfg = ZeroMqConfig {
+        subscribe: vec![ep.clone()],
+        publish: None,
+        format: Format::Fedmsg,
+        username: None,
+    };
+    let epoch = Instant::now();
+    let counters: Vec<Arc<Arrivals>> = (0..consumers)
+        .map(|_| Arc::new(Arrivals::default()))
+        .collect();
+    let warm = Arc::new(Arrivals::default());
+    let mut b = EngineBuilder::new("bench").backend("z", Arc::new(ZeroMqBackend::new("z", cfg)));
+    let options = ConsumerOptions {
+        queue_capacity: 200_000,
+        ..Default::default()
+    };
+    for (i, c) in counters.iter().enumerate() {
+        let spec = ConsumerSpec {
+            name: format!("c{i}"),
+            backend: "z".into(),
+            patterns: vec![Pattern::new("org.fedoraproject.#").unwrap()],
+            options: options.clone(),
+        };
+        b = b.consumer(spec, Arc::new(Noop(c.clone(), epoch)));
+    }
+    struct Warm(Arc<Arrivals>, Instant);
+    #[async_trait]
+    impl Consumer for Warm {
+        async fn consume(&self, _cx: &Context, _m: &Message) -> Result<(), ConsumeError> {
+            self.0.hit(self.1);
+            Ok(())
+        }
+    }
+    let spec = ConsumerSpec {
+        name: "warm".into(),
+        backend: "z".into(),
+        patterns: vec![Pattern::new("warm.up").unwrap()],
+        options,
+    };
+    b = b.consumer(spec, Arc::new(Warm(warm.clone(), epoch)));
+    let running = b.build().unwrap().start().await.unwrap();
+    // The slowest consumer decides: count what the last of them got.
+    let slowest = counters[consumers - 1].clone();
+    blast(
+        &mut publisher,
+        pad,
+        || warm.count.load(Ordering::Relaxed) > 0,
+        &slowest,
+    )
+    .await;
+    let rate = counters
+        .iter()
+        .map(|c| c.rate())
+        .fold(f64::INFINITY, f64::min);
+    let got = counters
+        .iter()
+        .map(|c| c.count.load(Ordering::Relaxed))
+        .min()
+        .unwrap_or(0);
+    running.shutdown(Duration::from_secs(5)).await;
+    (rate, got)
+}
+
+struct Echo;
+
+#[async_trait]
+impl Consumer for Echo {
+    async fn consume(&self, cx: &Context, msg: &Message) -> Result<(), ConsumeError> {
+        cx.publish(Message::new("rt.back", msg.body().clone()))
+            .await
+            .map_err(ConsumeError::transient)
+    }
+}
+
+async fn round_trip() -> (Duration, Duration, Duration) {
+    let (inp, out) = (endpoint(), endpoint());
+    let mut publisher = PubSocket::new();
+    publisher.bind(&inp).await.unwrap();
+    let cfg = ZeroMqConfig {
+        subscribe: vec![inp.clone()],
+        publish: Some(out.clone()),
+        format: Format::Fedmsg,
+        username: None,
+    };
+    let spec = ConsumerSpec {
+        name: "reply".into(),
+        backend: "z".into(),
+        patterns: vec![Pattern::new("rt.go").unwrap()],
+        options: ConsumerOptions::default(),
+    };
+    let running: RunningEngine = EngineBuilder::new("rt")
+        .backend("z", Arc::new(ZeroMqBackend::new("z", cfg)))
+        .consumer(spec, Arc::new(Echo))
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let mut sub = SubSocket::new();
+    while sub.connect(&out).await.is_err() {
+        sleep(Duration::from_millis(20)).await;
+    }
+    sub.subscribe("rt.back").await.unwrap();
+    // Warm up until replies come back.
+    loop {
+        publisher.send(envelope("rt.go", 0, 0)).await.unwrap();
+        if tokio::time::timeout(Duration::from_millis(50), sub.recv())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+    }
+    sleep(Duration::from_millis(200)).await;
+    while tokio::time::timeout(Duration::from_millis(50), sub.recv())
+        .await
+        .is_ok()
+    {}
+    let mut times = Vec::with_capacity(RTT_N);
+    for i in 0..RTT_N as u64 {
+        let t = Instant::now();
+        publisher
+            .send(envelope("rt.go", i, pad_for(200)))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(2), sub.recv())
+            .await
+            .expect("reply within 2 s")
+            .unwrap();
+        times.push(t.elapsed());
+    }
+    running.shutdown(Duration::from_secs(5)).await;
+    times.sort();
+    let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
+    (pct(0.50), pct(0.99), pct(0.999))
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // HUB_BENCH_ONLY=hub1 runs just the hub with one consumer (for profiling).
+    if std::env::var("HUB_BENCH_ONLY").as_deref() == Ok("hub1") {
+        rt.block_on(async {
+            for _ in 0..5 {
+                let (r, n) = hub(pad_for(200), 1).await;
+                println!("hub, 1 consumer: {:.0} k msg/s ({n} arrived)", r / 1e3);
+            }
+        });
+        return;
+    }
+    rt.block_on(async {
+        println!("| envelope | (a) raw zeromq PUB→SUB | (b) hub, 1 consumer | (c) hub, 4 consumers | b/a | c/a |");
+        println!("|---|---|---|---|---|---|");
+        for size in [200usize, 1024] {
+            let pad = pad_for(size);
+            let (a, an) = raw(pad).await;
+            let (b, bn) = hub(pad, 1).await;
+            let (c, cn) = hub(pad, 4).await;
+            let k = |r: f64| format!("{:.0} k msg/s", r / 1e3);
+            println!(
+                "| {size} B | {} ({an}/{N} arrived) | {} ({bn}/{N}) | {} ({cn}/{N} at the slowest) | {:.2} | {:.2} |",
+                k(a), k(b), k(c), b / a, c / a
+            );
+        }
+        let (p50, p99, p999) = round_trip().await;
+        println!();
+        println!("Round trip PUB → hub → reply consumer → hub PUB → SUB, {RTT_N} messages one at a time (~200 B):");
+        println!("p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs", p50.as_secs_f64() * 1e6, p99.as_secs_f64() * 1e6, p999.as_secs_f64() * 1e6);
+    });
+}
