@@ -102,6 +102,10 @@ struct RawConsumer {
     #[serde(default, with = "hub_core::duration::option")]
     timeout: Option<Duration>,
     #[serde(default)]
+    durable: Option<bool>,
+    #[serde(default)]
+    queue: Option<String>,
+    #[serde(default)]
     #[allow(dead_code, reason = "read separately, with its own key path")]
     settings: Option<serde::de::IgnoredAny>,
 }
@@ -409,6 +413,10 @@ pub(crate) fn load(source: &ConfigSource, registry: &Registry) -> Result<Config,
         }
     }
     let backend_ids: BTreeSet<String> = backends.iter().map(|b| b.id.clone()).collect();
+    let backend_kinds: std::collections::BTreeMap<String, &str> = backends
+        .iter()
+        .map(|b| (b.id.clone(), b.kind.as_str()))
+        .collect();
     if backends.is_empty() && l.issues.is_empty() {
         l.issue(
             "backends",
@@ -508,7 +516,28 @@ pub(crate) fn load(source: &ConfigSource, registry: &Registry) -> Result<Config,
             queue_capacity: raw.queue_capacity.unwrap_or(defaults.queue_capacity),
             when_full: raw.when_full.unwrap_or(defaults.when_full),
             timeout: raw.timeout,
+            durable: raw.durable.unwrap_or(false),
+            queue: raw.queue.clone(),
         };
+        if let Some(b) = &backend {
+            let kind = backend_kinds.get(b).copied().unwrap_or_default();
+            let honours = l
+                .registry
+                .backends
+                .get(kind)
+                .is_some_and(|k| k.durable_queues);
+            for (set, k) in [
+                (raw.durable.is_some(), "durable"),
+                (raw.queue.is_some(), "queue"),
+            ] {
+                if set && !honours {
+                    l.issue(&format!("{key}.{k}"), format!("backend {b:?} (type {kind}) has no broker queues; `{k}` applies to amqp backends"));
+                }
+            }
+        }
+        if options.queue.as_deref() == Some("") {
+            l.issue(&format!("{key}.queue"), "must not be empty");
+        }
         if options.concurrency == 0 {
             l.issue(&format!("{key}.concurrency"), "must be at least 1");
         }

@@ -73,9 +73,10 @@ pub struct HubBuilder {
 
 impl HubBuilder {
     /// Registers the stock types: consumers `echo`, `delay`, `reply`; producer `ticker`;
-    /// backend `zeromq` (`memory` is always there).
+    /// backends `zeromq` and `amqp` (`memory` is always there).
     pub fn stock(self) -> Self {
         self.backend::<hub_zeromq::ZeroMqConfig>()
+            .backend::<hub_amqp::AmqpConfig>()
             .consumer::<stock::EchoConfig>()
             .consumer::<stock::DelayConfig>()
             .consumer::<stock::ReplyConfig>()

@@ -25,6 +25,8 @@ type Parse<B> = Box<dyn Fn(Value) -> Result<B, figment::Error> + Send + Sync>;
 
 pub(crate) struct Kind<B> {
     pub description: &'static str,
+    /// Backends only: honours the consumer keys `durable` and `queue`.
+    pub durable_queues: bool,
     pub parse: Parse<B>,
 }
 
@@ -42,6 +44,7 @@ impl Registry {
             C::TYPE,
             Kind {
                 description: C::DESCRIPTION,
+                durable_queues: false,
                 parse: Box::new(|v| {
                     let c: C = v.deserialize()?;
                     Ok(Box::new(move |r: &Resources| c.build(r)) as BuildConsumer)
@@ -55,6 +58,7 @@ impl Registry {
             P::TYPE,
             Kind {
                 description: P::DESCRIPTION,
+                durable_queues: false,
                 parse: Box::new(|v| {
                     let p: P = v.deserialize()?;
                     Ok(Box::new(move |r: &Resources| p.build(r)) as BuildProducer)
@@ -68,6 +72,7 @@ impl Registry {
             B::TYPE,
             Kind {
                 description: B::DESCRIPTION,
+                durable_queues: B::DURABLE_QUEUES,
                 parse: Box::new(|v| {
                     let b: B = v.deserialize()?;
                     Ok(Box::new(move |id: &str| b.build(id)) as BuildBackend)

@@ -54,6 +54,11 @@ pub struct ConsumerOptions {
     pub when_full: WhenFull,
     /// Longest time one message may take; `None` (default) means no limit.
     pub timeout: Option<Duration>,
+    /// Broker backends: keep this consumer's queue across hub and broker restarts, shared by
+    /// every hub of the same name (default false: a transient queue gone with the connection).
+    pub durable: bool,
+    /// Broker backends: the queue name (default for a durable queue: `<hub name>.<consumer>`).
+    pub queue: Option<String>,
 }
 
 impl Default for ConsumerOptions {
@@ -63,6 +68,8 @@ impl Default for ConsumerOptions {
             queue_capacity: 1024,
             when_full: WhenFull::Block,
             timeout: None,
+            durable: false,
+            queue: None,
         }
     }
 }

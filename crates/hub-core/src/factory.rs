@@ -41,6 +41,8 @@ pub trait ProducerConfig: DeserializeOwned + Send + 'static {
 pub trait BackendConfig: DeserializeOwned + Send + 'static {
     /// The `type = "..."` that selects this backend.
     const TYPE: &'static str;
+    /// Whether it honours the consumer keys `durable` and `queue` (broker queues).
+    const DURABLE_QUEUES: bool = false;
     /// One line for `hub consumers`.
     const DESCRIPTION: &'static str = "";
 

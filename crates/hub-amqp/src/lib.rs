@@ -1,0 +1,500 @@
+//! # hub-amqp
+//!
+//! The AMQP 0-9-1 backend (RabbitMQ, via lapin), `type = "amqp"`: one queue per consumer bound
+//! to a topic exchange by the consumer's patterns, so the broker filters and keeps messages while
+//! a consumer is down. At-least-once: a delivery is acknowledged only after the dispatcher's
+//! verdict, in batches (`multiple`) up to the highest tag below which everything is finished;
+//! transient failures are retried with exponential backoff up to `max_attempts` (a confirmed
+//! copy replaces the original), then dead-lettered with the reason in headers. Publishing uses
+//! publisher confirms and `mandatory`. Wire format: fedora-messaging's (see [`wire`]).
+
+mod settle;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use hub_core::{
+    Backend, BackendConfig, BackendContext, BackendError, BoxError, Delivery, Message,
+    PublishError, Subscription,
+};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use serde::Deserialize;
+use tokio::sync::{Mutex, mpsc};
+use tracing::{info, warn};
+
+use settle::{AmqpAcker, Cmd, Original, Policy};
+
+/// `[backends.<id>]` with `type = "amqp"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// `amqp://user:password@host:port/vhost` or `amqps://...` (the password is never logged).
+    pub url: String,
+    /// Topic exchange to bind consumer queues to and publish on. Default `amq.topic`.
+    #[serde(default = "default_exchange")]
+    pub exchange: String,
+    /// Unacknowledged messages per consumer queue (bounds what is in flight). Default 100.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+    /// Fanout exchange that receives dead letters; the hub also declares and binds the durable
+    /// queue `<[hub] name>.dead-letters` to it. Default `hub.dead-letter`.
+    #[serde(default = "default_dlx")]
+    pub dead_letter_exchange: String,
+    /// Deliveries of a failing message before it is dead-lettered. Default 3.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Delay before the first retry; it doubles per attempt. Default `"1s"`.
+    #[serde(default = "default_retry", with = "hub_core::duration")]
+    pub retry_delay: Duration,
+    /// Longest delay between retries. Default `"60s"`.
+    #[serde(default = "default_retry_max", with = "hub_core::duration")]
+    pub retry_delay_max: Duration,
+}
+
+fn default_exchange() -> String {
+    "amq.topic".into()
+}
+fn default_prefetch() -> u16 {
+    100
+}
+fn default_dlx() -> String {
+    "hub.dead-letter".into()
+}
+fn default_attempts() -> u32 {
+    3
+}
+fn default_retry() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// The URL without its password, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..s + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl BackendConfig for AmqpConfig {
+    const TYPE: &'static str = "amqp";
+    const DESCRIPTION: &'static str =
+        "AMQP 0-9-1 (RabbitMQ): a queue per consumer, at-least-once acks, retries, dead letters";
+    const DURABLE_QUEUES: bool = true;
+
+    fn build(self, id: &str) -> Result<Arc<dyn Backend>, BoxError> {
+        if !(self.url.starts_with("amqp://") || self.url.starts_with("amqps://")) {
+            return Err(format!(
+                "url {:?}: expected amqp://... or amqps://...",
+                redact(&self.url)
+            )
+            .into());
+        }
+        for (k, v) in [
+            ("exchange", &self.exchange),
+            ("dead_letter_exchange", &self.dead_letter_exchange),
+        ] {
+            ShortString::try_new(v.as_str())
+                .map_err(|_| format!("{k} {v:?}: longer than 255 bytes"))?;
+        }
+        if self.prefetch == 0 || self.max_attempts == 0 {
+            return Err("prefetch and max_attempts must be at least 1".into());
+        }
+        Ok(Arc::new(AmqpBackend {
+            id: id.to_owned(),
+            config: self,
+            connection: Mutex::new(None),
+            publisher: Mutex::new(None),
+        }))
+    }
+}
+
+/// The AMQP backend.
+pub struct AmqpBackend {
+    id: String,
+    config: AmqpConfig,
+    connection: Mutex<Option<Arc<Connection>>>,
+    publisher: Mutex<Option<Channel>>,
+}
+
+impl AmqpBackend {
+    fn fail(&self, message: String) -> BackendError {
+        BackendError {
+            backend: self.id.clone(),
+            message,
+        }
+    }
+
+    fn queue_name(hub: &str, sub: &Subscription) -> Result<String, String> {
+        let name = match (&sub.options.queue, sub.options.durable) {
+            (Some(q), _) => q.clone(),
+            (None, true) => format!("{hub}.{}", sub.consumer),
+            // Named by us, never by the server: lapin cannot recover server-named queues.
+            (None, false) => format!("{hub}.{}.{}", sub.consumer, uuid::Uuid::new_v4().simple()),
+        };
+        ShortString::try_new(name.as_str())
+            .map_err(|_| format!("queue name {name:?} is longer than 255 bytes"))?;
+        Ok(name)
+    }
+
+    async fn connect(&self, cx: &BackendContext) -> Option<Connection> {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let props = ConnectionProperties::default()
+                .with_connection_name(format!("hub {} {}", cx.hub_name, cx.id).into())
+                .enable_auto_recover();
+            let attempt = tokio::select! {
+                () = cx.shutdown.cancelled() => return None,
+                r = tokio::time::timeout(Duration::from_secs(15), Connection::connect(&self.config.url, props)) => r,
+            };
+            match attempt {
+                Ok(Ok(c)) => return Some(c),
+                Ok(Err(e)) => {
+                    warn!(backend = %self.id, url = %redact(&self.config.url), error = %e, "Cannot connect; retrying.")
+                }
+                Err(_) => {
+                    warn!(backend = %self.id, url = %redact(&self.config.url), "Connect timed out; retrying.")
+                }
+            }
+            tokio::select! {
+                () = cx.shutdown.cancelled() => return None,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    async fn setup(
+        &self,
+        conn: &Connection,
+        cx: &BackendContext,
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>, BackendError> {
+        let err = |what: &str, e: lapin::Error| self.fail(format!("{what}: {e}"));
+        let publisher = conn
+            .create_channel()
+            .await
+            .map_err(|e| err("opening the publish channel", e))?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| err("enabling publisher confirms", e))?;
+        if !self.config.exchange.starts_with("amq.") {
+            let opts = ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            publisher
+                .exchange_declare(
+                    self.config.exchange.as_str().into(),
+                    ExchangeKind::Topic,
+                    opts,
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| {
+                    err(
+                        &format!("declaring topic exchange {:?}", self.config.exchange),
+                        e,
+                    )
+                })?;
+        }
+        let dlx = self.config.dead_letter_exchange.as_str();
+        let dlq = format!("{}.dead-letters", cx.hub_name);
+        publisher
+            .exchange_declare(
+                dlx.into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| err(&format!("declaring dead-letter exchange {dlx:?}"), e))?;
+        publisher
+            .queue_declare(
+                dlq.as_str().into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| err(&format!("declaring dead-letter queue {dlq:?}"), e))?;
+        publisher
+            .queue_bind(
+                dlq.as_str().into(),
+                dlx.into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| err(&format!("binding {dlq:?} to {dlx:?}"), e))?;
+        *self.publisher.lock().await = Some(publisher.clone());
+
+        let mut tasks = Vec::new();
+        for sub in &cx.subscriptions {
+            let queue = Self::queue_name(&cx.hub_name, sub)
+                .map_err(|m| self.fail(format!("consumer {}: {m}", sub.consumer)))?;
+            let ch = conn
+                .create_channel()
+                .await
+                .map_err(|e| err("opening a consumer channel", e))?;
+            ch.basic_qos(self.config.prefetch, BasicQosOptions::default())
+                .await
+                .map_err(|e| err("setting prefetch", e))?;
+            let opts = if sub.options.durable || sub.options.queue.is_some() {
+                QueueDeclareOptions::durable()
+            } else {
+                QueueDeclareOptions::exclusive().auto_delete()
+            };
+            ch.queue_declare(queue.as_str().into(), opts, FieldTable::default())
+                .await
+                .map_err(|e| err(&format!("consumer {}: declaring queue {queue:?} (a queue that exists with other arguments must be deleted or renamed)", sub.consumer), e))?;
+            for p in &sub.patterns {
+                let key = ShortString::try_new(p.as_str()).map_err(|_| {
+                    self.fail(format!("pattern {:?} is longer than 255 bytes", p.as_str()))
+                })?;
+                ch.queue_bind(
+                    queue.as_str().into(),
+                    self.config.exchange.as_str().into(),
+                    key,
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| {
+                    err(
+                        &format!(
+                            "binding {queue:?} to {:?} with {:?}",
+                            self.config.exchange,
+                            p.as_str()
+                        ),
+                        e,
+                    )
+                })?;
+            }
+            let consumer = ch
+                .basic_consume(
+                    queue.as_str().into(),
+                    format!("hub-{}", sub.consumer).into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| err(&format!("consuming from {queue:?}"), e))?;
+            info!(backend = %self.id, consumer = %sub.consumer, %queue, durable = sub.options.durable, "Consuming.");
+            let (tx, rx) = mpsc::unbounded_channel();
+            let policy = Policy {
+                consumer: sub.consumer.to_string(),
+                queue: queue.clone(),
+                dead_letter_exchange: self.config.dead_letter_exchange.clone(),
+                max_attempts: self.config.max_attempts,
+                retry_delay: self.config.retry_delay,
+                retry_delay_max: self.config.retry_delay_max,
+            };
+            tasks.push(tokio::spawn(settle::run(
+                ch.clone(),
+                publisher.clone(),
+                policy,
+                rx,
+                tx.downgrade(),
+            )));
+            tasks.push(tokio::spawn(consume(
+                consumer,
+                ch,
+                sub.clone(),
+                tx,
+                cx.intake.clone(),
+                cx.metrics.clone(),
+                cx.shutdown.clone(),
+                self.id.clone(),
+            )));
+        }
+        Ok(tasks)
+    }
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one task's whole context, spawned once"
+)]
+async fn consume(
+    mut consumer: lapin::Consumer,
+    channel: Channel,
+    sub: Subscription,
+    tx: mpsc::UnboundedSender<Cmd>,
+    intake: hub_core::Intake,
+    metrics: hub_core::BackendMetrics,
+    shutdown: hub_core::CancellationToken,
+    backend: String,
+) {
+    let mut cancelled = std::pin::pin!(shutdown.cancelled());
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = &mut cancelled => return,
+            d = consumer.next() => d,
+        };
+        let delivery = match next {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                warn!(%backend, consumer = %sub.consumer, error = %e, "Consumer error; waiting for recovery.");
+                if let Err(e) = channel.wait_for_recovery(e).await {
+                    warn!(%backend, consumer = %sub.consumer, error = %e, "Channel did not recover.");
+                    return;
+                }
+                continue;
+            }
+            None => return,
+        };
+        let tag = delivery.delivery_tag;
+        let original = Arc::new(Original {
+            routing_key: delivery.routing_key.as_str().to_owned(),
+            properties: delivery.properties.clone(),
+            body: delivery.data.clone(),
+        });
+        let _ = tx.send(Cmd::Register(tag));
+        let acker = AmqpAcker {
+            tag,
+            original: Arc::clone(&original),
+            tx: tx.clone(),
+        };
+        match wire::decode(&original.routing_key, &original.properties, &original.body) {
+            Ok(msg) => {
+                if intake
+                    .deliver(Delivery::with_acker(msg, Box::new(acker)).for_subscription(sub.id))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(bad) => {
+                metrics.invalid();
+                warn!(%backend, consumer = %sub.consumer, message_id = bad.id.as_deref().unwrap_or("-"), reason = %bad.reason, "Malformed message; dead-lettering it.");
+                hub_core::Acker::settle(
+                    &acker,
+                    hub_core::Verdict::Reject {
+                        reason: format!("malformed: {}", bad.reason),
+                    },
+                );
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for AmqpBackend {
+    async fn run(&self, cx: BackendContext) -> Result<(), BackendError> {
+        let Some(conn) = self.connect(&cx).await else {
+            return Ok(());
+        };
+        let conn = Arc::new(conn);
+        let tasks = self.setup(&conn, &cx).await?;
+        *self.connection.lock().await = Some(Arc::clone(&conn));
+        cx.metrics.set_connected(true);
+        info!(backend = %self.id, url = %redact(&self.config.url), "Connected.");
+        // Watchdog: the connection state behind `hub_backend_connected` and readiness.
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                () = cx.shutdown.cancelled() => break,
+                _ = tick.tick() => cx.metrics.set_connected(conn.status().connected()),
+            }
+        }
+        // Stop taking deliveries; the settle tasks keep running so drained messages get acked.
+        for t in tasks {
+            drop(t);
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, msg: &Message) -> Result<(), PublishError> {
+        let Some(ch) = self.publisher.lock().await.clone() else {
+            return Err(PublishError::Unavailable {
+                backend: self.id.clone(),
+                reason: "not connected yet".into(),
+            });
+        };
+        let key = ShortString::try_new(msg.topic()).map_err(|_| PublishError::NotConfirmed {
+            backend: self.id.clone(),
+            reason: format!("topic {:?} is longer than 255 bytes", msg.topic()),
+        })?;
+        let (props, body) = wire::encode(msg);
+        let opts = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
+        let transport = |e: lapin::Error| PublishError::Transport {
+            backend: self.id.clone(),
+            source: Box::new(e),
+        };
+        let confirm = ch
+            .basic_publish(
+                self.config.exchange.as_str().into(),
+                key,
+                opts,
+                &body,
+                props,
+            )
+            .await
+            .map_err(transport)?
+            .await
+            .map_err(transport)?;
+        match confirm {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(PublishError::NotConfirmed {
+                backend: self.id.clone(),
+                reason: format!(
+                    "unroutable: no queue is bound to {:?} for {:?}",
+                    self.config.exchange,
+                    msg.topic()
+                ),
+            }),
+            Confirmation::Nack(_) => Err(PublishError::NotConfirmed {
+                backend: self.id.clone(),
+                reason: "the broker nacked it".into(),
+            }),
+            Confirmation::NotRequested => Err(PublishError::NotConfirmed {
+                backend: self.id.clone(),
+                reason: "confirms are off".into(),
+            }),
+        }
+    }
+
+    async fn close(&self) {
+        self.publisher.lock().await.take();
+        if let Some(conn) = self.connection.lock().await.take() {
+            let _ = conn.close(200, "hub shutting down".into()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
+    }
+}

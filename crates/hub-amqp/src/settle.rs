@@ -1,0 +1,243 @@
+//! Settling deliveries on one consumer channel: batched `multiple` acks for contiguous finished
+//! tags, retries by confirmed republish, dead-lettering with the reason in headers.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hub_core::{Acker, Verdict};
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions};
+use lapin::types::{AMQPValue, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::wire::ATTEMPTS;
+
+/// What the hub needs to republish or dead-letter a delivery.
+pub(crate) struct Original {
+    pub routing_key: String,
+    pub properties: BasicProperties,
+    pub body: Vec<u8>,
+}
+
+pub(crate) enum Cmd {
+    /// A delivery entered the hub (sent before it is handed over, so order holds).
+    Register(u64),
+    /// The dispatcher's verdict.
+    Settle(u64, Verdict, Arc<Original>),
+    /// Safe to acknowledge (finished OK, or its copy is confirmed elsewhere).
+    Done(u64),
+    /// Could not be retried or dead-lettered: give it back to the broker.
+    Requeue(u64),
+}
+
+/// The [`Acker`] handed to the dispatcher with each delivery.
+pub(crate) struct AmqpAcker {
+    pub tag: u64,
+    pub original: Arc<Original>,
+    pub tx: mpsc::UnboundedSender<Cmd>,
+}
+
+impl Acker for AmqpAcker {
+    fn settle(&self, verdict: Verdict) {
+        // If the settle task is gone the channel is closed and the broker redelivers.
+        let _ = self
+            .tx
+            .send(Cmd::Settle(self.tag, verdict, Arc::clone(&self.original)));
+    }
+}
+
+/// Retry and dead-letter policy.
+#[derive(Clone)]
+pub(crate) struct Policy {
+    pub consumer: String,
+    pub queue: String,
+    pub dead_letter_exchange: String,
+    pub max_attempts: u32,
+    pub retry_delay: Duration,
+    pub retry_delay_max: Duration,
+}
+
+/// Runs until every sender is gone.
+pub(crate) async fn run(
+    channel: Channel,
+    publisher: Channel,
+    policy: Policy,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+    tx: mpsc::WeakUnboundedSender<Cmd>,
+) {
+    let mut outstanding = BTreeSet::new();
+    let mut finished = BTreeSet::new();
+    while let Some(first) = rx.recv().await {
+        let mut cmd = Some(first);
+        // Take everything already queued, then acknowledge once.
+        while let Some(c) = cmd.take().or_else(|| rx.try_recv().ok()) {
+            match c {
+                Cmd::Register(tag) => {
+                    outstanding.insert(tag);
+                }
+                Cmd::Settle(tag, Verdict::Ack, _) | Cmd::Done(tag) => {
+                    outstanding.remove(&tag);
+                    finished.insert(tag);
+                }
+                Cmd::Settle(tag, verdict, original) => {
+                    // Weak: this task ends once no delivery can settle any more.
+                    if let Some(tx) = tx.upgrade() {
+                        tokio::spawn(retry_or_dead_letter(
+                            publisher.clone(),
+                            policy.clone(),
+                            tag,
+                            verdict,
+                            original,
+                            tx,
+                        ));
+                    }
+                }
+                Cmd::Requeue(tag) => {
+                    outstanding.remove(&tag);
+                    let opts = BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    };
+                    if let Err(e) = channel.basic_nack(tag, opts).await {
+                        info!(consumer = %policy.consumer, error = %e, "Nack not delivered; the broker will redeliver.");
+                    }
+                }
+            }
+        }
+        // Acknowledge everything finished below the oldest unfinished delivery, in one frame.
+        let floor = outstanding.first().copied().unwrap_or(u64::MAX);
+        let Some(&upto) = finished.range(..floor).next_back() else {
+            continue;
+        };
+        finished = finished.split_off(&(upto + 1));
+        if let Err(e) = channel
+            .basic_ack(upto, BasicAckOptions { multiple: true })
+            .await
+        {
+            // After a reconnect these tags are stale: the broker redelivers what was unacked.
+            info!(consumer = %policy.consumer, error = %e, "Ack not delivered; those messages will be redelivered.");
+        }
+    }
+}
+
+fn attempts(p: &BasicProperties) -> u32 {
+    p.headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(ATTEMPTS).cloned())
+        .and_then(|v| match v {
+            AMQPValue::LongLongInt(i) => u32::try_from(i).ok(),
+            AMQPValue::LongInt(i) => u32::try_from(i).ok(),
+            AMQPValue::LongUInt(i) => Some(i),
+            _ => None,
+        })
+        .unwrap_or(1)
+}
+
+fn with_headers(p: &BasicProperties, extra: &[(&str, AMQPValue)]) -> BasicProperties {
+    let mut headers = p.headers().clone().unwrap_or_default();
+    for (k, v) in extra {
+        headers.insert(ShortString::from(*k), v.clone());
+    }
+    p.clone().with_headers(headers)
+}
+
+async fn publish_confirmed(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    props: BasicProperties,
+    body: &[u8],
+) -> Result<(), String> {
+    let confirm = ch
+        .basic_publish(
+            exchange.into(),
+            ShortString::try_new(key).map_err(|e| e.to_string())?,
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            body,
+            props,
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    match confirm {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(format!(
+            "unroutable: nothing bound to {exchange:?} with key {key:?}"
+        )),
+        Confirmation::Nack(_) => Err("the broker refused it".into()),
+        Confirmation::NotRequested => Err("confirms are not enabled".into()),
+    }
+}
+
+async fn retry_or_dead_letter(
+    publisher: Channel,
+    policy: Policy,
+    tag: u64,
+    verdict: Verdict,
+    original: Arc<Original>,
+    tx: mpsc::UnboundedSender<Cmd>,
+) {
+    let n = attempts(&original.properties);
+    let (retry, reason) = match verdict {
+        Verdict::Retry { reason } => (n < policy.max_attempts, reason),
+        Verdict::Reject { reason } => (false, reason),
+        Verdict::Ack => (false, String::new()),
+    };
+    let result = if retry {
+        // Exponential backoff; the original stays unacknowledged (and counted by prefetch)
+        // until its copy is confirmed, so a crash in between redelivers rather than loses it.
+        let factor = 2u32.saturating_pow(n.saturating_sub(1));
+        let delay = policy
+            .retry_delay
+            .saturating_mul(factor)
+            .min(policy.retry_delay_max);
+        debug!(consumer = %policy.consumer, attempt = n + 1, ?delay, %reason, "Retrying a message.");
+        tokio::time::sleep(delay).await;
+        let props = with_headers(
+            &original.properties,
+            &[(ATTEMPTS, AMQPValue::LongLongInt(i64::from(n) + 1))],
+        );
+        publish_confirmed(&publisher, "", &policy.queue, props, &original.body).await
+    } else {
+        warn!(consumer = %policy.consumer, attempts = n, %reason, "Dead-lettering a message.");
+        let props = with_headers(
+            &original.properties,
+            &[
+                (
+                    "x-hub-reason",
+                    AMQPValue::LongString(LongString::from(reason.as_bytes())),
+                ),
+                (
+                    "x-hub-consumer",
+                    AMQPValue::LongString(LongString::from(policy.consumer.as_bytes())),
+                ),
+                (
+                    "x-hub-queue",
+                    AMQPValue::LongString(LongString::from(policy.queue.as_bytes())),
+                ),
+                (ATTEMPTS, AMQPValue::LongLongInt(i64::from(n))),
+            ],
+        );
+        publish_confirmed(
+            &publisher,
+            &policy.dead_letter_exchange,
+            &original.routing_key,
+            props,
+            &original.body,
+        )
+        .await
+    };
+    let _ = tx.send(match result {
+        Ok(()) => Cmd::Done(tag),
+        Err(e) => {
+            warn!(consumer = %policy.consumer, error = %e, "Could not retry or dead-letter; requeueing.");
+            Cmd::Requeue(tag)
+        }
+    });
+}

@@ -1,0 +1,231 @@
+//! AMQP message ↔ [`Message`], compatible with fedora-messaging.
+//!
+//! Inbound: topic = routing key, body = the JSON body, id = `message_id`, timestamp = the
+//! `sent-at` header (else the `timestamp` property, else now), headers = the AMQP headers.
+//! Outbound: `content_type` `application/json`, `content_encoding` `utf-8`, `delivery_mode` 2,
+//! UUID4 `message_id`, and the headers fedora-messaging requires: `fedora_messaging_schema`
+//! (default `base.message`), `fedora_messaging_severity` (default 20), `sent-at`.
+
+use hub_core::{Headers, Message};
+use jiff::Timestamp;
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use serde_json::value::RawValue;
+use serde_json::{Number, Value};
+
+/// Header holding how many times the hub has delivered this message (retries).
+pub const ATTEMPTS: &str = "x-hub-attempts";
+
+/// An AMQP header value as JSON.
+pub fn to_json(v: &AMQPValue) -> Value {
+    match v {
+        AMQPValue::Boolean(b) => Value::Bool(*b),
+        AMQPValue::ShortShortInt(i) => (*i).into(),
+        AMQPValue::ShortShortUInt(i) => (*i).into(),
+        AMQPValue::ShortInt(i) => (*i).into(),
+        AMQPValue::ShortUInt(i) => (*i).into(),
+        AMQPValue::LongInt(i) => (*i).into(),
+        AMQPValue::LongUInt(i) => (*i).into(),
+        AMQPValue::LongLongInt(i) => (*i).into(),
+        AMQPValue::Float(f) => Number::from_f64(f64::from(*f)).map_or(Value::Null, Value::Number),
+        AMQPValue::Double(f) => Number::from_f64(*f).map_or(Value::Null, Value::Number),
+        AMQPValue::DecimalValue(d) => {
+            let v = f64::from(d.value) / 10f64.powi(i32::from(d.scale));
+            Number::from_f64(v).map_or(Value::Null, Value::Number)
+        }
+        AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
+        AMQPValue::LongString(s) => {
+            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(to_json).collect()),
+        AMQPValue::Timestamp(t) => (*t).into(),
+        AMQPValue::FieldTable(t) => Value::Object(table_to_json(t)),
+        AMQPValue::ByteArray(b) => {
+            Value::String(String::from_utf8_lossy(b.as_slice()).into_owned())
+        }
+        AMQPValue::Void => Value::Null,
+    }
+}
+
+/// An AMQP header table as a JSON object.
+pub fn table_to_json(t: &FieldTable) -> Headers {
+    t.inner()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), to_json(v)))
+        .collect()
+}
+
+/// A JSON value as an AMQP header value.
+pub fn from_json(v: &Value) -> AMQPValue {
+    match v {
+        Value::Null => AMQPValue::Void,
+        Value::Bool(b) => AMQPValue::Boolean(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => AMQPValue::LongLongInt(i),
+            (None, Some(f)) => AMQPValue::Double(f),
+            _ => AMQPValue::Void,
+        },
+        Value::String(s) => AMQPValue::LongString(LongString::from(s.as_bytes())),
+        Value::Array(a) => AMQPValue::FieldArray(FieldArray::from(
+            a.iter().map(from_json).collect::<Vec<_>>(),
+        )),
+        Value::Object(o) => AMQPValue::FieldTable(table_from_json(o)),
+    }
+}
+
+/// A JSON object as an AMQP table; keys longer than 255 bytes (not representable) are skipped.
+pub fn table_from_json(o: &Headers) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in o {
+        if let Ok(key) = ShortString::try_new(k.as_str()) {
+            t.insert(key, from_json(v));
+        }
+    }
+    t
+}
+
+/// Why an AMQP message cannot become a [`Message`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Malformed {
+    /// The message id, when it had one.
+    pub id: Option<String>,
+    /// What was wrong.
+    pub reason: String,
+}
+
+/// An inbound AMQP message as a [`Message`].
+///
+/// # Errors
+/// [`Malformed`] when the body is not JSON.
+pub fn decode(
+    routing_key: &str,
+    properties: &BasicProperties,
+    body: &[u8],
+) -> Result<Message, Malformed> {
+    let id = properties
+        .message_id()
+        .as_ref()
+        .map(|s| s.as_str().to_owned());
+    let text = std::str::from_utf8(body).map_err(|_| Malformed {
+        id: id.clone(),
+        reason: "body is not UTF-8 JSON".into(),
+    })?;
+    let raw: Box<RawValue> = serde_json::from_str(text).map_err(|e| Malformed {
+        id: id.clone(),
+        reason: format!("body is not JSON: {e}"),
+    })?;
+    let headers = properties
+        .headers()
+        .as_ref()
+        .map(table_to_json)
+        .unwrap_or_default();
+    let timestamp = headers
+        .get("sent-at")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<Timestamp>().ok())
+        .or_else(|| {
+            properties
+                .timestamp()
+                .and_then(|t| Timestamp::from_second(i64::try_from(t).ok()?).ok())
+        })
+        .unwrap_or_else(Timestamp::now);
+    let mut b = Message::builder_raw(routing_key, raw)
+        .timestamp(timestamp)
+        .headers(headers);
+    if let Some(id) = id {
+        b = b.id(id);
+    }
+    Ok(b.build())
+}
+
+/// A UUID4-shaped `message_id` for fedora-messaging: the id itself when it is a UUID, the UUID
+/// part of a fedmsg `<year>-<uuid>` id, else a fresh one.
+pub fn message_id(msg: &Message) -> String {
+    let id = msg.id();
+    if uuid::Uuid::parse_str(id).is_ok() {
+        return id.to_owned();
+    }
+    match id.split_once('-') {
+        Some((y, rest)) if y.len() == 4 && uuid::Uuid::parse_str(rest).is_ok() => rest.to_owned(),
+        _ => uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+/// `sent-at` as fedora-messaging writes it: UTC, seconds, `+00:00`.
+pub fn sent_at(ts: Timestamp) -> String {
+    let secs = ts.as_second();
+    Timestamp::from_second(secs)
+        .unwrap_or(ts)
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .strftime("%Y-%m-%dT%H:%M:%S%:z")
+        .to_string()
+}
+
+/// Properties and body for publishing `msg`.
+pub fn encode(msg: &Message) -> (BasicProperties, Vec<u8>) {
+    let mut headers = msg.headers().clone();
+    headers
+        .entry("fedora_messaging_schema")
+        .or_insert_with(|| Value::from("base.message"));
+    headers
+        .entry("fedora_messaging_severity")
+        .or_insert_with(|| Value::from(20));
+    headers.insert("sent-at".into(), Value::from(sent_at(msg.timestamp())));
+    let properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_content_encoding("utf-8".into())
+        .with_delivery_mode(2)
+        .with_message_id(ShortString::from(message_id(msg)))
+        .with_timestamp(u64::try_from(msg.timestamp().as_second()).unwrap_or(0))
+        .with_headers(table_from_json(&headers));
+    // Serializing a JSON value cannot fail.
+    let body = serde_json::to_vec(msg.body()).unwrap_or_default();
+    (properties, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn round_trips_the_fedora_messaging_shape() {
+        let m = Message::builder(
+            "org.fedoraproject.prod.bodhi.update.comment",
+            json!({"a": [1, 2], "b": "é"}),
+        )
+        .id("2026-7c2e8a3c-6f2b-4d4e-9d61-2f0a7e5c1b11")
+        .timestamp("2026-11-22T19:00:00.75Z".parse().unwrap())
+        .header("fedora_messaging_user_alice", true)
+        .build();
+        let (props, body) = encode(&m);
+        assert_eq!(
+            props.content_type().as_ref().unwrap().as_str(),
+            "application/json"
+        );
+        assert_eq!(props.content_encoding().as_ref().unwrap().as_str(), "utf-8");
+        assert_eq!(*props.delivery_mode(), Some(2));
+        assert_eq!(
+            props.message_id().as_ref().unwrap().as_str(),
+            "7c2e8a3c-6f2b-4d4e-9d61-2f0a7e5c1b11"
+        );
+        let h = table_to_json(props.headers().as_ref().unwrap());
+        assert_eq!(h["fedora_messaging_schema"], "base.message");
+        assert_eq!(h["fedora_messaging_severity"], 20);
+        assert_eq!(h["sent-at"], "2026-11-22T19:00:00+00:00");
+        assert_eq!(h["fedora_messaging_user_alice"], true);
+        let back = decode(m.topic(), &props, &body).unwrap();
+        assert_eq!(back.topic(), m.topic());
+        assert_eq!(back.body(), m.body());
+        assert_eq!(back.id(), "7c2e8a3c-6f2b-4d4e-9d61-2f0a7e5c1b11");
+        assert_eq!(back.timestamp().as_second(), m.timestamp().as_second());
+    }
+
+    #[test]
+    fn a_non_json_body_is_malformed_with_its_id() {
+        let props = BasicProperties::default().with_message_id("m-1".into());
+        let err = decode("t", &props, b"<xml/>").unwrap_err();
+        assert_eq!(err.id.as_deref(), Some("m-1"));
+        assert!(err.reason.contains("not JSON"), "{err:?}");
+    }
+}

@@ -1,0 +1,338 @@
+//! Against the real RabbitMQ at 127.0.0.1:5672 (guest/guest; `HUB_TEST_AMQP_URL` overrides).
+//! `scripts/test` starts (or installs) RabbitMQ first; an unreachable broker fails these tests.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hub_amqp::AmqpConfig;
+use hub_core::{
+    BackendConfig, ConsumeError, Consumer, ConsumerOptions, ConsumerSpec, Context, EngineBuilder,
+    Message, Pattern, RunningEngine, async_trait,
+};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde_json::json;
+use tokio::time::{Instant, sleep};
+
+fn url() -> String {
+    std::env::var("HUB_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn uid() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+}
+
+async fn raw() -> Connection {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        Connection::connect(&url(), ConnectionProperties::default()),
+    )
+    .await
+    .expect("RabbitMQ did not answer within 10 s (scripts/test starts it)")
+    .expect("cannot connect to RabbitMQ (scripts/test starts it)")
+}
+
+#[derive(Default)]
+struct Probe {
+    seen: Mutex<Vec<Message>>,
+    fail: bool,
+    calls: AtomicU64,
+}
+
+struct P(Arc<Probe>);
+
+#[async_trait]
+impl Consumer for P {
+    async fn consume(&self, _cx: &Context, msg: &Message) -> Result<(), ConsumeError> {
+        self.0.calls.fetch_add(1, Ordering::SeqCst);
+        if self.0.fail {
+            return Err(ConsumeError::transient("downstream is down"));
+        }
+        self.0.seen.lock().unwrap().push(msg.clone());
+        Ok(())
+    }
+}
+
+fn config(dlx: &str) -> AmqpConfig {
+    serde_json::from_value(json!({
+        "url": url(), "dead_letter_exchange": dlx, "max_attempts": 3, "retry_delay": "20ms", "retry_delay_max": "100ms"
+    }))
+    .unwrap()
+}
+
+async fn start(
+    hub: &str,
+    cfg: AmqpConfig,
+    consumers: Vec<(&str, &[&str], ConsumerOptions, Arc<Probe>)>,
+) -> (RunningEngine, Arc<dyn hub_core::Backend>) {
+    let backend = cfg.build("rabbit").unwrap();
+    let mut b = EngineBuilder::new(hub).backend("rabbit", Arc::clone(&backend));
+    for (name, topics, options, probe) in consumers {
+        let spec = ConsumerSpec {
+            name: name.into(),
+            backend: "rabbit".into(),
+            patterns: topics.iter().map(|t| Pattern::new(t).unwrap()).collect(),
+            options,
+        };
+        b = b.consumer(spec, Arc::new(P(probe)));
+    }
+    let running = b.build().unwrap().start().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !running.readiness().ready {
+        assert!(Instant::now() < deadline, "amqp backend never became ready");
+        sleep(Duration::from_millis(20)).await;
+    }
+    (running, backend)
+}
+
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn topics(p: &Probe) -> Vec<String> {
+    p.seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|m| m.topic().to_owned())
+        .collect()
+}
+
+fn queues() -> String {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_pattern_into_per_consumer_queues_and_transient_queues_go_away() {
+    let u = uid();
+    let (a, b) = (Arc::new(Probe::default()), Arc::new(Probe::default()));
+    let star = format!("t{u}.build.*");
+    let hash = format!("t{u}.#");
+    let hub = format!("hub{u}");
+    let (running, backend) = start(
+        &hub,
+        config(&format!("dlx{u}")),
+        vec![
+            ("a", &[star.as_str()], ConsumerOptions::default(), a.clone()),
+            ("b", &[hash.as_str()], ConsumerOptions::default(), b.clone()),
+        ],
+    )
+    .await;
+    for t in [
+        format!("t{u}.build.ok"),
+        format!("t{u}.other"),
+        format!("t{u}.build.x.y"),
+    ] {
+        backend
+            .publish(&Message::new(t, json!({"k": 1})))
+            .await
+            .unwrap();
+    }
+    eventually("b sees all three", || b.seen.lock().unwrap().len() == 3).await;
+    sleep(Duration::from_millis(200)).await;
+    assert_eq!(topics(&a), vec![format!("t{u}.build.ok")]);
+    let m = b.seen.lock().unwrap()[0].clone();
+    assert_eq!(m.body(), &json!({"k": 1}));
+    assert_eq!(
+        m.header("fedora_messaging_schema"),
+        Some(&json!("base.message"))
+    );
+    assert!(
+        queues().contains(&format!("{hub}.a.")),
+        "transient queue exists while running"
+    );
+    running.shutdown(Duration::from_secs(5)).await;
+    sleep(Duration::from_millis(500)).await;
+    assert!(
+        !queues().contains(&format!("{hub}.a.")),
+        "transient queue gone with the hub"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_retried_then_dead_lettered_with_the_reason_and_malformed_bodies_too() {
+    let u = uid();
+    let hub = format!("hub{u}");
+    let failing = Arc::new(Probe {
+        fail: true,
+        ..Probe::default()
+    });
+    let topic = format!("f{u}.job");
+    let (running, backend) = start(
+        &hub,
+        config(&format!("dlx{u}")),
+        vec![(
+            "worker",
+            &[topic.as_str()],
+            ConsumerOptions::default(),
+            failing.clone(),
+        )],
+    )
+    .await;
+    backend
+        .publish(&Message::new(topic.clone(), json!({"job": 7})))
+        .await
+        .unwrap();
+    // A non-JSON body, published straight to the exchange.
+    let conn = raw().await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_publish(
+        "amq.topic".into(),
+        topic.as_str().into(),
+        BasicPublishOptions::default(),
+        b"<not json>",
+        BasicProperties::default().with_message_id("bad-1".into()),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let dlq = format!("{hub}.dead-letters");
+    let mut dead = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while dead.len() < 2 {
+        assert!(Instant::now() < deadline, "dead letters: {}", dead.len());
+        if let Some(msg) = ch
+            .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            let headers =
+                hub_amqp::wire::table_to_json(msg.delivery.properties.headers().as_ref().unwrap());
+            dead.push((
+                String::from_utf8_lossy(&msg.delivery.data).into_owned(),
+                headers,
+            ));
+        } else {
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(
+        failing.calls.load(Ordering::SeqCst),
+        3,
+        "max_attempts = 3 deliveries, then dead-lettered"
+    );
+    let (body, h) = dead.iter().find(|(b, _)| b.contains("job")).unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(body).unwrap(),
+        json!({"job": 7})
+    );
+    assert!(
+        h["x-hub-reason"]
+            .as_str()
+            .unwrap()
+            .contains("downstream is down"),
+        "{h:?}"
+    );
+    assert_eq!(h["x-hub-consumer"], "worker");
+    assert_eq!(h["x-hub-attempts"], 3);
+    let (_, h) = dead.iter().find(|(b, _)| b == "<not json>").unwrap();
+    assert!(
+        h["x-hub-reason"].as_str().unwrap().contains("malformed"),
+        "{h:?}"
+    );
+    running.shutdown(Duration::from_secs(5)).await;
+    let _ = ch
+        .queue_delete(dlq.as_str().into(), Default::default())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_queue_keeps_what_was_published_while_the_hub_was_down() {
+    let u = uid();
+    let hub = format!("hub{u}");
+    let topic = format!("d{u}.event");
+    let durable = ConsumerOptions {
+        durable: true,
+        ..ConsumerOptions::default()
+    };
+    let first = Arc::new(Probe::default());
+    let (running, _) = start(
+        &hub,
+        config(&format!("dlx{u}")),
+        vec![("keeper", &[topic.as_str()], durable.clone(), first)],
+    )
+    .await;
+    running.shutdown(Duration::from_secs(5)).await;
+    // The hub is down: publish 50 persistent messages.
+    let conn = raw().await;
+    let ch = conn.create_channel().await.unwrap();
+    for i in 0..50 {
+        let body = serde_json::to_vec(&json!({"i": i})).unwrap();
+        ch.basic_publish(
+            "amq.topic".into(),
+            topic.as_str().into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let second = Arc::new(Probe::default());
+    let (running, _) = start(
+        &hub,
+        config(&format!("dlx{u}")),
+        vec![("keeper", &[topic.as_str()], durable, second.clone())],
+    )
+    .await;
+    eventually("all 50 consumed after the restart", || {
+        second.seen.lock().unwrap().len() == 50
+    })
+    .await;
+    running.shutdown(Duration::from_secs(5)).await;
+    let q = ch
+        .queue_declare(
+            format!("{hub}.keeper").as_str().into(),
+            QueueDeclareOptions::durable().passive(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(q.message_count(), 0, "everything acknowledged");
+    let _ = ch
+        .queue_delete(format!("{hub}.keeper").as_str().into(), Default::default())
+        .await;
+    let _ = ch
+        .queue_delete(
+            format!("{hub}.dead-letters").as_str().into(),
+            Default::default(),
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unroutable_publish_is_an_error() {
+    let u = uid();
+    let (running, backend) = start(&format!("hub{u}"), config(&format!("dlx{u}")), vec![]).await;
+    let err = backend
+        .publish(&Message::new(format!("nobody{u}.listens"), json!({})))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unroutable"), "{err}");
+    running.shutdown(Duration::from_secs(5)).await;
+    let _ = raw()
+        .await
+        .create_channel()
+        .await
+        .unwrap()
+        .queue_delete(
+            format!("hub{u}.dead-letters").as_str().into(),
+            Default::default(),
+        )
+        .await;
+}
