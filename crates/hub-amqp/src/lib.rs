@@ -308,7 +308,6 @@ impl AmqpBackend {
                 retry_delay_max: self.config.retry_delay_max,
             };
             tasks.push(tokio::spawn(settle::run(
-                ch.clone(),
                 publisher.clone(),
                 policy,
                 rx,
@@ -344,6 +343,7 @@ async fn consume(
     backend: String,
 ) {
     let mut cancelled = std::pin::pin!(shutdown.cancelled());
+    let (mut generation, mut last_tag) = (0u32, 0u64);
     loop {
         let next = tokio::select! {
             biased;
@@ -362,13 +362,22 @@ async fn consume(
             }
             None => return,
         };
-        let tag = delivery.delivery_tag;
+        // Tags start again at 1 on a recovered channel: a new generation.
+        if delivery.delivery_tag <= last_tag {
+            generation += 1;
+            info!(%backend, consumer = %sub.consumer, "Channel recovered; consuming again.");
+        }
+        last_tag = delivery.delivery_tag;
+        let tag = settle::Tag {
+            generation,
+            tag: delivery.delivery_tag,
+        };
         let original = Arc::new(Original {
             routing_key: delivery.routing_key.as_str().to_owned(),
             properties: delivery.properties.clone(),
             body: delivery.data.clone(),
         });
-        let _ = tx.send(Cmd::Register(tag));
+        let _ = tx.send(Cmd::Register(tag, delivery.acker.clone()));
         let acker = AmqpAcker {
             tag,
             original: Arc::clone(&original),
@@ -410,7 +419,7 @@ impl Backend for AmqpBackend {
         cx.metrics.set_connected(true);
         info!(backend = %self.id, url = %redact(&self.config.url), "Connected.");
         // Watchdog: the connection state behind `hub_backend_connected` and readiness.
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
                 () = cx.shutdown.cancelled() => break,

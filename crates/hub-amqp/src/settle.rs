@@ -1,7 +1,7 @@
 //! Settling deliveries on one consumer channel: batched `multiple` acks for contiguous finished
 //! tags, retries by confirmed republish, dead-lettering with the reason in headers.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,20 +21,28 @@ pub(crate) struct Original {
     pub body: Vec<u8>,
 }
 
+/// A delivery tag within one incarnation of the channel: after lapin recovers a connection,
+/// tags start again at 1, so the consume loop starts a new generation when they go backwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tag {
+    pub generation: u32,
+    pub tag: u64,
+}
+
 pub(crate) enum Cmd {
     /// A delivery entered the hub (sent before it is handed over, so order holds).
-    Register(u64),
+    Register(Tag, lapin::Acker),
     /// The dispatcher's verdict.
-    Settle(u64, Verdict, Arc<Original>),
+    Settle(Tag, Verdict, Arc<Original>),
     /// Safe to acknowledge (finished OK, or its copy is confirmed elsewhere).
-    Done(u64),
+    Done(Tag),
     /// Could not be retried or dead-lettered: give it back to the broker.
-    Requeue(u64),
+    Requeue(Tag),
 }
 
 /// The [`Acker`] handed to the dispatcher with each delivery.
 pub(crate) struct AmqpAcker {
-    pub tag: u64,
+    pub tag: Tag,
     pub original: Arc<Original>,
     pub tx: mpsc::UnboundedSender<Cmd>,
 }
@@ -61,12 +69,14 @@ pub(crate) struct Policy {
 
 /// Runs until every sender is gone.
 pub(crate) async fn run(
-    channel: Channel,
     publisher: Channel,
     policy: Policy,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
     tx: mpsc::WeakUnboundedSender<Cmd>,
 ) {
+    let mut generation = 0;
+    // Per tag of the current generation: lapin's acker, and whether it finished.
+    let mut ackers: BTreeMap<u64, lapin::Acker> = BTreeMap::new();
     let mut outstanding = BTreeSet::new();
     let mut finished = BTreeSet::new();
     while let Some(first) = rx.recv().await {
@@ -74,34 +84,49 @@ pub(crate) async fn run(
         // Take everything already queued, then acknowledge once.
         while let Some(c) = cmd.take().or_else(|| rx.try_recv().ok()) {
             match c {
-                Cmd::Register(tag) => {
-                    outstanding.insert(tag);
+                Cmd::Register(t, acker) => {
+                    if t.generation != generation {
+                        // The channel was recovered: what was unacked will be redelivered.
+                        generation = t.generation;
+                        ackers.clear();
+                        outstanding.clear();
+                        finished.clear();
+                    }
+                    ackers.insert(t.tag, acker);
+                    outstanding.insert(t.tag);
                 }
-                Cmd::Settle(tag, Verdict::Ack, _) | Cmd::Done(tag) => {
-                    outstanding.remove(&tag);
-                    finished.insert(tag);
+                Cmd::Settle(t, _, _) | Cmd::Done(t) | Cmd::Requeue(t)
+                    if t.generation != generation =>
+                {
+                    debug!(consumer = %policy.consumer, tag = t.tag, "Settled a delivery from before a reconnect; the broker redelivers it.");
                 }
-                Cmd::Settle(tag, verdict, original) => {
+                Cmd::Settle(t, Verdict::Ack, _) | Cmd::Done(t) => {
+                    outstanding.remove(&t.tag);
+                    finished.insert(t.tag);
+                }
+                Cmd::Settle(t, verdict, original) => {
                     // Weak: this task ends once no delivery can settle any more.
                     if let Some(tx) = tx.upgrade() {
                         tokio::spawn(retry_or_dead_letter(
                             publisher.clone(),
                             policy.clone(),
-                            tag,
+                            t,
                             verdict,
                             original,
                             tx,
                         ));
                     }
                 }
-                Cmd::Requeue(tag) => {
-                    outstanding.remove(&tag);
-                    let opts = BasicNackOptions {
-                        multiple: false,
-                        requeue: true,
-                    };
-                    if let Err(e) = channel.basic_nack(tag, opts).await {
-                        info!(consumer = %policy.consumer, error = %e, "Nack not delivered; the broker will redeliver.");
+                Cmd::Requeue(t) => {
+                    outstanding.remove(&t.tag);
+                    if let Some(acker) = ackers.remove(&t.tag) {
+                        let opts = BasicNackOptions {
+                            multiple: false,
+                            requeue: true,
+                        };
+                        if !matches!(acker.nack(opts).await, Ok(true)) {
+                            info!(consumer = %policy.consumer, "Nack not delivered; the broker will redeliver.");
+                        }
                     }
                 }
             }
@@ -112,12 +137,23 @@ pub(crate) async fn run(
             continue;
         };
         finished = finished.split_off(&(upto + 1));
-        if let Err(e) = channel
-            .basic_ack(upto, BasicAckOptions { multiple: true })
-            .await
-        {
-            // After a reconnect these tags are stale: the broker redelivers what was unacked.
-            info!(consumer = %policy.consumer, error = %e, "Ack not delivered; those messages will be redelivered.");
+        let acker = ackers.get(&upto).cloned();
+        ackers = ackers.split_off(&(upto + 1));
+        // lapin's acker knows whether its channel was recovered since: then it sends nothing
+        // (an unknown tag would be a channel error) and says false.
+        match acker.map(|a| async move { a.ack(BasicAckOptions { multiple: true }).await }) {
+            Some(ack) => match ack.await {
+                Ok(true) => {}
+                Ok(false) => {
+                    info!(consumer = %policy.consumer, "Ack not delivered (reconnected); those messages will be redelivered.")
+                }
+                Err(e) => {
+                    info!(consumer = %policy.consumer, error = %e, "Ack not delivered; those messages will be redelivered.")
+                }
+            },
+            None => {
+                warn!(consumer = %policy.consumer, tag = upto, "No acker for a finished delivery.")
+            }
         }
     }
 }
@@ -178,7 +214,7 @@ async fn publish_confirmed(
 async fn retry_or_dead_letter(
     publisher: Channel,
     policy: Policy,
-    tag: u64,
+    tag: Tag,
     verdict: Verdict,
     original: Arc<Original>,
     tx: mpsc::UnboundedSender<Cmd>,

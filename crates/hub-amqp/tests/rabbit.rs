@@ -336,3 +336,137 @@ async fn an_unroutable_publish_is_an_error() {
         )
         .await;
 }
+
+#[derive(Default)]
+struct Distinct {
+    seen: Mutex<std::collections::BTreeSet<u64>>,
+    calls: AtomicU64,
+}
+
+struct D(Arc<Distinct>);
+
+#[async_trait]
+impl Consumer for D {
+    async fn consume(&self, _cx: &Context, msg: &Message) -> Result<(), ConsumeError> {
+        self.0.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        self.0
+            .seen
+            .lock()
+            .unwrap()
+            .insert(msg.body()["i"].as_u64().unwrap());
+        Ok(())
+    }
+}
+
+fn close_connection_named(name: &str) -> bool {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "client_properties"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(line) = text.lines().find(|l| l.contains(name)) else {
+        return false;
+    };
+    let pid = line.split_whitespace().next().unwrap();
+    std::process::Command::new("rabbitmqctl")
+        .args(["-q", "close_connection", pid, "test: forced close"])
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_connection_close_mid_stream_loses_nothing() {
+    const N: u64 = 300;
+    let u = uid();
+    let hub = format!("hub{u}");
+    let topic = format!("r{u}.event");
+    let probe = Arc::new(Distinct::default());
+    let backend = config(&format!("dlx{u}")).build("rabbit").unwrap();
+    let spec = ConsumerSpec {
+        name: "steady".into(),
+        backend: "rabbit".into(),
+        patterns: vec![Pattern::new(&topic).unwrap()],
+        options: ConsumerOptions {
+            durable: true,
+            ..ConsumerOptions::default()
+        },
+    };
+    let running = EngineBuilder::new(hub.as_str())
+        .backend("rabbit", backend)
+        .consumer(spec, Arc::new(D(probe.clone())))
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !running.readiness().ready {
+        assert!(Instant::now() < deadline);
+        sleep(Duration::from_millis(20)).await;
+    }
+    let conn = raw().await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    let mut saw_outage = false;
+    for i in 0..N {
+        let body = serde_json::to_vec(&json!({"i": i})).unwrap();
+        ch.basic_publish(
+            "amq.topic".into(),
+            topic.as_str().into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+        if i == N / 3 {
+            assert!(
+                close_connection_named(&format!("hub {hub} rabbit")),
+                "found the hub's connection"
+            );
+        }
+        saw_outage |= !running.readiness().ready;
+        sleep(Duration::from_millis(3)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while probe.seen.lock().unwrap().len() < N as usize {
+        saw_outage |= !running.readiness().ready;
+        assert!(
+            Instant::now() < deadline,
+            "consumed {} distinct of {N} after the forced close",
+            probe.seen.lock().unwrap().len()
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        saw_outage,
+        "hub_backend_connected / readiness showed the outage"
+    );
+    running.shutdown(Duration::from_secs(5)).await;
+    let q = format!("{hub}.steady");
+    let left = ch
+        .queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions::durable().passive(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .message_count();
+    assert_eq!(left, 0, "nothing left unacknowledged in the queue");
+    eprintln!(
+        "{} deliveries for {N} messages (duplicates are the ones in flight at the close)",
+        probe.calls.load(Ordering::SeqCst)
+    );
+    let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+    let _ = ch
+        .queue_delete(
+            format!("{hub}.dead-letters").as_str().into(),
+            Default::default(),
+        )
+        .await;
+}
