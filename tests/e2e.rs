@@ -559,3 +559,167 @@ settings = {{ topic = "org.reply.done" }}
     signal(&hub_proc, "-TERM");
     assert!(wait_exit(&mut hub_proc, Duration::from_secs(15)).success());
 }
+
+mod amqp {
+    //! Two real `hub` processes on one durable RabbitMQ queue (scripts/test starts RabbitMQ).
+    use super::*;
+    use hub_amqp::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use hub_amqp::lapin::{BasicProperties, Connection, ConnectionProperties};
+    use std::collections::BTreeSet;
+
+    const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+    fn ids(path: &Path) -> Vec<u64> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).ok()?["body"]["i"].as_u64()
+            })
+            .collect()
+    }
+
+    fn start(dir: &Path, name: &str, tag: &str, topic: &str) -> (Proc, u16, PathBuf) {
+        let port = free_port();
+        let out = dir.join(format!("{tag}.jsonl"));
+        let cfg = dir.join(format!("{tag}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                r##"
+[hub]
+name = "{name}"
+[http]
+listen = "127.0.0.1:{port}"
+[backends.rabbit]
+type = "amqp"
+url = "{URL}"
+prefetch = 20
+[consumers.keep]
+type = "echo"
+topics = ["{topic}"]
+durable = true
+settings = {{ path = "{}" }}
+[consumers.slow]
+type = "delay"
+topics = ["{topic}"]
+settings = {{ delay = "20ms" }}
+"##,
+                out.display()
+            ),
+        )
+        .unwrap();
+        let mut p = spawn(
+            hub(&["run", "--config", cfg.to_str().unwrap()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        wait_ready(port, &mut p);
+        (p, port, out)
+    }
+
+    async fn publish(topic: &str, range: std::ops::Range<u64>, mut each: impl FnMut(u64)) {
+        let conn = Connection::connect(URL, ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ at 127.0.0.1:5672");
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        for i in range {
+            let body = serde_json::to_vec(&serde_json::json!({ "i": i })).unwrap();
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into());
+            ch.basic_publish(
+                "amq.topic".into(),
+                topic.into(),
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+            each(i);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let _ = conn.close(200, "done".into()).await;
+    }
+
+    fn wait_union(files: &[&Path], n: u64) -> (BTreeSet<u64>, usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let all: Vec<u64> = files.iter().flat_map(|f| ids(f)).collect();
+            let union: BTreeSet<u64> = all.iter().copied().collect();
+            if union.len() as u64 >= n || Instant::now() > deadline {
+                return (union, all.len());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    #[test]
+    fn two_hubs_share_a_durable_queue_exactly_once_and_survive_a_kill_9() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        let (name, topic) = (format!("pair{u}"), format!("pair{u}.m"));
+        let (mut a, port_a, out_a) = start(dir.path(), &name, "a", &topic);
+        let (mut b, _, out_b) = start(dir.path(), &name, "b", &topic);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+
+        // Both up: every message consumed exactly once in total.
+        rt.block_on(publish(&topic, 0..300, |_| {}));
+        let (union, total) = wait_union(&[&out_a, &out_b], 300);
+        assert_eq!(union.len(), 300, "every message consumed");
+        assert_eq!(total, 300, "exactly once in total while both run");
+        assert!(
+            !ids(&out_a).is_empty() && !ids(&out_b).is_empty(),
+            "both hubs took a share"
+        );
+
+        // Kill -9 one mid-stream: the other finishes; duplicates only for what was in flight.
+        let pid = b.id().to_string();
+        rt.block_on(publish(&topic, 300..900, |i| {
+            if i == 500 {
+                assert!(
+                    Command::new("kill")
+                        .args(["-KILL", &pid])
+                        .status()
+                        .unwrap()
+                        .success()
+                );
+            }
+        }));
+        let (union, total) = wait_union(&[&out_a, &out_b], 900);
+        assert_eq!(union.len(), 900, "nothing lost after kill -9");
+        assert!(
+            total - 900 <= 20 + 1,
+            "duplicates ({}) only for the killed hub's unacked prefetch",
+            total - 900
+        );
+        let metrics = http_get(port_a, "/metrics").unwrap().1;
+        assert!(
+            metrics.contains(r#"hub_amqp_queue_messages{consumer="slow"}"#),
+            "broker-side backlog gauge"
+        );
+        signal(&a, "-TERM");
+        assert!(wait_exit(&mut a, Duration::from_secs(20)).success());
+        let _ = b.wait();
+        // Clean up the durable queue.
+        rt.block_on(async {
+            let conn = Connection::connect(URL, ConnectionProperties::default())
+                .await
+                .unwrap();
+            let ch = conn.create_channel().await.unwrap();
+            for q in [
+                format!("{name}.keep"),
+                format!("{name}.slow"),
+                format!("{name}.dead-letters"),
+            ] {
+                let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+            }
+        });
+    }
+}

@@ -8,6 +8,8 @@
 //! copy replaces the original), then dead-lettered with the reason in headers. Publishing uses
 //! publisher confirms and `mandatory`. Wire format: fedora-messaging's (see [`wire`]).
 
+pub use lapin;
+
 mod settle;
 pub mod wire;
 
@@ -247,6 +249,7 @@ impl AmqpBackend {
         *self.publisher.lock().await = Some(publisher.clone());
 
         let mut tasks = Vec::new();
+        let mut queues = Vec::new();
         for sub in &cx.subscriptions {
             let queue = Self::queue_name(&cx.hub_name, sub)
                 .map_err(|m| self.fail(format!("consumer {}: {m}", sub.consumer)))?;
@@ -298,6 +301,7 @@ impl AmqpBackend {
                 .await
                 .map_err(|e| err(&format!("consuming from {queue:?}"), e))?;
             info!(backend = %self.id, consumer = %sub.consumer, %queue, durable = sub.options.durable, "Consuming.");
+            queues.push((sub.consumer.to_string(), queue.clone()));
             let (tx, rx) = mpsc::unbounded_channel();
             let policy = Policy {
                 consumer: sub.consumer.to_string(),
@@ -324,7 +328,55 @@ impl AmqpBackend {
                 self.id.clone(),
             )));
         }
+        // Its own channel: a passive declare of a queue deleted behind our back is a channel error.
+        let poller = conn
+            .create_channel()
+            .await
+            .map_err(|e| err("opening the backlog channel", e))?;
+        tasks.push(tokio::spawn(poll_backlog(
+            poller,
+            queues,
+            cx.shutdown.clone(),
+        )));
         Ok(tasks)
+    }
+}
+
+/// How often `hub_amqp_queue_messages` asks the broker.
+const BACKLOG_POLL: Duration = Duration::from_secs(5);
+
+/// `hub_amqp_queue_messages{consumer}`: what waits in RabbitMQ (ready, not yet delivered), next
+/// to the hub's own backlog gauge. A passive declare per queue every few seconds.
+async fn poll_backlog(
+    channel: Channel,
+    queues: Vec<(String, String)>,
+    shutdown: hub_core::CancellationToken,
+) {
+    let gauges: Vec<_> = queues
+        .iter()
+        .map(|(consumer, _)| metrics::gauge!("hub_amqp_queue_messages", "consumer" => consumer.clone()))
+        .collect();
+    let mut tick = tokio::time::interval(BACKLOG_POLL);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for ((consumer, queue), gauge) in queues.iter().zip(&gauges) {
+            let opts = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            match channel
+                .queue_declare(queue.as_str().into(), opts, FieldTable::default())
+                .await
+            {
+                Ok(q) => gauge.set(f64::from(q.message_count())),
+                Err(e) => {
+                    tracing::debug!(%consumer, %queue, error = %e, "Could not read the queue depth.")
+                }
+            }
+        }
     }
 }
 

@@ -470,3 +470,62 @@ async fn a_forced_connection_close_mid_stream_loses_nothing() {
         )
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_redeclared_with_other_arguments_is_a_clear_fatal_error() {
+    let u = uid();
+    let hub = format!("hub{u}");
+    let queue = format!("{hub}.strict");
+    // Someone else made this queue non-durable; the hub wants it durable.
+    let conn = raw().await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let backend = config(&format!("dlx{u}")).build("rabbit").unwrap();
+    let spec = ConsumerSpec {
+        name: "strict".into(),
+        backend: "rabbit".into(),
+        patterns: vec![Pattern::new("x.y").unwrap()],
+        options: ConsumerOptions {
+            durable: true,
+            ..ConsumerOptions::default()
+        },
+    };
+    let mut running = EngineBuilder::new(hub.as_str())
+        .backend("rabbit", backend)
+        .consumer(spec, Arc::new(P(Arc::new(Probe::default()))))
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(20), running.fatal())
+        .await
+        .expect("a fatal error")
+        .expect("an error");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("declaring queue {queue:?}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("PRECONDITION_FAILED") && text.contains("inequivalent arg 'durable'"),
+        "{text}"
+    );
+    assert!(!running.readiness().ready);
+    running.shutdown(Duration::from_secs(2)).await;
+    let _ = ch
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
+    let _ = ch
+        .queue_delete(
+            format!("{hub}.dead-letters").as_str().into(),
+            Default::default(),
+        )
+        .await;
+}
