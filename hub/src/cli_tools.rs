@@ -85,6 +85,44 @@ pub(crate) fn tail(
     }
 }
 
+fn parse_message(topic: &str, json: &str) -> Result<Message, ExitCode> {
+    let body: serde_json::Value = serde_json::from_str(json).map_err(|e| {
+        eprintln!("JSON argument: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    match Pattern::new(topic) {
+        Ok(p) if p.is_literal() => Ok(Message::new(topic, body)),
+        Ok(_) => {
+            eprintln!("TOPIC: {topic:?} cannot contain wildcards");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+        Err(e) => {
+            eprintln!("TOPIC: {e}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+pub(crate) fn publish_amqp(url: &str, exchange: &str, topic: &str, json: &str) -> ExitCode {
+    let msg = match parse_message(topic, json) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    let Some(rt) = runtime() else {
+        return ExitCode::from(EXIT_FAILURE);
+    };
+    match rt.block_on(hub_amqp::publish_once(url, exchange, &msg)) {
+        Ok(id) => {
+            println!("{id}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
 pub(crate) fn publish(
     bind: Option<String>,
     connect: Option<String>,
@@ -93,26 +131,10 @@ pub(crate) fn publish(
     format: WireFormat,
     wait: Duration,
 ) -> ExitCode {
-    let body: serde_json::Value = match serde_json::from_str(json) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("JSON argument: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+    let msg = match parse_message(topic, json) {
+        Ok(m) => m,
+        Err(code) => return code,
     };
-    if let Err(e) = Pattern::new(topic)
-        .map_err(|e| e.to_string())
-        .and_then(|p| {
-            if p.is_literal() {
-                Ok(())
-            } else {
-                Err(format!("topic {topic:?} cannot contain wildcards"))
-            }
-        })
-    {
-        eprintln!("TOPIC: {e}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
     let peer = match (bind, connect) {
         (Some(b), _) => Peer::Bind(b),
         (None, Some(c)) => Peer::Connect(c),
@@ -121,7 +143,6 @@ pub(crate) fn publish(
     let Some(rt) = runtime() else {
         return ExitCode::from(EXIT_FAILURE);
     };
-    let msg = Message::new(topic, body);
     // fedmsg's own post-init sleep is 0.5 s: enough for the subscription to reach us.
     match rt.block_on(tools::publish_one(
         &peer,

@@ -245,11 +245,16 @@ impl HubBuilder {
             Command::Publish {
                 bind,
                 connect,
+                amqp,
+                exchange,
                 topic,
                 json,
                 format,
                 wait,
-            } => cli_tools::publish(bind, connect, &topic, &json, format, wait),
+            } => match amqp {
+                Some(url) => cli_tools::publish_amqp(&url, &exchange, &topic, &json),
+                None => cli_tools::publish(bind, connect, &topic, &json, format, wait),
+            },
             Command::Check { config } => {
                 let source = source(config);
                 match self.check(&source).and_then(|c| {
@@ -431,9 +436,15 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
-    /// Send one message over ZeroMQ (like fedmsg-logger).
-    #[command(group(clap::ArgGroup::new("peer").required(true).args(["bind", "connect"])))]
+    /// Send one message: over ZeroMQ (like fedmsg-logger) or to RabbitMQ (like fedora-messaging publish).
+    #[command(group(clap::ArgGroup::new("peer").required(true).args(["bind", "connect", "amqp"])))]
     Publish {
+        /// Publish to this AMQP broker (amqp://user:pass@host/vhost), confirmed and mandatory.
+        #[arg(long)]
+        amqp: Option<String>,
+        /// AMQP exchange (with --amqp).
+        #[arg(long, default_value = "amq.topic")]
+        exchange: String,
         /// Bind a PUB socket here and wait for a subscriber to connect first.
         #[arg(long)]
         bind: Option<String>,

@@ -18,11 +18,12 @@ pub enum LogFormat {
 }
 
 /// Installs the log subscriber: `RUST_LOG` if set, else `info` (`warn` for the zeromq crate,
-/// which logs every peer connect at info). Logs go to stderr so that stdout
+/// which logs every peer connect at info; `error` for lapin's returned-message warning, which
+/// the hub reports itself as an unroutable publish). Logs go to stderr so that stdout
 /// stays free for the `echo` consumer and for `hub tail`.
 pub fn init_logs(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,zeromq=warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,zeromq=warn,lapin::returned_messages=error"));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
         LogFormat::Text => registry

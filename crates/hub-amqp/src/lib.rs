@@ -546,6 +546,57 @@ impl Backend for AmqpBackend {
     }
 }
 
+/// `hub publish --amqp URL`: connects, publishes one message (fedora-messaging format, confirmed,
+/// mandatory) and returns its `message_id`.
+///
+/// # Errors
+/// Connection failures, an unroutable or unconfirmed publish.
+pub async fn publish_once(url: &str, exchange: &str, msg: &Message) -> Result<String, BoxError> {
+    let conn = tokio::time::timeout(
+        Duration::from_secs(15),
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await
+    .map_err(|_| format!("cannot connect to {}: timed out", redact(url)))?
+    .map_err(|e| format!("cannot connect to {}: {e}", redact(url)))?;
+    let result = async {
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        let (props, body) = wire::encode(msg);
+        let id = props
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default();
+        let key = ShortString::try_new(msg.topic()).map_err(|_| "topic longer than 255 bytes")?;
+        let confirm = ch
+            .basic_publish(
+                exchange.into(),
+                key,
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &body,
+                props,
+            )
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Ack(None) => Ok::<_, BoxError>(id),
+            Confirmation::Ack(Some(_)) => Err(format!(
+                "unroutable: no queue is bound to {exchange:?} for {:?}",
+                msg.topic()
+            )
+            .into()),
+            _ => Err("the broker did not confirm the message".into()),
+        }
+    }
+    .await;
+    let _ = conn.close(200, "bye".into()).await;
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

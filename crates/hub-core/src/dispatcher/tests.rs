@@ -254,8 +254,10 @@ async fn slow_consumer_does_not_slow_a_fast_one() {
         slow_done as u128 <= elapsed.as_millis() / 10 + 1,
         "slow did {slow_done} in {elapsed:?}"
     );
+    // Snapshot of a running consumer: one message may be between states while it is read.
+    let accounted = s.backlog + s.completed as usize + s.in_flight;
     assert!(
-        s.backlog + slow_done + s.in_flight == 10_000,
+        (9_999..=10_001).contains(&accounted),
         "{s:?} done={slow_done}"
     );
     assert!(
