@@ -59,6 +59,55 @@ pub struct AmqpConfig {
     /// Longest delay between retries. Default `"60s"`.
     #[serde(default = "default_retry_max", with = "hub_core::duration")]
     pub retry_delay_max: Duration,
+    /// PEM file of the CA(s) that sign the broker's certificate (amqps:// only; default: the
+    /// system's roots).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate, for brokers that authenticate clients by certificate (amqps://
+    /// only; with `key_file`), as Fedora's public broker does.
+    #[serde(default)]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM (PKCS#8) private key of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl AmqpConfig {
+    /// The TLS settings from `ca_file`, `cert_file` and `key_file`, read now; `None` without them.
+    ///
+    /// # Errors
+    /// A file that cannot be read, a certificate without its key (or the reverse), or TLS files
+    /// with an `amqp://` (not `amqps://`) url.
+    pub fn tls(&self) -> Result<Option<lapin::tcp::OwnedTLSConfig>, String> {
+        if self.ca_file.is_none() && self.cert_file.is_none() && self.key_file.is_none() {
+            return Ok(None);
+        }
+        if !self.url.starts_with("amqps://") {
+            return Err("ca_file, cert_file and key_file need an amqps:// url".into());
+        }
+        let read = |key: &str, p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| format!("{key} {}: {e}", p.display()))
+        };
+        let identity = match (&self.cert_file, &self.key_file) {
+            (Some(c), Some(k)) => Some(lapin::tcp::OwnedIdentity::PKCS8 {
+                pem: read("cert_file", c)?,
+                key: read("key_file", k)?,
+            }),
+            (None, None) => None,
+            _ => return Err("cert_file and key_file go together".into()),
+        };
+        let cert_chain = match &self.ca_file {
+            Some(p) => Some(
+                String::from_utf8(read("ca_file", p)?)
+                    .map_err(|_| format!("ca_file {}: not PEM text", p.display()))?,
+            ),
+            None => None,
+        };
+        Ok(Some(lapin::tcp::OwnedTLSConfig {
+            identity,
+            cert_chain,
+        }))
+    }
 }
 
 fn default_exchange() -> String {
@@ -116,11 +165,13 @@ impl BackendConfig for AmqpConfig {
         if self.prefetch == 0 || self.max_attempts == 0 {
             return Err("prefetch and max_attempts must be at least 1".into());
         }
+        self.tls()?;
         Ok(Arc::new(AmqpBackend {
             id: id.to_owned(),
             config: self,
             connection: Mutex::new(None),
             publisher: Mutex::new(None),
+            settlers: Mutex::new(Vec::new()),
         }))
     }
 }
@@ -131,6 +182,8 @@ pub struct AmqpBackend {
     config: AmqpConfig,
     connection: Mutex<Option<Arc<Connection>>>,
     publisher: Mutex<Option<Channel>>,
+    /// Settle tasks: `close` waits for them so every drained message is acknowledged.
+    settlers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl AmqpBackend {
@@ -159,9 +212,23 @@ impl AmqpBackend {
             let props = ConnectionProperties::default()
                 .with_connection_name(format!("hub {} {}", cx.hub_name, cx.id).into())
                 .enable_auto_recover();
+            let connect = async {
+                match self.config.tls() {
+                    Ok(Some(tls)) => {
+                        Connection::connect_with_config(
+                            &self.config.url,
+                            props,
+                            tls,
+                            lapin::runtime::default_runtime()?,
+                        )
+                        .await
+                    }
+                    _ => Connection::connect(&self.config.url, props).await,
+                }
+            };
             let attempt = tokio::select! {
                 () = cx.shutdown.cancelled() => return None,
-                r = tokio::time::timeout(Duration::from_secs(15), Connection::connect(&self.config.url, props)) => r,
+                r = tokio::time::timeout(Duration::from_secs(15), connect) => r,
             };
             match attempt {
                 Ok(Ok(c)) => return Some(c),
@@ -310,8 +377,10 @@ impl AmqpBackend {
                 max_attempts: self.config.max_attempts,
                 retry_delay: self.config.retry_delay,
                 retry_delay_max: self.config.retry_delay_max,
+                // A quarter of the prefetch window: the broker never stalls waiting for acks.
+                ack_every: usize::from(self.config.prefetch / 4).clamp(1, 100),
             };
-            tasks.push(tokio::spawn(settle::run(
+            self.settlers.lock().await.push(tokio::spawn(settle::run(
                 publisher.clone(),
                 policy,
                 rx,
@@ -539,6 +608,15 @@ impl Backend for AmqpBackend {
     }
 
     async fn close(&self) {
+        // The hub has drained: the settle tasks end once their last acks are out.
+        for task in std::mem::take(&mut *self.settlers.lock().await) {
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                warn!(backend = %self.id, "Acknowledgements still pending at close; those messages will be redelivered.");
+            }
+        }
         self.publisher.lock().await.take();
         if let Some(conn) = self.connection.lock().await.take() {
             let _ = conn.close(200, "hub shutting down".into()).await;
@@ -600,6 +678,31 @@ pub async fn publish_once(url: &str, exchange: &str, msg: &Message) -> Result<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_settings_are_checked_when_built() {
+        let cfg = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({"url": "amqps://h/%2f"});
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::from_value::<AmqpConfig>(v).unwrap()
+        };
+        let err = |c: AmqpConfig| c.build("r").err().unwrap().to_string();
+        assert!(
+            err(cfg(
+                serde_json::json!({"cert_file": "/nope/c.pem", "key_file": "/nope/k.pem"})
+            ))
+            .contains("cert_file /nope/c.pem")
+        );
+        assert!(
+            err(cfg(serde_json::json!({"cert_file": "/etc/hostname"}))).contains("go together")
+        );
+        let mut plain = cfg(serde_json::json!({"ca_file": "/etc/hostname"}));
+        plain.url = "amqp://h".into();
+        assert!(err(plain).contains("need an amqps:// url"));
+        assert!(cfg(serde_json::json!({})).build("r").is_ok());
+    }
 
     #[test]
     fn passwords_are_redacted() {

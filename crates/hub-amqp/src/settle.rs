@@ -38,6 +38,8 @@ pub(crate) enum Cmd {
     Done(Tag),
     /// Could not be retried or dead-lettered: give it back to the broker.
     Requeue(Tag),
+    /// Internal: the idle moment passed; acknowledge what is finished.
+    Flush,
 }
 
 /// The [`Acker`] handed to the dispatcher with each delivery.
@@ -65,7 +67,12 @@ pub(crate) struct Policy {
     pub max_attempts: u32,
     pub retry_delay: Duration,
     pub retry_delay_max: Duration,
+    /// Acknowledge once this many are finished (or after a short idle moment).
+    pub ack_every: usize,
 }
+
+/// A finished delivery waits at most this long for others to share its ack frame.
+const ACK_IDLE: Duration = Duration::from_millis(5);
 
 /// Runs until every sender is gone.
 pub(crate) async fn run(
@@ -79,11 +86,25 @@ pub(crate) async fn run(
     let mut ackers: BTreeMap<u64, lapin::Acker> = BTreeMap::new();
     let mut outstanding = BTreeSet::new();
     let mut finished = BTreeSet::new();
-    while let Some(first) = rx.recv().await {
+    loop {
+        // With acks pending, wait only briefly for more before sending them.
+        let first = if finished.is_empty() {
+            rx.recv().await
+        } else {
+            match tokio::time::timeout(ACK_IDLE, rx.recv()).await {
+                Ok(c) => c,
+                Err(_) => Some(Cmd::Flush),
+            }
+        };
+        // Every sender gone (shutdown, after the hub drained): acknowledge what is left, then stop.
+        let closing = first.is_none();
+        let first = first.unwrap_or(Cmd::Flush);
+        let flush_now = closing || matches!(first, Cmd::Flush);
         let mut cmd = Some(first);
         // Take everything already queued, then acknowledge once.
         while let Some(c) = cmd.take().or_else(|| rx.try_recv().ok()) {
             match c {
+                Cmd::Flush => {}
                 Cmd::Register(t, acker) => {
                     if t.generation != generation {
                         // The channel was recovered: what was unacked will be redelivered.
@@ -131,9 +152,16 @@ pub(crate) async fn run(
                 }
             }
         }
-        // Acknowledge everything finished below the oldest unfinished delivery, in one frame.
+        // Acknowledge everything finished below the oldest unfinished delivery, in one frame:
+        // once enough are finished, or when nothing else arrived for a moment.
+        if !flush_now && finished.len() < policy.ack_every {
+            continue;
+        }
         let floor = outstanding.first().copied().unwrap_or(u64::MAX);
         let Some(&upto) = finished.range(..floor).next_back() else {
+            if closing {
+                break;
+            }
             continue;
         };
         finished = finished.split_off(&(upto + 1));
@@ -154,6 +182,9 @@ pub(crate) async fn run(
             None => {
                 warn!(consumer = %policy.consumer, tag = upto, "No acker for a finished delivery.")
             }
+        }
+        if closing {
+            break;
         }
     }
 }
