@@ -95,7 +95,7 @@ async fn raw_consume(conn: &Connection) -> f64 {
         let d = d.unwrap();
         start.get_or_insert_with(Instant::now);
         n += 1;
-        if n % 100 == 0 || n == CONSUME_N {
+        if n.is_multiple_of(100) || n == CONSUME_N {
             d.ack(BasicAckOptions { multiple: true }).await.unwrap();
         }
         if n == CONSUME_N {
