@@ -574,18 +574,33 @@ impl Backend for AmqpBackend {
             backend: self.id.clone(),
             source: Box::new(e),
         };
-        let confirm = ch
-            .basic_publish(
+        let attempt = || async {
+            ch.basic_publish(
                 self.config.exchange.as_str().into(),
-                key,
+                key.clone(),
                 opts,
                 &body,
-                props,
+                props.clone(),
             )
+            .await?
             .await
-            .map_err(transport)?
-            .await
-            .map_err(transport)?;
+        };
+        let confirm = match attempt().await {
+            Ok(c) => c,
+            // During a reconnect: wait for lapin's recovery (bounded), then publish once more.
+            Err(e) => {
+                match tokio::time::timeout(Duration::from_secs(30), ch.wait_for_recovery(e)).await {
+                    Ok(Ok(())) => attempt().await.map_err(transport)?,
+                    Ok(Err(e)) => return Err(transport(e)),
+                    Err(_) => {
+                        return Err(PublishError::Unavailable {
+                            backend: self.id.clone(),
+                            reason: "the connection did not recover within 30 s".into(),
+                        });
+                    }
+                }
+            }
+        };
         match confirm {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_)) => Err(PublishError::NotConfirmed {

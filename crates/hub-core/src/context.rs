@@ -91,14 +91,16 @@ impl Publisher {
         Self { backend, metrics }
     }
 
-    /// Publishes one message; counts it in `hub_backend_published_messages_total` once accepted.
+    /// Publishes one message; counts it in `hub_backend_published_messages_total` once accepted,
+    /// or in `hub_backend_publish_failures_total`.
     ///
     /// # Errors
     /// [`PublishError`] when the backend did not take or confirm it.
     pub async fn publish(&self, msg: Message) -> Result<(), PublishError> {
         let res = self.backend.publish(&msg).await;
-        if res.is_ok() {
-            self.metrics.published.increment(1);
+        match &res {
+            Ok(()) => self.metrics.published.increment(1),
+            Err(_) => self.metrics.publish_failures.increment(1),
         }
         res
     }
@@ -127,5 +129,36 @@ impl Resources {
         self.map
             .get(&TypeId::of::<T>())
             .and_then(|v| Arc::clone(v).downcast::<T>().ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryBackend;
+    use metrics_exporter_prometheus::PrometheusBuilder;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn publishes_are_counted_by_outcome() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let metrics = metrics::with_local_recorder(&recorder, || BackendMetrics::register("mem"));
+        // A memory backend that is not running refuses the message.
+        let publisher = Publisher::new(Arc::new(MemoryBackend::new()), metrics);
+        let err = publisher
+            .publish(Message::new("a.b", json!({})))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not running"), "{err}");
+        let text = handle.render();
+        assert!(
+            text.contains("hub_backend_publish_failures_total{backend=\"mem\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hub_backend_published_messages_total{backend=\"mem\"} 0"),
+            "{text}"
+        );
     }
 }

@@ -16,6 +16,7 @@
 //! | `hub_consumer_queue_wait_seconds` | histogram | `consumer` | time from enqueue to start |
 //! | `hub_backend_received_messages_total` | counter | `backend` | messages the backend delivered |
 //! | `hub_backend_published_messages_total` | counter | `backend` | messages published through it |
+//! | `hub_backend_publish_failures_total` | counter | `backend` | publishes that failed (unavailable, unroutable, unconfirmed) |
 //! | `hub_backend_invalid_messages_total` | counter | `backend` | malformed input rejected by it |
 //! | `hub_backend_connected` | gauge | `backend` | 1 when connected, else 0 |
 //! | `hub_dispatcher_unrouted_messages_total` | counter | — | messages no consumer matched |
@@ -59,6 +60,8 @@ pub const CONSUMER_QUEUE_WAIT: &str = "hub_consumer_queue_wait_seconds";
 pub const BACKEND_RECEIVED: &str = "hub_backend_received_messages_total";
 /// `hub_backend_published_messages_total`
 pub const BACKEND_PUBLISHED: &str = "hub_backend_published_messages_total";
+/// `hub_backend_publish_failures_total`
+pub const BACKEND_PUBLISH_FAILURES: &str = "hub_backend_publish_failures_total";
 /// `hub_backend_invalid_messages_total`
 pub const BACKEND_INVALID: &str = "hub_backend_invalid_messages_total";
 /// `hub_backend_connected`
@@ -193,6 +196,7 @@ pub struct BackendMetrics {
     received: Counter,
     received_count: Arc<AtomicU64>,
     pub(crate) published: Counter,
+    pub(crate) publish_failures: Counter,
     invalid: Counter,
     connected_gauge: Gauge,
     connected: Arc<AtomicBool>,
@@ -205,12 +209,14 @@ impl BackendMetrics {
             received: counter!(BACKEND_RECEIVED, "backend" => id.to_owned()),
             received_count: Arc::new(AtomicU64::new(0)),
             published: counter!(BACKEND_PUBLISHED, "backend" => id.to_owned()),
+            publish_failures: counter!(BACKEND_PUBLISH_FAILURES, "backend" => id.to_owned()),
             invalid: counter!(BACKEND_INVALID, "backend" => id.to_owned()),
             connected_gauge: gauge!(BACKEND_CONNECTED, "backend" => id.to_owned()),
             connected: Arc::new(AtomicBool::new(false)),
         };
         m.received.increment(0);
         m.published.increment(0);
+        m.publish_failures.increment(0);
         m.invalid.increment(0);
         m.connected_gauge.set(0.0);
         m
