@@ -1,0 +1,313 @@
+//! A private RabbitMQ node (started and stopped here, so the shared broker is never disturbed):
+//! plain on 127.0.0.1:5673 and mutual TLS on 127.0.0.1:5674, with certificates made here by
+//! openssl. It is restarted under a running hub, and the hub connects with a client certificate.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hub_amqp::AmqpConfig;
+use hub_core::{
+    BackendConfig, ConsumeError, Consumer, ConsumerOptions, ConsumerSpec, Context, EngineBuilder,
+    Message, Pattern, async_trait,
+};
+use serde_json::json;
+use tokio::time::{Instant, sleep};
+
+const NODE: &str = "hubtest@localhost";
+const DIR: &str = "/tmp/hub-rabbit-5673";
+
+fn ctl(args: &[&str]) -> bool {
+    Command::new("rabbitmqctl")
+        .args(["-n", NODE, "-q"])
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn port_open() -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", 5673)).is_ok()
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(format!("{DIR}/tls"))
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for localhost, and a client certificate, all PEM (keys PKCS#8).
+fn make_certificates() {
+    let tls = format!("{DIR}/tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    std::fs::write(
+        format!("{tls}/san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=hub-test-ca",
+    ]);
+    for (name, cn) in [("server", "localhost"), ("client", "hub-client")] {
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={cn}"),
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+    }
+    Command::new("chmod")
+        .args(["-R", "a+rX", &tls])
+        .status()
+        .unwrap();
+}
+
+/// Starts the private node (fresh state) and waits until it accepts connections.
+fn start_node() {
+    ctl(&["stop"]);
+    let _ = std::fs::remove_dir_all(DIR);
+    std::fs::create_dir_all(DIR).unwrap();
+    Command::new("chmod").args(["777", DIR]).status().unwrap();
+    make_certificates();
+    let conf = format!("{DIR}/rabbitmq.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listeners.tcp.local = 127.0.0.1:5673\nlisteners.ssl.local = 127.0.0.1:5674\n\
+             ssl_options.cacertfile = {DIR}/tls/ca.pem\nssl_options.certfile = {DIR}/tls/server.pem\n\
+             ssl_options.keyfile = {DIR}/tls/server.key\nssl_options.verify = verify_peer\n\
+             ssl_options.fail_if_no_peer_cert = true\n"
+        ),
+    )
+    .unwrap();
+    let started = Command::new("rabbitmq-server")
+        .arg("-detached")
+        .envs([
+            ("RABBITMQ_NODENAME", NODE.to_owned()),
+            ("RABBITMQ_NODE_PORT", "5673".to_owned()),
+            ("RABBITMQ_DIST_PORT", "25673".to_owned()),
+            ("RABBITMQ_MNESIA_BASE", format!("{DIR}/mnesia")),
+            ("RABBITMQ_LOG_BASE", format!("{DIR}/log")),
+            ("RABBITMQ_ENABLED_PLUGINS_FILE", format!("{DIR}/plugins")),
+            ("RABBITMQ_CONFIG_FILE", conf),
+        ])
+        .status()
+        .expect("rabbitmq-server is installed (scripts/test installs it)");
+    assert!(started.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !port_open() || std::net::TcpStream::connect(("127.0.0.1", 5674)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "private RabbitMQ node did not start"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(ctl(&["await_startup"]));
+}
+
+struct Node;
+impl Drop for Node {
+    fn drop(&mut self) {
+        ctl(&["stop"]);
+    }
+}
+
+struct Keep(Arc<Mutex<BTreeSet<u64>>>);
+
+#[async_trait]
+impl Consumer for Keep {
+    async fn consume(&self, _cx: &Context, msg: &Message) -> Result<(), ConsumeError> {
+        self.0
+            .lock()
+            .unwrap()
+            .insert(msg.body()["i"].as_u64().unwrap());
+        Ok(())
+    }
+}
+
+async fn until(what: &str, limit: Duration, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The tests here share one private node: one at a time, each with a fresh node.
+static NODE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consuming_and_publishing_resume_after_a_broker_restart() {
+    let _one_at_a_time = NODE_LOCK.lock().await;
+    tokio::task::spawn_blocking(start_node).await.unwrap();
+    let _node = Node;
+    let cfg: AmqpConfig =
+        serde_json::from_value(json!({"url": "amqp://guest:guest@127.0.0.1:5673/%2f"})).unwrap();
+    let backend = cfg.build("r").unwrap();
+    let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let spec = ConsumerSpec {
+        name: "survivor".into(),
+        backend: "r".into(),
+        patterns: vec![Pattern::new("restart.#").unwrap()],
+        options: ConsumerOptions {
+            durable: true,
+            ..ConsumerOptions::default()
+        },
+    };
+    let running = EngineBuilder::new("hubrestart")
+        .backend("r", backend.clone())
+        .consumer(spec, Arc::new(Keep(seen.clone())))
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    until("ready", Duration::from_secs(30), || {
+        running.readiness().ready
+    })
+    .await;
+    for i in 0..50u64 {
+        backend
+            .publish(&Message::new("restart.before", json!({"i": i})))
+            .await
+            .unwrap();
+    }
+    until("50 before the restart", Duration::from_secs(20), || {
+        seen.lock().unwrap().len() == 50
+    })
+    .await;
+
+    let t = Instant::now();
+    assert!(
+        tokio::task::spawn_blocking(|| ctl(&["stop_app"]) && ctl(&["start_app"]))
+            .await
+            .unwrap()
+    );
+    until(
+        "the outage shows in readiness",
+        Duration::from_secs(5),
+        || !running.readiness().ready,
+    )
+    .await;
+    until("reconnected", Duration::from_secs(60), || {
+        running.readiness().ready
+    })
+    .await;
+    eprintln!("ready again {:?} after the restart began", t.elapsed());
+    // Publishing works again (it waits for recovery if it must), and so does consuming.
+    for i in 50..100u64 {
+        backend
+            .publish(&Message::new("restart.after", json!({"i": i})))
+            .await
+            .unwrap();
+    }
+    until("all 100 after the restart", Duration::from_secs(30), || {
+        seen.lock().unwrap().len() == 100
+    })
+    .await;
+    running.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_over_mutual_tls_with_a_client_certificate() {
+    let _one_at_a_time = NODE_LOCK.lock().await;
+    tokio::task::spawn_blocking(start_node).await.unwrap();
+    let _node = Node;
+    let tls = format!("{DIR}/tls");
+    let url = "amqps://guest:guest@localhost:5674/%2f";
+    let with_cert: AmqpConfig = serde_json::from_value(json!({
+        "url": url, "ca_file": format!("{tls}/ca.pem"), "cert_file": format!("{tls}/client.pem"), "key_file": format!("{tls}/client.key")
+    }))
+    .unwrap();
+    let backend = with_cert.build("tls").unwrap();
+    let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let spec = ConsumerSpec {
+        name: "secure".into(),
+        backend: "tls".into(),
+        patterns: vec![Pattern::new("tls.#").unwrap()],
+        options: ConsumerOptions::default(),
+    };
+    let running = EngineBuilder::new("hubtls")
+        .backend("tls", backend.clone())
+        .consumer(spec, Arc::new(Keep(seen.clone())))
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    until("connected over TLS", Duration::from_secs(30), || {
+        running.readiness().ready
+    })
+    .await;
+    backend
+        .publish(&Message::new("tls.hello", json!({"i": 7})))
+        .await
+        .unwrap();
+    until(
+        "the message came back over TLS",
+        Duration::from_secs(10),
+        || seen.lock().unwrap().contains(&7),
+    )
+    .await;
+    running.shutdown(Duration::from_secs(5)).await;
+
+    // Without the client certificate the broker refuses the connection: the hub never gets ready.
+    let without: AmqpConfig =
+        serde_json::from_value(json!({"url": url, "ca_file": format!("{tls}/ca.pem")})).unwrap();
+    let running = EngineBuilder::new("hubtls2")
+        .backend("tls", without.build("tls").unwrap())
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    sleep(Duration::from_secs(3)).await;
+    assert!(
+        !running.readiness().ready,
+        "connected without a client certificate"
+    );
+    running.shutdown(Duration::from_secs(2)).await;
+}
