@@ -5,7 +5,6 @@ use hub_core::{Headers, Message};
 use jiff::Timestamp;
 use serde::Deserialize;
 use std::borrow::Cow;
-use std::collections::HashMap;
 
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
@@ -39,9 +38,6 @@ impl Invalid {
     }
 }
 
-/// fedmsg fields that map onto the envelope rather than headers.
-const ENVELOPE: &[&str] = &["topic", "msg", "msg_id", "timestamp"];
-
 /// Decodes one multipart message.
 ///
 /// # Errors
@@ -67,50 +63,81 @@ pub fn decode(format: Format, frames: &[Bytes]) -> Result<Message, Invalid> {
     }
 }
 
-/// Scans the envelope without building a tree: each field stays borrowed text until needed, and
-/// `msg` becomes the message body as validated text (parsed only if a consumer reads it).
+/// A fedmsg envelope, borrowed from the frame: only the few small fields are parsed; `msg`
+/// stays text (the message body, parsed only if a consumer reads it).
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    topic: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    msg: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    msg_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    timestamp: Option<f64>,
+    /// The other fedmsg fields, kept as headers.
+    #[serde(borrow)]
+    i: Option<&'a RawValue>,
+    #[serde(borrow)]
+    username: Option<&'a RawValue>,
+    #[serde(borrow)]
+    crypto: Option<&'a RawValue>,
+    #[serde(borrow)]
+    signature: Option<&'a RawValue>,
+    #[serde(borrow)]
+    certificate: Option<&'a RawValue>,
+    #[serde(borrow)]
+    headers: Option<&'a RawValue>,
+    #[serde(borrow)]
+    seq_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    source_name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    source_version: Option<&'a RawValue>,
+}
+
+/// Decodes the envelope with a typed, borrowed struct: no map, no hashing, one pass.
 fn decode_fedmsg(topic: &str, text: &str) -> Result<Message, Invalid> {
-    let fields: HashMap<Cow<'_, str>, &RawValue> = serde_json::from_str(text).map_err(|e| {
-        if text.trim_start().starts_with('{') {
-            Invalid::new(format!("body is not JSON: {e}"))
-        } else {
-            Invalid::new("fedmsg envelope is not a JSON object")
+    if !text.trim_start().starts_with('{') {
+        return Err(Invalid::new("fedmsg envelope is not a JSON object"));
+    }
+    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
+        if !e.is_data() {
+            return Invalid::new(format!("body is not JSON: {e}"));
         }
+        // A field of the wrong type (rare): read it again as a map to name the field.
+        let map: serde_json::Map<String, Value> = serde_json::from_str(text).unwrap_or_default();
+        let id = map.get("msg_id").and_then(Value::as_str).map(str::to_owned);
+        let reason = match (map.get("msg_id"), map.get("timestamp"), map.get("topic")) {
+            (Some(v), _, _) if !v.is_string() && !v.is_null() => {
+                "msg_id is not a string".to_owned()
+            }
+            (_, Some(v), _) if !v.is_number() && !v.is_null() => {
+                "timestamp is not a number".to_owned()
+            }
+            (_, _, Some(v)) if !v.is_string() => "envelope topic is not a string".to_owned(),
+            _ => format!("fedmsg envelope: {e}"),
+        };
+        Invalid { id, reason }
     })?;
-    let id = match fields
-        .get("msg_id")
-        .map(|r| serde_json::from_str::<Option<String>>(r.get()))
-    {
-        None => None,
-        Some(Ok(id)) => id,
-        Some(Err(_)) => return Err(Invalid::new("msg_id is not a string")),
-    };
+    let id = env.msg_id.map(Cow::into_owned);
     let fail = |reason: String| Invalid {
         id: id.clone(),
         reason,
     };
-    match fields
-        .get("topic")
-        .map(|r| serde_json::from_str::<Cow<'_, str>>(r.get()))
-    {
-        Some(Ok(t)) if t == topic => {}
-        Some(Ok(t)) => {
+    match env.topic {
+        Some(t) if t == topic => {}
+        Some(t) => {
             return Err(fail(format!(
                 "topic envelope mismatch: frame {topic:?}, envelope {t:?}"
             )));
         }
-        Some(Err(_)) => return Err(fail("envelope topic is not a string".into())),
         None => return Err(fail("envelope has no topic".into())),
     }
-    let body = fields
-        .get("msg")
-        .ok_or_else(|| fail("envelope has no msg".into()))?;
-    let timestamp = match fields
-        .get("timestamp")
-        .map(|r| serde_json::from_str::<Option<f64>>(r.get()))
-    {
-        None | Some(Ok(None)) => Timestamp::now(),
-        Some(Ok(Some(secs))) => {
+    let body = env.msg.ok_or_else(|| fail("envelope has no msg".into()))?;
+    let timestamp = match env.timestamp {
+        None => Timestamp::now(),
+        Some(secs) => {
             let nanos = (secs * 1e9).round();
             if !nanos.is_finite() || nanos.abs() > 1e19 {
                 return Err(fail(format!("timestamp {secs} is out of range")));
@@ -118,17 +145,26 @@ fn decode_fedmsg(topic: &str, text: &str) -> Result<Message, Invalid> {
             Timestamp::from_nanosecond(nanos as i128)
                 .map_err(|e| fail(format!("timestamp {secs}: {e}")))?
         }
-        Some(Err(_)) => return Err(fail("timestamp is not a number".into())),
     };
     let mut headers = Headers::new();
-    for (k, v) in &fields {
-        if !ENVELOPE.contains(&k.as_ref()) {
+    for (k, v) in [
+        ("i", env.i),
+        ("username", env.username),
+        ("crypto", env.crypto),
+        ("signature", env.signature),
+        ("certificate", env.certificate),
+        ("headers", env.headers),
+        ("seq_id", env.seq_id),
+        ("source_name", env.source_name),
+        ("source_version", env.source_version),
+    ] {
+        if let Some(raw) = v {
             let value: Value =
-                serde_json::from_str(v.get()).map_err(|e| fail(format!("field {k}: {e}")))?;
-            headers.insert(k.to_string(), value);
+                serde_json::from_str(raw.get()).map_err(|e| fail(format!("field {k}: {e}")))?;
+            headers.insert(k.to_owned(), value);
         }
     }
-    let mut b = Message::builder_raw(topic, (*body).to_owned())
+    let mut b = Message::builder_raw(topic, body.to_owned())
         .timestamp(timestamp)
         .headers(headers);
     if let Some(id) = id {
