@@ -251,7 +251,7 @@ impl AmqpBackend {
         &self,
         conn: &Connection,
         cx: &BackendContext,
-    ) -> Result<Vec<tokio::task::JoinHandle<()>>, BackendError> {
+    ) -> Result<tokio::task::JoinSet<Result<(), String>>, BackendError> {
         let err = |what: &str, e: lapin::Error| self.fail(format!("{what}: {e}"));
         let publisher = conn
             .create_channel()
@@ -315,7 +315,7 @@ impl AmqpBackend {
             .map_err(|e| err(&format!("binding {dlq:?} to {dlx:?}"), e))?;
         *self.publisher.lock().await = Some(publisher.clone());
 
-        let mut tasks = Vec::new();
+        let mut tasks = tokio::task::JoinSet::new();
         let mut queues = Vec::new();
         for sub in &cx.subscriptions {
             let queue = Self::queue_name(&cx.hub_name, sub)
@@ -386,7 +386,7 @@ impl AmqpBackend {
                 rx,
                 tx.downgrade(),
             )));
-            tasks.push(tokio::spawn(consume(
+            tasks.spawn(consume(
                 consumer,
                 ch,
                 sub.clone(),
@@ -395,18 +395,18 @@ impl AmqpBackend {
                 cx.metrics.clone(),
                 cx.shutdown.clone(),
                 self.id.clone(),
-            )));
+            ));
         }
         // Its own channel: a passive declare of a queue deleted behind our back is a channel error.
         let poller = conn
             .create_channel()
             .await
             .map_err(|e| err("opening the backlog channel", e))?;
-        tasks.push(tokio::spawn(poll_backlog(
-            poller,
-            queues,
-            cx.shutdown.clone(),
-        )));
+        let shutdown = cx.shutdown.clone();
+        tasks.spawn(async move {
+            poll_backlog(poller, queues, shutdown).await;
+            Ok(())
+        });
         Ok(tasks)
     }
 }
@@ -462,13 +462,13 @@ async fn consume(
     metrics: hub_core::BackendMetrics,
     shutdown: hub_core::CancellationToken,
     backend: String,
-) {
+) -> Result<(), String> {
     let mut cancelled = std::pin::pin!(shutdown.cancelled());
     let (mut generation, mut last_tag) = (0u32, 0u64);
     loop {
         let next = tokio::select! {
             biased;
-            () = &mut cancelled => return,
+            () = &mut cancelled => return Ok(()),
             d = consumer.next() => d,
         };
         let delivery = match next {
@@ -476,12 +476,21 @@ async fn consume(
             Some(Err(e)) => {
                 warn!(%backend, consumer = %sub.consumer, error = %e, "Consumer error; waiting for recovery.");
                 if let Err(e) = channel.wait_for_recovery(e).await {
-                    warn!(%backend, consumer = %sub.consumer, error = %e, "Channel did not recover.");
-                    return;
+                    // A consumer that silently stops is worse than a hub that exits: say so.
+                    return Err(format!(
+                        "consumer {}: its channel did not recover: {e}",
+                        sub.consumer
+                    ));
                 }
                 continue;
             }
-            None => return,
+            None if shutdown.is_cancelled() => return Ok(()),
+            None => {
+                return Err(format!(
+                    "consumer {}: the broker ended the subscription (queue deleted?)",
+                    sub.consumer
+                ));
+            }
         };
         // Tags start again at 1 on a recovered channel: a new generation.
         if delivery.delivery_tag <= last_tag {
@@ -511,7 +520,7 @@ async fn consume(
                     .await
                     .is_err()
                 {
-                    return;
+                    return Ok(());
                 }
             }
             Err(bad) => {
@@ -535,7 +544,7 @@ impl Backend for AmqpBackend {
             return Ok(());
         };
         let conn = Arc::new(conn);
-        let tasks = self.setup(&conn, &cx).await?;
+        let mut tasks = self.setup(&conn, &cx).await?;
         *self.connection.lock().await = Some(Arc::clone(&conn));
         cx.metrics.set_connected(true);
         info!(backend = %self.id, url = %redact(&self.config.url), "Connected.");
@@ -545,12 +554,17 @@ impl Backend for AmqpBackend {
             tokio::select! {
                 () = cx.shutdown.cancelled() => break,
                 _ = tick.tick() => cx.metrics.set_connected(conn.status().connected()),
+                Some(ended) = tasks.join_next() => {
+                    if let Ok(Err(reason)) = ended {
+                        cx.metrics.set_connected(false);
+                        return Err(self.fail(reason));
+                    }
+                }
             }
         }
-        // Stop taking deliveries; the settle tasks keep running so drained messages get acked.
-        for t in tasks {
-            drop(t);
-        }
+        // Stop taking deliveries; they end by themselves, and the settle tasks keep running so
+        // drained messages get acked.
+        tasks.detach_all();
         Ok(())
     }
 

@@ -529,3 +529,46 @@ async fn a_queue_redeclared_with_other_arguments_is_a_clear_fatal_error() {
         )
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_the_broker_ends_is_a_fatal_error_not_a_silent_stop() {
+    let u = uid();
+    let hub = format!("hub{u}");
+    let topic = format!("g{u}.x");
+    let durable = ConsumerOptions {
+        durable: true,
+        ..ConsumerOptions::default()
+    };
+    let (mut running, _) = start(
+        &hub,
+        config(&format!("dlx{u}")),
+        vec![(
+            "gone",
+            &[topic.as_str()],
+            durable,
+            Arc::new(Probe::default()),
+        )],
+    )
+    .await;
+    let conn = raw().await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_delete(format!("{hub}.gone").as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(15), running.fatal())
+        .await
+        .expect("a fatal error")
+        .expect("an error");
+    assert!(
+        err.to_string()
+            .contains("consumer gone: the broker ended the subscription"),
+        "{err}"
+    );
+    running.shutdown(Duration::from_secs(2)).await;
+    let _ = ch
+        .queue_delete(
+            format!("{hub}.dead-letters").as_str().into(),
+            Default::default(),
+        )
+        .await;
+}
