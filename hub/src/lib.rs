@@ -29,7 +29,6 @@ use std::any::Any;
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use hub_core::{
@@ -463,7 +462,3 @@ enum Command {
         wait: std::time::Duration,
     },
 }
-
-/// Keeps `Arc` in the public API surface of this crate's docs consistent.
-#[doc(hidden)]
-pub type SharedBackend = Arc<dyn hub_core::Backend>;

@@ -27,7 +27,7 @@ use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde::Deserialize;
 use tokio::sync::{Mutex, mpsc};
 use tracing::{info, warn};
@@ -615,25 +615,12 @@ impl Backend for AmqpBackend {
                 }
             }
         };
-        match confirm {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(PublishError::NotConfirmed {
+        settle::confirmed(confirm, &self.config.exchange, msg.topic()).map_err(|reason| {
+            PublishError::NotConfirmed {
                 backend: self.id.clone(),
-                reason: format!(
-                    "unroutable: no queue is bound to {:?} for {:?}",
-                    self.config.exchange,
-                    msg.topic()
-                ),
-            }),
-            Confirmation::Nack(_) => Err(PublishError::NotConfirmed {
-                backend: self.id.clone(),
-                reason: "the broker nacked it".into(),
-            }),
-            Confirmation::NotRequested => Err(PublishError::NotConfirmed {
-                backend: self.id.clone(),
-                reason: "confirms are off".into(),
-            }),
-        }
+                reason,
+            }
+        })
     }
 
     async fn close(&self) {
@@ -675,29 +662,8 @@ pub async fn publish_once(url: &str, exchange: &str, msg: &Message) -> Result<St
             .as_ref()
             .map(|s| s.as_str().to_owned())
             .unwrap_or_default();
-        let key = ShortString::try_new(msg.topic()).map_err(|_| "topic longer than 255 bytes")?;
-        let confirm = ch
-            .basic_publish(
-                exchange.into(),
-                key,
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &body,
-                props,
-            )
-            .await?
-            .await?;
-        match confirm {
-            Confirmation::Ack(None) => Ok::<_, BoxError>(id),
-            Confirmation::Ack(Some(_)) => Err(format!(
-                "unroutable: no queue is bound to {exchange:?} for {:?}",
-                msg.topic()
-            )
-            .into()),
-            _ => Err("the broker did not confirm the message".into()),
-        }
+        settle::publish_confirmed(&ch, exchange, msg.topic(), props, &body).await?;
+        Ok::<_, BoxError>(id)
     }
     .await;
     let _ = conn.close(200, "bye".into()).await;

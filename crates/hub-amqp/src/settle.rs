@@ -210,7 +210,7 @@ fn with_headers(p: &BasicProperties, extra: &[(&str, AMQPValue)]) -> BasicProper
     p.clone().with_headers(headers)
 }
 
-async fn publish_confirmed(
+pub(crate) async fn publish_confirmed(
     ch: &Channel,
     exchange: &str,
     key: &str,
@@ -232,10 +232,15 @@ async fn publish_confirmed(
         .map_err(|e| e.to_string())?
         .await
         .map_err(|e| e.to_string())?;
+    confirmed(confirm, exchange, key)
+}
+
+/// What a publisher confirm says about a mandatory publish to `exchange` with `key`.
+pub(crate) fn confirmed(confirm: Confirmation, exchange: &str, key: &str) -> Result<(), String> {
     match confirm {
         Confirmation::Ack(None) => Ok(()),
         Confirmation::Ack(Some(_)) => Err(format!(
-            "unroutable: nothing bound to {exchange:?} with key {key:?}"
+            "unroutable: no queue is bound to {exchange:?} for {key:?}"
         )),
         Confirmation::Nack(_) => Err("the broker refused it".into()),
         Confirmation::NotRequested => Err("confirms are not enabled".into()),

@@ -2,7 +2,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -273,7 +272,6 @@ impl Engine {
             producer_tasks,
             ticker,
             fatal: fatal_rx,
-            started: AtomicBool::new(true),
         })
     }
 }
@@ -338,7 +336,6 @@ pub struct RunningEngine {
     producer_tasks: Vec<JoinHandle<()>>,
     ticker: JoinHandle<()>,
     fatal: mpsc::UnboundedReceiver<BackendError>,
-    started: AtomicBool,
 }
 
 impl RunningEngine {
@@ -349,19 +346,7 @@ impl RunningEngine {
 
     /// Readiness now.
     pub fn readiness(&self) -> Readiness {
-        let backends_down: Vec<String> = self
-            .engine
-            .backends
-            .iter()
-            .filter(|b| !b.metrics.is_connected())
-            .map(|b| b.id.to_string())
-            .collect();
-        let consumers_started = self.started.load(Ordering::Relaxed);
-        Readiness {
-            ready: backends_down.is_empty() && consumers_started,
-            backends_down,
-            consumers_started,
-        }
+        self.readiness_probe().readiness()
     }
 
     /// A cheap handle that answers [`readiness`](Self::readiness) from another task.
@@ -387,7 +372,6 @@ impl RunningEngine {
     pub async fn shutdown(self, grace: Duration) -> ShutdownReport {
         let deadline = Instant::now() + grace;
         info!(grace = ?grace, "Shutting down: intake stopped, draining consumers.");
-        self.started.store(false, Ordering::Relaxed);
         self.engine.shutdown.cancel();
         for t in self.producer_tasks {
             t.abort();

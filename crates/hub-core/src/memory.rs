@@ -15,7 +15,7 @@ use crate::{
 /// Loopback backend, `type = "memory"`: publish → deliver, in process.
 #[derive(Default)]
 pub struct MemoryBackend {
-    intake: Mutex<Option<(String, Intake)>>,
+    intake: Mutex<Option<Intake>>,
     record: Option<Mutex<Vec<Message>>>,
 }
 
@@ -43,13 +43,10 @@ impl MemoryBackend {
 
     fn intake(&self) -> Result<Intake, PublishError> {
         let guard = self.intake.lock().unwrap_or_else(PoisonError::into_inner);
-        guard
-            .as_ref()
-            .map(|(_, i)| i.clone())
-            .ok_or_else(|| PublishError::Unavailable {
-                backend: "memory".into(),
-                reason: "the backend is not running".into(),
-            })
+        guard.clone().ok_or_else(|| PublishError::Unavailable {
+            backend: "memory".into(),
+            reason: "the backend is not running".into(),
+        })
     }
 
     fn unavailable(e: crate::IntakeClosed) -> PublishError {
@@ -87,8 +84,7 @@ impl MemoryBackend {
 #[async_trait]
 impl Backend for MemoryBackend {
     async fn run(&self, cx: BackendContext) -> Result<(), BackendError> {
-        *self.intake.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some((cx.id.to_string(), cx.intake.clone()));
+        *self.intake.lock().unwrap_or_else(PoisonError::into_inner) = Some(cx.intake.clone());
         cx.metrics.set_connected(true);
         cx.shutdown.cancelled().await;
         self.intake

@@ -22,7 +22,7 @@ pub mod tools;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use hub_core::{
@@ -87,7 +87,6 @@ pub struct ZeroMqBackend {
     publisher: Mutex<Option<PubSocket>>,
     sequence: AtomicU64,
     endpoints: Vec<Arc<EndpointStats>>,
-    bound: AtomicBool,
 }
 
 impl ZeroMqBackend {
@@ -110,7 +109,6 @@ impl ZeroMqBackend {
             publisher: Mutex::new(None),
             sequence: AtomicU64::new(0),
             endpoints,
-            bound: AtomicBool::new(false),
         }
     }
 
@@ -154,7 +152,6 @@ impl Backend for ZeroMqBackend {
             })?;
             info!(backend = %self.id, endpoint = %bound, "PUB socket bound.");
             *self.publisher.lock().await = Some(socket);
-            self.bound.store(true, Ordering::Relaxed);
         }
         let prefixes = prefixes(cx.subscriptions.iter().flat_map(|s| s.patterns.iter()));
         let readiness = subscriber::Readiness::new(cx.metrics.clone(), self.endpoints.clone());
@@ -209,7 +206,6 @@ impl Backend for ZeroMqBackend {
         if let Some(socket) = self.publisher.lock().await.take() {
             let _ = socket.close().await;
         }
-        self.bound.store(false, Ordering::Relaxed);
     }
 }
 
