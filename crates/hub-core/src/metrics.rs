@@ -34,7 +34,6 @@
 use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
 use metrics::{Counter, Gauge, Unit, counter, describe_counter, describe_gauge, gauge};
 
@@ -151,8 +150,6 @@ pub(crate) struct ConsumerMetrics {
     pub timeout: Counter,
     pub panic: Counter,
     pub dropped: Counter,
-    pub duration: Buckets,
-    pub queue_wait: Buckets,
 }
 
 impl ConsumerMetrics {
@@ -169,8 +166,6 @@ impl ConsumerMetrics {
             timeout: processed("timeout"),
             panic: processed("panic"),
             dropped: counter!(CONSUMER_DROPPED, "consumer" => consumer.to_owned(), "reason" => "queue_full"),
-            duration: Buckets::new(),
-            queue_wait: Buckets::new(),
         };
         // Series appear only once they hold a value: show every consumer from the start.
         for g in [&m.backlog, &m.in_flight, &m.oldest_age, &m.catch_up] {
@@ -250,40 +245,53 @@ impl BackendMetrics {
     }
 }
 
-/// A fixed-bucket histogram of durations: two relaxed atomic adds per sample.
+/// [`DURATION_BUCKETS`] in nanoseconds, for comparing a sample without floating point.
+const BUCKET_NANOS: [u64; DURATION_BUCKETS.len()] = {
+    let mut out = [0u64; DURATION_BUCKETS.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = (DURATION_BUCKETS[i] * 1e9) as u64;
+        i += 1;
+    }
+    out
+};
+
+/// A fixed-bucket histogram of durations written by **one** task (a consumer's worker): a
+/// sample is two plain loads and stores, no locked instruction. Readers (scrapes) may see a
+/// sample's bucket before its sum; both only grow.
 pub(crate) struct Buckets {
     /// Per bucket of [`DURATION_BUCKETS`] (not cumulative), then the overflow (+Inf) bucket.
-    counts: Box<[AtomicU64]>,
+    counts: [AtomicU64; DURATION_BUCKETS.len() + 1],
     sum_nanos: AtomicU64,
 }
 
 impl Buckets {
     pub fn new() -> Self {
         Self {
-            counts: (0..=DURATION_BUCKETS.len())
-                .map(|_| AtomicU64::new(0))
-                .collect(),
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
             sum_nanos: AtomicU64::new(0),
         }
     }
 
-    pub fn record(&self, d: Duration) {
-        let secs = d.as_secs_f64();
+    /// Records one sample of `nanos` nanoseconds. Only the owning task may call this (single
+    /// writer).
+    pub fn record(&self, nanos: u64) {
         // Prometheus buckets are `le` (less than or equal): the first bound >= the value.
-        let i = DURATION_BUCKETS.partition_point(|&b| b < secs);
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos.fetch_add(
-            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        let i = BUCKET_NANOS.partition_point(|&b| b < nanos);
+        bump(&self.counts[i], 1);
+        bump(&self.sum_nanos, nanos);
     }
 
-    /// Appends `name{labels,le=..}` bucket, `_sum` and `_count` lines.
-    pub fn render(&self, out: &mut String, name: &str, label: &str, value: &str) {
+    /// Appends `name{labels,le=..}` bucket, `_sum` and `_count` lines for the sum of `parts`
+    /// (one histogram per worker of the consumer).
+    pub fn render(parts: &[&Buckets], out: &mut String, name: &str, label: &str, value: &str) {
         let value = escape_label(value);
         let mut cumulative = 0u64;
-        for (i, c) in self.counts.iter().enumerate() {
-            cumulative += c.load(Ordering::Relaxed);
+        for i in 0..=DURATION_BUCKETS.len() {
+            cumulative += parts
+                .iter()
+                .map(|p| p.counts[i].load(Ordering::Relaxed))
+                .sum::<u64>();
             let le = DURATION_BUCKETS
                 .get(i)
                 .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
@@ -292,10 +300,20 @@ impl Buckets {
                 "{name}_bucket{{{label}=\"{value}\",le=\"{le}\"}} {cumulative}"
             );
         }
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let sum = parts
+            .iter()
+            .map(|p| p.sum_nanos.load(Ordering::Relaxed))
+            .sum::<u64>() as f64
+            / 1e9;
         let _ = writeln!(out, "{name}_sum{{{label}=\"{value}\"}} {sum}");
         let _ = writeln!(out, "{name}_count{{{label}=\"{value}\"}} {cumulative}");
     }
+}
+
+/// Adds `n` to an atomic that only the calling task writes: a load and a store, which on x86
+/// are plain moves, instead of a locked read-modify-write. Concurrent readers see either value.
+pub(crate) fn bump(a: &AtomicU64, n: u64) {
+    a.store(a.load(Ordering::Relaxed).wrapping_add(n), Ordering::Release);
 }
 
 /// Escapes a Prometheus label value.
@@ -305,27 +323,32 @@ fn escape_label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Both histograms of one consumer, one pair per worker.
+pub(crate) struct HistogramParts<'a> {
+    pub consumer: &'a str,
+    pub duration: Vec<&'a Buckets>,
+    pub queue_wait: Vec<&'a Buckets>,
+}
+
 /// HELP and TYPE lines of the two histograms, then each consumer's series.
-pub(crate) fn render_histograms<'a>(
-    out: &mut String,
-    consumers: impl Iterator<Item = (&'a str, &'a ConsumerMetrics)> + Clone,
-) {
+pub(crate) fn render_histograms(out: &mut String, consumers: &[HistogramParts<'_>]) {
     for (name, help, pick) in [
         (
             CONSUMER_DURATION,
             "Time spent handling one message.",
-            (|m: &ConsumerMetrics| &m.duration) as fn(&ConsumerMetrics) -> &Buckets,
+            (|m: &HistogramParts<'_>| m.duration.as_slice())
+                as for<'b, 'c> fn(&'b HistogramParts<'c>) -> &'b [&'c Buckets],
         ),
         (
             CONSUMER_QUEUE_WAIT,
             "Time a message waited in the consumer's queue.",
-            |m: &ConsumerMetrics| &m.queue_wait,
+            |m: &HistogramParts<'_>| m.queue_wait.as_slice(),
         ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
-        for (consumer, m) in consumers.clone() {
-            pick(m).render(out, name, "consumer", consumer);
+        for m in consumers {
+            Buckets::render(pick(m), out, name, "consumer", m.consumer);
         }
     }
 }

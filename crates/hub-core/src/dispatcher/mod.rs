@@ -3,10 +3,10 @@
 
 mod queue;
 mod rate;
+mod stats;
 mod ticket;
 mod worker;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::metrics::{BackendMetrics, ConsumerMetrics, DISPATCHER_UNROUTED};
+use crate::metrics::{BackendMetrics, ConsumerMetrics, DISPATCHER_UNROUTED, HistogramParts};
 use crate::topic::{PatternSet, TopicWords};
 use crate::{
     Consumer, ConsumerOptions, Context, Delivery, Message, Pattern, Subscription, SubscriptionId,
@@ -23,6 +23,7 @@ use crate::{
 };
 use queue::{Offer, Queue, Queued};
 use rate::Rate;
+use stats::{Totals, WorkerStats};
 use ticket::{Settle, Ticket};
 
 /// Index of a backend registered with a [`DispatcherBuilder`].
@@ -67,12 +68,10 @@ impl DispatcherBuilder {
             name,
             backend: backend.0,
             patterns: patterns.into(),
+            workers: (0..options.concurrency).map(|_| WorkerStats::new()).collect(),
             options,
             consumer,
             cx,
-            in_flight: AtomicUsize::new(0),
-            counts: Counts::default(),
-            last_completed_ns: AtomicU64::new(u64::MAX),
             rate: Mutex::new(Rate::new(now)),
         });
         SubscriptionId(self.slots.len() - 1)
@@ -92,7 +91,7 @@ impl DispatcherBuilder {
                 routes,
                 backends: self.backends,
                 unrouted: metrics::counter!(DISPATCHER_UNROUTED),
-                epoch: Instant::now(),
+                epoch: std::time::Instant::now(),
                 workers: Mutex::new(Vec::new()),
             }),
         }
@@ -108,32 +107,9 @@ pub(crate) struct Slot {
     cx: Context,
     queue: Queue,
     metrics: ConsumerMetrics,
-    in_flight: AtomicUsize,
-    counts: Counts,
-    /// Nanoseconds after the dispatcher's epoch of the last completion; `u64::MAX` = never.
-    last_completed_ns: AtomicU64,
+    /// One block per worker (`options.concurrency`).
+    workers: Box<[WorkerStats]>,
     rate: Mutex<Rate>,
-}
-
-/// Exact per-consumer counts, kept as plain atomics on the hot path and copied into the
-/// Prometheus counters on every refresh (so they are exact when scraped).
-#[derive(Default)]
-pub(crate) struct Counts {
-    pub received: AtomicU64,
-    pub ok: AtomicU64,
-    pub error: AtomicU64,
-    pub timeout: AtomicU64,
-    pub panic: AtomicU64,
-    pub dropped: AtomicU64,
-}
-
-impl Counts {
-    fn completed(&self) -> u64 {
-        [&self.ok, &self.error, &self.timeout, &self.panic]
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
-    }
 }
 
 /// Consumer indices matched by one delivery, deduplicated; on the stack up to 256 consumers.
@@ -190,22 +166,23 @@ impl Matched {
     }
 }
 
-impl Slot {
-    fn record_completion(&self, shared: &Shared, at: Instant) {
-        let ns = at.saturating_duration_since(shared.epoch).as_nanos();
-        self.last_completed_ns
-            .store(u64::try_from(ns).unwrap_or(u64::MAX - 1), Ordering::Relaxed);
-    }
-}
-
 pub(crate) struct Shared {
     slots: Vec<Slot>,
     /// Per backend: every pattern of the consumers it feeds, by consumer index.
     routes: Vec<PatternSet>,
     backends: Vec<BackendMetrics>,
     unrouted: Counter,
-    epoch: Instant,
+    /// The origin of the dispatcher's clock: times on the hot path are nanoseconds after it
+    /// (a `u64`, subtracted without the `Instant` arithmetic).
+    epoch: std::time::Instant,
     workers: Mutex<Vec<(usize, JoinHandle<()>)>>,
+}
+
+impl Shared {
+    /// Now, in nanoseconds after the dispatcher's epoch.
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
 }
 
 /// The per-consumer queues and tasks. Cheap to clone.
@@ -242,7 +219,7 @@ impl Intake {
             acker,
             target,
         } = delivery;
-        let now = Instant::now();
+        let now = sh.now_ns();
         if let Some(SubscriptionId(i)) = target {
             let settle = match acker {
                 Some(a) => Settle::of(&Ticket::new(a, 1)),
@@ -263,9 +240,18 @@ impl Intake {
         }
         let ticket = acker.map(|a| Ticket::new(a, n));
         let mut closed = Ok(());
-        for i in matched.iter() {
+        // n - 1 copies; the last consumer gets the delivery's own reference (one atomic
+        // increment and decrement fewer per delivery).
+        let mut own = Some(message);
+        for (k, i) in matched.iter().enumerate() {
+            let copy = if k + 1 == n {
+                own.take()
+            } else {
+                own.clone()
+            };
+            let Some(copy) = copy else { break };
             let settle = ticket.as_ref().map_or_else(Settle::none, Settle::of);
-            closed = closed.and(offer(&sh.slots[i], message.clone(), settle, now).await);
+            closed = closed.and(offer(&sh.slots[i], copy, settle, now).await);
         }
         closed
     }
@@ -280,21 +266,16 @@ async fn offer(
     slot: &Slot,
     message: Message,
     settle: Settle,
-    now: Instant,
+    now_ns: u64,
 ) -> Result<(), IntakeClosed> {
     let item = Queued {
         message,
         settle,
-        enqueued_at: now,
+        enqueued_ns: now_ns,
     };
     match slot.queue.push(item, slot.options.when_full).await {
-        Offer::Accepted => {
-            slot.counts.received.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        }
+        Offer::Accepted => Ok(()),
         Offer::Dropped(victim) => {
-            slot.counts.received.fetch_add(1, Ordering::Relaxed);
-            slot.counts.dropped.fetch_add(1, Ordering::Relaxed);
             debug!(consumer = %slot.name, message_id = %victim.message.id(), "Queue full; message dropped.");
             victim.settle.finish(Verdict::Reject {
                 reason: format!("consumer {}: queue full, message dropped", slot.name),
@@ -375,10 +356,10 @@ impl Dispatcher {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         for (i, slot) in self.shared.slots.iter().enumerate() {
-            for _ in 0..slot.options.concurrency {
+            for w in 0..slot.workers.len() {
                 let shared = Arc::clone(&self.shared);
                 let span = tracing::info_span!("consumer", consumer = %slot.name);
-                let task = tracing::Instrument::instrument(worker::run(shared, i), span);
+                let task = tracing::Instrument::instrument(worker::run(shared, i, w), span);
                 workers.push((i, tokio::spawn(task)));
             }
         }
@@ -416,8 +397,9 @@ impl Dispatcher {
         if !pending.is_empty() {
             for (i, slot) in self.shared.slots.iter().enumerate() {
                 if pending.iter().any(|(p, _)| *p == i) {
-                    let (queued, _) = slot.queue.snapshot();
-                    let in_flight = slot.in_flight.load(Ordering::Relaxed);
+                    let queued = slot.queue.snapshot().len;
+                    let in_flight = usize::try_from(Totals::of(&slot.workers).in_flight)
+                        .unwrap_or(usize::MAX);
                     warn!(consumer = %slot.name, queued, in_flight, "Shutdown grace expired; cutting off unfinished messages.");
                     report
                         .unfinished
@@ -444,17 +426,20 @@ impl Dispatcher {
         for b in &self.shared.backends {
             b.flush();
         }
-        for (slot, state) in self.shared.slots.iter().zip(self.states()) {
-            let (m, c) = (&slot.metrics, &slot.counts);
+        let now = Instant::now();
+        for slot in &self.shared.slots {
+            let (state, queue, totals) = self.state_of(slot, now);
+            let m = &slot.metrics;
+            let [ok, error, timeout, panic] = totals.outcomes;
             for (counter, count) in [
-                (&m.received, &c.received),
-                (&m.ok, &c.ok),
-                (&m.error, &c.error),
-                (&m.timeout, &c.timeout),
-                (&m.panic, &c.panic),
-                (&m.dropped, &c.dropped),
+                (&m.received, queue.received),
+                (&m.ok, ok),
+                (&m.error, error),
+                (&m.timeout, timeout),
+                (&m.panic, panic),
+                (&m.dropped, queue.dropped),
             ] {
-                counter.absolute(count.load(Ordering::Relaxed));
+                counter.absolute(count);
             }
             slot.metrics.backlog.set(state.backlog as f64);
             slot.metrics.in_flight.set(state.in_flight as f64);
@@ -468,10 +453,17 @@ impl Dispatcher {
     /// Prometheus text format; append it to the recorder's output when serving `/metrics`.
     pub fn render_histograms(&self) -> String {
         let mut out = String::new();
-        crate::metrics::render_histograms(
-            &mut out,
-            self.shared.slots.iter().map(|s| (&*s.name, &s.metrics)),
-        );
+        let parts: Vec<HistogramParts<'_>> = self
+            .shared
+            .slots
+            .iter()
+            .map(|s| HistogramParts {
+                consumer: &s.name,
+                duration: s.workers.iter().map(|w| &w.duration).collect(),
+                queue_wait: s.workers.iter().map(|w| &w.queue_wait).collect(),
+            })
+            .collect();
+        crate::metrics::render_histograms(&mut out, &parts);
         out
     }
 
@@ -481,28 +473,37 @@ impl Dispatcher {
         self.shared
             .slots
             .iter()
-            .map(|slot| {
-                let (backlog, oldest) = slot.queue.snapshot();
-                let completed = slot.counts.completed();
-                let rate = slot
-                    .rate
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .sample(now, completed);
-                let last = slot.last_completed_ns.load(Ordering::Relaxed);
-                let since_last = (last != u64::MAX).then(|| {
-                    now.saturating_duration_since(self.shared.epoch + Duration::from_nanos(last))
-                });
-                ConsumerState {
-                    name: slot.name.to_string(),
-                    backlog,
-                    in_flight: slot.in_flight.load(Ordering::Relaxed),
-                    completed,
-                    oldest_age: oldest.map_or(Duration::ZERO, |t| now.saturating_duration_since(t)),
-                    catch_up_seconds: rate::catch_up_seconds(backlog, rate, since_last),
-                }
-            })
+            .map(|slot| self.state_of(slot, now).0)
             .collect()
+    }
+
+    /// One consumer's state, with the queue snapshot and worker totals it came from. Reads
+    /// the workers' counts before the queue, so a message moving between them is never missed
+    /// (it may at most be seen twice, for one scrape).
+    fn state_of(&self, slot: &Slot, now: Instant) -> (ConsumerState, queue::Snapshot, Totals) {
+        let totals = Totals::of(&slot.workers);
+        let queue = slot.queue.snapshot();
+        let now_ns = self.shared.now_ns();
+        let completed = totals.completed();
+        let rate = slot
+            .rate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sample(now, completed);
+        let since_last = totals
+            .last_completed_ns
+            .map(|last| Duration::from_nanos(now_ns.saturating_sub(last)));
+        let state = ConsumerState {
+            name: slot.name.to_string(),
+            backlog: queue.len,
+            in_flight: usize::try_from(totals.in_flight).unwrap_or(usize::MAX),
+            completed,
+            oldest_age: queue.oldest_ns.map_or(Duration::ZERO, |t| {
+                Duration::from_nanos(now_ns.saturating_sub(t))
+            }),
+            catch_up_seconds: rate::catch_up_seconds(queue.len, rate, since_last),
+        };
+        (state, queue, totals)
     }
 
     /// Runs each consumer's stop hook.

@@ -9,7 +9,6 @@ use std::pin::pin;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
 use crate::WhenFull;
 
@@ -20,12 +19,27 @@ use crate::Message;
 pub(crate) struct Queued {
     pub message: Message,
     pub settle: Settle,
-    pub enqueued_at: Instant,
+    /// When it was queued, in nanoseconds after the dispatcher's epoch.
+    pub enqueued_ns: u64,
 }
 
 struct State {
     items: VecDeque<Queued>,
     closed: bool,
+    /// Messages accepted (counted here, under the lock the push takes anyway).
+    received: u64,
+    /// Messages dropped by the `when_full` policy.
+    dropped: u64,
+}
+
+/// A queue's state at one moment.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Snapshot {
+    pub len: usize,
+    /// Enqueue time of the oldest message (nanoseconds after the dispatcher's epoch).
+    pub oldest_ns: Option<u64>,
+    pub received: u64,
+    pub dropped: u64,
 }
 
 pub(crate) struct Queue {
@@ -63,6 +77,8 @@ impl Queue {
             state: Mutex::new(State {
                 items: VecDeque::with_capacity(capacity.min(4096)),
                 closed: false,
+                received: 0,
+                dropped: 0,
             }),
             capacity,
             chain_wakeups: workers > 1,
@@ -82,6 +98,7 @@ impl Queue {
             return TryPush::Done(Offer::Closed(Box::new(item)));
         }
         if st.items.len() < self.capacity {
+            st.received += 1;
             let was_empty = st.items.is_empty();
             st.items.push_back(item);
             drop(st);
@@ -92,12 +109,20 @@ impl Queue {
         }
         match policy {
             WhenFull::Block => TryPush::Full(item),
-            WhenFull::DropNewest => TryPush::Done(Offer::Dropped(Box::new(item))),
+            WhenFull::DropNewest => {
+                st.received += 1;
+                st.dropped += 1;
+                TryPush::Done(Offer::Dropped(Box::new(item)))
+            }
             WhenFull::DropOldest => {
+                st.received += 1;
                 let oldest = st.items.pop_front();
                 st.items.push_back(item);
                 match oldest {
-                    Some(old) => TryPush::Done(Offer::Dropped(Box::new(old))),
+                    Some(old) => {
+                        st.dropped += 1;
+                        TryPush::Done(Offer::Dropped(Box::new(old)))
+                    }
                     None => TryPush::Done(Offer::Accepted),
                 }
             }
@@ -164,10 +189,15 @@ impl Queue {
         self.not_full.notify_waiters();
     }
 
-    /// Length and the enqueue time of the oldest message.
-    pub fn snapshot(&self) -> (usize, Option<Instant>) {
+    /// Length, oldest enqueue time and counts, read together.
+    pub fn snapshot(&self) -> Snapshot {
         let st = self.lock();
-        (st.items.len(), st.items.front().map(|q| q.enqueued_at))
+        Snapshot {
+            len: st.items.len(),
+            oldest_ns: st.items.front().map(|q| q.enqueued_ns),
+            received: st.received,
+            dropped: st.dropped,
+        }
     }
 
     /// Removes everything still queued (their settlements fire on drop).

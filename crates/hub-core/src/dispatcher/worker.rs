@@ -2,20 +2,21 @@
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::FutureExt;
-use tokio::time::Instant;
 use tracing::{error, warn};
 
 use super::queue::{Popped, Queued};
+use super::stats::{Outcome, WorkerStats};
 use super::{Shared, Slot};
 use crate::{ErrorKind, Verdict};
 
-/// One worker loop; a consumer with `concurrency` N has N of them on one queue.
-pub(super) async fn run(shared: std::sync::Arc<Shared>, index: usize) {
+/// One worker loop (`worker` of the consumer's `concurrency`); a consumer with `concurrency`
+/// N has N of them on one queue, each with its own stats block.
+pub(super) async fn run(shared: std::sync::Arc<Shared>, index: usize, worker: usize) {
     let slot = &shared.slots[index];
-    let mut last_end: Option<Instant> = None;
+    let stats = &slot.workers[worker];
+    let mut last_end: Option<u64> = None;
     loop {
         let (item, waited) = match slot.queue.pop().await {
             (Popped::Item(item), waited) => (item, waited),
@@ -25,82 +26,65 @@ pub(super) async fn run(shared: std::sync::Arc<Shared>, index: usize) {
         // clock read per message under load).
         let started = match last_end {
             Some(t) if !waited => t,
-            _ => Instant::now(),
+            _ => shared.now_ns(),
         };
-        last_end = Some(process(&shared, slot, item, started).await);
+        last_end = Some(process(&shared, slot, stats, item, started).await);
     }
 }
 
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl<'a> InFlight<'a> {
-    fn enter(n: &'a AtomicUsize) -> Self {
-        n.fetch_add(1, Ordering::Relaxed);
-        Self(n)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Handles one message; returns when it ended.
-async fn process(shared: &Shared, slot: &Slot, item: Queued, started: Instant) -> Instant {
+/// Handles one message; returns when it ended (nanoseconds after the epoch).
+async fn process(
+    shared: &Shared,
+    slot: &Slot,
+    stats: &WorkerStats,
+    item: Queued,
+    started: u64,
+) -> u64 {
     let Queued {
         message,
         settle,
-        enqueued_at,
+        enqueued_ns,
     } = item;
-    slot.metrics
-        .queue_wait
-        .record(started.saturating_duration_since(enqueued_at));
-    let in_flight = InFlight::enter(&slot.in_flight);
+    stats.queue_wait.record(started.saturating_sub(enqueued_ns));
+    stats.start();
 
     let call = AssertUnwindSafe(slot.consumer.consume(&slot.cx, &message)).catch_unwind();
     let result = match slot.options.timeout {
         None => Some(call.await),
-        Some(limit) => tokio::time::timeout_at(started + limit, call).await.ok(),
+        Some(limit) => tokio::time::timeout(limit, call).await.ok(),
     };
-    let ended = Instant::now();
-    drop(in_flight);
-    slot.metrics
-        .duration
-        .record(ended.saturating_duration_since(started));
+    let ended = shared.now_ns();
+    stats.duration.record(ended.saturating_sub(started));
 
-    let verdict = match result {
-        Some(Ok(Ok(()))) => {
-            slot.counts.ok.fetch_add(1, Ordering::Relaxed);
-            Verdict::Ack
-        }
+    let (outcome, verdict) = match result {
+        Some(Ok(Ok(()))) => (Outcome::Ok, Verdict::Ack),
         Some(Ok(Err(e))) => {
-            slot.counts.error.fetch_add(1, Ordering::Relaxed);
             warn!(consumer = %slot.name, message_id = %message.id(), topic = %message.topic(), kind = %e.kind(), error = %e, "Consumer failed a message.");
             let reason = format!("consumer {}: {e}", slot.name);
-            match e.kind() {
+            let verdict = match e.kind() {
                 ErrorKind::Transient => Verdict::Retry { reason },
                 ErrorKind::Invalid => Verdict::Reject { reason },
-            }
+            };
+            (Outcome::Error, verdict)
         }
         Some(Err(panic)) => {
-            slot.counts.panic.fetch_add(1, Ordering::Relaxed);
             let what = panic_text(&*panic);
             error!(consumer = %slot.name, message_id = %message.id(), topic = %message.topic(), panic = %what, "Consumer panicked; it keeps running.");
-            Verdict::Retry {
+            let verdict = Verdict::Retry {
                 reason: format!("consumer {} panicked: {what}", slot.name),
-            }
+            };
+            (Outcome::Panic, verdict)
         }
         None => {
-            slot.counts.timeout.fetch_add(1, Ordering::Relaxed);
             let limit = slot.options.timeout.unwrap_or_default();
             warn!(consumer = %slot.name, message_id = %message.id(), topic = %message.topic(), timeout = ?limit, "Consumer timed out on a message.");
-            Verdict::Retry {
+            let verdict = Verdict::Retry {
                 reason: format!("consumer {} timed out after {limit:?}", slot.name),
-            }
+            };
+            (Outcome::Timeout, verdict)
         }
     };
-    slot.record_completion(shared, ended);
+    stats.finish(outcome, ended);
     settle.finish(verdict);
     ended
 }
