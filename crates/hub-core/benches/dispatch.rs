@@ -90,12 +90,23 @@ fn dispatch(c: &mut Criterion) {
         json!({"build_id": 1, "name": "kernel", "owner": "someone"}),
     );
     // Distinct messages, as a bus delivers them (each its own allocation and reference count),
-    // built before the clock starts; and, for comparison, one message delivered 100 000 times
-    // (every consumer then drops the same reference count: a worst case of cache-line sharing).
+    // cycling through 200 topics (a bus carries a few hundred), built before the clock starts;
+    // and, for comparison, one message delivered 100 000 times (every consumer then drops the
+    // same reference count: a worst case of cache-line sharing).
+    let apps = ["buildsys", "bodhi", "copr", "pagure", "koschei"];
+    let topics: Vec<String> = (0..200)
+        .map(|i| {
+            format!(
+                "org.fedoraproject.prod.{}.event{}.state.change",
+                apps[i % apps.len()],
+                i / apps.len()
+            )
+        })
+        .collect();
     let distinct: Vec<Message> = (0..BATCH)
         .map(|i| {
             Message::new(
-                "org.fedoraproject.prod.buildsys.build.state.change",
+                topics[(i % 200) as usize].as_str(),
                 json!({"build_id": i, "name": "kernel", "owner": "someone"}),
             )
         })

@@ -3,6 +3,7 @@
 
 mod queue;
 mod rate;
+mod route_cache;
 mod stats;
 mod ticket;
 mod worker;
@@ -23,6 +24,7 @@ use crate::{
 };
 use queue::{Offer, Queue, Queued};
 use rate::Rate;
+use route_cache::RouteCache;
 use stats::{Totals, WorkerStats};
 use ticket::{Settle, Ticket};
 
@@ -68,7 +70,9 @@ impl DispatcherBuilder {
             name,
             backend: backend.0,
             patterns: patterns.into(),
-            workers: (0..options.concurrency).map(|_| WorkerStats::new()).collect(),
+            workers: (0..options.concurrency)
+                .map(|_| WorkerStats::new())
+                .collect(),
             options,
             consumer,
             cx,
@@ -113,6 +117,7 @@ pub(crate) struct Slot {
 }
 
 /// Consumer indices matched by one delivery, deduplicated; on the stack up to 256 consumers.
+#[derive(Clone)]
 struct Matched {
     inline: [u64; 4],
     spill: Vec<u64>,
@@ -191,11 +196,22 @@ pub struct Dispatcher {
     shared: Arc<Shared>,
 }
 
-/// The entry point for one backend's deliveries. Cheap to clone.
-#[derive(Clone)]
+/// The entry point for one backend's deliveries. Cheap to clone; each clone keeps its own cache
+/// of recent topics' routes, so give each receiving task its own clone.
 pub struct Intake {
     shared: Arc<Shared>,
     backend: usize,
+    routes: RouteCache,
+}
+
+impl Clone for Intake {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            backend: self.backend,
+            routes: RouteCache::default(),
+        }
+    }
 }
 
 /// The hub is shutting down and takes no more messages.
@@ -227,9 +243,12 @@ impl Intake {
             };
             return offer(&sh.slots[i], message, settle, now).await;
         }
-        let topic = TopicWords::new(message.topic());
-        let mut matched = Matched::new();
-        sh.routes[self.backend].for_each_match(&topic, |id| matched.insert(id));
+        let matched = self.routes.get_or_insert(message.topic(), || {
+            let mut matched = Matched::new();
+            sh.routes[self.backend]
+                .for_each_match(&TopicWords::new(message.topic()), |id| matched.insert(id));
+            matched
+        });
         let n = matched.len();
         if n == 0 {
             sh.unrouted.increment(1);
@@ -244,11 +263,7 @@ impl Intake {
         // increment and decrement fewer per delivery).
         let mut own = Some(message);
         for (k, i) in matched.iter().enumerate() {
-            let copy = if k + 1 == n {
-                own.take()
-            } else {
-                own.clone()
-            };
+            let copy = if k + 1 == n { own.take() } else { own.clone() };
             let Some(copy) = copy else { break };
             let settle = ticket.as_ref().map_or_else(Settle::none, Settle::of);
             closed = closed.and(offer(&sh.slots[i], copy, settle, now).await);
@@ -329,6 +344,7 @@ impl Dispatcher {
         Intake {
             shared: Arc::clone(&self.shared),
             backend: backend.0,
+            routes: RouteCache::default(),
         }
     }
 
@@ -398,8 +414,8 @@ impl Dispatcher {
             for (i, slot) in self.shared.slots.iter().enumerate() {
                 if pending.iter().any(|(p, _)| *p == i) {
                     let queued = slot.queue.snapshot().len;
-                    let in_flight = usize::try_from(Totals::of(&slot.workers).in_flight)
-                        .unwrap_or(usize::MAX);
+                    let in_flight =
+                        usize::try_from(Totals::of(&slot.workers).in_flight).unwrap_or(usize::MAX);
                     warn!(consumer = %slot.name, queued, in_flight, "Shutdown grace expired; cutting off unfinished messages.");
                     report
                         .unfinished

@@ -66,8 +66,9 @@ enum TryPush {
     Full(Queued),
 }
 
-pub(crate) enum Popped {
+pub(crate) enum TryPop {
     Item(Queued),
+    Empty,
     Closed,
 }
 
@@ -146,7 +147,8 @@ impl Queue {
         }
     }
 
-    fn try_pop(&self) -> Option<Popped> {
+    /// Takes the oldest message if there is one, without waiting.
+    pub fn try_pop(&self) -> TryPop {
         let mut st = self.lock();
         match st.items.pop_front() {
             Some(item) => {
@@ -159,26 +161,24 @@ impl Queue {
                 if more && self.chain_wakeups {
                     self.not_empty.notify_one();
                 }
-                Some(Popped::Item(item))
+                TryPop::Item(item)
             }
-            None if st.closed => Some(Popped::Closed),
-            None => None,
+            None if st.closed => TryPop::Closed,
+            None => TryPop::Empty,
         }
     }
 
-    /// Takes the oldest message, waiting while the queue is empty; `Closed` once it is empty and
-    /// closed. The flag says whether it had to wait.
-    pub async fn pop(&self) -> (Popped, bool) {
-        if let Some(p) = self.try_pop() {
-            return (p, false);
-        }
+    /// Takes the oldest message, waiting while the queue is empty; `None` once it is empty and
+    /// closed.
+    pub async fn pop(&self) -> Option<Queued> {
         loop {
             let mut notified = pin!(self.not_empty.notified());
             notified.as_mut().enable();
-            if let Some(p) = self.try_pop() {
-                return (p, true);
+            match self.try_pop() {
+                TryPop::Item(item) => return Some(item),
+                TryPop::Closed => return None,
+                TryPop::Empty => notified.await,
             }
-            notified.await;
         }
     }
 

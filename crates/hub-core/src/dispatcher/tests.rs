@@ -186,6 +186,85 @@ async fn order_is_kept_at_concurrency_one_over_100k_messages() {
     assert_eq!(probe.max_running.load(Ordering::SeqCst), 1);
 }
 
+/// Routing through the per-intake cache gives what the patterns say, for topics seen for the
+/// first time and again, and after the cache has started over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_routes_match_the_patterns() {
+    let specs: [(&str, &[&str]); 3] = [
+        ("builds", &["org.fedoraproject.*.buildsys.#"]),
+        ("all_prod", &["*.*.prod.#", "#.tag"]),
+        ("tags", &["#.tag"]),
+    ];
+    let probes: Vec<Arc<Probe>> = specs.iter().map(|_| Arc::new(Probe::default())).collect();
+    let r = rig(specs
+        .iter()
+        .zip(&probes)
+        .map(|((name, patterns), p)| {
+            (
+                *name,
+                *patterns,
+                opts(|o| o.queue_capacity = 100_000),
+                Arc::clone(p),
+            )
+        })
+        .collect());
+    // 5000 distinct topics (more than the cache holds), each delivered twice.
+    let topic = |i: u64| match i % 4 {
+        0 => format!("org.fedoraproject.prod.buildsys.t{i}"),
+        1 => format!("org.fedoraproject.stg.buildsys.t{i}.tag"),
+        2 => format!("org.centos.prod.t{i}"),
+        _ => format!("io.pagure.stg.t{i}"),
+    };
+    let mut expected = [0usize; 3];
+    for round in 0..2u64 {
+        for i in 0..5000u64 {
+            let t = topic(i);
+            for (k, (_, patterns)) in specs.iter().enumerate() {
+                if patterns
+                    .iter()
+                    .any(|p| Pattern::new(p).unwrap().matches(&t))
+                {
+                    expected[k] += 1;
+                }
+            }
+            let m = Message::new(t, json!({ "i": round * 5000 + i }));
+            r.intake.deliver(Delivery::new(m)).await.unwrap();
+        }
+    }
+    assert!(r.dispatcher.drain(Duration::from_secs(30)).await.is_clean());
+    for (k, p) in probes.iter().enumerate() {
+        assert_eq!(p.seen.lock().unwrap().len(), expected[k], "{}", specs[k].0);
+    }
+    assert_eq!(expected, [5000, 7500, 2500]);
+}
+
+/// On one thread, a consumer that never waits and always has work must still let other tasks
+/// (other consumers, the HTTP server) run: it yields when tokio's cooperative budget is spent.
+#[tokio::test(flavor = "current_thread")]
+async fn a_busy_consumer_does_not_keep_its_thread() {
+    let probe = Arc::new(Probe::default());
+    let r = rig(vec![(
+        "busy",
+        &["#"],
+        opts(|o| o.queue_capacity = 20_000),
+        Arc::clone(&probe),
+    )]);
+    for i in 0..20_000 {
+        r.intake.deliver(Delivery::new(msg(i))).await.unwrap();
+    }
+    // Queued behind the worker (woken by the first message): it runs when the worker yields.
+    let d = r.dispatcher.clone();
+    let seen_by_other_task = tokio::spawn(async move { state(&d, "busy").completed })
+        .await
+        .unwrap();
+    assert!(
+        seen_by_other_task < 20_000,
+        "another task ran only after all 20000 messages"
+    );
+    assert!(r.dispatcher.drain(Duration::from_secs(30)).await.is_clean());
+    assert_eq!(probe.seen.lock().unwrap().len(), 20_000);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_n_really_runs_n_at_once() {
     // Each call waits at a barrier of 4: the test only finishes if 4 calls are in flight together.

@@ -6,7 +6,7 @@ use std::panic::AssertUnwindSafe;
 use futures_util::FutureExt;
 use tracing::{error, warn};
 
-use super::queue::{Popped, Queued};
+use super::queue::{Queued, TryPop};
 use super::stats::{Outcome, WorkerStats};
 use super::{Shared, Slot};
 use crate::{ErrorKind, Verdict};
@@ -18,9 +18,14 @@ pub(super) async fn run(shared: std::sync::Arc<Shared>, index: usize, worker: us
     let stats = &slot.workers[worker];
     let mut last_end: Option<u64> = None;
     loop {
-        let (item, waited) = match slot.queue.pop().await {
-            (Popped::Item(item), waited) => (item, waited),
-            (Popped::Closed, _) => break,
+        // The common case under load takes the next message without building a future.
+        let (item, waited) = match slot.queue.try_pop() {
+            TryPop::Item(item) => (item, false),
+            TryPop::Closed => break,
+            TryPop::Empty => match slot.queue.pop().await {
+                Some(item) => (item, true),
+                None => break,
+            },
         };
         // Taken without waiting: this message starts where the previous one ended (saves a
         // clock read per message under load).
@@ -29,6 +34,10 @@ pub(super) async fn run(shared: std::sync::Arc<Shared>, index: usize, worker: us
             _ => shared.now_ns(),
         };
         last_end = Some(process(&shared, slot, stats, item, started).await);
+        // A consumer that never waits, on a queue that never empties, would otherwise keep its
+        // runtime thread forever (other consumers, the HTTP server): yield once tokio's
+        // cooperative budget is spent.
+        tokio::task::consume_budget().await;
     }
 }
 
