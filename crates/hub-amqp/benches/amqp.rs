@@ -6,6 +6,10 @@
 //! hub's publish path (`Backend::publish`, confirmed and mandatory) with 1000 calls in flight.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+/// The allocator the `hub` binary ships with, so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -4,6 +4,10 @@
 //! paid for here too.
 #![allow(missing_docs, clippy::unwrap_used)]
 
+/// The allocator the `hub` binary ships with, so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

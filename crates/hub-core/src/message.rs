@@ -26,8 +26,65 @@ struct Inner {
     topic: String,
     timestamp: Timestamp,
     #[serde(default)]
-    headers: Headers,
+    headers: HeaderStore,
     body: Body,
+}
+
+/// The headers: a map, or the text of a JSON object parsed on first use (a backend that
+/// receives headers as JSON, such as fedmsg's envelope fields, then builds no map for
+/// consumers that never read them).
+#[derive(Debug)]
+enum HeaderStore {
+    Map(Headers),
+    Raw {
+        text: Box<RawValue>,
+        parsed: OnceLock<Headers>,
+    },
+}
+
+impl Default for HeaderStore {
+    fn default() -> Self {
+        Self::Map(Headers::new())
+    }
+}
+
+impl HeaderStore {
+    fn map(&self) -> &Headers {
+        match self {
+            Self::Map(m) => m,
+            // Validated JSON; anything but an object reads as no headers.
+            Self::Raw { text, parsed } => {
+                parsed.get_or_init(|| serde_json::from_str(text.get()).unwrap_or_default())
+            }
+        }
+    }
+
+    fn into_map(self) -> Headers {
+        match self {
+            Self::Map(m) => m,
+            Self::Raw { text, parsed } => parsed
+                .into_inner()
+                .unwrap_or_else(|| serde_json::from_str(text.get()).unwrap_or_default()),
+        }
+    }
+}
+
+impl PartialEq for HeaderStore {
+    fn eq(&self, other: &Self) -> bool {
+        self.map() == other.map()
+    }
+}
+
+impl Serialize for HeaderStore {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.map().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for HeaderStore {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Headers::deserialize(d).map(Self::Map)
+    }
 }
 
 /// The body: a parsed value, or validated JSON text parsed on first use (once, for every
@@ -88,7 +145,7 @@ impl Message {
             id: None,
             topic: topic.into(),
             timestamp: None,
-            headers: Headers::new(),
+            headers: HeaderStore::default(),
             body: Body::Value(body),
         }
     }
@@ -100,7 +157,7 @@ impl Message {
             id: None,
             topic: topic.into(),
             timestamp: None,
-            headers: Headers::new(),
+            headers: HeaderStore::default(),
             body: Body::Raw {
                 text: body,
                 parsed: OnceLock::new(),
@@ -125,12 +182,12 @@ impl Message {
 
     /// All headers.
     pub fn headers(&self) -> &Headers {
-        &self.0.headers
+        self.0.headers.map()
     }
 
     /// One header, if present.
     pub fn header(&self, name: &str) -> Option<&Value> {
-        self.0.headers.get(name)
+        self.headers().get(name)
     }
 
     /// The JSON body (parsed on first use when it arrived as text).
@@ -180,7 +237,7 @@ impl fmt::Debug for Message {
             .field("id", &self.0.id)
             .field("topic", &self.0.topic)
             .field("timestamp", &self.0.timestamp)
-            .field("headers", &self.0.headers)
+            .field("headers", self.0.headers.map())
             .field("body", self.0.body.value())
             .finish()
     }
@@ -204,7 +261,7 @@ pub struct MessageBuilder {
     id: Option<String>,
     topic: String,
     timestamp: Option<Timestamp>,
-    headers: Headers,
+    headers: HeaderStore,
     body: Body,
 }
 
@@ -223,13 +280,25 @@ impl MessageBuilder {
 
     /// Adds one header.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.headers.insert(name.into(), value.into());
+        let mut map = std::mem::take(&mut self.headers).into_map();
+        map.insert(name.into(), value.into());
+        self.headers = HeaderStore::Map(map);
         self
     }
 
     /// Replaces all headers.
     pub fn headers(mut self, headers: Headers) -> Self {
-        self.headers = headers;
+        self.headers = HeaderStore::Map(headers);
+        self
+    }
+
+    /// Replaces all headers with the text of a JSON object, parsed only if someone reads
+    /// [`Message::headers`]. Text that is not an object reads as no headers.
+    pub fn headers_raw(mut self, object: Box<RawValue>) -> Self {
+        self.headers = HeaderStore::Raw {
+            text: object,
+            parsed: OnceLock::new(),
+        };
         self
     }
 
@@ -287,6 +356,34 @@ mod tests {
             back.header("sent-at"),
             Some(&json!("2026-11-22T19:00:00+00:00"))
         );
+    }
+
+    #[test]
+    fn raw_headers_read_like_a_map() {
+        let raw = RawValue::from_string(r#"{"i":3,"username":"apache"}"#.to_owned()).unwrap();
+        let m = Message::builder("a.b", json!({})).headers_raw(raw).build();
+        assert_eq!(m.header("i"), Some(&json!(3)));
+        assert_eq!(m.header("username"), Some(&json!("apache")));
+        let same = Message::builder("a.b", json!({}))
+            .id(m.id())
+            .timestamp(m.timestamp())
+            .header("i", 3)
+            .header("username", "apache")
+            .build();
+        assert_eq!(m, same);
+        assert_eq!(Message::from_json(&m.to_json()).unwrap(), m);
+        // Adding a header to raw headers keeps the others; text that is not an object is empty.
+        let raw = RawValue::from_string(r#"{"i":3}"#.to_owned()).unwrap();
+        let m = Message::builder("a.b", json!({}))
+            .headers_raw(raw)
+            .header("trace", "t")
+            .build();
+        assert_eq!(m.headers().len(), 2);
+        let not_object = RawValue::from_string("[1]".to_owned()).unwrap();
+        let m = Message::builder("a.b", json!({}))
+            .headers_raw(not_object)
+            .build();
+        assert!(m.headers().is_empty());
     }
 
     #[test]

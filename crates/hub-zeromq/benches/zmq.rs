@@ -7,6 +7,10 @@
 //! trip: PUB → hub → reply consumer → hub PUB → SUB, one message at a time.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+/// The allocator the `hub` binary ships with, so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,8 +25,13 @@ use serde_json::json;
 use tokio::time::sleep;
 use zeromq::{PubSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
 
-/// Below the zeromq PUB's silent-drop point (about 200 000 queued).
-const N: u64 = 100_000;
+/// Messages per measurement: long enough (seconds) that a scheduling hiccup does not decide it.
+const N: u64 = 1_000_000;
+/// Distinct pre-encoded envelopes, sent in turn.
+const DISTINCT: u64 = 100_000;
+/// At most this many sent and not yet arrived: below the zeromq PUB's silent-drop point (about
+/// 200 000 queued), so a slower receiver slows the sender instead of losing messages.
+const WINDOW: u64 = 100_000;
 const RTT_N: usize = 10_000;
 
 fn endpoint() -> String {
@@ -99,12 +108,13 @@ impl Consumer for Noop {
     }
 }
 
-/// Sends warm-up messages until `ready()`, then N envelopes, then waits until arrivals stop.
+/// Sends warm-up messages until `ready()`, then N envelopes (never more than `WINDOW` ahead of
+/// `arrived()`), then waits until arrivals stop.
 async fn blast(
     publisher: &mut PubSocket,
     pad: usize,
     ready: impl Fn() -> bool,
-    arrivals: &Arrivals,
+    arrived: impl Fn() -> u64,
 ) {
     let mut w = 0;
     while !ready() {
@@ -112,17 +122,23 @@ async fn blast(
         w += 1;
         sleep(Duration::from_millis(5)).await;
     }
-    // Encode everything first: the sender must not be what is measured.
+    // Encode first: the sender must not be what is measured.
     let topic = "org.fedoraproject.prod.bench.msg";
-    let batch: Vec<ZmqMessage> = (0..N).map(|i| envelope(topic, i, pad)).collect();
+    let batch: Vec<ZmqMessage> = (0..DISTINCT).map(|i| envelope(topic, i, pad)).collect();
     sleep(Duration::from_millis(200)).await;
-    for m in batch {
-        publisher.send(m).await.unwrap();
+    for k in 0..N {
+        while k.saturating_sub(arrived()) >= WINDOW {
+            sleep(Duration::from_millis(1)).await;
+        }
+        publisher
+            .send(batch[(k % DISTINCT) as usize].clone())
+            .await
+            .unwrap();
     }
     let mut last = u64::MAX;
     loop {
         sleep(Duration::from_millis(500)).await;
-        let now = arrivals.count.load(Ordering::Relaxed);
+        let now = arrived();
         if now == last || now >= N {
             break;
         }
@@ -154,7 +170,7 @@ async fn raw(pad: usize) -> (f64, u64) {
         &mut publisher,
         pad,
         || warm.load(Ordering::Relaxed) > 0,
-        &arrivals,
+        || arrivals.count.load(Ordering::Relaxed),
     )
     .await;
     reader.abort();
@@ -178,7 +194,7 @@ async fn hub(pad: usize, consumers: usize) -> (f64, u64) {
     let warm = Arc::new(Arrivals::default());
     let mut b = EngineBuilder::new("bench").backend("z", Arc::new(ZeroMqBackend::new("z", cfg)));
     let options = ConsumerOptions {
-        queue_capacity: 200_000,
+        queue_capacity: WINDOW as usize,
         ..Default::default()
     };
     for (i, c) in counters.iter().enumerate() {
@@ -206,13 +222,19 @@ async fn hub(pad: usize, consumers: usize) -> (f64, u64) {
     };
     b = b.consumer(spec, Arc::new(Warm(warm.clone(), epoch)));
     let running = b.build().unwrap().start().await.unwrap();
-    // The slowest consumer decides: count what the last of them got.
-    let slowest = counters[consumers - 1].clone();
+    // The slowest consumer decides.
+    let slowest = || {
+        counters
+            .iter()
+            .map(|c| c.count.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0)
+    };
     blast(
         &mut publisher,
         pad,
         || warm.count.load(Ordering::Relaxed) > 0,
-        &slowest,
+        slowest,
     )
     .await;
     let rate = counters
@@ -302,18 +324,60 @@ async fn round_trip() -> (Duration, Duration, Duration) {
     (pct(0.50), pct(0.99), pct(0.999))
 }
 
+/// User + system CPU seconds of this process so far (Linux `/proc/self/stat`, 100 ticks/s).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Fields after the command name start at field 3 (state): utime is 14, stime 15.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    // HUB_BENCH_ONLY=hub1 runs just the hub with one consumer (for profiling).
-    if std::env::var("HUB_BENCH_ONLY").as_deref() == Ok("hub1") {
+    // HUB_BENCH_ONLY=raw|hub1|hub4 runs one case five times (for profiling), with the CPU time
+    // the process used.
+    if std::env::var("HUB_BENCH_ONLY").as_deref() == Ok("decode") {
+        // Decoding alone: one ~200-byte envelope, decoded and dropped, 1 000 000 times.
+        let m = envelope("org.fedoraproject.prod.bench.msg", 7, pad_for(200));
+        let frames = m.into_vec();
+        let n = 1_000_000u32;
+        let t = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(
+                codec::decode(Format::Fedmsg, std::hint::black_box(&frames)).unwrap(),
+            );
+        }
+        println!(
+            "decode: {:.0} ns per envelope",
+            t.elapsed().as_nanos() as f64 / f64::from(n)
+        );
+        return;
+    }
+    if let Ok(only) = std::env::var("HUB_BENCH_ONLY") {
         rt.block_on(async {
             for _ in 0..5 {
-                let (r, n) = hub(pad_for(200), 1).await;
-                println!("hub, 1 consumer: {:.0} k msg/s ({n} arrived)", r / 1e3);
+                let (cpu0, t0) = (cpu_seconds(), Instant::now());
+                let (r, n) = match only.as_str() {
+                    "raw" => raw(pad_for(200)).await,
+                    "hub4" => hub(pad_for(200), 4).await,
+                    _ => hub(pad_for(200), 1).await,
+                };
+                let (cpu, wall) = (cpu_seconds() - cpu0, t0.elapsed().as_secs_f64());
+                println!(
+                    "{only}: {:.0} k msg/s ({n} arrived); process CPU {cpu:.2} s over {wall:.2} s",
+                    r / 1e3
+                );
             }
         });
         return;

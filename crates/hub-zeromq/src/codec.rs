@@ -1,7 +1,7 @@
 //! Frames ↔ [`Message`]: fedmsg's two-frame envelope, or raw `[topic, JSON body]`.
 
 use bytes::Bytes;
-use hub_core::{Headers, Message};
+use hub_core::Message;
 use jiff::Timestamp;
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -44,6 +44,18 @@ impl Invalid {
 /// [`Invalid`] for a frame count other than 2, a non-UTF-8 topic, invalid JSON, a fedmsg
 /// envelope without `msg` or whose `topic` differs from frame 0, or a bad `timestamp`.
 pub fn decode(format: Format, frames: &[Bytes]) -> Result<Message, Invalid> {
+    decode_with_seq(format, frames).map(|(m, _)| m)
+}
+
+/// [`decode`], also returning fedmsg's `i` sequence number when the envelope has one (read
+/// without materializing the headers).
+///
+/// # Errors
+/// As [`decode`].
+pub fn decode_with_seq(
+    format: Format,
+    frames: &[Bytes],
+) -> Result<(Message, Option<u64>), Invalid> {
     let [topic, body] = frames else {
         return Err(Invalid::new(format!(
             "expected 2 frames [topic, body], got {}",
@@ -57,7 +69,7 @@ pub fn decode(format: Format, frames: &[Bytes]) -> Result<Message, Invalid> {
         Format::Raw => {
             let raw: Box<RawValue> = serde_json::from_str(text)
                 .map_err(|e| Invalid::new(format!("body is not JSON: {e}")))?;
-            Ok(Message::builder_raw(topic, raw).build())
+            Ok((Message::builder_raw(topic, raw).build(), None))
         }
         Format::Fedmsg => decode_fedmsg(topic, text),
     }
@@ -96,8 +108,10 @@ struct Envelope<'a> {
     source_version: Option<&'a RawValue>,
 }
 
-/// Decodes the envelope with a typed, borrowed struct: no map, no hashing, one pass.
-fn decode_fedmsg(topic: &str, text: &str) -> Result<Message, Invalid> {
+/// Decodes the envelope with a typed, borrowed struct: no map, no hashing, one pass. The extra
+/// fields become the message's headers as JSON text (copied, not parsed: a map is built only if
+/// a consumer reads them).
+fn decode_fedmsg(topic: &str, text: &str) -> Result<(Message, Option<u64>), Invalid> {
     if !text.trim_start().starts_with('{') {
         return Err(Invalid::new("fedmsg envelope is not a JSON object"));
     }
@@ -146,8 +160,7 @@ fn decode_fedmsg(topic: &str, text: &str) -> Result<Message, Invalid> {
                 .map_err(|e| fail(format!("timestamp {secs}: {e}")))?
         }
     };
-    let mut headers = Headers::new();
-    for (k, v) in [
+    let fields = [
         ("i", env.i),
         ("username", env.username),
         ("crypto", env.crypto),
@@ -157,20 +170,36 @@ fn decode_fedmsg(topic: &str, text: &str) -> Result<Message, Invalid> {
         ("seq_id", env.seq_id),
         ("source_name", env.source_name),
         ("source_version", env.source_version),
-    ] {
+    ];
+    let mut object = String::with_capacity(
+        2 + fields
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| k.len() + v.get().len() + 4))
+            .sum::<usize>(),
+    );
+    object.push('{');
+    for (k, v) in fields {
         if let Some(raw) = v {
-            let value: Value =
-                serde_json::from_str(raw.get()).map_err(|e| fail(format!("field {k}: {e}")))?;
-            headers.insert(k.to_owned(), value);
+            if object.len() > 1 {
+                object.push(',');
+            }
+            // The names are plain ASCII; the values are JSON already validated by the parse.
+            object.push('"');
+            object.push_str(k);
+            object.push_str("\":");
+            object.push_str(raw.get());
         }
     }
+    object.push('}');
+    let headers = RawValue::from_string(object).map_err(|e| fail(format!("headers: {e}")))?;
+    let seq = env.i.and_then(|raw| raw.get().parse::<u64>().ok());
     let mut b = Message::builder_raw(topic, body.to_owned())
         .timestamp(timestamp)
-        .headers(headers);
+        .headers_raw(headers);
     if let Some(id) = id {
         b = b.id(id);
     }
-    Ok(b.build())
+    Ok((b.build(), seq))
 }
 
 /// A fedmsg `msg_id`: the message id when it already reads `<year>-<uuid>`, `<year>-<id>` when

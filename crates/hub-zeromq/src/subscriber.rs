@@ -8,7 +8,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use hub_core::{BackendMetrics, CancellationToken, Delivery, Intake};
 use metrics::{Counter, Gauge};
-use serde_json::Value;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use zeromq::{Socket, SocketEvent, SocketOptions, SocketRecv, SubSocket};
@@ -218,9 +217,9 @@ async fn read(
             received = socket.recv() => match received {
                 Ok(frames) => {
                     let frames = frames.into_vec();
-                    match codec::decode(ep.format, &frames) {
-                        Ok(msg) => {
-                            if let Some(i) = msg.header("i").and_then(Value::as_u64) {
+                    match codec::decode_with_seq(ep.format, &frames) {
+                        Ok((msg, seq)) => {
+                            if let Some(i) = seq {
                                 if let Some(prev) = last_i && i > prev + 1 {
                                     ep.stats.gap(i - prev - 1);
                                 }
