@@ -2,6 +2,11 @@
 
 use std::process::ExitCode;
 
+/// The allocator the stock `hub` binary uses (messages are freed on other threads than the one
+/// that allocated them; glibc's malloc serializes that).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     hub::Hub::builder()
         .stock()
