@@ -346,7 +346,7 @@ fn main() {
         .build()
         .unwrap();
     // HUB_BENCH_ONLY=raw|hub1|hub4 runs one case five times (for profiling), with the CPU time
-    // the process used.
+    // the process used; =rtt the round trip three times; =decode the decoder alone.
     if std::env::var("HUB_BENCH_ONLY").as_deref() == Ok("decode") {
         // Decoding alone: one ~200-byte envelope, decoded and dropped, 1 000 000 times.
         let m = envelope("org.fedoraproject.prod.bench.msg", 7, pad_for(200));
@@ -362,6 +362,20 @@ fn main() {
             "decode: {:.0} ns per envelope",
             t.elapsed().as_nanos() as f64 / f64::from(n)
         );
+        return;
+    }
+    if std::env::var("HUB_BENCH_ONLY").as_deref() == Ok("rtt") {
+        rt.block_on(async {
+            for _ in 0..3 {
+                let (p50, p99, p999) = round_trip().await;
+                println!(
+                    "round trip: p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs",
+                    p50.as_secs_f64() * 1e6,
+                    p99.as_secs_f64() * 1e6,
+                    p999.as_secs_f64() * 1e6
+                );
+            }
+        });
         return;
     }
     if let Ok(only) = std::env::var("HUB_BENCH_ONLY") {
@@ -383,16 +397,24 @@ fn main() {
         return;
     }
     rt.block_on(async {
-        println!("| envelope | (a) raw zeromq PUB→SUB | (b) hub, 1 consumer | (c) hub, 4 consumers | b/a | c/a |");
-        println!("|---|---|---|---|---|---|");
+        println!("| envelope | (a) raw zeromq PUB→SUB | (b) hub, 1 consumer | (c) hub, 4 consumers | b/a | c/a | process CPU per message a / b / c |");
+        println!("|---|---|---|---|---|---|---|");
         for size in [200usize, 1024] {
             let pad = pad_for(size);
+            // CPU of the whole case (sender, its encoding, receiver) over the N messages.
+            let per_msg = |cpu0: f64| (cpu_seconds() - cpu0) / N as f64 * 1e6;
+            let cpu0 = cpu_seconds();
             let (a, an) = raw(pad).await;
+            let ca = per_msg(cpu0);
+            let cpu0 = cpu_seconds();
             let (b, bn) = hub(pad, 1).await;
+            let cb = per_msg(cpu0);
+            let cpu0 = cpu_seconds();
             let (c, cn) = hub(pad, 4).await;
+            let cc = per_msg(cpu0);
             let k = |r: f64| format!("{:.0} k msg/s", r / 1e3);
             println!(
-                "| {size} B | {} ({an}/{N} arrived) | {} ({bn}/{N}) | {} ({cn}/{N} at the slowest) | {:.2} | {:.2} |",
+                "| {size} B | {} ({an}/{N} arrived) | {} ({bn}/{N}) | {} ({cn}/{N} at the slowest) | {:.2} | {:.2} | {ca:.1} / {cb:.1} / {cc:.1} µs |",
                 k(a), k(b), k(c), b / a, c / a
             );
         }
