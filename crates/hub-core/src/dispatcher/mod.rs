@@ -493,12 +493,13 @@ impl Dispatcher {
             .collect()
     }
 
-    /// One consumer's state, with the queue snapshot and worker totals it came from. Reads
-    /// the workers' counts before the queue, so a message moving between them is never missed
-    /// (it may at most be seen twice, for one scrape).
+    /// One consumer's state, with the queue snapshot and worker totals it came from. Reads the
+    /// queue before the workers' counts, so a message a worker takes meanwhile is seen twice
+    /// (queued and in flight) for one scrape rather than not at all; only the few instructions
+    /// between a worker's pop and its `start` can hide one.
     fn state_of(&self, slot: &Slot, now: Instant) -> (ConsumerState, queue::Snapshot, Totals) {
-        let totals = Totals::of(&slot.workers);
         let queue = slot.queue.snapshot();
+        let totals = Totals::of(&slot.workers);
         let now_ns = self.shared.now_ns();
         let completed = totals.completed();
         let rate = slot

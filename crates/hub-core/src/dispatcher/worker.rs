@@ -4,6 +4,7 @@ use std::any::Any;
 use std::panic::AssertUnwindSafe;
 
 use futures_util::FutureExt;
+use tokio::task::coop;
 use tracing::{error, warn};
 
 use super::queue::{Queued, TryPop};
@@ -36,8 +37,12 @@ pub(super) async fn run(shared: std::sync::Arc<Shared>, index: usize, worker: us
         last_end = Some(process(&shared, slot, stats, item, started).await);
         // A consumer that never waits, on a queue that never empties, would otherwise keep its
         // runtime thread forever (other consumers, the HTTP server): yield once tokio's
-        // cooperative budget is spent.
-        tokio::task::consume_budget().await;
+        // cooperative budget is spent. After a yield the next message does not start where
+        // this one ended: read the clock for it.
+        if !coop::has_budget_remaining() {
+            last_end = None;
+        }
+        coop::consume_budget().await;
     }
 }
 
