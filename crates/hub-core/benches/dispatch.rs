@@ -129,20 +129,19 @@ fn dispatch(c: &mut Criterion) {
         };
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let batch = batch(&distinct, &msg, same);
-                    let start = Instant::now();
-                    rt.block_on(async {
-                        for m in batch {
-                            intake.deliver(Delivery::new(m)).await.unwrap();
-                        }
-                        sent += BATCH;
-                        wait_all(&counts, sent).await;
-                    });
-                    total += start.elapsed();
-                }
-                total
+                timed(
+                    iters,
+                    || batch(&distinct, &msg, same),
+                    |batch| {
+                        rt.block_on(async {
+                            for m in batch {
+                                intake.deliver(Delivery::new(m)).await.unwrap();
+                            }
+                            sent += BATCH;
+                            wait_all(&counts, sent).await;
+                        });
+                    },
+                )
             });
         });
     }
@@ -154,42 +153,57 @@ fn dispatch(c: &mut Criterion) {
         };
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let batch = batch(&distinct, &msg, same);
-                    let start = Instant::now();
-                    rt.block_on(async {
-                        let mut txs = Vec::new();
-                        let mut tasks = Vec::new();
-                        for _ in 0..4 {
-                            let (tx, mut rx) = mpsc::channel::<Message>(1024);
-                            txs.push(tx);
-                            tasks.push(tokio::spawn(async move {
-                                let mut n = 0u64;
-                                while let Some(m) = rx.recv().await {
-                                    black_box(&m);
-                                    n += 1;
-                                }
-                                n
-                            }));
-                        }
-                        for m in batch {
-                            for tx in &txs {
-                                tx.send(m.clone()).await.unwrap();
+                timed(
+                    iters,
+                    || batch(&distinct, &msg, same),
+                    |batch| {
+                        rt.block_on(async {
+                            let mut txs = Vec::new();
+                            let mut tasks = Vec::new();
+                            for _ in 0..4 {
+                                let (tx, mut rx) = mpsc::channel::<Message>(1024);
+                                txs.push(tx);
+                                tasks.push(tokio::spawn(async move {
+                                    let mut n = 0u64;
+                                    while let Some(m) = rx.recv().await {
+                                        black_box(&m);
+                                        n += 1;
+                                    }
+                                    n
+                                }));
                             }
-                        }
-                        drop(txs);
-                        for t in tasks {
-                            assert_eq!(t.await.unwrap(), BATCH);
-                        }
-                    });
-                    total += start.elapsed();
-                }
-                total
+                            for m in batch {
+                                for tx in &txs {
+                                    tx.send(m.clone()).await.unwrap();
+                                }
+                            }
+                            drop(txs);
+                            for t in tasks {
+                                assert_eq!(t.await.unwrap(), BATCH);
+                            }
+                        });
+                    },
+                )
             });
         });
     }
     group.finish();
+}
+
+/// Runs `iters` batches, timing only `run` (each batch is prepared before the clock starts).
+fn timed(
+    iters: u64,
+    mut prepare: impl FnMut() -> Vec<Message>,
+    mut run: impl FnMut(Vec<Message>),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let batch = prepare();
+        let start = Instant::now();
+        run(batch);
+        total += start.elapsed();
+    }
+    total
 }
 
 fn routing(c: &mut Criterion) {
