@@ -3,7 +3,7 @@
 //! For demos and for testing consumers without a broker; it has no acknowledgements of its own
 //! (see [`MemoryBackend::send_acked`] to observe the dispatcher's verdict).
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use tokio::sync::oneshot;
@@ -15,7 +15,8 @@ use crate::{
 /// Loopback backend, `type = "memory"`: publish → deliver, in process.
 #[derive(Default)]
 pub struct MemoryBackend {
-    intake: Mutex<Option<Intake>>,
+    /// Shared by every publisher, so they share one route cache too.
+    intake: Mutex<Option<Arc<Intake>>>,
     record: Option<Mutex<Vec<Message>>>,
 }
 
@@ -41,7 +42,7 @@ impl MemoryBackend {
             .unwrap_or_default()
     }
 
-    fn intake(&self) -> Result<Intake, PublishError> {
+    fn intake(&self) -> Result<Arc<Intake>, PublishError> {
         let guard = self.intake.lock().unwrap_or_else(PoisonError::into_inner);
         guard.clone().ok_or_else(|| PublishError::Unavailable {
             backend: "memory".into(),
@@ -84,7 +85,8 @@ impl MemoryBackend {
 #[async_trait]
 impl Backend for MemoryBackend {
     async fn run(&self, cx: BackendContext) -> Result<(), BackendError> {
-        *self.intake.lock().unwrap_or_else(PoisonError::into_inner) = Some(cx.intake.clone());
+        *self.intake.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(Arc::new(cx.intake.clone()));
         cx.metrics.set_connected(true);
         cx.shutdown.cancelled().await;
         self.intake
