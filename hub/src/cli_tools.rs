@@ -111,16 +111,7 @@ pub(crate) fn publish_amqp(url: &str, exchange: &str, topic: &str, json: &str) -
     let Some(rt) = runtime() else {
         return ExitCode::from(EXIT_FAILURE);
     };
-    match rt.block_on(hub_amqp::publish_once(url, exchange, &msg)) {
-        Ok(id) => {
-            println!("{id}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(EXIT_FAILURE)
-        }
-    }
+    printed_id(rt.block_on(hub_amqp::publish_once(url, exchange, &msg)))
 }
 
 pub(crate) fn publish(
@@ -144,13 +135,18 @@ pub(crate) fn publish(
         return ExitCode::from(EXIT_FAILURE);
     };
     // fedmsg's own post-init sleep is 0.5 s: enough for the subscription to reach us.
-    match rt.block_on(tools::publish_one(
+    printed_id(rt.block_on(tools::publish_one(
         &peer,
         &msg,
         format.into(),
         wait,
         Duration::from_millis(500),
-    )) {
+    )))
+}
+
+/// Prints the published message's id (exit 0) or the error (exit 1).
+fn printed_id(result: Result<String, impl std::fmt::Display>) -> ExitCode {
+    match result {
         Ok(id) => {
             println!("{id}");
             ExitCode::SUCCESS

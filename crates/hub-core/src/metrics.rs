@@ -332,23 +332,19 @@ pub(crate) struct HistogramParts<'a> {
 
 /// HELP and TYPE lines of the two histograms, then each consumer's series.
 pub(crate) fn render_histograms(out: &mut String, consumers: &[HistogramParts<'_>]) {
-    for (name, help, pick) in [
-        (
-            CONSUMER_DURATION,
-            "Time spent handling one message.",
-            (|m: &HistogramParts<'_>| m.duration.as_slice())
-                as for<'b, 'c> fn(&'b HistogramParts<'c>) -> &'b [&'c Buckets],
-        ),
+    for (name, help, duration) in [
+        (CONSUMER_DURATION, "Time spent handling one message.", true),
         (
             CONSUMER_QUEUE_WAIT,
             "Time a message waited in the consumer's queue.",
-            |m: &HistogramParts<'_>| m.queue_wait.as_slice(),
+            false,
         ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
         for m in consumers {
-            Buckets::render(pick(m), out, name, "consumer", m.consumer);
+            let parts = if duration { &m.duration } else { &m.queue_wait };
+            Buckets::render(parts, out, name, "consumer", m.consumer);
         }
     }
 }
