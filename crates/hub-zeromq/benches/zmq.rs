@@ -3,8 +3,10 @@
 //!
 //! In one process, on 127.0.0.1: a zeromq-crate PUB sends N fedmsg envelopes as fast as it can;
 //! (a) a raw zeromq SUB counts them; (b) the hub (ZeroMQ backend) with 1 no-op consumer;
-//! (c) with 4. Rate = messages that arrived / time from first to last arrival. Then the round
-//! trip: PUB → hub → reply consumer → hub PUB → SUB, one message at a time.
+//! (c) with 4; (d, e) the floor of any hub design, for scale: the raw SUB plus a JSON check and a
+//! hand-off to 1 or 4 consumer tasks over tokio channels. Rate = messages that arrived / time from
+//! first to last arrival. Then the round trip: PUB → hub → reply consumer → hub PUB → SUB, one
+//! message at a time.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 /// The allocator the `hub` binary ships with, so the figures are the binary's.
@@ -66,24 +68,36 @@ fn pad_for(target: usize) -> usize {
     target.saturating_sub(base)
 }
 
-/// Counts arrivals and when the first and last came.
+/// Counts arrivals and when the first and the latest came. The clock is read for the first
+/// arrival and every `STAMP_EVERY`th after it, not for each one: a consumer here must cost as
+/// little as the raw reader's loop, or the harness measures its own clock reads (4 per message
+/// with 4 consumers).
 #[derive(Default)]
 struct Arrivals {
     count: AtomicU64,
     first_ns: AtomicU64,
+    /// Arrivals counted when `last_ns` was read.
+    stamped: AtomicU64,
     last_ns: AtomicU64,
 }
 
+const STAMP_EVERY: u64 = 256;
+
 impl Arrivals {
     fn hit(&self, epoch: Instant) {
-        let ns = epoch.elapsed().as_nanos() as u64;
-        if self.count.fetch_add(1, Ordering::Relaxed) == 0 {
-            self.first_ns.store(ns, Ordering::Relaxed);
+        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == 1 {
+            self.first_ns
+                .store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        } else if n.is_multiple_of(STAMP_EVERY) || n == N {
+            self.last_ns
+                .store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            self.stamped.store(n, Ordering::Relaxed);
         }
-        self.last_ns.store(ns, Ordering::Relaxed);
     }
+    /// Arrivals per second between the first and the last stamped one.
     fn rate(&self) -> f64 {
-        let n = self.count.load(Ordering::Relaxed);
+        let n = self.stamped.load(Ordering::Relaxed);
         let span = self
             .last_ns
             .load(Ordering::Relaxed)
@@ -109,13 +123,14 @@ impl Consumer for Noop {
 }
 
 /// Sends warm-up messages until `ready()`, then N envelopes (never more than `WINDOW` ahead of
-/// `arrived()`), then waits until arrivals stop.
+/// `arrived()`), then waits until arrivals stop. Returns the process CPU seconds from the first
+/// of the N sends until then (encoding and warm-up excluded; idle runtime threads cost nothing).
 async fn blast(
     publisher: &mut PubSocket,
     pad: usize,
     ready: impl Fn() -> bool,
     arrived: impl Fn() -> u64,
-) {
+) -> f64 {
     let mut w = 0;
     while !ready() {
         publisher.send(envelope("warm.up", w, 0)).await.unwrap();
@@ -126,6 +141,7 @@ async fn blast(
     let topic = "org.fedoraproject.prod.bench.msg";
     let batch: Vec<ZmqMessage> = (0..DISTINCT).map(|i| envelope(topic, i, pad)).collect();
     sleep(Duration::from_millis(200)).await;
+    let cpu0 = cpu_seconds();
     for k in 0..N {
         while k.saturating_sub(arrived()) >= WINDOW {
             sleep(Duration::from_millis(1)).await;
@@ -144,9 +160,20 @@ async fn blast(
         }
         last = now;
     }
+    cpu_seconds() - cpu0
 }
 
-async fn raw(pad: usize) -> (f64, u64) {
+/// What one case measured.
+struct Run {
+    /// Messages per second (at the slowest consumer).
+    rate: f64,
+    /// Messages that arrived (at the slowest consumer).
+    arrived: u64,
+    /// Process CPU microseconds per message sent, sender included.
+    cpu_us: f64,
+}
+
+async fn raw(pad: usize) -> Run {
     let ep = endpoint();
     let mut publisher = PubSocket::new();
     publisher.bind(&ep).await.unwrap();
@@ -166,7 +193,7 @@ async fn raw(pad: usize) -> (f64, u64) {
             }
         }
     });
-    blast(
+    let cpu = blast(
         &mut publisher,
         pad,
         || warm.load(Ordering::Relaxed) > 0,
@@ -174,10 +201,100 @@ async fn raw(pad: usize) -> (f64, u64) {
     )
     .await;
     reader.abort();
-    (arrivals.rate(), arrivals.count.load(Ordering::Relaxed))
+    Run {
+        rate: arrivals.rate(),
+        arrived: arrivals.count.load(Ordering::Relaxed),
+        cpu_us: cpu / N as f64 * 1e6,
+    }
 }
 
-async fn hub(pad: usize, consumers: usize) -> (f64, u64) {
+/// The least any hub can do with a message: what (a) does, plus checking the envelope is JSON
+/// (the issue requires rejecting invalid JSON) and handing the message to each of `consumers`
+/// tasks through its own bounded tokio channel (each consumer on its own task with its own queue
+/// is the product's point). No routing, no metrics, no message type: the ceiling for b/a and c/a
+/// on this machine. `consumers = 0` reads inline (no hand-off); `validate = false` skips the check.
+async fn floor(pad: usize, validate: bool, consumers: usize) -> Run {
+    let ep = endpoint();
+    let mut publisher = PubSocket::new();
+    publisher.bind(&ep).await.unwrap();
+    let mut sub = SubSocket::new();
+    sub.connect(&ep).await.unwrap();
+    sub.subscribe("").await.unwrap();
+    let counters: Vec<Arc<Arrivals>> = (0..consumers.max(1))
+        .map(|_| Arc::new(Arrivals::default()))
+        .collect();
+    let warm = Arc::new(AtomicU64::new(0));
+    let epoch = Instant::now();
+    let count = move |m: &ZmqMessage, a: &Arrivals, w: &AtomicU64| {
+        if m.get(0).is_some_and(|t| &t[..] == b"warm.up") {
+            w.fetch_add(1, Ordering::Relaxed);
+        } else {
+            a.hit(epoch);
+        }
+    };
+    let mut tasks = Vec::new();
+    let mut senders = Vec::new();
+    for a in counters.iter().take(consumers) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Arc<ZmqMessage>>(WINDOW as usize);
+        senders.push(tx);
+        let (a, w) = (a.clone(), warm.clone());
+        tasks.push(tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                count(&m, &a, &w);
+            }
+        }));
+    }
+    let (inline, w) = (counters[0].clone(), warm.clone());
+    tasks.push(tokio::spawn(async move {
+        while let Ok(m) = sub.recv().await {
+            let valid = m.len() == 2
+                && (!validate
+                    || m.get(1).is_some_and(|b| {
+                        serde_json::from_slice::<serde::de::IgnoredAny>(b).is_ok()
+                    }));
+            if !valid {
+                continue;
+            }
+            if senders.is_empty() {
+                count(&m, &inline, &w);
+                continue;
+            }
+            let m = Arc::new(m);
+            for tx in &senders {
+                if tx.send(m.clone()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }));
+    let slowest = || {
+        counters
+            .iter()
+            .map(|c| c.count.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0)
+    };
+    let cpu = blast(
+        &mut publisher,
+        pad,
+        || warm.load(Ordering::Relaxed) > 0,
+        slowest,
+    )
+    .await;
+    for t in tasks {
+        t.abort();
+    }
+    Run {
+        rate: counters
+            .iter()
+            .map(|c| c.rate())
+            .fold(f64::INFINITY, f64::min),
+        arrived: slowest(),
+        cpu_us: cpu / N as f64 * 1e6,
+    }
+}
+
+async fn hub(pad: usize, consumers: usize) -> Run {
     let ep = endpoint();
     let mut publisher = PubSocket::new();
     publisher.bind(&ep).await.unwrap();
@@ -230,7 +347,7 @@ async fn hub(pad: usize, consumers: usize) -> (f64, u64) {
             .min()
             .unwrap_or(0)
     };
-    blast(
+    let cpu = blast(
         &mut publisher,
         pad,
         || warm.count.load(Ordering::Relaxed) > 0,
@@ -247,7 +364,11 @@ async fn hub(pad: usize, consumers: usize) -> (f64, u64) {
         .min()
         .unwrap_or(0);
     running.shutdown(Duration::from_secs(5)).await;
-    (rate, got)
+    Run {
+        rate,
+        arrived: got,
+        cpu_us: cpu / N as f64 * 1e6,
+    }
 }
 
 struct Echo;
@@ -345,7 +466,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    // HUB_BENCH_ONLY=raw|hub1|hub4 runs one case five times (for profiling), with the CPU time
+    // HUB_BENCH_ONLY=raw|floor1|floor4|validate-inline|handoff-only|hub1|hub4 runs one case five times (for profiling), with the CPU time
     // the process used; =rtt the round trip three times; =decode the decoder alone.
     if std::env::var("HUB_BENCH_ONLY").as_deref() == Ok("decode") {
         // Decoding alone: one ~200-byte envelope, decoded and dropped, 1 000 000 times.
@@ -361,6 +482,20 @@ fn main() {
         println!(
             "decode: {:.0} ns per envelope",
             t.elapsed().as_nanos() as f64 / f64::from(n)
+        );
+        // The floor under any decoder that rejects invalid JSON: serde_json checking the
+        // envelope and keeping nothing.
+        let t = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(
+                serde_json::from_slice::<serde::de::IgnoredAny>(std::hint::black_box(&frames[1]))
+                    .unwrap(),
+            );
+        }
+        println!(
+            "validate only: {:.0} ns per envelope ({} B)",
+            t.elapsed().as_nanos() as f64 / f64::from(n),
+            frames[1].len()
         );
         return;
     }
@@ -381,41 +516,43 @@ fn main() {
     if let Ok(only) = std::env::var("HUB_BENCH_ONLY") {
         rt.block_on(async {
             for _ in 0..5 {
-                let (cpu0, t0) = (cpu_seconds(), Instant::now());
-                let (r, n) = match only.as_str() {
+                let run = match only.as_str() {
                     "raw" => raw(pad_for(200)).await,
+                    "floor1" => floor(pad_for(200), true, 1).await,
+                    "floor4" => floor(pad_for(200), true, 4).await,
+                    "validate-inline" => floor(pad_for(200), true, 0).await,
+                    "handoff-only" => floor(pad_for(200), false, 1).await,
                     "hub4" => hub(pad_for(200), 4).await,
                     _ => hub(pad_for(200), 1).await,
                 };
-                let (cpu, wall) = (cpu_seconds() - cpu0, t0.elapsed().as_secs_f64());
                 println!(
-                    "{only}: {:.0} k msg/s ({n} arrived); process CPU {cpu:.2} s over {wall:.2} s",
-                    r / 1e3
+                    "{only}: {:.0} k msg/s ({} arrived); process CPU {:.2} µs per message",
+                    run.rate / 1e3,
+                    run.arrived,
+                    run.cpu_us
                 );
             }
         });
         return;
     }
     rt.block_on(async {
-        println!("| envelope | (a) raw zeromq PUB→SUB | (b) hub, 1 consumer | (c) hub, 4 consumers | b/a | c/a | process CPU per message a / b / c |");
-        println!("|---|---|---|---|---|---|---|");
+        println!("| envelope | (a) raw zeromq PUB→SUB | (b) hub, 1 consumer | (c) hub, 4 consumers | b/a | c/a | (d) floor, 1 task | (e) floor, 4 tasks | d/a | e/a | b/d | c/e | process CPU per message a / b / c / d / e |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for size in [200usize, 1024] {
             let pad = pad_for(size);
-            // CPU of the whole case (sender, its encoding, receiver) over the N messages.
-            let per_msg = |cpu0: f64| (cpu_seconds() - cpu0) / N as f64 * 1e6;
-            let cpu0 = cpu_seconds();
-            let (a, an) = raw(pad).await;
-            let ca = per_msg(cpu0);
-            let cpu0 = cpu_seconds();
-            let (b, bn) = hub(pad, 1).await;
-            let cb = per_msg(cpu0);
-            let cpu0 = cpu_seconds();
-            let (c, cn) = hub(pad, 4).await;
-            let cc = per_msg(cpu0);
-            let k = |r: f64| format!("{:.0} k msg/s", r / 1e3);
+            let a = raw(pad).await;
+            let b = hub(pad, 1).await;
+            let c = hub(pad, 4).await;
+            let d = floor(pad, true, 1).await;
+            let e = floor(pad, true, 4).await;
+            let k = |r: &Run| format!("{:.0} k msg/s", r.rate / 1e3);
             println!(
-                "| {size} B | {} ({an}/{N} arrived) | {} ({bn}/{N}) | {} ({cn}/{N} at the slowest) | {:.2} | {:.2} | {ca:.1} / {cb:.1} / {cc:.1} µs |",
-                k(a), k(b), k(c), b / a, c / a
+                "| {size} B | {} ({}/{N} arrived) | {} ({}/{N}) | {} ({}/{N} at the slowest) | {:.2} | {:.2} | {} ({}/{N}) | {} ({}/{N}) | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} / {:.2} / {:.2} / {:.2} / {:.2} µs |",
+                k(&a), a.arrived, k(&b), b.arrived, k(&c), c.arrived,
+                b.rate / a.rate, c.rate / a.rate,
+                k(&d), d.arrived, k(&e), e.arrived,
+                d.rate / a.rate, e.rate / a.rate, b.rate / d.rate, c.rate / e.rate,
+                a.cpu_us, b.cpu_us, c.cpu_us, d.cpu_us, e.cpu_us
             );
         }
         let (p50, p99, p999) = round_trip().await;
