@@ -32,12 +32,14 @@ struct Inner {
 
 /// The headers: a map, or the text of a JSON object parsed on first use (a backend that
 /// receives headers as JSON, such as fedmsg's envelope fields, then builds no map for
-/// consumers that never read them).
+/// consumers that never read them). The text is not checked when the message is built: it is
+/// only ever parsed, never copied out as JSON, so text that is not a JSON object reads as no
+/// headers.
 #[derive(Debug)]
 enum HeaderStore {
     Map(Headers),
     Raw {
-        text: Box<RawValue>,
+        text: Box<str>,
         parsed: OnceLock<Headers>,
     },
 }
@@ -54,7 +56,7 @@ impl HeaderStore {
             Self::Map(m) => m,
             // Validated JSON; anything but an object reads as no headers.
             Self::Raw { text, parsed } => {
-                parsed.get_or_init(|| serde_json::from_str(text.get()).unwrap_or_default())
+                parsed.get_or_init(|| serde_json::from_str(text).unwrap_or_default())
             }
         }
     }
@@ -64,7 +66,7 @@ impl HeaderStore {
             Self::Map(m) => m,
             Self::Raw { text, parsed } => parsed
                 .into_inner()
-                .unwrap_or_else(|| serde_json::from_str(text.get()).unwrap_or_default()),
+                .unwrap_or_else(|| serde_json::from_str(&text).unwrap_or_default()),
         }
     }
 }
@@ -293,10 +295,12 @@ impl MessageBuilder {
     }
 
     /// Replaces all headers with the text of a JSON object, parsed only if someone reads
-    /// [`Message::headers`]. Text that is not an object reads as no headers.
-    pub fn headers_raw(mut self, object: Box<RawValue>) -> Self {
+    /// [`Message::headers`] (and not checked before: a backend that assembled the text from
+    /// JSON it already validated pays nothing more). Text that is not a JSON object reads as no
+    /// headers.
+    pub fn headers_json(mut self, object: impl Into<Box<str>>) -> Self {
         self.headers = HeaderStore::Raw {
-            text: object,
+            text: object.into(),
             parsed: OnceLock::new(),
         };
         self
@@ -360,8 +364,8 @@ mod tests {
 
     #[test]
     fn raw_headers_read_like_a_map() {
-        let raw = RawValue::from_string(r#"{"i":3,"username":"apache"}"#.to_owned()).unwrap();
-        let m = Message::builder("a.b", json!({})).headers_raw(raw).build();
+        let raw = r#"{"i":3,"username":"apache"}"#;
+        let m = Message::builder("a.b", json!({})).headers_json(raw).build();
         assert_eq!(m.header("i"), Some(&json!(3)));
         assert_eq!(m.header("username"), Some(&json!("apache")));
         let same = Message::builder("a.b", json!({}))
@@ -372,18 +376,21 @@ mod tests {
             .build();
         assert_eq!(m, same);
         assert_eq!(Message::from_json(&m.to_json()).unwrap(), m);
-        // Adding a header to raw headers keeps the others; text that is not an object is empty.
-        let raw = RawValue::from_string(r#"{"i":3}"#.to_owned()).unwrap();
+        // Adding a header to raw headers keeps the others; text that is not a JSON object (or
+        // not JSON at all) is empty, and such a message still serializes as valid JSON.
         let m = Message::builder("a.b", json!({}))
-            .headers_raw(raw)
+            .headers_json(r#"{"i":3}"#)
             .header("trace", "t")
             .build();
         assert_eq!(m.headers().len(), 2);
-        let not_object = RawValue::from_string("[1]".to_owned()).unwrap();
-        let m = Message::builder("a.b", json!({}))
-            .headers_raw(not_object)
-            .build();
-        assert!(m.headers().is_empty());
+        for not_object in ["[1]", "{\"i\":", "not json"] {
+            let m = Message::builder("a.b", json!({}))
+                .headers_json(not_object)
+                .build();
+            assert!(m.headers().is_empty(), "{not_object}");
+            let back = Message::from_json(&m.to_json()).unwrap();
+            assert!(back.headers().is_empty());
+        }
     }
 
     #[test]

@@ -109,8 +109,8 @@ struct Envelope<'a> {
 }
 
 /// Decodes the envelope with a typed, borrowed struct: no map, no hashing, one pass. The extra
-/// fields become the message's headers as JSON text (copied, not parsed: a map is built only if
-/// a consumer reads them).
+/// fields become the message's headers as JSON text (copied, not parsed again: a map is built
+/// only if a consumer reads them).
 fn decode_fedmsg(topic: &str, text: &str) -> Result<(Message, Option<u64>), Invalid> {
     if !text.trim_start().starts_with('{') {
         return Err(Invalid::new("fedmsg envelope is not a JSON object"));
@@ -191,11 +191,10 @@ fn decode_fedmsg(topic: &str, text: &str) -> Result<(Message, Option<u64>), Inva
         }
     }
     object.push('}');
-    let headers = RawValue::from_string(object).map_err(|e| fail(format!("headers: {e}")))?;
     let seq = env.i.and_then(|raw| raw.get().parse::<u64>().ok());
     let mut b = Message::builder_raw(topic, body.to_owned())
         .timestamp(timestamp)
-        .headers_raw(headers);
+        .headers_json(object);
     if let Some(id) = id {
         b = b.id(id);
     }
