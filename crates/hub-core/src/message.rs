@@ -54,7 +54,7 @@ impl HeaderStore {
     fn map(&self) -> &Headers {
         match self {
             Self::Map(m) => m,
-            // Validated JSON; anything but an object reads as no headers.
+            // JSON object text; anything else (another JSON value, or not JSON) reads as none.
             Self::Raw { text, parsed } => {
                 parsed.get_or_init(|| serde_json::from_str(text).unwrap_or_default())
             }
