@@ -173,13 +173,42 @@ struct Run {
     cpu_us: f64,
 }
 
-async fn raw(pad: usize) -> Run {
+impl Run {
+    /// The slowest consumer's figures, given the CPU seconds the case used.
+    fn of(counters: &[Arc<Arrivals>], cpu: f64) -> Self {
+        Self {
+            rate: counters
+                .iter()
+                .map(|c| c.rate())
+                .fold(f64::INFINITY, f64::min),
+            arrived: slowest(counters),
+            cpu_us: cpu / N as f64 * 1e6,
+        }
+    }
+}
+
+/// Arrivals at the slowest consumer: the sender's window follows it.
+fn slowest(counters: &[Arc<Arrivals>]) -> u64 {
+    counters
+        .iter()
+        .map(|c| c.count.load(Ordering::Relaxed))
+        .min()
+        .unwrap_or(0)
+}
+
+/// A bound PUB and a SUB connected to it, subscribed to everything.
+async fn pub_sub() -> (PubSocket, SubSocket) {
     let ep = endpoint();
     let mut publisher = PubSocket::new();
     publisher.bind(&ep).await.unwrap();
     let mut sub = SubSocket::new();
     sub.connect(&ep).await.unwrap();
     sub.subscribe("").await.unwrap();
+    (publisher, sub)
+}
+
+async fn raw(pad: usize) -> Run {
+    let (mut publisher, mut sub) = pub_sub().await;
     let arrivals = Arc::new(Arrivals::default());
     let warm = Arc::new(AtomicU64::new(0));
     let epoch = Instant::now();
@@ -201,11 +230,7 @@ async fn raw(pad: usize) -> Run {
     )
     .await;
     reader.abort();
-    Run {
-        rate: arrivals.rate(),
-        arrived: arrivals.count.load(Ordering::Relaxed),
-        cpu_us: cpu / N as f64 * 1e6,
-    }
+    Run::of(&[arrivals], cpu)
 }
 
 /// The least any hub can do with a message: what (a) does, plus checking the envelope is JSON
@@ -214,12 +239,7 @@ async fn raw(pad: usize) -> Run {
 /// is the product's point). No routing, no metrics, no message type: the ceiling for b/a and c/a
 /// on this machine. `consumers = 0` reads inline (no hand-off); `validate = false` skips the check.
 async fn floor(pad: usize, validate: bool, consumers: usize) -> Run {
-    let ep = endpoint();
-    let mut publisher = PubSocket::new();
-    publisher.bind(&ep).await.unwrap();
-    let mut sub = SubSocket::new();
-    sub.connect(&ep).await.unwrap();
-    sub.subscribe("").await.unwrap();
+    let (mut publisher, mut sub) = pub_sub().await;
     let counters: Vec<Arc<Arrivals>> = (0..consumers.max(1))
         .map(|_| Arc::new(Arrivals::default()))
         .collect();
@@ -267,31 +287,17 @@ async fn floor(pad: usize, validate: bool, consumers: usize) -> Run {
             }
         }
     }));
-    let slowest = || {
-        counters
-            .iter()
-            .map(|c| c.count.load(Ordering::Relaxed))
-            .min()
-            .unwrap_or(0)
-    };
     let cpu = blast(
         &mut publisher,
         pad,
         || warm.load(Ordering::Relaxed) > 0,
-        slowest,
+        || slowest(&counters),
     )
     .await;
     for t in tasks {
         t.abort();
     }
-    Run {
-        rate: counters
-            .iter()
-            .map(|c| c.rate())
-            .fold(f64::INFINITY, f64::min),
-        arrived: slowest(),
-        cpu_us: cpu / N as f64 * 1e6,
-    }
+    Run::of(&counters, cpu)
 }
 
 async fn hub(pad: usize, consumers: usize) -> Run {
@@ -339,36 +345,15 @@ async fn hub(pad: usize, consumers: usize) -> Run {
     };
     b = b.consumer(spec, Arc::new(Warm(warm.clone(), epoch)));
     let running = b.build().unwrap().start().await.unwrap();
-    // The slowest consumer decides.
-    let slowest = || {
-        counters
-            .iter()
-            .map(|c| c.count.load(Ordering::Relaxed))
-            .min()
-            .unwrap_or(0)
-    };
     let cpu = blast(
         &mut publisher,
         pad,
         || warm.count.load(Ordering::Relaxed) > 0,
-        slowest,
+        || slowest(&counters),
     )
     .await;
-    let rate = counters
-        .iter()
-        .map(|c| c.rate())
-        .fold(f64::INFINITY, f64::min);
-    let got = counters
-        .iter()
-        .map(|c| c.count.load(Ordering::Relaxed))
-        .min()
-        .unwrap_or(0);
     running.shutdown(Duration::from_secs(5)).await;
-    Run {
-        rate,
-        arrived: got,
-        cpu_us: cpu / N as f64 * 1e6,
-    }
+    Run::of(&counters, cpu)
 }
 
 struct Echo;
