@@ -217,9 +217,9 @@ impl BackendMetrics {
         m
     }
 
-    /// Counts one delivery (a plain atomic; copied to the counter by [`BackendMetrics::flush`]).
-    pub(crate) fn count_received(&self) {
-        self.received_count.fetch_add(1, Ordering::Relaxed);
+    /// Counts `n` deliveries (a plain atomic; copied to the counter by [`BackendMetrics::flush`]).
+    pub(crate) fn count_received(&self, n: u64) {
+        self.received_count.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Copies the exact delivery count into `hub_backend_received_messages_total`.

@@ -432,5 +432,24 @@ async fn the_hub_publishes_fedmsg_envelopes_and_counts_gaps() {
         .max()
         .unwrap();
     assert_eq!(*gaps, (10_000 - warm_last - 1) + 3, "gaps {gaps}");
+
+    // A burst (taken from the socket in batches) arrives whole and in order, with no new gap.
+    let gaps_before = *gaps;
+    let burst = 10_007..30_007u64;
+    for i in burst.clone() {
+        publisher.send(fedmsg("burst", i, json!({}))).await.unwrap();
+    }
+    let burst_seen = || -> Vec<u64> {
+        all.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.topic() == "burst")
+            .filter_map(|m| m.header("i")?.as_u64())
+            .collect()
+    };
+    eventually("burst delivered", || burst_seen().len() == 20_000).await;
+    assert!(burst_seen().into_iter().eq(burst), "burst out of order");
+    assert_eq!(zmq.endpoint_stats()[0].2, gaps_before);
     running.shutdown(Duration::from_secs(5)).await;
 }

@@ -8,6 +8,7 @@ mod stats;
 mod ticket;
 mod worker;
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -152,22 +153,13 @@ impl Matched {
             .sum()
     }
 
-    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        self.inline
-            .iter()
-            .chain(&self.spill)
-            .enumerate()
-            .flat_map(|(w, &bits)| {
-                let mut rest = bits;
-                std::iter::from_fn(move || {
-                    if rest == 0 {
-                        return None;
-                    }
-                    let b = rest.trailing_zeros() as usize;
-                    rest &= rest - 1;
-                    Some(w * 64 + b)
-                })
-            })
+    /// Word `w` of the set (64 consumers per word), if there is one.
+    fn word(&self, w: usize) -> Option<&u64> {
+        if w < 4 {
+            self.inline.get(w)
+        } else {
+            self.spill.get(w - 4)
+        }
     }
 }
 
@@ -229,19 +221,79 @@ impl Intake {
     /// [`IntakeClosed`] once shutdown has begun; the delivery is settled as a retry.
     pub async fn deliver(&self, delivery: Delivery) -> Result<(), IntakeClosed> {
         let sh = &*self.shared;
-        sh.backends[self.backend].count_received();
+        sh.backends[self.backend].count_received(1);
+        let mut closed = Ok(());
+        for (i, entry) in self.entries(delivery, sh.now_ns()) {
+            let slot = &sh.slots[i];
+            closed = closed.and(settle_refused(
+                slot,
+                slot.queue.push(entry, slot.options.when_full).await,
+            ));
+        }
+        closed
+    }
+
+    /// Routes several deliveries, as [`Intake::deliver`] would one after the other (same order
+    /// for each consumer, same `when_full` policies, same counts), but locks each consumer's
+    /// queue once for all its messages in the batch and wakes its worker at most once. A
+    /// receiving task that has several messages ready (a socket drained without waiting) should
+    /// hand them over this way: the per-message cross-thread hand-off is what costs most.
+    ///
+    /// # Errors
+    /// [`IntakeClosed`] once shutdown has begun; what was not queued is settled as a retry.
+    pub async fn deliver_many(
+        &self,
+        batch: impl IntoIterator<Item = Delivery>,
+    ) -> Result<(), IntakeClosed> {
+        let sh = &*self.shared;
+        let now = sh.now_ns();
+        let mut per_slot: Vec<VecDeque<Queued>> = Vec::new();
+        let mut received = 0;
+        for delivery in batch {
+            received += 1;
+            for (i, entry) in self.entries(delivery, now) {
+                if per_slot.len() <= i {
+                    per_slot.resize_with(i + 1, VecDeque::new);
+                }
+                per_slot[i].push_back(entry);
+            }
+        }
+        sh.backends[self.backend].count_received(received);
+        let mut closed = Ok(());
+        for (i, mut entries) in per_slot.into_iter().enumerate() {
+            if entries.is_empty() {
+                continue;
+            }
+            let slot = &sh.slots[i];
+            let policy = slot.options.when_full;
+            for refused in slot.queue.try_push_many(&mut entries, policy) {
+                closed = closed.and(settle_refused(slot, refused));
+            }
+            // Under `block`, what did not fit waits for room, one message at a time.
+            for entry in entries {
+                closed = closed.and(settle_refused(slot, slot.queue.push(entry, policy).await));
+            }
+        }
+        closed
+    }
+
+    /// The queue entries one delivery makes: one per matching consumer, by slot index. A
+    /// delivery that matches nothing is counted as unrouted and acknowledged here.
+    fn entries(&self, delivery: Delivery, now: u64) -> Entries {
+        let sh = &*self.shared;
         let Delivery {
             message,
             acker,
             target,
         } = delivery;
-        let now = sh.now_ns();
         if let Some(SubscriptionId(i)) = target {
             let settle = match acker {
                 Some(a) => Settle::of(&Ticket::new(a, 1)),
                 None => Settle::none(),
             };
-            return offer(&sh.slots[i], message, settle, now).await;
+            let mut matched = Matched::new();
+            matched.insert(u32::try_from(i).unwrap_or(u32::MAX));
+            return Entries::new(message, matched, Some(settle), None, now);
         }
         let matched = self.routes.get_or_insert(message.topic(), || {
             let mut matched = Matched::new();
@@ -250,25 +302,16 @@ impl Intake {
             matched
         });
         let n = matched.len();
-        if n == 0 {
+        let ticket = if n == 0 {
             sh.unrouted.increment(1);
             if let Some(acker) = acker {
                 acker.settle(Verdict::Ack);
             }
-            return Ok(());
-        }
-        let ticket = acker.map(|a| Ticket::new(a, n));
-        let mut closed = Ok(());
-        // n - 1 copies; the last consumer gets the delivery's own reference (one atomic
-        // increment and decrement fewer per delivery).
-        let mut own = Some(message);
-        for (k, i) in matched.iter().enumerate() {
-            let copy = if k + 1 == n { own.take() } else { own.clone() };
-            let Some(copy) = copy else { break };
-            let settle = ticket.as_ref().map_or_else(Settle::none, Settle::of);
-            closed = closed.and(offer(&sh.slots[i], copy, settle, now).await);
-        }
-        closed
+            None
+        } else {
+            acker.map(|a| Ticket::new(a, n))
+        };
+        Entries::new(message, matched, None, ticket, now)
     }
 
     /// This backend's metrics.
@@ -277,18 +320,10 @@ impl Intake {
     }
 }
 
-async fn offer(
-    slot: &Slot,
-    message: Message,
-    settle: Settle,
-    now_ns: u64,
-) -> Result<(), IntakeClosed> {
-    let item = Queued {
-        message,
-        settle,
-        enqueued_ns: now_ns,
-    };
-    match slot.queue.push(item, slot.options.when_full).await {
+/// What a push did, as the intake reports it: a message the policy dropped is settled as
+/// rejected (and logged); one refused because the hub is closing makes the delivery fail.
+fn settle_refused(slot: &Slot, offer: Offer) -> Result<(), IntakeClosed> {
+    match offer {
         Offer::Accepted => Ok(()),
         Offer::Dropped(victim) => {
             debug!(consumer = %slot.name, message_id = %victim.message.id(), "Queue full; message dropped.");
@@ -298,6 +333,82 @@ async fn offer(
             Ok(())
         }
         Offer::Closed(_refused) => Err(IntakeClosed),
+    }
+}
+
+/// The queue entries of one delivery, made lazily (no allocation): n - 1 copies of the
+/// message, the last consumer getting the delivery's own reference (one atomic increment and
+/// decrement fewer).
+struct Entries {
+    message: Option<Message>,
+    matched: Matched,
+    /// Next word of `matched` to read, and the bits of the current one not yet taken.
+    word: usize,
+    bits: u64,
+    /// Entries still to make.
+    left: usize,
+    /// A targeted delivery's settlement (one consumer).
+    single: Option<Settle>,
+    /// A routed delivery's shared settlement.
+    ticket: Option<Arc<Ticket>>,
+    now: u64,
+}
+
+impl Entries {
+    fn new(
+        message: Message,
+        matched: Matched,
+        single: Option<Settle>,
+        ticket: Option<Arc<Ticket>>,
+        now: u64,
+    ) -> Self {
+        Self {
+            message: Some(message),
+            left: matched.len(),
+            matched,
+            word: 0,
+            bits: 0,
+            single,
+            ticket,
+            now,
+        }
+    }
+
+    /// The next matched slot index.
+    fn next_slot(&mut self) -> Option<usize> {
+        while self.bits == 0 {
+            self.bits = *self.matched.word(self.word)?;
+            self.word += 1;
+        }
+        let b = self.bits.trailing_zeros() as usize;
+        self.bits &= self.bits - 1;
+        Some((self.word - 1) * 64 + b)
+    }
+}
+
+impl Iterator for Entries {
+    type Item = (usize, Queued);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let i = self.next_slot()?;
+        self.left = self.left.saturating_sub(1);
+        let message = if self.left == 0 {
+            self.message.take()?
+        } else {
+            self.message.clone()?
+        };
+        let settle = match self.single.take() {
+            Some(s) => s,
+            None => self.ticket.as_ref().map_or_else(Settle::none, Settle::of),
+        };
+        Some((
+            i,
+            Queued {
+                message,
+                settle,
+                enqueued_ns: self.now,
+            },
+        ))
     }
 }
 

@@ -95,17 +95,24 @@ impl Queue {
 
     fn try_push(&self, item: Queued, policy: WhenFull) -> TryPush {
         let mut st = self.lock();
+        let was_empty = st.items.is_empty();
+        let pushed = self.push_locked(&mut st, item, policy);
+        let wake = was_empty && !st.items.is_empty();
+        drop(st);
+        if wake {
+            self.not_empty.notify_one();
+        }
+        pushed
+    }
+
+    /// One push under the caller's lock; the caller wakes the worker.
+    fn push_locked(&self, st: &mut State, item: Queued, policy: WhenFull) -> TryPush {
         if st.closed {
             return TryPush::Done(Offer::Closed(Box::new(item)));
         }
         if st.items.len() < self.capacity {
             st.received += 1;
-            let was_empty = st.items.is_empty();
             st.items.push_back(item);
-            drop(st);
-            if was_empty {
-                self.not_empty.notify_one();
-            }
             return TryPush::Done(Offer::Accepted);
         }
         match policy {
@@ -128,6 +135,32 @@ impl Queue {
                 }
             }
         }
+    }
+
+    /// Offers several messages in order under one lock, waking the worker at most once (the
+    /// cross-thread hand-off is what a message costs most here). Returns the outcomes that are
+    /// not a plain acceptance, in order; under `block`, the messages from the first that did not
+    /// fit are left at the front of `items`, to be pushed with [`Queue::push`].
+    pub fn try_push_many(&self, items: &mut VecDeque<Queued>, policy: WhenFull) -> Vec<Offer> {
+        let mut outcomes = Vec::new();
+        let mut st = self.lock();
+        let was_empty = st.items.is_empty();
+        while let Some(item) = items.pop_front() {
+            match self.push_locked(&mut st, item, policy) {
+                TryPush::Done(Offer::Accepted) => {}
+                TryPush::Done(other) => outcomes.push(other),
+                TryPush::Full(back) => {
+                    items.push_front(back);
+                    break;
+                }
+            }
+        }
+        let wake = was_empty && !st.items.is_empty();
+        drop(st);
+        if wake {
+            self.not_empty.notify_one();
+        }
+        outcomes
     }
 
     /// Offers a message; under `block` waits for room (or for the queue to close).

@@ -777,3 +777,102 @@ async fn prometheus_gauges_of_a_stuck_consumer_keep_growing() {
     );
     gate.add_permits(10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_delivered_as_its_messages_one_after_another() {
+    let a = Arc::new(Probe::default());
+    let all = Arc::new(Probe::default());
+    let r = rig(vec![
+        (
+            "a",
+            &["org.a.*"],
+            ConsumerOptions::default(),
+            Arc::clone(&a),
+        ),
+        (
+            "all",
+            &["org.#"],
+            ConsumerOptions::default(),
+            Arc::clone(&all),
+        ),
+    ]);
+    let topics = ["org.a.event", "org.b.event", "net.nobody"];
+    let mut verdicts = Vec::new();
+    let batch: Vec<Delivery> = (0..30u64)
+        .map(|i| {
+            let (ack, rx) = acker();
+            verdicts.push(rx);
+            let m = Message::new(topics[(i % 3) as usize], json!({ "i": i }));
+            Delivery::with_acker(m, ack)
+        })
+        .collect();
+    r.intake.deliver_many(batch).await.unwrap();
+    for rx in verdicts {
+        let v = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        assert_eq!(v.unwrap().unwrap(), Verdict::Ack);
+    }
+    let want = |keep: fn(u64) -> bool| (0..30u64).filter(|&i| keep(i)).collect::<Vec<_>>();
+    assert_eq!(*a.seen.lock().unwrap(), want(|i| i % 3 == 0));
+    assert_eq!(*all.seen.lock().unwrap(), want(|i| i % 3 != 2));
+    let text = r.render();
+    let received = |c: &str| {
+        sample(
+            &text,
+            "hub_consumer_received_messages_total",
+            &[("consumer", c)],
+        )
+    };
+    assert_eq!((received("a"), received("all")), (Some(10.0), Some(20.0)));
+    assert_eq!(
+        sample(&text, "hub_dispatcher_unrouted_messages_total", &[]),
+        Some(10.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_into_a_full_queue_follows_its_policy() {
+    // Room for 4 behind a message in flight; a batch of 9 more.
+    let batch = || (1..=9).map(|i| Delivery::new(msg(i))).collect::<Vec<_>>();
+    for (policy, kept) in [
+        (WhenFull::DropNewest, vec![0, 1, 2, 3, 4]),
+        (WhenFull::DropOldest, vec![0, 6, 7, 8, 9]),
+    ] {
+        let (r, probe, gate) = gated(policy, 0).await;
+        r.intake.deliver_many(batch()).await.unwrap();
+        let dropped = sample(
+            &r.render(),
+            "hub_consumer_dropped_messages_total",
+            &[("consumer", "gated"), ("reason", "queue_full")],
+        );
+        assert_eq!(dropped, Some(5.0), "{policy:?}");
+        gate.add_permits(100);
+        assert!(r.dispatcher.drain(Duration::from_secs(5)).await.is_clean());
+        assert_eq!(*probe.seen.lock().unwrap(), kept, "{policy:?}");
+    }
+
+    // `block`: the first 4 fit, the batch then waits for room for each of the other 5.
+    let (r, probe, gate) = gated(WhenFull::Block, 0).await;
+    let intake = r.intake.clone();
+    let mut delivering = tokio::spawn(async move { intake.deliver_many(batch()).await });
+    wait_for("the batch to fill the queue", || {
+        state(&r.dispatcher, "gated").backlog == 4
+    })
+    .await;
+    for _ in 0..5 {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), &mut delivering)
+                .await
+                .is_err(),
+            "a batch into a full `block` queue must wait"
+        );
+        gate.add_permits(1);
+    }
+    tokio::time::timeout(Duration::from_secs(5), delivering)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    gate.add_permits(100);
+    assert!(r.dispatcher.drain(Duration::from_secs(5)).await.is_clean());
+    assert_eq!(*probe.seen.lock().unwrap(), (0..=9).collect::<Vec<_>>());
+}
