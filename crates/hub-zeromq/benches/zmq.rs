@@ -3,8 +3,8 @@
 //!
 //! In one process, on 127.0.0.1: a zeromq-crate PUB sends N fedmsg envelopes as fast as it can;
 //! (a) a raw zeromq SUB counts them; (b) the hub (ZeroMQ backend) with 1 no-op consumer;
-//! (c) with 4; (d, e) the floor of any hub design, for scale: the raw SUB plus a JSON check and a
-//! hand-off to 1 or 4 consumer tasks over tokio channels. Rate = messages that arrived / time from
+//! (c) with 4; (d, e) a floor for any hub design, for scale: the raw SUB plus a JSON check and a
+//! batched hand-off to 1 or 4 consumer tasks over tokio channels. Rate = messages that arrived / time from
 //! first to last arrival. Then the round trip: PUB → hub → reply consumer → hub PUB → SUB, one
 //! message at a time.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use hub_core::{
     ConsumeError, Consumer, ConsumerOptions, ConsumerSpec, Context, EngineBuilder, Message,
     Pattern, RunningEngine, async_trait,
@@ -236,8 +237,10 @@ async fn raw(pad: usize) -> Run {
 /// The least any hub can do with a message: what (a) does, plus checking the envelope is JSON
 /// (the issue requires rejecting invalid JSON) and handing the message to each of `consumers`
 /// tasks through its own bounded tokio channel (each consumer on its own task with its own queue
-/// is the product's point). No routing, no metrics, no message type: the ceiling for b/a and c/a
-/// on this machine. `consumers = 0` reads inline (no hand-off); `validate = false` skips the check.
+/// is the product's point), in batches of what the socket already holds (up to 64), as the
+/// hub's receive loop does. No routing, no metrics, no message type: a ceiling for b/a and c/a
+/// on this machine. `consumers = 0` reads inline (no hand-off); `validate = false` skips the
+/// check; `HUB_FLOOR_BATCH=1` hands over one message at a time.
 async fn floor(pad: usize, validate: bool, consumers: usize) -> Run {
     let (mut publisher, mut sub) = pub_sub().await;
     let counters: Vec<Arc<Arrivals>> = (0..consumers.max(1))
@@ -255,33 +258,48 @@ async fn floor(pad: usize, validate: bool, consumers: usize) -> Run {
     let mut tasks = Vec::new();
     let mut senders = Vec::new();
     for a in counters.iter().take(consumers) {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Arc<ZmqMessage>>(WINDOW as usize);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Arc<Vec<ZmqMessage>>>(WINDOW as usize);
         senders.push(tx);
         let (a, w) = (a.clone(), warm.clone());
         tasks.push(tokio::spawn(async move {
-            while let Some(m) = rx.recv().await {
-                count(&m, &a, &w);
+            while let Some(batch) = rx.recv().await {
+                for m in batch.iter() {
+                    count(m, &a, &w);
+                }
             }
         }));
     }
+    let batch_max: usize = std::env::var("HUB_FLOOR_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
     let (inline, w) = (counters[0].clone(), warm.clone());
     tasks.push(tokio::spawn(async move {
-        while let Ok(m) = sub.recv().await {
-            let valid = m.len() == 2
+        let valid = |m: &ZmqMessage| {
+            m.len() == 2
                 && (!validate
                     || m.get(1).is_some_and(|b| {
                         serde_json::from_slice::<serde::de::IgnoredAny>(b).is_ok()
-                    }));
-            if !valid {
-                continue;
+                    }))
+        };
+        while let Ok(first) = sub.recv().await {
+            let mut batch = Vec::with_capacity(batch_max);
+            batch.extend(Some(first).filter(valid));
+            while batch.len() < batch_max {
+                match sub.recv().now_or_never() {
+                    Some(Ok(m)) => batch.extend(Some(m).filter(valid)),
+                    _ => break,
+                }
             }
             if senders.is_empty() {
-                count(&m, &inline, &w);
+                for m in &batch {
+                    count(m, &inline, &w);
+                }
                 continue;
             }
-            let m = Arc::new(m);
+            let batch = Arc::new(batch);
             for tx in &senders {
-                if tx.send(m.clone()).await.is_err() {
+                if tx.send(batch.clone()).await.is_err() {
                     return;
                 }
             }
