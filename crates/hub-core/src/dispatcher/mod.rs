@@ -20,8 +20,8 @@ use tracing::{debug, warn};
 use crate::metrics::{BackendMetrics, ConsumerMetrics, DISPATCHER_UNROUTED, HistogramParts};
 use crate::topic::{PatternSet, TopicWords};
 use crate::{
-    Consumer, ConsumerOptions, Context, Delivery, Message, Pattern, Subscription, SubscriptionId,
-    Verdict,
+    Acker, Consumer, ConsumerOptions, Context, Delivery, Message, Pattern, Subscription,
+    SubscriptionId, Verdict,
 };
 use queue::{Offer, Queue, Queued};
 use rate::Rate;
@@ -153,13 +153,22 @@ impl Matched {
             .sum()
     }
 
-    /// Word `w` of the set (64 consumers per word), if there is one.
-    fn word(&self, w: usize) -> Option<&u64> {
-        if w < 4 {
-            self.inline.get(w)
-        } else {
-            self.spill.get(w - 4)
-        }
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.inline
+            .iter()
+            .chain(&self.spill)
+            .enumerate()
+            .flat_map(|(w, &bits)| {
+                let mut rest = bits;
+                std::iter::from_fn(move || {
+                    if rest == 0 {
+                        return None;
+                    }
+                    let b = rest.trailing_zeros() as usize;
+                    rest &= rest - 1;
+                    Some(w * 64 + b)
+                })
+            })
     }
 }
 
@@ -222,13 +231,35 @@ impl Intake {
     pub async fn deliver(&self, delivery: Delivery) -> Result<(), IntakeClosed> {
         let sh = &*self.shared;
         sh.backends[self.backend].count_received(1);
+        let Delivery {
+            message,
+            acker,
+            target,
+        } = delivery;
+        let now = sh.now_ns();
+        if let Some(SubscriptionId(i)) = target {
+            let settle = match acker {
+                Some(a) => Settle::of(&Ticket::new(a, 1)),
+                None => Settle::none(),
+            };
+            return offer(&sh.slots[i], message, settle, now).await;
+        }
+        let matched = self.route(message.topic());
+        let n = matched.len();
+        if n == 0 {
+            self.unrouted(acker);
+            return Ok(());
+        }
+        let ticket = acker.map(|a| Ticket::new(a, n));
         let mut closed = Ok(());
-        for (i, entry) in self.entries(delivery, sh.now_ns()) {
-            let slot = &sh.slots[i];
-            closed = closed.and(settle_refused(
-                slot,
-                slot.queue.push(entry, slot.options.when_full).await,
-            ));
+        // n - 1 copies; the last consumer gets the delivery's own reference (one atomic
+        // increment and decrement fewer per delivery).
+        let mut own = Some(message);
+        for (k, i) in matched.iter().enumerate() {
+            let copy = if k + 1 == n { own.take() } else { own.clone() };
+            let Some(copy) = copy else { break };
+            let settle = ticket.as_ref().map_or_else(Settle::none, Settle::of);
+            closed = closed.and(offer(&sh.slots[i], copy, settle, now).await);
         }
         closed
     }
@@ -248,14 +279,45 @@ impl Intake {
         let sh = &*self.shared;
         let now = sh.now_ns();
         let mut per_slot: Vec<VecDeque<Queued>> = Vec::new();
+        let mut stage = |i: usize, message: Message, settle: Settle| {
+            if per_slot.len() <= i {
+                per_slot.resize_with(i + 1, VecDeque::new);
+            }
+            per_slot[i].push_back(Queued {
+                message,
+                settle,
+                enqueued_ns: now,
+            });
+        };
         let mut received = 0;
         for delivery in batch {
             received += 1;
-            for (i, entry) in self.entries(delivery, now) {
-                if per_slot.len() <= i {
-                    per_slot.resize_with(i + 1, VecDeque::new);
-                }
-                per_slot[i].push_back(entry);
+            let Delivery {
+                message,
+                acker,
+                target,
+            } = delivery;
+            if let Some(SubscriptionId(i)) = target {
+                let settle = acker.map_or_else(Settle::none, |a| Settle::of(&Ticket::new(a, 1)));
+                stage(i, message, settle);
+                continue;
+            }
+            let matched = self.route(message.topic());
+            let n = matched.len();
+            if n == 0 {
+                self.unrouted(acker);
+                continue;
+            }
+            let ticket = acker.map(|a| Ticket::new(a, n));
+            let mut own = Some(message);
+            for (k, i) in matched.iter().enumerate() {
+                let copy = if k + 1 == n { own.take() } else { own.clone() };
+                let Some(copy) = copy else { break };
+                stage(
+                    i,
+                    copy,
+                    ticket.as_ref().map_or_else(Settle::none, Settle::of),
+                );
             }
         }
         sh.backends[self.backend].count_received(received);
@@ -267,51 +329,33 @@ impl Intake {
             let slot = &sh.slots[i];
             let policy = slot.options.when_full;
             for refused in slot.queue.try_push_many(&mut entries, policy) {
-                closed = closed.and(settle_refused(slot, refused));
+                closed = closed.and(settled(slot, refused));
             }
             // Under `block`, what did not fit waits for room, one message at a time.
             for entry in entries {
-                closed = closed.and(settle_refused(slot, slot.queue.push(entry, policy).await));
+                closed = closed.and(settled(slot, slot.queue.push(entry, policy).await));
             }
         }
         closed
     }
 
-    /// The queue entries one delivery makes: one per matching consumer, by slot index. A
-    /// delivery that matches nothing is counted as unrouted and acknowledged here.
-    fn entries(&self, delivery: Delivery, now: u64) -> Entries {
+    /// The consumers whose patterns match `topic` (cached per intake).
+    fn route(&self, topic: &str) -> Matched {
         let sh = &*self.shared;
-        let Delivery {
-            message,
-            acker,
-            target,
-        } = delivery;
-        if let Some(SubscriptionId(i)) = target {
-            let settle = match acker {
-                Some(a) => Settle::of(&Ticket::new(a, 1)),
-                None => Settle::none(),
-            };
-            let mut matched = Matched::new();
-            matched.insert(u32::try_from(i).unwrap_or(u32::MAX));
-            return Entries::new(message, matched, Some(settle), None, now);
-        }
-        let matched = self.routes.get_or_insert(message.topic(), || {
+        self.routes.get_or_insert(topic, || {
             let mut matched = Matched::new();
             sh.routes[self.backend]
-                .for_each_match(&TopicWords::new(message.topic()), |id| matched.insert(id));
+                .for_each_match(&TopicWords::new(topic), |id| matched.insert(id));
             matched
-        });
-        let n = matched.len();
-        let ticket = if n == 0 {
-            sh.unrouted.increment(1);
-            if let Some(acker) = acker {
-                acker.settle(Verdict::Ack);
-            }
-            None
-        } else {
-            acker.map(|a| Ticket::new(a, n))
-        };
-        Entries::new(message, matched, None, ticket, now)
+        })
+    }
+
+    /// A delivery that matched no consumer: counted as unrouted and acknowledged.
+    fn unrouted(&self, acker: Option<Box<dyn Acker>>) {
+        self.shared.unrouted.increment(1);
+        if let Some(acker) = acker {
+            acker.settle(Verdict::Ack);
+        }
     }
 
     /// This backend's metrics.
@@ -320,9 +364,23 @@ impl Intake {
     }
 }
 
+async fn offer(
+    slot: &Slot,
+    message: Message,
+    settle: Settle,
+    now_ns: u64,
+) -> Result<(), IntakeClosed> {
+    let item = Queued {
+        message,
+        settle,
+        enqueued_ns: now_ns,
+    };
+    settled(slot, slot.queue.push(item, slot.options.when_full).await)
+}
+
 /// What a push did, as the intake reports it: a message the policy dropped is settled as
 /// rejected (and logged); one refused because the hub is closing makes the delivery fail.
-fn settle_refused(slot: &Slot, offer: Offer) -> Result<(), IntakeClosed> {
+fn settled(slot: &Slot, offer: Offer) -> Result<(), IntakeClosed> {
     match offer {
         Offer::Accepted => Ok(()),
         Offer::Dropped(victim) => {
@@ -333,82 +391,6 @@ fn settle_refused(slot: &Slot, offer: Offer) -> Result<(), IntakeClosed> {
             Ok(())
         }
         Offer::Closed(_refused) => Err(IntakeClosed),
-    }
-}
-
-/// The queue entries of one delivery, made lazily (no allocation): n - 1 copies of the
-/// message, the last consumer getting the delivery's own reference (one atomic increment and
-/// decrement fewer).
-struct Entries {
-    message: Option<Message>,
-    matched: Matched,
-    /// Next word of `matched` to read, and the bits of the current one not yet taken.
-    word: usize,
-    bits: u64,
-    /// Entries still to make.
-    left: usize,
-    /// A targeted delivery's settlement (one consumer).
-    single: Option<Settle>,
-    /// A routed delivery's shared settlement.
-    ticket: Option<Arc<Ticket>>,
-    now: u64,
-}
-
-impl Entries {
-    fn new(
-        message: Message,
-        matched: Matched,
-        single: Option<Settle>,
-        ticket: Option<Arc<Ticket>>,
-        now: u64,
-    ) -> Self {
-        Self {
-            message: Some(message),
-            left: matched.len(),
-            matched,
-            word: 0,
-            bits: 0,
-            single,
-            ticket,
-            now,
-        }
-    }
-
-    /// The next matched slot index.
-    fn next_slot(&mut self) -> Option<usize> {
-        while self.bits == 0 {
-            self.bits = *self.matched.word(self.word)?;
-            self.word += 1;
-        }
-        let b = self.bits.trailing_zeros() as usize;
-        self.bits &= self.bits - 1;
-        Some((self.word - 1) * 64 + b)
-    }
-}
-
-impl Iterator for Entries {
-    type Item = (usize, Queued);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let i = self.next_slot()?;
-        self.left = self.left.saturating_sub(1);
-        let message = if self.left == 0 {
-            self.message.take()?
-        } else {
-            self.message.clone()?
-        };
-        let settle = match self.single.take() {
-            Some(s) => s,
-            None => self.ticket.as_ref().map_or_else(Settle::none, Settle::of),
-        };
-        Some((
-            i,
-            Queued {
-                message,
-                settle,
-                enqueued_ns: self.now,
-            },
-        ))
     }
 }
 

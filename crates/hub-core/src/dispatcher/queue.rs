@@ -95,14 +95,19 @@ impl Queue {
 
     fn try_push(&self, item: Queued, policy: WhenFull) -> TryPush {
         let mut st = self.lock();
-        let was_empty = st.items.is_empty();
-        let pushed = self.push_locked(&mut st, item, policy);
-        let wake = was_empty && !st.items.is_empty();
-        drop(st);
-        if wake {
-            self.not_empty.notify_one();
+        // The common case first, with no detour (the hot path of every single delivery).
+        if !st.closed && st.items.len() < self.capacity {
+            st.received += 1;
+            let was_empty = st.items.is_empty();
+            st.items.push_back(item);
+            drop(st);
+            if was_empty {
+                self.not_empty.notify_one();
+            }
+            return TryPush::Done(Offer::Accepted);
         }
-        pushed
+        // Closed or full: nothing was queued, so there is nobody new to wake.
+        self.push_locked(&mut st, item, policy)
     }
 
     /// One push under the caller's lock; the caller wakes the worker.
