@@ -270,6 +270,9 @@ impl Intake {
     /// receiving task that has several messages ready (a socket drained without waiting) should
     /// hand them over this way: the per-message cross-thread hand-off is what costs most.
     ///
+    /// A full consumer with `when_full = "block"` makes the call wait for room, as `deliver`
+    /// does; every other consumer gets its share of the batch first.
+    ///
     /// # Errors
     /// [`IntakeClosed`] once shutdown has begun; what was not queued is settled as a retry.
     pub async fn deliver_many(
@@ -322,18 +325,28 @@ impl Intake {
         }
         sh.backends[self.backend].count_received(received);
         let mut closed = Ok(());
+        let mut waiting = Vec::new();
         for (i, mut entries) in per_slot.into_iter().enumerate() {
             if entries.is_empty() {
                 continue;
             }
             let slot = &sh.slots[i];
-            let policy = slot.options.when_full;
-            for refused in slot.queue.try_push_many(&mut entries, policy) {
+            for refused in slot
+                .queue
+                .try_push_many(&mut entries, slot.options.when_full)
+            {
                 closed = closed.and(settled(slot, refused));
             }
-            // Under `block`, what did not fit waits for room, one message at a time.
+            if !entries.is_empty() {
+                waiting.push((slot, entries));
+            }
+        }
+        // Under `block`, what did not fit waits for room, one message at a time, once every
+        // other consumer has its share of the batch.
+        for (slot, entries) in waiting {
             for entry in entries {
-                closed = closed.and(settled(slot, slot.queue.push(entry, policy).await));
+                let pushed = slot.queue.push(entry, slot.options.when_full).await;
+                closed = closed.and(settled(slot, pushed));
             }
         }
         closed

@@ -850,12 +850,44 @@ async fn a_batch_into_a_full_queue_follows_its_policy() {
         assert_eq!(*probe.seen.lock().unwrap(), kept, "{policy:?}");
     }
 
-    // `block`: the first 4 fit, the batch then waits for room for each of the other 5.
-    let (r, probe, gate) = gated(WhenFull::Block, 0).await;
+    // `block`: the first 4 fit, the batch then waits for room for each of the other 5; a
+    // consumer with room gets the whole batch meanwhile.
+    let gate = Arc::new(Semaphore::new(0));
+    let probe = Arc::new(Probe {
+        gate: Some(Arc::clone(&gate)),
+        ..Probe::default()
+    });
+    let free = Arc::new(Probe::default());
+    let r = rig(vec![
+        (
+            "gated",
+            &["#"],
+            opts(|o| {
+                o.queue_capacity = 4;
+                o.when_full = WhenFull::Block;
+            }),
+            Arc::clone(&probe),
+        ),
+        (
+            "free",
+            &["#"],
+            ConsumerOptions::default(),
+            Arc::clone(&free),
+        ),
+    ]);
+    r.intake.deliver(Delivery::new(msg(0))).await.unwrap();
+    wait_for("first message in flight", || {
+        state(&r.dispatcher, "gated").in_flight == 1
+    })
+    .await;
     let intake = r.intake.clone();
     let mut delivering = tokio::spawn(async move { intake.deliver_many(batch()).await });
     wait_for("the batch to fill the queue", || {
         state(&r.dispatcher, "gated").backlog == 4
+    })
+    .await;
+    wait_for("the free consumer to get the whole batch", || {
+        free.seen.lock().unwrap().len() == 10
     })
     .await;
     for _ in 0..5 {
