@@ -348,12 +348,21 @@ async fn slow_consumer_does_not_slow_a_fast_one() {
 
 /// One gated consumer with room for 4: message 0 is taken (in flight), then `extra` more arrive.
 async fn gated(policy: WhenFull, extra: u64) -> (Rig, Arc<Probe>, Arc<Semaphore>) {
+    gated_beside(policy, extra, None).await
+}
+
+/// [`gated`], with another consumer of every message beside it when `free` is given.
+async fn gated_beside(
+    policy: WhenFull,
+    extra: u64,
+    free: Option<Arc<Probe>>,
+) -> (Rig, Arc<Probe>, Arc<Semaphore>) {
     let gate = Arc::new(Semaphore::new(0));
     let probe = Arc::new(Probe {
         gate: Some(Arc::clone(&gate)),
         ..Probe::default()
     });
-    let r = rig(vec![(
+    let mut consumers: Vec<(&str, &[&str], ConsumerOptions, Arc<Probe>)> = vec![(
         "gated",
         &["#"],
         opts(|o| {
@@ -361,7 +370,9 @@ async fn gated(policy: WhenFull, extra: u64) -> (Rig, Arc<Probe>, Arc<Semaphore>
             o.when_full = policy;
         }),
         Arc::clone(&probe),
-    )]);
+    )];
+    consumers.extend(free.map(|f| ("free", &["#"][..], ConsumerOptions::default(), f)));
+    let r = rig(consumers);
     r.intake.deliver(Delivery::new(msg(0))).await.unwrap();
     wait_for("first message in flight", || {
         state(&r.dispatcher, "gated").in_flight == 1
@@ -852,34 +863,8 @@ async fn a_batch_into_a_full_queue_follows_its_policy() {
 
     // `block`: the first 4 fit, the batch then waits for room for each of the other 5; a
     // consumer with room gets the whole batch meanwhile.
-    let gate = Arc::new(Semaphore::new(0));
-    let probe = Arc::new(Probe {
-        gate: Some(Arc::clone(&gate)),
-        ..Probe::default()
-    });
     let free = Arc::new(Probe::default());
-    let r = rig(vec![
-        (
-            "gated",
-            &["#"],
-            opts(|o| {
-                o.queue_capacity = 4;
-                o.when_full = WhenFull::Block;
-            }),
-            Arc::clone(&probe),
-        ),
-        (
-            "free",
-            &["#"],
-            ConsumerOptions::default(),
-            Arc::clone(&free),
-        ),
-    ]);
-    r.intake.deliver(Delivery::new(msg(0))).await.unwrap();
-    wait_for("first message in flight", || {
-        state(&r.dispatcher, "gated").in_flight == 1
-    })
-    .await;
+    let (r, probe, gate) = gated_beside(WhenFull::Block, 0, Some(Arc::clone(&free))).await;
     let intake = r.intake.clone();
     let mut delivering = tokio::spawn(async move { intake.deliver_many(batch()).await });
     wait_for("the batch to fill the queue", || {
