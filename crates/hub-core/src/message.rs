@@ -1,6 +1,7 @@
 //! The message envelope every backend produces and every consumer sees.
 
 use std::fmt;
+use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 use jiff::Timestamp;
@@ -19,19 +20,50 @@ pub type Headers = serde_json::Map<String, Value>;
 #[derive(Clone, PartialEq)]
 pub struct Message(Arc<Inner>);
 
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The id, the topic and any JSON text (body, headers) live in one buffer: a message received
+/// as text costs two allocations (this and the `Arc`), not one per field, and on the hot path
+/// the worker that frees it is on another thread than the backend that made it.
+#[derive(Debug)]
 struct Inner {
-    id: String,
-    topic: String,
+    text: Box<str>,
+    /// `text[..id_end]` is the id, `text[id_end..topic_end]` the topic.
+    id_end: usize,
+    topic_end: usize,
     timestamp: Timestamp,
-    #[serde(default)]
     headers: HeaderStore,
     body: Body,
 }
 
-/// The headers: a map, or the text of a JSON object parsed on first use (a backend that
-/// receives headers as JSON, such as fedmsg's envelope fields, then builds no map for
+impl Inner {
+    fn id(&self) -> &str {
+        &self.text[..self.id_end]
+    }
+
+    fn topic(&self) -> &str {
+        &self.text[self.id_end..self.topic_end]
+    }
+
+    fn headers(&self) -> &Headers {
+        self.headers.map(&self.text)
+    }
+
+    fn body(&self) -> &Value {
+        self.body.value(&self.text)
+    }
+}
+
+impl PartialEq for Inner {
+    fn eq(&self, other: &Self) -> bool {
+        self.id() == other.id()
+            && self.topic() == other.topic()
+            && self.timestamp == other.timestamp
+            && self.headers() == other.headers()
+            && self.body() == other.body()
+    }
+}
+
+/// The headers: a map, or a JSON object in the message's text parsed on first use (a backend
+/// that receives headers as JSON, such as fedmsg's envelope fields, then builds no map for
 /// consumers that never read them). The text is not checked when the message is built: it is
 /// only ever parsed, never copied out as JSON, so text that is not a JSON object reads as no
 /// headers.
@@ -39,99 +71,112 @@ struct Inner {
 enum HeaderStore {
     Map(Headers),
     Raw {
-        text: Box<str>,
+        at: Range<usize>,
         parsed: OnceLock<Headers>,
     },
 }
 
-impl Default for HeaderStore {
-    fn default() -> Self {
-        Self::Map(Headers::new())
-    }
-}
-
 impl HeaderStore {
-    fn map(&self) -> &Headers {
+    fn map<'a>(&'a self, text: &'a str) -> &'a Headers {
         match self {
             Self::Map(m) => m,
             // JSON object text; anything else (another JSON value, or not JSON) reads as none.
-            Self::Raw { text, parsed } => {
-                parsed.get_or_init(|| serde_json::from_str(text).unwrap_or_default())
+            Self::Raw { at, parsed } => {
+                parsed.get_or_init(|| serde_json::from_str(&text[at.clone()]).unwrap_or_default())
             }
         }
     }
-
-    fn into_map(self) -> Headers {
-        match self {
-            Self::Map(m) => m,
-            Self::Raw { text, parsed } => parsed
-                .into_inner()
-                .unwrap_or_else(|| serde_json::from_str(&text).unwrap_or_default()),
-        }
-    }
 }
 
-impl PartialEq for HeaderStore {
-    fn eq(&self, other: &Self) -> bool {
-        self.map() == other.map()
-    }
-}
-
-impl Serialize for HeaderStore {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.map().serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for HeaderStore {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Headers::deserialize(d).map(Self::Map)
-    }
-}
-
-/// The body: a parsed value, or validated JSON text parsed on first use (once, for every
-/// consumer). Backends that receive text keep it as text, so a consumer that never looks at the
-/// body, or decodes it straight into its own type, never pays for a `Value` tree.
+/// The body: a parsed value, or validated JSON in the message's text, parsed on first use (once,
+/// for every consumer). Backends that receive text keep it as text, so a consumer that never
+/// looks at the body, or decodes it straight into its own type, never pays for a `Value` tree.
 #[derive(Debug)]
 enum Body {
     Value(Value),
     Raw {
-        text: Box<RawValue>,
+        at: Range<usize>,
         parsed: OnceLock<Value>,
     },
 }
 
 impl Body {
-    fn value(&self) -> &Value {
+    fn value<'a>(&'a self, text: &'a str) -> &'a Value {
         match self {
             Self::Value(v) => v,
             // The text was validated as JSON when it was received; only a nesting deeper than
             // serde_json's recursion limit could fail here, and it reads as null.
-            Self::Raw { text, parsed } => {
-                parsed.get_or_init(|| serde_json::from_str(text.get()).unwrap_or(Value::Null))
-            }
+            Self::Raw { at, parsed } => parsed
+                .get_or_init(|| serde_json::from_str(&text[at.clone()]).unwrap_or(Value::Null)),
         }
     }
 }
 
-impl PartialEq for Body {
-    fn eq(&self, other: &Self) -> bool {
-        self.value() == other.value()
-    }
+/// The envelope as it is written and read in JSON.
+#[derive(Serialize)]
+struct WireOut<'a> {
+    id: &'a str,
+    topic: &'a str,
+    timestamp: Timestamp,
+    headers: &'a Headers,
+    body: BodyOut<'a>,
 }
 
-impl Serialize for Body {
+enum BodyOut<'a> {
+    Value(&'a Value),
+    Text(&'a str),
+}
+
+impl Serialize for BodyOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             Self::Value(v) => v.serialize(s),
-            Self::Raw { text, .. } => text.serialize(s),
+            // Written as is; the text was validated when received, so borrowing it as a
+            // `RawValue` (a scan, no copy) cannot fail: null if it ever did.
+            Self::Text(t) => match serde_json::from_str::<&RawValue>(t) {
+                Ok(raw) => raw.serialize(s),
+                Err(_) => Value::Null.serialize(s),
+            },
         }
     }
 }
 
-impl<'de> Deserialize<'de> for Body {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireIn {
+    id: String,
+    topic: String,
+    timestamp: Timestamp,
+    #[serde(default)]
+    headers: Headers,
+    body: Value,
+}
+
+impl Serialize for Inner {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let body = match &self.body {
+            Body::Value(v) => BodyOut::Value(v),
+            Body::Raw { at, .. } => BodyOut::Text(&self.text[at.clone()]),
+        };
+        WireOut {
+            id: self.id(),
+            topic: self.topic(),
+            timestamp: self.timestamp,
+            headers: self.headers(),
+            body,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Inner {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Value::deserialize(d).map(Self::Value)
+        let w = WireIn::deserialize(d)?;
+        Ok(Message::builder(w.topic, w.body)
+            .id(w.id)
+            .timestamp(w.timestamp)
+            .headers(w.headers)
+            .into_inner())
     }
 }
 
@@ -147,8 +192,8 @@ impl Message {
             id: None,
             topic: topic.into(),
             timestamp: None,
-            headers: HeaderStore::default(),
-            body: Body::Value(body),
+            headers: HeadersIn::Map(Headers::new()),
+            body: BodyIn::Value(body),
         }
     }
 
@@ -159,22 +204,88 @@ impl Message {
             id: None,
             topic: topic.into(),
             timestamp: None,
-            headers: HeaderStore::default(),
+            headers: HeadersIn::Map(Headers::new()),
+            body: BodyIn::Raw(body),
+        }
+    }
+
+    /// A message received as JSON text, built the way a backend builds one per message at line
+    /// rate: every part is copied once, into the message's single text buffer.
+    ///
+    /// `id` `None` gets a fresh UUID4. `body` is kept as text (parsed if a consumer reads it).
+    /// `headers` become a JSON object of those fields, parsed only if a consumer reads
+    /// [`Message::headers`]; no fields, no headers.
+    pub fn from_json_parts(
+        topic: &str,
+        id: Option<&str>,
+        timestamp: Timestamp,
+        body: &RawValue,
+        headers: &[(&str, &RawValue)],
+    ) -> Self {
+        let mut fresh = uuid::Uuid::encode_buffer();
+        let id = match id {
+            Some(id) => id,
+            None => uuid::Uuid::new_v4().hyphenated().encode_lower(&mut fresh),
+        };
+        let body = body.get();
+        // `{"k":v,"k":v}`, exactly (an escaped key makes it grow, which is rare), so that
+        // boxing the text does not reallocate it.
+        let header_len = match headers.len() {
+            0 => 0,
+            n => {
+                headers
+                    .iter()
+                    .map(|(k, v)| k.len() + v.get().len() + 3)
+                    .sum::<usize>()
+                    + n
+                    + 1
+            }
+        };
+        let mut text = String::with_capacity(id.len() + topic.len() + body.len() + header_len);
+        text.push_str(id);
+        text.push_str(topic);
+        let body_at = text.len()..text.len() + body.len();
+        text.push_str(body);
+        let headers = if headers.is_empty() {
+            HeaderStore::Map(Headers::new())
+        } else {
+            let start = text.len();
+            text.push('{');
+            for (n, (k, v)) in headers.iter().enumerate() {
+                if n > 0 {
+                    text.push(',');
+                }
+                push_json_string(&mut text, k);
+                text.push(':');
+                text.push_str(v.get());
+            }
+            text.push('}');
+            HeaderStore::Raw {
+                at: start..text.len(),
+                parsed: OnceLock::new(),
+            }
+        };
+        Message(Arc::new(Inner {
+            id_end: id.len(),
+            topic_end: id.len() + topic.len(),
+            text: text.into_boxed_str(),
+            timestamp,
+            headers,
             body: Body::Raw {
-                text: body,
+                at: body_at,
                 parsed: OnceLock::new(),
             },
-        }
+        }))
     }
 
     /// The message id (fedmsg `msg_id`, AMQP `message_id`).
     pub fn id(&self) -> &str {
-        &self.0.id
+        self.0.id()
     }
 
     /// The topic (fedmsg frame 0, AMQP routing key), words separated by `.`.
     pub fn topic(&self) -> &str {
-        &self.0.topic
+        self.0.topic()
     }
 
     /// When the message was sent, in UTC.
@@ -184,7 +295,7 @@ impl Message {
 
     /// All headers.
     pub fn headers(&self) -> &Headers {
-        self.0.headers.map()
+        self.0.headers()
     }
 
     /// One header, if present.
@@ -194,7 +305,7 @@ impl Message {
 
     /// The JSON body (parsed on first use when it arrived as text).
     pub fn body(&self) -> &Value {
-        self.0.body.value()
+        self.0.body()
     }
 
     /// Decodes the body into a typed struct, without copying it.
@@ -205,14 +316,14 @@ impl Message {
     /// error (never retried, dead-lettered where the backend can).
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
         let decoded = match &self.0.body {
-            Body::Raw { text, parsed } if parsed.get().is_none() => {
-                serde_json::from_str(text.get())
+            Body::Raw { at, parsed } if parsed.get().is_none() => {
+                serde_json::from_str(&self.0.text[at.clone()])
             }
-            body => T::deserialize(body.value()),
+            _ => T::deserialize(self.0.body()),
         };
         decoded.map_err(|source| DecodeError {
-            id: self.0.id.clone(),
-            topic: self.0.topic.clone(),
+            id: self.id().to_owned(),
+            topic: self.topic().to_owned(),
             target: std::any::type_name::<T>(),
             source,
         })
@@ -233,14 +344,26 @@ impl Message {
     }
 }
 
+/// Appends `s` as a JSON string (quoted, escaped).
+fn push_json_string(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        // Serializing a string cannot fail.
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
+    }
+}
+
 impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Message")
-            .field("id", &self.0.id)
-            .field("topic", &self.0.topic)
+            .field("id", &self.id())
+            .field("topic", &self.topic())
             .field("timestamp", &self.0.timestamp)
-            .field("headers", self.0.headers.map())
-            .field("body", self.0.body.value())
+            .field("headers", self.headers())
+            .field("body", self.body())
             .finish()
     }
 }
@@ -257,14 +380,26 @@ impl<'de> Deserialize<'de> for Message {
     }
 }
 
+#[derive(Debug)]
+enum HeadersIn {
+    Map(Headers),
+    Raw(Box<str>),
+}
+
+#[derive(Debug)]
+enum BodyIn {
+    Value(Value),
+    Raw(Box<RawValue>),
+}
+
 /// Builds a [`Message`] with a chosen id, timestamp or headers.
 #[derive(Debug)]
 pub struct MessageBuilder {
     id: Option<String>,
     topic: String,
     timestamp: Option<Timestamp>,
-    headers: HeaderStore,
-    body: Body,
+    headers: HeadersIn,
+    body: BodyIn,
 }
 
 impl MessageBuilder {
@@ -282,15 +417,18 @@ impl MessageBuilder {
 
     /// Adds one header.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
-        let mut map = std::mem::take(&mut self.headers).into_map();
+        let mut map = match std::mem::replace(&mut self.headers, HeadersIn::Map(Headers::new())) {
+            HeadersIn::Map(m) => m,
+            HeadersIn::Raw(text) => serde_json::from_str(&text).unwrap_or_default(),
+        };
         map.insert(name.into(), value.into());
-        self.headers = HeaderStore::Map(map);
+        self.headers = HeadersIn::Map(map);
         self
     }
 
     /// Replaces all headers.
     pub fn headers(mut self, headers: Headers) -> Self {
-        self.headers = HeaderStore::Map(headers);
+        self.headers = HeadersIn::Map(headers);
         self
     }
 
@@ -299,22 +437,54 @@ impl MessageBuilder {
     /// JSON it already validated pays nothing more). Text that is not a JSON object reads as no
     /// headers.
     pub fn headers_json(mut self, object: impl Into<Box<str>>) -> Self {
-        self.headers = HeaderStore::Raw {
-            text: object.into(),
-            parsed: OnceLock::new(),
-        };
+        self.headers = HeadersIn::Raw(object.into());
         self
     }
 
     /// Finishes the message.
     pub fn build(self) -> Message {
-        Message(Arc::new(Inner {
-            id: self.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-            topic: self.topic,
+        Message(Arc::new(self.into_inner()))
+    }
+
+    fn into_inner(self) -> Inner {
+        let id = self.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let body_text = match &self.body {
+            BodyIn::Raw(raw) => raw.get(),
+            BodyIn::Value(_) => "",
+        };
+        let header_text = match &self.headers {
+            HeadersIn::Raw(text) => text,
+            HeadersIn::Map(_) => "",
+        };
+        let mut text = String::with_capacity(
+            id.len() + self.topic.len() + body_text.len() + header_text.len(),
+        );
+        text.push_str(&id);
+        text.push_str(&self.topic);
+        let body_at = text.len()..text.len() + body_text.len();
+        text.push_str(body_text);
+        let header_at = text.len()..text.len() + header_text.len();
+        text.push_str(header_text);
+        Inner {
+            id_end: id.len(),
+            topic_end: id.len() + self.topic.len(),
+            text: text.into_boxed_str(),
             timestamp: self.timestamp.unwrap_or_else(Timestamp::now),
-            headers: self.headers,
-            body: self.body,
-        }))
+            headers: match self.headers {
+                HeadersIn::Map(m) => HeaderStore::Map(m),
+                HeadersIn::Raw(_) => HeaderStore::Raw {
+                    at: header_at,
+                    parsed: OnceLock::new(),
+                },
+            },
+            body: match self.body {
+                BodyIn::Value(v) => Body::Value(v),
+                BodyIn::Raw(_) => Body::Raw {
+                    at: body_at,
+                    parsed: OnceLock::new(),
+                },
+            },
+        }
     }
 }
 
@@ -455,6 +625,40 @@ mod tests {
                 .to_string()
                 .contains("missing field `name`")
         );
+    }
+
+    #[test]
+    fn messages_from_json_parts_read_like_built_ones() {
+        let ts: Timestamp = "2026-11-22T19:00:00Z".parse().unwrap();
+        let body: &RawValue = serde_json::from_str(r#"{"n": 1}"#).unwrap();
+        let three: &RawValue = serde_json::from_str("3").unwrap();
+        let who: &RawValue = serde_json::from_str(r#""apache""#).unwrap();
+        let m = Message::from_json_parts(
+            "org.a",
+            Some("2026-x"),
+            ts,
+            body,
+            &[("i", three), ("user \"name\"", who)],
+        );
+        let built = Message::builder("org.a", json!({"n": 1}))
+            .id("2026-x")
+            .timestamp(ts)
+            .header("i", 3)
+            .header("user \"name\"", "apache")
+            .build();
+        assert_eq!(m, built);
+        assert_eq!((m.id(), m.topic()), ("2026-x", "org.a"));
+        assert_eq!(m.header("user \"name\""), Some(&json!("apache")));
+        assert!(
+            m.to_json().contains(r#""body":{"n": 1}"#),
+            "body text kept as is"
+        );
+        assert_eq!(Message::from_json(&m.to_json()).unwrap(), m);
+        // No id: a fresh UUID4; no header fields: no headers.
+        let bare = Message::from_json_parts("t", None, ts, body, &[]);
+        assert!(uuid::Uuid::parse_str(bare.id()).is_ok(), "{}", bare.id());
+        assert!(bare.headers().is_empty());
+        assert_eq!(bare.topic(), "t");
     }
 
     #[test]

@@ -67,9 +67,12 @@ pub fn decode_with_seq(
         std::str::from_utf8(body).map_err(|_| Invalid::new("body is not JSON: not UTF-8"))?;
     match format {
         Format::Raw => {
-            let raw: Box<RawValue> = serde_json::from_str(text)
+            let raw: &RawValue = serde_json::from_str(text)
                 .map_err(|e| Invalid::new(format!("body is not JSON: {e}")))?;
-            Ok((Message::builder_raw(topic, raw).build(), None))
+            Ok((
+                Message::from_json_parts(topic, None, Timestamp::now(), raw, &[]),
+                None,
+            ))
         }
         Format::Fedmsg => decode_fedmsg(topic, text),
     }
@@ -134,12 +137,12 @@ fn decode_fedmsg(topic: &str, text: &str) -> Result<(Message, Option<u64>), Inva
         };
         Invalid { id, reason }
     })?;
-    let id = env.msg_id.map(Cow::into_owned);
+    let id = env.msg_id.as_deref();
     let fail = |reason: String| Invalid {
-        id: id.clone(),
+        id: id.map(str::to_owned),
         reason,
     };
-    match env.topic {
+    match env.topic.as_deref() {
         Some(t) if t == topic => {}
         Some(t) => {
             return Err(fail(format!(
@@ -171,34 +174,18 @@ fn decode_fedmsg(topic: &str, text: &str) -> Result<(Message, Option<u64>), Inva
         ("source_name", env.source_name),
         ("source_version", env.source_version),
     ];
-    let mut object = String::with_capacity(
-        2 + fields
-            .iter()
-            .filter_map(|(k, v)| v.map(|v| k.len() + v.get().len() + 4))
-            .sum::<usize>(),
-    );
-    object.push('{');
+    // The extra fields become the headers: at most nine, gathered on the stack.
+    let mut headers: [(&str, &RawValue); 9] = [("", body); 9];
+    let mut n = 0;
     for (k, v) in fields {
         if let Some(raw) = v {
-            if object.len() > 1 {
-                object.push(',');
-            }
-            // The names are plain ASCII; the values are JSON already validated by the parse.
-            object.push('"');
-            object.push_str(k);
-            object.push_str("\":");
-            object.push_str(raw.get());
+            headers[n] = (k, raw);
+            n += 1;
         }
     }
-    object.push('}');
     let seq = env.i.and_then(|raw| raw.get().parse::<u64>().ok());
-    let mut b = Message::builder_raw(topic, body.to_owned())
-        .timestamp(timestamp)
-        .headers_json(object);
-    if let Some(id) = id {
-        b = b.id(id);
-    }
-    Ok((b.build(), seq))
+    let msg = Message::from_json_parts(topic, id, timestamp, body, &headers[..n]);
+    Ok((msg, seq))
 }
 
 /// A fedmsg `msg_id`: the message id when it already reads `<year>-<uuid>`, `<year>-<id>` when
