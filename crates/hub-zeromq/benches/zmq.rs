@@ -5,8 +5,9 @@
 //! (a) a raw zeromq SUB counts them; (b) the hub (ZeroMQ backend) with 1 no-op consumer;
 //! (c) with 4; (d, e) a floor for any hub design, for scale: the raw SUB plus a JSON check and a
 //! batched hand-off to 1 or 4 consumer tasks over tokio channels. Rate = messages that arrived / time from
-//! first to last arrival. Then the round trip: PUB → hub → reply consumer → hub PUB → SUB, one
-//! message at a time.
+//! first to last arrival. The five cases run in turns (`HUB_BENCH_ROUNDS`, default 3) and the
+//! table gives medians, each ratio taken within a turn. Then the round trip: PUB → hub → reply
+//! consumer → hub PUB → SUB, one message at a time.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 /// The allocator the `hub` binary ships with, so the figures are the binary's.
@@ -29,12 +30,24 @@ use tokio::time::sleep;
 use zeromq::{PubSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
 
 /// Messages per measurement: long enough (seconds) that a scheduling hiccup does not decide it.
-const N: u64 = 1_000_000;
+/// `HUB_BENCH_N` sets another count (fewer, to run a case under `valgrind --tool=callgrind`).
+static N_SENT: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+    std::env::var("HUB_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+});
 /// Distinct pre-encoded envelopes, sent in turn.
 const DISTINCT: u64 = 100_000;
 /// At most this many sent and not yet arrived: below the zeromq PUB's silent-drop point (about
 /// 200 000 queued), so a slower receiver slows the sender instead of losing messages.
-const WINDOW: u64 = 100_000;
+/// `HUB_BENCH_WINDOW` sets another (smaller, under valgrind, where the sender runs ahead).
+static WINDOW: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+    std::env::var("HUB_BENCH_WINDOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000)
+});
 const RTT_N: usize = 10_000;
 
 fn endpoint() -> String {
@@ -90,7 +103,7 @@ impl Arrivals {
         if n == 1 {
             self.first_ns
                 .store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        } else if n.is_multiple_of(STAMP_EVERY) || n == N {
+        } else if n.is_multiple_of(STAMP_EVERY) || n == *N_SENT {
             self.last_ns
                 .store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
             self.stamped.store(n, Ordering::Relaxed);
@@ -143,8 +156,8 @@ async fn blast(
     let batch: Vec<ZmqMessage> = (0..DISTINCT).map(|i| envelope(topic, i, pad)).collect();
     sleep(Duration::from_millis(200)).await;
     let cpu0 = cpu_seconds();
-    for k in 0..N {
-        while k.saturating_sub(arrived()) >= WINDOW {
+    for k in 0..*N_SENT {
+        while k.saturating_sub(arrived()) >= *WINDOW {
             sleep(Duration::from_millis(1)).await;
         }
         publisher
@@ -156,7 +169,7 @@ async fn blast(
     loop {
         sleep(Duration::from_millis(500)).await;
         let now = arrived();
-        if now == last || now >= N {
+        if now == last || now >= *N_SENT {
             break;
         }
         last = now;
@@ -183,7 +196,7 @@ impl Run {
                 .map(|c| c.rate())
                 .fold(f64::INFINITY, f64::min),
             arrived: slowest(counters),
-            cpu_us: cpu / N as f64 * 1e6,
+            cpu_us: cpu / *N_SENT as f64 * 1e6,
         }
     }
 }
@@ -258,7 +271,7 @@ async fn floor(pad: usize, validate: bool, consumers: usize) -> Run {
     let mut tasks = Vec::new();
     let mut senders = Vec::new();
     for a in counters.iter().take(consumers) {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Arc<Vec<ZmqMessage>>>(WINDOW as usize);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Arc<Vec<ZmqMessage>>>(*WINDOW as usize);
         senders.push(tx);
         let (a, w) = (a.clone(), warm.clone());
         tasks.push(tokio::spawn(async move {
@@ -335,7 +348,7 @@ async fn hub(pad: usize, consumers: usize) -> Run {
     let warm = Arc::new(Arrivals::default());
     let mut b = EngineBuilder::new("bench").backend("z", Arc::new(ZeroMqBackend::new("z", cfg)));
     let options = ConsumerOptions {
-        queue_capacity: WINDOW as usize,
+        queue_capacity: *WINDOW as usize,
         ..Default::default()
     };
     for (i, c) in counters.iter().enumerate() {
@@ -448,6 +461,79 @@ async fn round_trip() -> (Duration, Duration, Duration) {
     (pct(0.50), pct(0.99), pct(0.999))
 }
 
+/// The hub's own work per message without sockets or threads, for instruction counts under
+/// `valgrind --tool=callgrind` (deterministic where times on a shared VM are not): on one
+/// thread, decode batches of 64 envelopes, hand each batch to the dispatcher, and let the
+/// `consumers` no-op workers run it. Prints the time per message too, for what it is worth.
+fn pipeline(consumers: usize) {
+    use hub_core::{BackendMetrics, Delivery, Dispatcher, MemoryBackend, Publisher, Resources};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let n = *N_SENT;
+    let frames: Vec<Vec<bytes::Bytes>> = (0..64)
+        .map(|i| envelope("org.fedoraproject.prod.bench.msg", i, pad_for(200)).into_vec())
+        .collect();
+    rt.block_on(async {
+        let mut b = Dispatcher::builder();
+        let metrics = BackendMetrics::register("bench");
+        let backend = b.backend(metrics.clone());
+        let mem: Arc<dyn hub_core::Backend> = Arc::new(MemoryBackend::new());
+        let epoch = Instant::now();
+        let counters: Vec<Arc<Arrivals>> = (0..consumers)
+            .map(|_| Arc::new(Arrivals::default()))
+            .collect();
+        for (i, c) in counters.iter().enumerate() {
+            let cx = Context::new(
+                format!("c{i}"),
+                Publisher::new(Arc::clone(&mem), metrics.clone()),
+                Resources::new(),
+                hub_core::CancellationToken::new(),
+            );
+            b.consumer(
+                backend,
+                vec![Pattern::new("org.fedoraproject.#").unwrap()],
+                ConsumerOptions::default(),
+                Arc::new(Noop(c.clone(), epoch)),
+                cx,
+            );
+        }
+        let d = b.build();
+        d.start();
+        let intake = d.intake(backend);
+        let t = Instant::now();
+        let mut sent = 0;
+        let mut batch = Vec::with_capacity(64);
+        while sent < n {
+            for f in &frames {
+                let (msg, _) = codec::decode_with_seq(Format::Fedmsg, f).unwrap();
+                batch.push(Delivery::new(msg));
+            }
+            sent += 64;
+            intake.deliver_many(batch.drain(..)).await.unwrap();
+            while slowest(&counters) < sent {
+                tokio::task::yield_now().await;
+            }
+        }
+        println!(
+            "pipeline, {consumers} consumer(s): {:.0} ns per message on one thread",
+            t.elapsed().as_nanos() as f64 / sent as f64
+        );
+        d.drain(Duration::from_secs(5)).await;
+    });
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// User + system CPU seconds of this process so far (Linux `/proc/self/stat`, 100 ticks/s).
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -469,7 +555,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    // HUB_BENCH_ONLY=raw|floor1|floor4|validate-inline|handoff-only|hub1|hub4 runs one case five times (for profiling), with the CPU time
+    // HUB_BENCH_ONLY=raw|floor1|floor4|validate-inline|handoff-only|hub1|hub4 runs one case five times (`HUB_BENCH_RUNS`; for profiling), with the CPU time
     // the process used; =rtt the round trip three times; =decode the decoder alone.
     if std::env::var("HUB_BENCH_ONLY").as_deref() == Ok("decode") {
         // Decoding alone: one ~200-byte envelope, decoded and dropped, 1 000 000 times.
@@ -502,6 +588,14 @@ fn main() {
         );
         return;
     }
+    if let Some(consumers) = match std::env::var("HUB_BENCH_ONLY").as_deref() {
+        Ok("pipeline1") => Some(1),
+        Ok("pipeline4") => Some(4),
+        _ => None,
+    } {
+        pipeline(consumers);
+        return;
+    }
     if std::env::var("HUB_BENCH_ONLY").as_deref() == Ok("rtt") {
         rt.block_on(async {
             for _ in 0..3 {
@@ -517,8 +611,12 @@ fn main() {
         return;
     }
     if let Ok(only) = std::env::var("HUB_BENCH_ONLY") {
+        let runs: usize = std::env::var("HUB_BENCH_RUNS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5);
         rt.block_on(async {
-            for _ in 0..5 {
+            for _ in 0..runs {
                 let run = match only.as_str() {
                     "raw" => raw(pad_for(200)).await,
                     "floor1" => floor(pad_for(200), true, 1).await,
@@ -538,24 +636,48 @@ fn main() {
         });
         return;
     }
+    // On a shared VM the machine's speed drifts within a minute, so the cases run in turns
+    // (a, b, c, d, e, then again) and each ratio is taken within one turn: a figure is the
+    // median over the turns, with the range of the ratios beside it.
+    let rounds: usize = std::env::var("HUB_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     rt.block_on(async {
+        println!("Median of {rounds} turns (ratios: median, and min–max over the turns).");
+        println!();
         println!("| envelope | (a) raw zeromq PUB→SUB | (b) hub, 1 consumer | (c) hub, 4 consumers | b/a | c/a | (d) floor, 1 task | (e) floor, 4 tasks | d/a | e/a | b/d | c/e | process CPU per message a / b / c / d / e |");
         println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for size in [200usize, 1024] {
             let pad = pad_for(size);
-            let a = raw(pad).await;
-            let b = hub(pad, 1).await;
-            let c = hub(pad, 4).await;
-            let d = floor(pad, true, 1).await;
-            let e = floor(pad, true, 4).await;
-            let k = |r: &Run| format!("{:.0} k msg/s", r.rate / 1e3);
+            let mut turns: Vec<[Run; 5]> = Vec::new();
+            for _ in 0..rounds {
+                turns.push([
+                    raw(pad).await,
+                    hub(pad, 1).await,
+                    hub(pad, 4).await,
+                    floor(pad, true, 1).await,
+                    floor(pad, true, 4).await,
+                ]);
+            }
+            let n = *N_SENT;
+            let rate = |i: usize| median(turns.iter().map(|t| t[i].rate).collect());
+            let cpu = |i: usize| median(turns.iter().map(|t| t[i].cpu_us).collect());
+            let least = |i: usize| turns.iter().map(|t| t[i].arrived).min().unwrap_or(0);
+            let k = |i: usize| format!("{:.0} k msg/s", rate(i) / 1e3);
+            let ratio = |x: usize, y: usize| {
+                let r: Vec<f64> = turns.iter().map(|t| t[x].rate / t[y].rate).collect();
+                let (lo, hi) = r.iter().fold((f64::INFINITY, 0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+                format!("{:.2} ({lo:.2}–{hi:.2})", median(r))
+            };
             println!(
-                "| {size} B | {} ({}/{N} arrived) | {} ({}/{N}) | {} ({}/{N} at the slowest) | {:.2} | {:.2} | {} ({}/{N}) | {} ({}/{N}) | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} / {:.2} / {:.2} / {:.2} / {:.2} µs |",
-                k(&a), a.arrived, k(&b), b.arrived, k(&c), c.arrived,
-                b.rate / a.rate, c.rate / a.rate,
-                k(&d), d.arrived, k(&e), e.arrived,
-                d.rate / a.rate, e.rate / a.rate, b.rate / d.rate, c.rate / e.rate,
-                a.cpu_us, b.cpu_us, c.cpu_us, d.cpu_us, e.cpu_us
+                "| {size} B | {} ({}/{n} arrived) | {} ({}/{n}) | {} ({}/{n} at the slowest) | {} | {} | {} ({}/{n}) | {} ({}/{n}) | {} | {} | {} | {} | {:.2} / {:.2} / {:.2} / {:.2} / {:.2} µs |",
+                k(0), least(0), k(1), least(1), k(2), least(2),
+                ratio(1, 0), ratio(2, 0),
+                k(3), least(3), k(4), least(4),
+                ratio(3, 0), ratio(4, 0), ratio(1, 3), ratio(2, 4),
+                cpu(0), cpu(1), cpu(2), cpu(3), cpu(4)
             );
         }
         let (p50, p99, p999) = round_trip().await;
