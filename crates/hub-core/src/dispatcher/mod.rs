@@ -287,12 +287,20 @@ impl Intake {
     ) -> Result<(), IntakeClosed> {
         let sh = &*self.shared;
         let now = sh.now_ns();
+        let batch = batch.into_iter();
+        // A consumer's share is sized for the whole batch at its first message: growing 4, 8,
+        // 16, 32, 64 reallocated five times per consumer per batch.
+        let expected = batch.size_hint().0;
         let mut per_slot: Vec<VecDeque<Queued>> = Vec::new();
         let mut stage = |i: usize, message: Message, settle: Settle| {
             if per_slot.len() <= i {
                 per_slot.resize_with(i + 1, VecDeque::new);
             }
-            per_slot[i].push_back(Queued {
+            let staged = &mut per_slot[i];
+            if staged.capacity() == 0 {
+                staged.reserve_exact(expected.clamp(1, 1024));
+            }
+            staged.push_back(Queued {
                 message,
                 settle,
                 enqueued_ns: now,
