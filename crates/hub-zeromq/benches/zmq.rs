@@ -31,23 +31,23 @@ use zeromq::{PubSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
 
 /// Messages per measurement: long enough (seconds) that a scheduling hiccup does not decide it.
 /// `HUB_BENCH_N` sets another count (fewer, to run a case under `valgrind --tool=callgrind`).
-static N_SENT: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
-    std::env::var("HUB_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000)
-});
+static N_SENT: std::sync::LazyLock<u64> =
+    std::sync::LazyLock::new(|| env_or("HUB_BENCH_N", 1_000_000));
 /// Distinct pre-encoded envelopes, sent in turn.
 const DISTINCT: u64 = 100_000;
 /// At most this many sent and not yet arrived: below the zeromq PUB's silent-drop point (about
 /// 200 000 queued), so a slower receiver slows the sender instead of losing messages.
 /// `HUB_BENCH_WINDOW` sets another (smaller, under valgrind, where the sender runs ahead).
-static WINDOW: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
-    std::env::var("HUB_BENCH_WINDOW")
+static WINDOW: std::sync::LazyLock<u64> =
+    std::sync::LazyLock::new(|| env_or("HUB_BENCH_WINDOW", 100_000));
+
+/// The environment variable `name` parsed, or `default` when it is unset or does not parse.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000)
-});
+        .unwrap_or(default)
+}
 const RTT_N: usize = 10_000;
 
 fn endpoint() -> String {
@@ -282,10 +282,7 @@ async fn floor(pad: usize, validate: bool, consumers: usize) -> Run {
             }
         }));
     }
-    let batch_max: usize = std::env::var("HUB_FLOOR_BATCH")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
+    let batch_max: usize = env_or("HUB_FLOOR_BATCH", 64);
     let (inline, w) = (counters[0].clone(), warm.clone());
     tasks.push(tokio::spawn(async move {
         let valid = |m: &ZmqMessage| {
@@ -557,7 +554,8 @@ fn main() {
         .unwrap();
     // HUB_BENCH_ONLY=raw|floor1|floor4|validate-inline|handoff-only|hub1|hub4 runs one case five times (`HUB_BENCH_RUNS`; for profiling), with the CPU time
     // the process used; =rtt the round trip three times; =decode the decoder alone.
-    if std::env::var("HUB_BENCH_ONLY").as_deref() == Ok("decode") {
+    let only = std::env::var("HUB_BENCH_ONLY").ok();
+    if only.as_deref() == Some("decode") {
         // Decoding alone: one ~200-byte envelope, decoded and dropped, 1 000 000 times.
         let m = envelope("org.fedoraproject.prod.bench.msg", 7, pad_for(200));
         let frames = m.into_vec();
@@ -588,15 +586,15 @@ fn main() {
         );
         return;
     }
-    if let Some(consumers) = match std::env::var("HUB_BENCH_ONLY").as_deref() {
-        Ok("pipeline1") => Some(1),
-        Ok("pipeline4") => Some(4),
+    if let Some(consumers) = match only.as_deref() {
+        Some("pipeline1") => Some(1),
+        Some("pipeline4") => Some(4),
         _ => None,
     } {
         pipeline(consumers);
         return;
     }
-    if std::env::var("HUB_BENCH_ONLY").as_deref() == Ok("rtt") {
+    if only.as_deref() == Some("rtt") {
         rt.block_on(async {
             for _ in 0..3 {
                 let (p50, p99, p999) = round_trip().await;
@@ -610,14 +608,11 @@ fn main() {
         });
         return;
     }
-    if let Ok(only) = std::env::var("HUB_BENCH_ONLY") {
-        let runs: usize = std::env::var("HUB_BENCH_RUNS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(5);
+    if let Some(only) = only.as_deref() {
+        let runs: usize = env_or("HUB_BENCH_RUNS", 5);
         rt.block_on(async {
             for _ in 0..runs {
-                let run = match only.as_str() {
+                let run = match only {
                     "raw" => raw(pad_for(200)).await,
                     "floor1" => floor(pad_for(200), true, 1).await,
                     "floor4" => floor(pad_for(200), true, 4).await,
@@ -639,11 +634,7 @@ fn main() {
     // On a shared VM the machine's speed drifts within a minute, so the cases run in turns
     // (a, b, c, d, e, then again) and each ratio is taken within one turn: a figure is the
     // median over the turns, with the range of the ratios beside it.
-    let rounds: usize = std::env::var("HUB_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
-        .max(1);
+    let rounds: usize = env_or("HUB_BENCH_ROUNDS", 3_usize).max(1);
     rt.block_on(async {
         println!("Median of {rounds} turns (ratios: median, and min–max over the turns).");
         println!();
