@@ -422,15 +422,17 @@ async fn the_hub_publishes_fedmsg_envelopes_and_counts_gaps() {
     assert_eq!((endpoint.as_str(), *connected), (inp.as_str(), true));
     // The warm-up ran 0, 1, 2, ... then jumped to 10 000: that jump restarts nothing (it grows),
     // so it counts too; the 10 001 -> 10 005 jump adds 3.
-    let warm_last = all
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|m| m.topic() == "warm")
-        .filter_map(|m| m.header("i")?.as_u64())
-        .max()
-        .unwrap();
+    // fedmsg's `i` of each message received on `topic`, in arrival order.
+    let seqs = |topic: &str| -> Vec<u64> {
+        all.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.topic() == topic)
+            .filter_map(|m| m.header("i")?.as_u64())
+            .collect()
+    };
+    let warm_last = seqs("warm").into_iter().max().unwrap();
     assert_eq!(*gaps, (10_000 - warm_last - 1) + 3, "gaps {gaps}");
 
     // A burst (taken from the socket in batches) arrives whole and in order, with no new gap.
@@ -439,15 +441,7 @@ async fn the_hub_publishes_fedmsg_envelopes_and_counts_gaps() {
     for i in burst.clone() {
         publisher.send(fedmsg("burst", i, json!({}))).await.unwrap();
     }
-    let burst_seen = || -> Vec<u64> {
-        all.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|m| m.topic() == "burst")
-            .filter_map(|m| m.header("i")?.as_u64())
-            .collect()
-    };
+    let burst_seen = || seqs("burst");
     eventually("burst delivered", || burst_seen().len() == 20_000).await;
     assert!(burst_seen().into_iter().eq(burst), "burst out of order");
     assert_eq!(zmq.endpoint_stats()[0].2, gaps_before);
