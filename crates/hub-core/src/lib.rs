@@ -11,6 +11,8 @@
 //!
 //! # Layout
 //! - [`message`]: the [`Message`] envelope (topic, JSON body, id, UTC timestamp, headers).
+//! - [`json`]: [`JsonText`], JSON checked in one pass, and an object's members read in one pass
+//!   (for backends that keep received JSON as text).
 //! - [`topic`]: AMQP-style topic [`Pattern`]s (`*` one word, `#` zero or more).
 //! - [`Consumer`], [`Backend`], [`Producer`]: the traits; [`Context`]: publish handle and shared
 //!   [`Resources`].
@@ -44,6 +46,7 @@ mod dispatcher;
 mod engine;
 mod error;
 mod factory;
+pub mod json;
 pub mod memory;
 pub mod message;
 pub mod metrics;
@@ -67,6 +70,7 @@ pub use engine::{
 pub use error::{BackendError, BoxError, ConsumeError, ErrorKind, PublishError, ResultExt};
 pub use factory::duration;
 pub use factory::{BackendConfig, ConsumerConfig, MemoryConfig, ProducerConfig};
+pub use json::JsonText;
 pub use memory::MemoryBackend;
 pub use message::{DecodeError, Headers, Message, MessageBuilder};
 pub use producer::Producer;

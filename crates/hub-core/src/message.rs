@@ -10,6 +10,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::json::JsonText;
+
 /// Message headers: a JSON object of string keys (AMQP headers, fedmsg's extra envelope fields).
 pub type Headers = serde_json::Map<String, Value>;
 
@@ -212,15 +214,16 @@ impl Message {
     /// A message received as JSON text, built the way a backend builds one per message at line
     /// rate: every part is copied once, into the message's single text buffer.
     ///
-    /// `id` `None` gets a fresh UUID4. `body` is kept as text (parsed if a consumer reads it).
+    /// `id` `None` gets a fresh UUID4. `body` is kept as text (parsed if a consumer reads it);
+    /// a `&RawValue` converts with `.into()`.
     /// `headers` become a JSON object of those fields, parsed only if a consumer reads
     /// [`Message::headers`]; no fields, no headers.
     pub fn from_json_parts(
         topic: &str,
         id: Option<&str>,
         timestamp: Timestamp,
-        body: &RawValue,
-        headers: &[(&str, &RawValue)],
+        body: JsonText<'_>,
+        headers: &[(&str, JsonText<'_>)],
     ) -> Self {
         let mut fresh = uuid::Uuid::encode_buffer();
         let id = match id {
@@ -630,9 +633,10 @@ mod tests {
     #[test]
     fn messages_from_json_parts_read_like_built_ones() {
         let ts: Timestamp = "2026-11-22T19:00:00Z".parse().unwrap();
-        let body: &RawValue = serde_json::from_str(r#"{"n": 1}"#).unwrap();
+        let body = JsonText::new(r#" {"n": 1}"#).unwrap();
         let three: &RawValue = serde_json::from_str("3").unwrap();
-        let who: &RawValue = serde_json::from_str(r#""apache""#).unwrap();
+        let three = three.into();
+        let who = JsonText::new(r#""apache""#).unwrap();
         let m = Message::from_json_parts(
             "org.a",
             Some("2026-x"),

@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 use hub_core::Message;
+use hub_core::json::{JsonText, object_members};
 use jiff::Timestamp;
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -67,8 +68,14 @@ pub fn decode_with_seq(
         std::str::from_utf8(body).map_err(|_| Invalid::new("body is not JSON: not UTF-8"))?;
     match format {
         Format::Raw => {
-            let raw: &RawValue = serde_json::from_str(text)
-                .map_err(|e| Invalid::new(format!("body is not JSON: {e}")))?;
+            let raw = match JsonText::new(text) {
+                Some(raw) => raw,
+                None => {
+                    let e = serde_json::from_str::<&RawValue>(text).err();
+                    let e = e.map_or_else(|| "not one JSON value".to_owned(), |e| e.to_string());
+                    return Err(Invalid::new(format!("body is not JSON: {e}")));
+                }
+            };
             Ok((
                 Message::from_json_parts(topic, None, Timestamp::now(), raw, &[]),
                 None,
@@ -78,10 +85,127 @@ pub fn decode_with_seq(
     }
 }
 
-/// A fedmsg envelope, borrowed from the frame: only the few small fields are parsed; `msg`
-/// stays text (the message body, parsed only if a consumer reads it).
-#[derive(Deserialize)]
+/// The extra fedmsg fields, kept as the message's headers, in the order they are written.
+const EXTRAS: [&str; 9] = [
+    "i",
+    "username",
+    "crypto",
+    "signature",
+    "certificate",
+    "headers",
+    "seq_id",
+    "source_name",
+    "source_version",
+];
+
+/// A fedmsg envelope's fields, borrowed from the frame (`msg` and the extras stay JSON text:
+/// the body is parsed only if a consumer reads it). Absent and `null` read the same.
+#[derive(Debug, Default, PartialEq)]
 struct Envelope<'a> {
+    topic: Option<Cow<'a, str>>,
+    msg: Option<JsonText<'a>>,
+    msg_id: Option<Cow<'a, str>>,
+    timestamp: Option<f64>,
+    /// In [`EXTRAS`]' order.
+    extras: [Option<JsonText<'a>>; 9],
+}
+
+impl<'a> Envelope<'a> {
+    /// One pass of [`hub_core::json::object_members`]. `None` when the envelope is invalid or
+    /// unusual (a field of the wrong type, a repeated field): [`Envelope::read_serde`] decides.
+    fn read_fast(text: &'a str) -> Option<Self> {
+        let mut env = Envelope::default();
+        let mut seen = 0u16;
+        let read = object_members(text, |key, value| {
+            // Slots 0..9 are EXTRAS' (matched as bytes: compared inline, no call).
+            let slot = match key.as_bytes() {
+                b"i" => 0,
+                b"username" => 1,
+                b"crypto" => 2,
+                b"signature" => 3,
+                b"certificate" => 4,
+                b"headers" => 5,
+                b"seq_id" => 6,
+                b"source_name" => 7,
+                b"source_version" => 8,
+                b"topic" => 9,
+                b"msg" => 10,
+                b"msg_id" => 11,
+                b"timestamp" => 12,
+                _ => return true, // not a fedmsg field: ignored
+            };
+            if seen & (1 << slot) != 0 {
+                return false;
+            }
+            seen |= 1 << slot;
+            if value.is_null() {
+                return true;
+            }
+            match slot {
+                9 => env.topic = value.as_str(),
+                10 => env.msg = Some(value),
+                11 => env.msg_id = value.as_str(),
+                12 => env.timestamp = value.as_f64(),
+                n => env.extras[n] = Some(value),
+            }
+            // A string or number field that is not one: serde_json names the error.
+            match slot {
+                9 => env.topic.is_some(),
+                11 => env.msg_id.is_some(),
+                12 => env.timestamp.is_some(),
+                _ => true,
+            }
+        });
+        read.map(|()| env)
+    }
+
+    /// The same fields through serde_json (typed, borrowed): exact error messages for invalid
+    /// envelopes, and the rare valid one the fast reader is not sure of.
+    fn read_serde(text: &'a str) -> Result<Self, Invalid> {
+        let env: SerdeEnvelope<'_> = serde_json::from_str(text).map_err(|e| {
+            if !e.is_data() {
+                return Invalid::new(format!("body is not JSON: {e}"));
+            }
+            // A field of the wrong type (rare): read it again as a map to name the field.
+            let map: serde_json::Map<String, Value> =
+                serde_json::from_str(text).unwrap_or_default();
+            let id = map.get("msg_id").and_then(Value::as_str).map(str::to_owned);
+            let reason = match (map.get("msg_id"), map.get("timestamp"), map.get("topic")) {
+                (Some(v), _, _) if !v.is_string() && !v.is_null() => {
+                    "msg_id is not a string".to_owned()
+                }
+                (_, Some(v), _) if !v.is_number() && !v.is_null() => {
+                    "timestamp is not a number".to_owned()
+                }
+                (_, _, Some(v)) if !v.is_string() => "envelope topic is not a string".to_owned(),
+                _ => format!("fedmsg envelope: {e}"),
+            };
+            Invalid { id, reason }
+        })?;
+        let raw = |v: Option<&'a RawValue>| v.map(JsonText::from);
+        Ok(Envelope {
+            topic: env.topic,
+            msg: raw(env.msg),
+            msg_id: env.msg_id,
+            timestamp: env.timestamp,
+            extras: [
+                raw(env.i),
+                raw(env.username),
+                raw(env.crypto),
+                raw(env.signature),
+                raw(env.certificate),
+                raw(env.headers),
+                raw(env.seq_id),
+                raw(env.source_name),
+                raw(env.source_version),
+            ],
+        })
+    }
+}
+
+/// [`Envelope`] as serde_json reads it: `null` is `None`, other keys are ignored.
+#[derive(Deserialize)]
+struct SerdeEnvelope<'a> {
     #[serde(borrow)]
     topic: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -90,7 +214,6 @@ struct Envelope<'a> {
     msg_id: Option<Cow<'a, str>>,
     #[serde(default)]
     timestamp: Option<f64>,
-    /// The other fedmsg fields, kept as headers.
     #[serde(borrow)]
     i: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -111,32 +234,18 @@ struct Envelope<'a> {
     source_version: Option<&'a RawValue>,
 }
 
-/// Decodes the envelope with a typed, borrowed struct: no map, no hashing, one pass. The extra
-/// fields become the message's headers as JSON text (copied, not parsed again: a map is built
-/// only if a consumer reads them).
+/// Decodes the envelope in one pass of hub-core's JSON reader (serde_json when that is not
+/// sure, which gives the same message or the same error). The extra fields become the
+/// message's headers as JSON text (copied, not parsed again: a map is built only if a consumer
+/// reads them).
 fn decode_fedmsg(topic: &str, text: &str) -> Result<(Message, Option<u64>), Invalid> {
     if !text.trim_start().starts_with('{') {
         return Err(Invalid::new("fedmsg envelope is not a JSON object"));
     }
-    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
-        if !e.is_data() {
-            return Invalid::new(format!("body is not JSON: {e}"));
-        }
-        // A field of the wrong type (rare): read it again as a map to name the field.
-        let map: serde_json::Map<String, Value> = serde_json::from_str(text).unwrap_or_default();
-        let id = map.get("msg_id").and_then(Value::as_str).map(str::to_owned);
-        let reason = match (map.get("msg_id"), map.get("timestamp"), map.get("topic")) {
-            (Some(v), _, _) if !v.is_string() && !v.is_null() => {
-                "msg_id is not a string".to_owned()
-            }
-            (_, Some(v), _) if !v.is_number() && !v.is_null() => {
-                "timestamp is not a number".to_owned()
-            }
-            (_, _, Some(v)) if !v.is_string() => "envelope topic is not a string".to_owned(),
-            _ => format!("fedmsg envelope: {e}"),
-        };
-        Invalid { id, reason }
-    })?;
+    let env = match Envelope::read_fast(text) {
+        Some(env) => env,
+        None => Envelope::read_serde(text)?,
+    };
     let id = env.msg_id.as_deref();
     let fail = |reason: String| Invalid {
         id: id.map(str::to_owned),
@@ -163,27 +272,16 @@ fn decode_fedmsg(topic: &str, text: &str) -> Result<(Message, Option<u64>), Inva
                 .map_err(|e| fail(format!("timestamp {secs}: {e}")))?
         }
     };
-    let fields = [
-        ("i", env.i),
-        ("username", env.username),
-        ("crypto", env.crypto),
-        ("signature", env.signature),
-        ("certificate", env.certificate),
-        ("headers", env.headers),
-        ("seq_id", env.seq_id),
-        ("source_name", env.source_name),
-        ("source_version", env.source_version),
-    ];
     // The extra fields become the headers: at most nine, gathered on the stack.
-    let mut headers: [(&str, &RawValue); 9] = [("", body); 9];
+    let mut headers: [(&str, JsonText<'_>); 9] = [("", body); 9];
     let mut n = 0;
-    for (k, v) in fields {
-        if let Some(raw) = v {
-            headers[n] = (k, raw);
+    for (k, v) in EXTRAS.into_iter().zip(env.extras) {
+        if let Some(v) = v {
+            headers[n] = (k, v);
             n += 1;
         }
     }
-    let seq = env.i.and_then(|raw| raw.get().parse::<u64>().ok());
+    let seq = env.extras[0].and_then(|i| i.get().parse::<u64>().ok());
     let msg = Message::from_json_parts(topic, id, timestamp, body, &headers[..n]);
     Ok((msg, seq))
 }
@@ -281,6 +379,20 @@ mod tests {
         assert_eq!(m.header("username"), Some(&json!("apache")));
         assert_eq!(m.header("crypto"), Some(&json!("x509")));
         assert!(m.header("msg").is_none() && m.header("topic").is_none());
+        // Read in one pass, without serde_json; a repeated field or one of the wrong type is
+        // left to serde_json, which rejects it.
+        assert!(Envelope::read_fast(body).is_some());
+        for odd in [
+            r#"{"topic": "a.b", "topic": "a.b", "msg": {}}"#,
+            r#"{"topic": "a.b", "msg": {}, "timestamp": "yesterday"}"#,
+            r#"{"topic": 7, "msg": {}}"#,
+        ] {
+            assert_eq!(Envelope::read_fast(odd), None, "{odd}");
+            assert!(
+                decode(Format::Fedmsg, &frames(b"a.b", odd)).is_err(),
+                "{odd}"
+            );
+        }
     }
 
     #[test]
@@ -354,5 +466,67 @@ mod tests {
         assert_eq!((m.topic(), m.body()), ("x.y", &json!({"k": true})));
         let [t, b] = encode(Format::Raw, &m, 1, "u");
         assert_eq!((&t[..], &b[..]), (&b"x.y"[..], &br#"{"k":true}"#[..]));
+    }
+
+    /// Envelope fields as they come: any fedmsg field or another, any JSON value, repeats
+    /// possible, in any order.
+    fn envelopes() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let key = prop::sample::select(vec![
+            "topic",
+            "msg",
+            "msg_id",
+            "timestamp",
+            "i",
+            "username",
+            "crypto",
+            "signature",
+            "certificate",
+            "headers",
+            "seq_id",
+            "source_name",
+            "source_version",
+            "other",
+            "t\\u006fpic",
+        ]);
+        let value = prop::sample::select(vec![
+            r#""a.b""#,
+            r#""a\u002eb""#,
+            r#""\uD800""#,
+            "null",
+            "true",
+            "0",
+            "1717171717",
+            "1717171717.25",
+            "-1",
+            "1e400",
+            "12345678901234567890",
+            r#"{"n": [1, {"x": null}]}"#,
+            "[]",
+            r#""2026-7c2e8a3c""#,
+            r#""é""#,
+        ]);
+        prop::collection::vec((key, value), 0..8).prop_map(|members| {
+            let body: Vec<String> = members
+                .iter()
+                .map(|(k, v)| format!(r#""{k}": {v}"#))
+                .collect();
+            format!("{{{}}}", body.join(", "))
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
+        /// The fast reader gives what serde_json gives, or leaves the envelope to it.
+        #[test]
+        fn fast_envelope_reader_agrees_with_serde(text in envelopes(), cut in 0usize..200) {
+            for text in [text.clone(), text.chars().take(cut).collect()] {
+                if let Some(fast) = Envelope::read_fast(&text) {
+                    let slow = Envelope::read_serde(&text);
+                    proptest::prop_assert_eq!(Ok(fast), slow, "{}", text);
+                }
+            }
+        }
     }
 }
