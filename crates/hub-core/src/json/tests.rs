@@ -118,6 +118,28 @@ fn hand_picked_documents() {
 }
 
 #[test]
+fn long_strings_are_checked_to_their_end() {
+    for len in [63, 64, 65, 79, 80, 81, 100, 1000] {
+        let run = "x".repeat(len);
+        for (text, valid) in [
+            (format!(r#""{run}""#), true),
+            (format!(r#""{run}\"{run}""#), true),
+            (format!(r#""{run}\u00e9""#), true),
+            (format!(r#""{run}é日""#), true),
+            (format!("\"{run}\u{1}\""), false),
+            (format!("\"{run}\n{run}\""), false),
+            (format!("\"{run}\u{1f}x\""), false),
+            (format!(r#""{run}\x""#), false),
+            (format!(r#""{run}"#), false),
+            (format!(r#""{run}\"#), false),
+        ] {
+            assert_eq!(fast(&text).is_some(), valid, "{len}: {text:?}");
+            assert_sound(&text);
+        }
+    }
+}
+
+#[test]
 fn deep_nesting_is_left_to_serde_json() {
     for depth in [1, 99, 100, 101, 127, 128, 129, 300] {
         for (open, close) in [("[", "]"), ("{\"k\":", "}")] {
@@ -199,6 +221,8 @@ fn values() -> impl Strategy<Value = Value> {
         any::<u64>().prop_map(Value::from),
         (-1e300f64..1e300).prop_map(|f| json!(f)),
         "[a-z\"\\\\/\\x00-\\x1fé日🎉 ]{0,24}".prop_map(Value::String),
+        // Long runs (past the 64 bytes scanned 16 at a time), with the odd escape or control.
+        "[a-z]{60,140}[\"\\\\\\x01\\x1f\\n]?[a-z é]{0,40}".prop_map(Value::String),
     ];
     leaf.prop_recursive(6, 64, 8, |inner| {
         prop_oneof![
