@@ -472,23 +472,16 @@ mod tests {
     /// possible, in any order.
     fn envelopes() -> impl proptest::strategy::Strategy<Value = String> {
         use proptest::prelude::*;
-        let key = prop::sample::select(vec![
+        let mut keys = vec![
             "topic",
             "msg",
             "msg_id",
             "timestamp",
-            "i",
-            "username",
-            "crypto",
-            "signature",
-            "certificate",
-            "headers",
-            "seq_id",
-            "source_name",
-            "source_version",
             "other",
             "t\\u006fpic",
-        ]);
+        ];
+        keys.extend(EXTRAS);
+        let key = prop::sample::select(keys);
         let value = prop::sample::select(vec![
             r#""a.b""#,
             r#""a\u002eb""#,
