@@ -141,19 +141,28 @@ impl<'a> Envelope<'a> {
             if value.is_null() {
                 return true;
             }
+            // A string or number field that is not one (`None`): serde_json names the error.
             match slot {
-                9 => env.topic = value.as_str(),
-                10 => env.msg = Some(value),
-                11 => env.msg_id = value.as_str(),
-                12 => env.timestamp = value.as_f64(),
-                n => env.extras[n] = Some(value),
-            }
-            // A string or number field that is not one: serde_json names the error.
-            match slot {
-                9 => env.topic.is_some(),
-                11 => env.msg_id.is_some(),
-                12 => env.timestamp.is_some(),
-                _ => true,
+                9 => {
+                    env.topic = value.as_str();
+                    env.topic.is_some()
+                }
+                10 => {
+                    env.msg = Some(value);
+                    true
+                }
+                11 => {
+                    env.msg_id = value.as_str();
+                    env.msg_id.is_some()
+                }
+                12 => {
+                    env.timestamp = value.as_f64();
+                    env.timestamp.is_some()
+                }
+                n => {
+                    env.extras[n] = Some(value);
+                    true
+                }
             }
         });
         read.map(|()| env)
