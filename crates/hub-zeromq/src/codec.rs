@@ -248,11 +248,12 @@ struct SerdeEnvelope<'a> {
 /// message's headers as JSON text (copied, not parsed again: a map is built only if a consumer
 /// reads them).
 fn decode_fedmsg(topic: &str, text: &str) -> Result<(Message, Option<u64>), Invalid> {
-    if !text.trim_start().starts_with('{') {
-        return Err(Invalid::new("fedmsg envelope is not a JSON object"));
-    }
     let env = match Envelope::read_fast(text) {
         Some(env) => env,
+        // The fast reader only reads objects: whatever else this is, say so first.
+        None if !text.trim_start().starts_with('{') => {
+            return Err(Invalid::new("fedmsg envelope is not a JSON object"));
+        }
         None => Envelope::read_serde(text)?,
     };
     let id = env.msg_id.as_deref();
@@ -272,14 +273,7 @@ fn decode_fedmsg(topic: &str, text: &str) -> Result<(Message, Option<u64>), Inva
     let body = env.msg.ok_or_else(|| fail("envelope has no msg".into()))?;
     let timestamp = match env.timestamp {
         None => Timestamp::now(),
-        Some(secs) => {
-            let nanos = (secs * 1e9).round();
-            if !nanos.is_finite() || nanos.abs() > 1e19 {
-                return Err(fail(format!("timestamp {secs} is out of range")));
-            }
-            Timestamp::from_nanosecond(nanos as i128)
-                .map_err(|e| fail(format!("timestamp {secs}: {e}")))?
-        }
+        Some(secs) => timestamp_from_secs(secs).map_err(fail)?,
     };
     // The extra fields become the headers: at most nine, gathered on the stack.
     let mut headers: [(&str, JsonText<'_>); 9] = [("", body); 9];
@@ -293,6 +287,27 @@ fn decode_fedmsg(topic: &str, text: &str) -> Result<(Message, Option<u64>), Inva
     let seq = env.extras[0].and_then(|i| i.get().parse::<u64>().ok());
     let msg = Message::from_json_parts(topic, id, timestamp, body, &headers[..n]);
     Ok((msg, seq))
+}
+
+/// Seconds after the epoch (a fedmsg `timestamp`), to the nanosecond; beyond ±1e10 s (the
+/// year 2286) it is out of range.
+fn timestamp_from_secs(secs: f64) -> Result<Timestamp, String> {
+    // `!(<=)`: NaN is out of range too.
+    if !(secs.abs() <= 1e10) {
+        return Err(format!("timestamp {secs} is out of range"));
+    }
+    // In range, so `as` truncates exactly, and the fraction is exact too.
+    let whole = secs as i64;
+    let fraction = secs - whole as f64;
+    let at = if fraction == 0.0 {
+        // Whole seconds, what fedmsg sends: no 128-bit arithmetic.
+        Timestamp::from_second(whole)
+    } else {
+        // The fraction scaled on its own: `secs * 1e9` would round to ~256 ns.
+        let nanos = (fraction * 1e9).round() as i64;
+        Timestamp::from_nanosecond(i128::from(whole) * 1_000_000_000 + i128::from(nanos))
+    };
+    at.map_err(|e| format!("timestamp {secs}: {e}"))
 }
 
 /// A fedmsg `msg_id`: the message id when it already reads `<year>-<uuid>`, `<year>-<id>` when
@@ -435,6 +450,29 @@ mod tests {
         }
         let err = decode(Format::Fedmsg, &frames(b"a.c", ok)).unwrap_err();
         assert_eq!(err.id.as_deref(), Some("x"), "the id is logged when known");
+    }
+
+    #[test]
+    fn timestamps_are_exact_to_the_nanosecond() {
+        let ns = |secs: f64| timestamp_from_secs(secs).map(|t| t.as_nanosecond());
+        // Exact to the nanosecond, even where `secs * 1e9` is not.
+        assert_eq!(ns(1_763_000_000.0), Ok(1_763_000_000_000_000_000));
+        assert_eq!(ns(9_999_999_999.0), Ok(9_999_999_999_000_000_000));
+        assert_eq!(ns(-86_400.0), Ok(-86_400_000_000_000));
+        assert_eq!(ns(1_717_171_717.25), Ok(1_717_171_717_250_000_000));
+        // The same range either way: ±1e10 s.
+        assert_eq!(ns(1e10), Ok(10_000_000_000_000_000_000));
+        assert_eq!(ns(-1e10), Ok(-10_000_000_000_000_000_000));
+        for bad in [
+            1e10 + 1.0,
+            -1e10 - 1.0,
+            1e10 + 0.5,
+            f64::NAN,
+            f64::INFINITY,
+            -1e300,
+        ] {
+            assert!(ns(bad).unwrap_err().contains("out of range"), "{bad}");
+        }
     }
 
     #[test]

@@ -124,6 +124,8 @@ pub(crate) struct Slot {
 struct Matched {
     inline: [u64; 4],
     spill: Vec<u64>,
+    /// Bits set, kept as they are set: read once per delivery.
+    count: usize,
 }
 
 impl Matched {
@@ -131,6 +133,7 @@ impl Matched {
         Self {
             inline: [0; 4],
             spill: Vec::new(),
+            count: 0,
         }
     }
 
@@ -144,15 +147,12 @@ impl Matched {
             }
             &mut self.spill[word - 4]
         };
+        self.count += usize::from(*slot & 1 << bit == 0);
         *slot |= 1 << bit;
     }
 
     fn len(&self) -> usize {
-        self.inline
-            .iter()
-            .chain(&self.spill)
-            .map(|w| w.count_ones() as usize)
-            .sum()
+        self.count
     }
 
     fn iter(&self) -> impl Iterator<Item = usize> + '_ {

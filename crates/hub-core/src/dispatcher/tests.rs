@@ -893,3 +893,15 @@ async fn a_batch_into_a_full_queue_follows_its_policy() {
     assert!(r.dispatcher.drain(Duration::from_secs(5)).await.is_clean());
     assert_eq!(*probe.seen.lock().unwrap(), (0..=9).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_match_counts_each_consumer_once() {
+    let mut m = Matched::new();
+    // Two patterns of one consumer, and consumers past the 256 kept inline.
+    for id in [3, 3, 0, 255, 256, 700, 700, 3] {
+        m.insert(id);
+    }
+    assert_eq!(m.len(), 5);
+    assert_eq!(m.iter().collect::<Vec<_>>(), [0, 3, 255, 256, 700]);
+    assert_eq!(Matched::new().len(), 0);
+}
