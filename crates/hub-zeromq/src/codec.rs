@@ -292,8 +292,7 @@ fn decode_fedmsg(topic: &str, text: &str) -> Result<(Message, Option<u64>), Inva
 /// Seconds after the epoch (a fedmsg `timestamp`), to the nanosecond; beyond ±1e10 s (the
 /// year 2286) it is out of range.
 fn timestamp_from_secs(secs: f64) -> Result<Timestamp, String> {
-    // `!(<=)`: NaN is out of range too.
-    if !(secs.abs() <= 1e10) {
+    if secs.is_nan() || secs.abs() > 1e10 {
         return Err(format!("timestamp {secs} is out of range"));
     }
     // In range, so `as` truncates exactly, and the fraction is exact too.
