@@ -28,9 +28,9 @@ pub struct Message(Arc<Inner>);
 #[derive(Debug)]
 struct Inner {
     text: Box<str>,
-    /// `text[..id_end]` is the id, `text[id_end..topic_end]` the topic.
-    id_end: usize,
-    topic_end: usize,
+    /// Where the id and the topic are in `text`.
+    id_at: Range<usize>,
+    topic_at: Range<usize>,
     timestamp: Timestamp,
     headers: HeaderStore,
     body: Body,
@@ -38,11 +38,11 @@ struct Inner {
 
 impl Inner {
     fn id(&self) -> &str {
-        &self.text[..self.id_end]
+        &self.text[self.id_at.clone()]
     }
 
     fn topic(&self) -> &str {
-        &self.text[self.id_end..self.topic_end]
+        &self.text[self.topic_at.clone()]
     }
 
     fn headers(&self) -> &Headers {
@@ -76,6 +76,13 @@ enum HeaderStore {
         at: Range<usize>,
         parsed: OnceLock<Headers>,
     },
+    /// The members of the JSON object at `at` (an envelope) named in `fields` whose value is
+    /// not null.
+    Fields {
+        at: Range<usize>,
+        fields: &'static [&'static str],
+        parsed: OnceLock<Headers>,
+    },
 }
 
 impl HeaderStore {
@@ -86,6 +93,11 @@ impl HeaderStore {
             Self::Raw { at, parsed } => {
                 parsed.get_or_init(|| serde_json::from_str(&text[at.clone()]).unwrap_or_default())
             }
+            Self::Fields { at, fields, parsed } => parsed.get_or_init(|| {
+                let mut map: Headers = serde_json::from_str(&text[at.clone()]).unwrap_or_default();
+                map.retain(|k, v| !v.is_null() && fields.contains(&k.as_str()));
+                map
+            }),
         }
     }
 }
@@ -273,8 +285,8 @@ impl Message {
             }
         };
         Message(Arc::new(Inner {
-            id_end: id.len(),
-            topic_end: id.len() + topic.len(),
+            id_at: 0..id.len(),
+            topic_at: id.len()..id.len() + topic.len(),
             text: text.into_boxed_str(),
             timestamp,
             headers,
@@ -283,6 +295,39 @@ impl Message {
                 parsed: OnceLock::new(),
             },
         }))
+    }
+
+    /// A message received as one JSON object (an envelope) that holds its parts, built with
+    /// a single copy: the whole text, in which the parts are then found again. `topic`, `id`
+    /// and `body` must be slices of `envelope` (as a reader of it hands them out): `None` if
+    /// one is not. The headers are the envelope's members named in `header_fields` whose value
+    /// is not null, parsed only if a consumer reads [`Message::headers`].
+    pub fn from_json_envelope(
+        envelope: &str,
+        topic: &str,
+        id: &str,
+        timestamp: Timestamp,
+        body: JsonText<'_>,
+        header_fields: &'static [&'static str],
+    ) -> Option<Self> {
+        let topic_at = span_in(envelope, topic)?;
+        let id_at = span_in(envelope, id)?;
+        let body_at = span_in(envelope, body.get())?;
+        Some(Message(Arc::new(Inner {
+            text: envelope.into(),
+            id_at,
+            topic_at,
+            timestamp,
+            headers: HeaderStore::Fields {
+                at: 0..envelope.len(),
+                fields: header_fields,
+                parsed: OnceLock::new(),
+            },
+            body: Body::Raw {
+                at: body_at,
+                parsed: OnceLock::new(),
+            },
+        })))
     }
 
     /// The message id (fedmsg `msg_id`, AMQP `message_id`).
@@ -352,6 +397,14 @@ impl Message {
 }
 
 /// Appends `s` as a JSON string (quoted, escaped).
+/// Where `part` lies in `whole`, if it is a slice of it.
+fn span_in(whole: &str, part: &str) -> Option<Range<usize>> {
+    // Addresses compared, never dereferenced: a slice of `whole` starts within it.
+    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let at = start..start.checked_add(part.len())?;
+    whole.get(at.clone()).map(|_| at)
+}
+
 fn push_json_string(out: &mut String, s: &str) {
     if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.push('"');
@@ -473,8 +526,8 @@ impl MessageBuilder {
         let header_at = text.len()..text.len() + header_text.len();
         text.push_str(header_text);
         Inner {
-            id_end: id.len(),
-            topic_end: id.len() + self.topic.len(),
+            id_at: 0..id.len(),
+            topic_at: id.len()..id.len() + self.topic.len(),
             text: text.into_boxed_str(),
             timestamp: self.timestamp.unwrap_or_else(Timestamp::now),
             headers: match self.headers {
@@ -667,6 +720,39 @@ mod tests {
         assert!(uuid::Uuid::parse_str(bare.id()).is_ok(), "{}", bare.id());
         assert!(bare.headers().is_empty());
         assert_eq!(bare.topic(), "t");
+    }
+
+    #[test]
+    fn messages_from_an_envelope_find_their_parts_in_one_copy() {
+        let ts: Timestamp = "2026-11-22T19:00:00Z".parse().unwrap();
+        let text = r#"{"i": 3, "msg": {"n": 1}, "msg_id": "2026-x", "skip": 1, "topic": "org.a", "username": null}"#;
+        let part = |s: &str| {
+            let at = text.find(s).unwrap();
+            &text[at..at + s.len()]
+        };
+        let body = JsonText::new(part(r#"{"n": 1}"#)).unwrap();
+        let m = Message::from_json_envelope(
+            text,
+            part("org.a"),
+            part("2026-x"),
+            ts,
+            body,
+            &["i", "username", "signature"],
+        )
+        .unwrap();
+        // Only named fields, and not null ones, are headers; the body text is kept as is.
+        let built = Message::builder("org.a", json!({"n": 1}))
+            .id("2026-x")
+            .timestamp(ts)
+            .header("i", 3)
+            .build();
+        assert_eq!(m, built);
+        assert!(m.to_json().contains(r#""body":{"n": 1}"#));
+        assert_eq!(Message::from_json(&m.to_json()).unwrap(), m);
+        // Parts that are not slices of the envelope (equal text elsewhere) are refused.
+        let elsewhere = String::from("org.a");
+        let refused = Message::from_json_envelope(text, &elsewhere, part("2026-x"), ts, body, &[]);
+        assert!(refused.is_none());
     }
 
     #[test]
