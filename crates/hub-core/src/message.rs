@@ -76,10 +76,9 @@ enum HeaderStore {
         at: Range<usize>,
         parsed: OnceLock<Headers>,
     },
-    /// The members of the JSON object at `at` (an envelope) named in `fields` whose value is
-    /// not null.
+    /// The members named in `fields`, not null, of the JSON object that is the whole text (an
+    /// envelope).
     Fields {
-        at: Range<usize>,
         fields: &'static [&'static str],
         parsed: OnceLock<Headers>,
     },
@@ -93,8 +92,8 @@ impl HeaderStore {
             Self::Raw { at, parsed } => {
                 parsed.get_or_init(|| serde_json::from_str(&text[at.clone()]).unwrap_or_default())
             }
-            Self::Fields { at, fields, parsed } => parsed.get_or_init(|| {
-                let mut map: Headers = serde_json::from_str(&text[at.clone()]).unwrap_or_default();
+            Self::Fields { fields, parsed } => parsed.get_or_init(|| {
+                let mut map: Headers = serde_json::from_str(text).unwrap_or_default();
                 map.retain(|k, v| !v.is_null() && fields.contains(&k.as_str()));
                 map
             }),
@@ -319,7 +318,6 @@ impl Message {
             topic_at,
             timestamp,
             headers: HeaderStore::Fields {
-                at: 0..envelope.len(),
                 fields: header_fields,
                 parsed: OnceLock::new(),
             },
@@ -396,7 +394,6 @@ impl Message {
     }
 }
 
-/// Appends `s` as a JSON string (quoted, escaped).
 /// Where `part` lies in `whole`, if it is a slice of it.
 fn span_in(whole: &str, part: &str) -> Option<Range<usize>> {
     // Addresses compared, never dereferenced: a slice of `whole` starts within it.
@@ -405,6 +402,7 @@ fn span_in(whole: &str, part: &str) -> Option<Range<usize>> {
     whole.get(at.clone()).map(|_| at)
 }
 
+/// Appends `s` as a JSON string (quoted, escaped).
 fn push_json_string(out: &mut String, s: &str) {
     if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.push('"');

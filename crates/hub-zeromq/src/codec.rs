@@ -245,8 +245,7 @@ struct SerdeEnvelope<'a> {
 
 /// Decodes the envelope in one pass of hub-core's JSON reader (serde_json when that is not
 /// sure, which gives the same message or the same error). The extra fields become the
-/// message's headers as JSON text (copied, not parsed again: a map is built only if a consumer
-/// reads them).
+/// message's headers, kept as JSON text: a map is built only if a consumer reads them.
 fn decode_fedmsg(topic: &str, text: &str) -> Result<(Message, Option<u64>), Invalid> {
     let env = match Envelope::read_fast(text) {
         Some(env) => env,
