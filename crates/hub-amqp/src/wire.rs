@@ -6,11 +6,11 @@
 //! UUID4 `message_id`, and the headers fedora-messaging requires: `fedora_messaging_schema`
 //! (default `base.message`), `fedora_messaging_severity` (default 20), `sent-at`.
 
+use hub_core::json::JsonText;
 use hub_core::{Headers, Message};
 use jiff::Timestamp;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
-use serde_json::value::RawValue;
 use serde_json::{Number, Value};
 
 /// Header holding how many times the hub has delivered this message (retries).
@@ -110,9 +110,14 @@ pub fn decode(
         id: id.clone(),
         reason: "body is not UTF-8 JSON".into(),
     })?;
-    let raw: Box<RawValue> = serde_json::from_str(text).map_err(|e| Malformed {
+    // JSON that reads as a `Value` (see `JsonText`): `1e400` or a lone surrogate escape is
+    // dead-lettered here, not handed to consumers as `null`.
+    let body = JsonText::new(text).ok_or_else(|| Malformed {
         id: id.clone(),
-        reason: format!("body is not JSON: {e}"),
+        reason: match serde_json::from_str::<Value>(text) {
+            Err(e) => format!("body is not JSON: {e}"),
+            Ok(_) => "body is not JSON".into(),
+        },
     })?;
     let headers = properties
         .headers()
@@ -129,7 +134,7 @@ pub fn decode(
                 .and_then(|t| Timestamp::from_second(i64::try_from(t).ok()?).ok())
         })
         .unwrap_or_else(Timestamp::now);
-    let mut b = Message::builder_raw(routing_key, raw)
+    let mut b = Message::builder_json(routing_key, body)
         .timestamp(timestamp)
         .headers(headers);
     if let Some(id) = id {
@@ -227,5 +232,16 @@ mod tests {
         let err = decode("t", &props, b"<xml/>").unwrap_err();
         assert_eq!(err.id.as_deref(), Some("m-1"));
         assert!(err.reason.contains("not JSON"), "{err:?}");
+        // JSON, but not what a consumer could read back: malformed too, with the reason.
+        for (body, why) in [
+            (&br#"{"n": 1e400}"#[..], "number out of range"),
+            (br#"{"s": "\uDC00"}"#, "surrogate"),
+        ] {
+            let err = decode("t", &props, body).unwrap_err();
+            assert_eq!(err.id.as_deref(), Some("m-1"));
+            assert!(err.reason.contains(why), "{err:?}");
+        }
+        let ok = decode("t", &props, br#" {"n": 1e300} "#).unwrap();
+        assert_eq!(ok.body(), &serde_json::json!({"n": 1e300}));
     }
 }

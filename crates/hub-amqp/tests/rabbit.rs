@@ -185,24 +185,27 @@ async fn failures_are_retried_then_dead_lettered_with_the_reason_and_malformed_b
         .publish(&Message::new(topic.clone(), json!({"job": 7})))
         .await
         .unwrap();
-    // A non-JSON body, published straight to the exchange.
+    // A non-JSON body, and JSON no consumer could read back (a number beyond f64's range),
+    // published straight to the exchange.
     let conn = raw().await;
     let ch = conn.create_channel().await.unwrap();
-    ch.basic_publish(
-        "amq.topic".into(),
-        topic.as_str().into(),
-        BasicPublishOptions::default(),
-        b"<not json>",
-        BasicProperties::default().with_message_id("bad-1".into()),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    for (id, body) in [("bad-1", &b"<not json>"[..]), ("bad-2", br#"{"n": 1e400}"#)] {
+        ch.basic_publish(
+            "amq.topic".into(),
+            topic.as_str().into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default().with_message_id(id.into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
     let dlq = format!("{hub}.dead-letters");
     let mut dead = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(15);
-    while dead.len() < 2 {
+    while dead.len() < 3 {
         assert!(Instant::now() < deadline, "dead letters: {}", dead.len());
         if let Some(msg) = ch
             .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true })
@@ -243,6 +246,9 @@ async fn failures_are_retried_then_dead_lettered_with_the_reason_and_malformed_b
         h["x-hub-reason"].as_str().unwrap().contains("malformed"),
         "{h:?}"
     );
+    let (_, h) = dead.iter().find(|(b, _)| b.contains("1e400")).unwrap();
+    let reason = h["x-hub-reason"].as_str().unwrap();
+    assert!(reason.contains("number out of range"), "{h:?}");
     running.shutdown(Duration::from_secs(5)).await;
     let _ = ch
         .queue_delete(dlq.as_str().into(), Default::default())

@@ -66,9 +66,8 @@ impl PartialEq for Inner {
 
 /// The headers: a map, or a JSON object in the message's text parsed on first use (a backend
 /// that receives headers as JSON, such as fedmsg's envelope fields, then builds no map for
-/// consumers that never read them). The text is not checked when the message is built: it is
-/// only ever parsed, never copied out as JSON, so text that is not a JSON object reads as no
-/// headers.
+/// consumers that never read them). The text is made of checked parts ([`JsonText`]), so it
+/// parses; were it ever not a JSON object, it would read as no headers.
 #[derive(Debug)]
 enum HeaderStore {
     Map(Headers),
@@ -117,8 +116,8 @@ impl Body {
     fn value<'a>(&'a self, text: &'a str) -> &'a Value {
         match self {
             Self::Value(v) => v,
-            // The text was validated as JSON when it was received; only a nesting deeper than
-            // serde_json's recursion limit could fail here, and it reads as null.
+            // The text is a `JsonText`: checked to read as a `Value` when it was received, so
+            // this cannot fail (null if it ever did).
             Self::Raw { at, parsed } => parsed
                 .get_or_init(|| serde_json::from_str(&text[at.clone()]).unwrap_or(Value::Null)),
         }
@@ -205,28 +204,28 @@ impl Message {
             id: None,
             topic: topic.into(),
             timestamp: None,
-            headers: HeadersIn::Map(Headers::new()),
+            headers: Headers::new(),
             body: BodyIn::Value(body),
         }
     }
 
-    /// Starts a message whose body is JSON text already validated (as `RawValue` guarantees); it
-    /// is parsed only if someone reads [`Message::body`].
-    pub fn builder_raw(topic: impl Into<String>, body: Box<RawValue>) -> MessageBuilder {
+    /// Starts a message whose body is checked JSON text ([`JsonText::new`]), copied as is and
+    /// parsed only if someone reads [`Message::body`]; a consumer that decodes it into its own
+    /// type never pays for a `Value` tree.
+    pub fn builder_json(topic: impl Into<String>, body: JsonText<'_>) -> MessageBuilder {
         MessageBuilder {
             id: None,
             topic: topic.into(),
             timestamp: None,
-            headers: HeadersIn::Map(Headers::new()),
-            body: BodyIn::Raw(body),
+            headers: Headers::new(),
+            body: BodyIn::Text(body.get().into()),
         }
     }
 
     /// A message received as JSON text, built the way a backend builds one per message at line
     /// rate: every part is copied once, into the message's single text buffer.
     ///
-    /// `id` `None` gets a fresh UUID4. `body` is kept as text (parsed if a consumer reads it);
-    /// a `&RawValue` converts with `.into()`.
+    /// `id` `None` gets a fresh UUID4. `body` is kept as text (parsed if a consumer reads it).
     /// `headers` become a JSON object of those fields, parsed only if a consumer reads
     /// [`Message::headers`]; no fields, no headers.
     pub fn from_json_parts(
@@ -439,15 +438,10 @@ impl<'de> Deserialize<'de> for Message {
 }
 
 #[derive(Debug)]
-enum HeadersIn {
-    Map(Headers),
-    Raw(Box<str>),
-}
-
-#[derive(Debug)]
 enum BodyIn {
     Value(Value),
-    Raw(Box<RawValue>),
+    /// Checked JSON text ([`JsonText`]).
+    Text(Box<str>),
 }
 
 /// Builds a [`Message`] with a chosen id, timestamp or headers.
@@ -456,7 +450,7 @@ pub struct MessageBuilder {
     id: Option<String>,
     topic: String,
     timestamp: Option<Timestamp>,
-    headers: HeadersIn,
+    headers: Headers,
     body: BodyIn,
 }
 
@@ -475,27 +469,13 @@ impl MessageBuilder {
 
     /// Adds one header.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
-        let mut map = match std::mem::replace(&mut self.headers, HeadersIn::Map(Headers::new())) {
-            HeadersIn::Map(m) => m,
-            HeadersIn::Raw(text) => serde_json::from_str(&text).unwrap_or_default(),
-        };
-        map.insert(name.into(), value.into());
-        self.headers = HeadersIn::Map(map);
+        self.headers.insert(name.into(), value.into());
         self
     }
 
     /// Replaces all headers.
     pub fn headers(mut self, headers: Headers) -> Self {
-        self.headers = HeadersIn::Map(headers);
-        self
-    }
-
-    /// Replaces all headers with the text of a JSON object, parsed only if someone reads
-    /// [`Message::headers`] (and not checked before: a backend that assembled the text from
-    /// JSON it already validated pays nothing more). Text that is not a JSON object reads as no
-    /// headers.
-    pub fn headers_json(mut self, object: impl Into<Box<str>>) -> Self {
-        self.headers = HeadersIn::Raw(object.into());
+        self.headers = headers;
         self
     }
 
@@ -507,37 +487,23 @@ impl MessageBuilder {
     fn into_inner(self) -> Inner {
         let id = self.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let body_text = match &self.body {
-            BodyIn::Raw(raw) => raw.get(),
+            BodyIn::Text(text) => text,
             BodyIn::Value(_) => "",
         };
-        let header_text = match &self.headers {
-            HeadersIn::Raw(text) => text,
-            HeadersIn::Map(_) => "",
-        };
-        let mut text = String::with_capacity(
-            id.len() + self.topic.len() + body_text.len() + header_text.len(),
-        );
+        let mut text = String::with_capacity(id.len() + self.topic.len() + body_text.len());
         text.push_str(&id);
         text.push_str(&self.topic);
         let body_at = text.len()..text.len() + body_text.len();
         text.push_str(body_text);
-        let header_at = text.len()..text.len() + header_text.len();
-        text.push_str(header_text);
         Inner {
             id_at: 0..id.len(),
             topic_at: id.len()..id.len() + self.topic.len(),
             text: text.into_boxed_str(),
             timestamp: self.timestamp.unwrap_or_else(Timestamp::now),
-            headers: match self.headers {
-                HeadersIn::Map(m) => HeaderStore::Map(m),
-                HeadersIn::Raw(_) => HeaderStore::Raw {
-                    at: header_at,
-                    parsed: OnceLock::new(),
-                },
-            },
+            headers: HeaderStore::Map(self.headers),
             body: match self.body {
                 BodyIn::Value(v) => Body::Value(v),
-                BodyIn::Raw(_) => Body::Raw {
+                BodyIn::Text(_) => Body::Raw {
                     at: body_at,
                     parsed: OnceLock::new(),
                 },
@@ -591,37 +557,6 @@ mod tests {
     }
 
     #[test]
-    fn raw_headers_read_like_a_map() {
-        let raw = r#"{"i":3,"username":"apache"}"#;
-        let m = Message::builder("a.b", json!({})).headers_json(raw).build();
-        assert_eq!(m.header("i"), Some(&json!(3)));
-        assert_eq!(m.header("username"), Some(&json!("apache")));
-        let same = Message::builder("a.b", json!({}))
-            .id(m.id())
-            .timestamp(m.timestamp())
-            .header("i", 3)
-            .header("username", "apache")
-            .build();
-        assert_eq!(m, same);
-        assert_eq!(Message::from_json(&m.to_json()).unwrap(), m);
-        // Adding a header to raw headers keeps the others; text that is not a JSON object (or
-        // not JSON at all) is empty, and such a message still serializes as valid JSON.
-        let m = Message::builder("a.b", json!({}))
-            .headers_json(r#"{"i":3}"#)
-            .header("trace", "t")
-            .build();
-        assert_eq!(m.headers().len(), 2);
-        for not_object in ["[1]", "{\"i\":", "not json"] {
-            let m = Message::builder("a.b", json!({}))
-                .headers_json(not_object)
-                .build();
-            assert!(m.headers().is_empty(), "{not_object}");
-            let back = Message::from_json(&m.to_json()).unwrap();
-            assert!(back.headers().is_empty());
-        }
-    }
-
-    #[test]
     fn clone_shares_the_body() {
         let m = Message::new("a", json!({"big": "x".repeat(1000)}));
         let c = m.clone();
@@ -649,9 +584,9 @@ mod tests {
     }
 
     #[test]
-    fn raw_bodies_are_parsed_lazily_and_behave_like_values() {
-        let raw = RawValue::from_string(r#"{"name": "n", "id": 9}"#.to_owned()).unwrap();
-        let m = Message::builder_raw("t", raw).id("r-1").build();
+    fn json_bodies_are_parsed_lazily_and_behave_like_values() {
+        let text = JsonText::new(r#" {"name": "n", "id": 9} "#).unwrap();
+        let m = Message::builder_json("t", text).id("r-1").build();
         assert_eq!(
             m.decode::<Build>().unwrap(),
             Build {
@@ -669,14 +604,10 @@ mod tests {
         );
         assert!(
             m.to_json().contains(r#""body":{"name": "n", "id": 9}"#),
-            "raw text is written as is"
+            "the text is written as is"
         );
         assert_eq!(Message::from_json(&m.to_json()).unwrap().body(), m.body());
-        let bad = Message::builder_raw(
-            "t",
-            RawValue::from_string(r#"{"id": 1}"#.to_owned()).unwrap(),
-        )
-        .build();
+        let bad = Message::builder_json("t", JsonText::new(r#"{"id": 1}"#).unwrap()).build();
         assert!(
             bad.decode::<Build>()
                 .unwrap_err()
@@ -690,7 +621,7 @@ mod tests {
         let ts: Timestamp = "2026-11-22T19:00:00Z".parse().unwrap();
         let body = JsonText::new(r#" {"n": 1}"#).unwrap();
         let three: &RawValue = serde_json::from_str("3").unwrap();
-        let three = three.into();
+        let three = JsonText::from_raw(three).unwrap();
         let who = JsonText::new(r#""apache""#).unwrap();
         let m = Message::from_json_parts(
             "org.a",

@@ -4,7 +4,6 @@
 use super::*;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
-use std::collections::BTreeMap;
 
 /// The fast path alone: the value's span, or `None` for "invalid or not sure".
 fn fast(text: &str) -> Option<&str> {
@@ -14,7 +13,9 @@ fn fast(text: &str) -> Option<&str> {
     (ws(b, end) == b.len()).then(|| &text[start..end])
 }
 
+/// The judge: serde_json reads `text` into a `Value`; then the span its `RawValue` gives.
 fn serde(text: &str) -> Option<&str> {
+    serde_json::from_str::<Value>(text).ok()?;
     serde_json::from_str::<&RawValue>(text)
         .ok()
         .map(RawValue::get)
@@ -34,12 +35,22 @@ fn assert_sound(text: &str) {
         serde(text),
         "JsonText::new differs from serde_json on {text:?}"
     );
-    let members = object_members(text, |_, _| true);
+    let mut values = Vec::new();
+    let members = object_members(text, |_, v| {
+        values.push(v.get());
+        true
+    });
     if members.is_some() {
-        // Values as text: a float out of f64's range is valid JSON that a `Value` refuses.
         assert!(
-            serde_json::from_str::<BTreeMap<String, Box<RawValue>>>(text).is_ok(),
+            matches!(serde_json::from_str::<Value>(text), Ok(Value::Object(_))),
             "object_members accepted what serde_json rejects: {text:?}"
+        );
+    }
+    for v in values {
+        // Every value handed over reads as a `Value`, even when the object is then refused.
+        assert!(
+            serde_json::from_str::<Value>(v).is_ok(),
+            "object_members handed over {v:?} in {text:?}"
         );
     }
 }
@@ -57,7 +68,13 @@ fn hand_picked_documents() {
         "false",
         "null",
         r#""""#,
-        r#""a\"b\\c\/d\be\ff\ng\rh\ti\u00e9\uD800""#,
+        r#""a\"b\\c\/d\be\ff\ng\rh\ti\u00e9\uD83D\uDE00\udbff\udfff\uE000""#,
+        "1e99",
+        "-1.5E-300",
+        "1e-400",
+        "0e99999",
+        "1.7976931348623157e308",
+        "18446744073709551616",
         r#""é ü 日本 🎉""#,
         "[]",
         "{}",
@@ -110,6 +127,17 @@ fn hand_picked_documents() {
         "{} {}",
         "[1]]",
         "\u{feff}{}",
+        // JSON, but no `Value`: serde_json refuses to read these.
+        "1e400",
+        "-1e400",
+        "1.7976931348623158e308",
+        "[1e309]",
+        r#""\uD800""#,
+        r#""\uDC00""#,
+        r#""\uD800\u0041""#,
+        r#""\uD800\uD800\uDC00""#,
+        r#""\uD800x""#,
+        r#"{"k\uDFFF":1}"#,
     ];
     for text in invalid {
         assert!(fast(text).is_none(), "accepted invalid {text:?}");
@@ -287,6 +315,43 @@ proptest! {
         doc in "[ \t{}\\[\\],:\"\\\\/0-9.eE+\\-truefalsnbx\\x00\\x1fé]{0,32}"
     ) {
         assert_sound(&doc);
+    }
+
+    /// Surrogate escapes, paired or not, in strings and keys: exactly serde_json's verdict.
+    #[test]
+    fn surrogate_escapes_are_judged_as_serde_json_judges_them(
+        parts in prop::collection::vec(
+            prop::sample::select(vec![
+                r"\uD800", r"\udbff", r"\uDC00", r"\uDFFF", r"\uD83D", r"\uDE00", r"\u0041",
+                r"\uE000", r"\uD7FF", r"\n", r"\", "u", "x", "é",
+            ]),
+            0..6,
+        ),
+        as_key in any::<bool>(),
+    ) {
+        let s = format!("\"{}\"", parts.concat());
+        let text = if as_key { format!("{{{s}:1}}") } else { s };
+        prop_assert_eq!(fast(&text), serde(&text), "{}", text);
+        assert_sound(&text);
+    }
+
+    /// Numbers near and past the edge of `f64`'s range: exactly serde_json's verdict.
+    #[test]
+    fn numbers_are_in_range_as_serde_json_reads_them(
+        int in "-?(0|[1-9][0-9]{0,24}|[1-9]{300,320})",
+        frac in proptest::option::of("[0-9]{1,20}"),
+        exp in proptest::option::of((prop::sample::select(vec!["e", "E+", "e-"]), 0u32..420)),
+    ) {
+        let mut text = int;
+        if let Some(f) = frac {
+            text = format!("{text}.{f}");
+        }
+        if let Some((e, n)) = exp {
+            text = format!("{text}{e}{n}");
+        }
+        prop_assert_eq!(fast(&text), serde(&text), "{}", text);
+        let member = format!(r#"{{"n":{text}}}"#);
+        prop_assert_eq!(object_members(&member, |_, _| true).is_some(), serde(&member).is_some());
     }
 
     #[test]
