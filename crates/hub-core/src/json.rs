@@ -86,26 +86,60 @@ impl<'a> JsonText<'a> {
     }
 
     /// The number this value holds, as `serde_json` reads it into an `f64` (integers convert);
-    /// `None` if it is not a number or is out of `f64`'s range.
+    /// `None` if it is not a number.
     pub fn as_f64(&self) -> Option<f64> {
-        let s = self.text.as_bytes();
-        // Plain digits, up to 18 of them (no overflow): exactly serde_json's `u64 as f64`.
-        if !s.is_empty() && s.len() <= 18 {
-            let mut n: u64 = 0;
-            let mut digits = true;
-            for &b in s {
-                digits &= b.is_ascii_digit();
-                n = n * 10 + u64::from(b.wrapping_sub(b'0') & 0x0f);
-            }
-            if digits {
-                return Some(n as f64);
-            }
+        // Plain digits that fit a `u64`: exactly serde_json's `u64 as f64`.
+        match self.as_u64() {
+            Some(n) => Some(n as f64),
+            None => serde_json::from_str::<f64>(self.text).ok(),
         }
-        serde_json::from_str::<f64>(self.text).ok()
+    }
+
+    /// The number this value holds when it is written as plain digits (no sign, fraction or
+    /// exponent) and fits a `u64`, as `str::parse` reads it.
+    pub fn as_u64(&self) -> Option<u64> {
+        let s = self.text.as_bytes();
+        if s.is_empty() || s.len() > 19 {
+            // 19 digits always fit; 20 may.
+            return self
+                .text
+                .parse()
+                .ok()
+                .filter(|_| s.iter().all(u8::is_ascii_digit));
+        }
+        let mut n: u64 = 0;
+        let (chunks, rest) = s.as_chunks::<8>();
+        for chunk in chunks {
+            n = n * 100_000_000 + eight_digits(*chunk)?;
+        }
+        for &c in rest {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            n = n * 10 + u64::from(c - b'0');
+        }
+        Some(n)
     }
 }
 
-/// Equal when the texts are.
+/// Eight ASCII digits as a number, eight at a time (SWAR); `None` if one is not a digit.
+#[inline]
+fn eight_digits(chunk: [u8; 8]) -> Option<u64> {
+    const NIBBLES: u64 = 0xF0F0_F0F0_F0F0_F0F0;
+    let v = u64::from_le_bytes(chunk);
+    // Each byte 0x30..=0x39: high nibble 3, and adding 6 does not carry into it.
+    if v & NIBBLES != ONES * 0x30 || v.wrapping_add(ONES * 6) & NIBBLES != ONES * 0x30 {
+        return None;
+    }
+    let d = v - ONES * 0x30;
+    // Pairs, then fours, then all eight (the first digit is the lowest byte).
+    // (simdjson's `parse_eight_digits_unrolled`; the high products wrap away by design.)
+    let d = d * 10 + (d >> 8);
+    let lo = (d & 0x0000_00FF_0000_00FF).wrapping_mul(100 + (1_000_000 << 32));
+    let hi = ((d >> 16) & 0x0000_00FF_0000_00FF).wrapping_mul(1 + (10_000 << 32));
+    Some(lo.wrapping_add(hi) >> 32)
+}
+
 impl PartialEq for JsonText<'_> {
     fn eq(&self, other: &Self) -> bool {
         self.text == other.text

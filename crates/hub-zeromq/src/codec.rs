@@ -281,7 +281,7 @@ fn decode_fedmsg(topic: &str, text: &str) -> Result<(Message, Option<u64>), Inva
         None => Timestamp::now(),
         Some(secs) => timestamp_from_secs(secs).map_err(fail)?,
     };
-    let seq = env.extras[0].and_then(|i| i.get().parse::<u64>().ok());
+    let seq = env.extras[0].and_then(|i| i.as_u64());
     // The usual envelope (topic and id with no escapes, so they are slices of the text): one
     // copy of the whole text, in which the message finds its parts.
     if let (Some(Cow::Borrowed(topic)), Some(Cow::Borrowed(id))) = (&env.topic, &env.msg_id)

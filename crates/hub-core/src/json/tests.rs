@@ -335,6 +335,20 @@ proptest! {
         assert_sound(&text);
     }
 
+    /// Plain digits read eight at a time as `str::parse` reads them one by one; anything else
+    /// (the bytes either side of `0`–`9` included) is not a plain integer.
+    #[test]
+    fn plain_integers_read_as_str_parse_reads_them(
+        s in "[0-9]{1,21}|[0-9]{0,9}[-.eE/:a \x00\u{e9}][0-9]{0,9}"
+    ) {
+        let text = JsonText { text: &s, unescaped: true };
+        let plain = s.bytes().all(|c| c.is_ascii_digit());
+        prop_assert_eq!(text.as_u64(), s.parse::<u64>().ok().filter(|_| plain), "{}", s);
+        if let Some(j) = JsonText::new(&s) {
+            prop_assert_eq!(j.as_f64(), serde_json::from_str::<f64>(&s).ok(), "{}", s);
+        }
+    }
+
     /// Numbers near and past the edge of `f64`'s range: exactly serde_json's verdict.
     #[test]
     fn numbers_are_in_range_as_serde_json_reads_them(
