@@ -140,6 +140,7 @@ fn eight_digits(chunk: [u8; 8]) -> Option<u64> {
     Some(lo.wrapping_add(hi) >> 32)
 }
 
+/// Equal when the texts are.
 impl PartialEq for JsonText<'_> {
     fn eq(&self, other: &Self) -> bool {
         self.text == other.text
