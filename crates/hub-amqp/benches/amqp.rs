@@ -1,5 +1,6 @@
 //! AMQP harness against the local RabbitMQ: prints a table. Run: `scripts/bench-amqp`.
 //!
+//! Messages are shaped as fedora-messaging publishes them (see `fedora_shaped`).
 //! Consume: 50 000 pre-filled persistent 200-byte messages, (a) raw lapin, prefetch 1000, acking
 //! with `multiple` every 100 deliveries; (b) the hub, one no-op consumer on a durable queue,
 //! prefetch 1000. Publish: 20 000 messages, (c) raw lapin with up to 1000 unconfirmed; (d) the
@@ -33,26 +34,34 @@ const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const CONSUME_N: u64 = 50_000;
 const PUBLISH_N: u64 = 20_000;
 
-fn body() -> Vec<u8> {
-    let mut b = serde_json::to_vec(&json!({"pad": "x".repeat(180)})).unwrap();
-    b.truncate(200.max(b.len()));
-    b
+/// A message as fedora-messaging publishes it: `application/json`, `utf-8`, persistent, a UUID4
+/// `message_id`, and the `fedora_messaging_schema`, `fedora_messaging_severity` and `sent-at`
+/// headers (plus two of the usual `fedora_messaging_user_*`/`_package_*` flags), 200-byte body.
+fn fedora_shaped() -> (BasicProperties, Vec<u8>) {
+    let m = Message::builder(
+        "org.fedoraproject.prod.bodhi.update.comment",
+        json!({"pad": "x".repeat(180)}),
+    )
+    .header("fedora_messaging_user_alice", true)
+    .header("fedora_messaging_rpm_kernel", true)
+    .build();
+    hub_amqp::wire::encode(&m)
 }
 
 async fn prefill(ch: &Channel, queue: &str, n: u64) {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .ok();
-    let body = body();
     let mut pending = FuturesUnordered::new();
     for _ in 0..n {
+        let (props, body) = fedora_shaped();
         let c = ch
             .basic_publish(
                 "".into(),
                 queue.into(),
                 BasicPublishOptions::default(),
                 &body,
-                BasicProperties::default().with_delivery_mode(2),
+                props,
             )
             .await
             .unwrap();
@@ -219,11 +228,11 @@ async fn raw_publish(conn: &Connection) -> f64 {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let body = body();
     let start = Instant::now();
     let mut pending = FuturesUnordered::new();
     for _ in 0..PUBLISH_N {
-        let props = BasicProperties::default().with_delivery_mode(2);
+        // The same shape and cost (encoding included) as the hub's path below.
+        let (props, body) = fedora_shaped();
         let opts = BasicPublishOptions {
             mandatory: true,
             ..Default::default()
@@ -267,7 +276,10 @@ async fn hub_publish(conn: &Connection) -> f64 {
     while !running.readiness().ready {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let msg = Message::new("hub.bench.pub", json!({"pad": "x".repeat(180)}));
+    let msg = Message::builder("hub.bench.pub", json!({"pad": "x".repeat(180)}))
+        .header("fedora_messaging_user_alice", true)
+        .header("fedora_messaging_rpm_kernel", true)
+        .build();
     let start = Instant::now();
     let mut pending = FuturesUnordered::new();
     for _ in 0..PUBLISH_N {
