@@ -125,6 +125,11 @@ pub(crate) async fn run(
                     outstanding.remove(&t.tag);
                     finished.insert(t.tag);
                 }
+                Cmd::Settle(t, Verdict::Requeue, _) => {
+                    if let Some(tx) = tx.upgrade() {
+                        let _ = tx.send(Cmd::Requeue(t));
+                    }
+                }
                 Cmd::Settle(t, verdict, original) => {
                     // Weak: this task ends once no delivery can settle any more.
                     if let Some(tx) = tx.upgrade() {
@@ -259,7 +264,7 @@ async fn retry_or_dead_letter(
     let (retry, reason) = match verdict {
         Verdict::Retry { reason } => (n < policy.max_attempts, reason),
         Verdict::Reject { reason } => (false, reason),
-        Verdict::Ack => (false, String::new()),
+        Verdict::Ack | Verdict::Requeue => (false, String::new()),
     };
     let result = if retry {
         // Exponential backoff; the original stays unacknowledged (and counted by prefetch)

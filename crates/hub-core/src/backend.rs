@@ -129,8 +129,8 @@ impl fmt::Debug for Delivery {
 pub enum Verdict {
     /// Every consumer finished it OK (or none wanted it): acknowledge.
     Ack,
-    /// A consumer failed in a way a retry may fix (transient error, timeout, panic, shutdown
-    /// before it ran): redeliver later.
+    /// A consumer failed in a way a retry may fix (transient error, timeout, panic): redeliver
+    /// later, counting an attempt.
     Retry {
         /// Consumer name and error, for logs and headers.
         reason: String,
@@ -140,15 +140,23 @@ pub enum Verdict {
         /// Consumer name and error, for logs and headers.
         reason: String,
     },
+    /// Not processed: the hub stopped taking or handling messages before it finished (shutdown
+    /// before it started, or cut off at the end of the grace period). Give it back to the
+    /// source as it was (AMQP: `basic.nack` with requeue); it does not count as an attempt and
+    /// is never republished.
+    Requeue,
 }
 
 impl Verdict {
+    /// Merge order when several consumers had the same delivery: the highest rank wins. A retry
+    /// wins over everything (the consumer that failed gets its redelivery, counted); a requeue
+    /// over a reject (a consumer that never ran it still gets it); a reject over an ack.
     pub(crate) fn rank(&self) -> u8 {
         match self {
             Self::Ack => 0,
             Self::Reject { .. } => 1,
-            // A retry wins over a reject: another consumer may still succeed on redelivery.
-            Self::Retry { .. } => 2,
+            Self::Requeue => 2,
+            Self::Retry { .. } => 3,
         }
     }
 }

@@ -23,7 +23,13 @@ pub trait Consumer: Send + Sync + 'static {
     }
 
     /// Handles one message. Return a [`ConsumeError`] of kind transient when a retry may help,
-    /// invalid when the message itself is at fault. Panics are caught and counted.
+    /// invalid when the message itself is at fault. Panics are caught and counted (also one
+    /// raised before the future is returned, by a `consume` written without `async_trait`).
+    ///
+    /// The consumer's `timeout` can only interrupt this future at an `.await`: work that never
+    /// awaits (a long CPU-bound parse) runs to its end whatever the timeout, holds its runtime
+    /// thread meanwhile, and counts as `ok` if it succeeds. Move such work to
+    /// `tokio::task::spawn_blocking(..).await`, whose await the timeout does cover.
     async fn consume(&self, cx: &Context, msg: &Message) -> Result<(), ConsumeError>;
 
     /// Runs once after the last message, during shutdown.
@@ -52,7 +58,8 @@ pub struct ConsumerOptions {
     pub queue_capacity: usize,
     /// Policy when the queue is full (default `block`).
     pub when_full: WhenFull,
-    /// Longest time one message may take; `None` (default) means no limit.
+    /// Longest time one message may take; `None` (default) means no limit. Enforced at the
+    /// consumer's awaits only (see [`Consumer::consume`]).
     pub timeout: Option<Duration>,
     /// Broker backends: keep this consumer's queue across hub and broker restarts, shared by
     /// every hub of the same name (default false: a transient queue gone with the connection).

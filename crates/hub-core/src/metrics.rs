@@ -8,10 +8,10 @@
 //! | `hub_consumer_backlog_messages` | gauge | `consumer` | queued, not yet started |
 //! | `hub_consumer_in_flight_messages` | gauge | `consumer` | being handled now |
 //! | `hub_consumer_oldest_message_age_seconds` | gauge | `consumer` | how long the oldest queued message has waited; 0 when empty |
-//! | `hub_consumer_catch_up_seconds` | gauge | `consumer` | backlog / recent completion rate; 0 when empty; `+Inf` while there is a backlog and nothing completes |
+//! | `hub_consumer_catch_up_seconds` | gauge | `consumer` | backlog × recent mean service time / concurrency; 0 when empty; `+Inf` while there is a backlog and nothing completes for max(3 × the mean service time, 1 s) |
 //! | `hub_consumer_received_messages_total` | counter | `consumer` | messages routed to the consumer |
 //! | `hub_consumer_processed_messages_total` | counter | `consumer`, `outcome` = `ok`\|`error`\|`timeout`\|`panic` | finished messages |
-//! | `hub_consumer_dropped_messages_total` | counter | `consumer`, `reason` = `queue_full` | dropped by `when_full` |
+//! | `hub_consumer_dropped_messages_total` | counter | `consumer`, `reason` = `queue_full`\|`shutdown` | dropped by `when_full`; or cut off when the shutdown grace expired (queued or in flight; given back to the backend unprocessed) |
 //! | `hub_consumer_processing_duration_seconds` | histogram | `consumer` | time in `consume` |
 //! | `hub_consumer_queue_wait_seconds` | histogram | `consumer` | time from enqueue to start |
 //! | `hub_backend_received_messages_total` | counter | `backend` | messages the backend delivered |
@@ -19,6 +19,7 @@
 //! | `hub_backend_publish_failures_total` | counter | `backend` | publishes that failed (unavailable, unroutable, unconfirmed) |
 //! | `hub_backend_invalid_messages_total` | counter | `backend` | malformed input rejected by it |
 //! | `hub_backend_connected` | gauge | `backend` | 1 when connected, else 0 |
+//! | `hub_backend_settle_panics_total` | counter | `backend` | the backend's acknowledgement (`Acker::settle`) panicked (caught) |
 //! | `hub_dispatcher_unrouted_messages_total` | counter | — | messages no consumer matched |
 //!
 //! The two histograms are kept by the dispatcher itself (fixed buckets, [`DURATION_BUCKETS`]) and
@@ -28,8 +29,10 @@
 //!
 //! Gauges are computed from the queues when [`Dispatcher::refresh_gauges`](crate::Dispatcher::refresh_gauges)
 //! runs: the hub calls it on every scrape and once a second, so they are true when scraped.
-//! Topics never become labels. Invariant per consumer:
-//! `received = processed + dropped + backlog + in_flight`.
+//! Topics never become labels. Invariant per consumer, exact in every scrape (the counts are
+//! read together under the consumer's queue lock) and after shutdown:
+//! `received = processed + dropped + backlog + in_flight`, with `in_flight` at most the
+//! consumer's concurrency.
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -65,6 +68,8 @@ pub const BACKEND_PUBLISH_FAILURES: &str = "hub_backend_publish_failures_total";
 pub const BACKEND_INVALID: &str = "hub_backend_invalid_messages_total";
 /// `hub_backend_connected`
 pub const BACKEND_CONNECTED: &str = "hub_backend_connected";
+/// `hub_backend_settle_panics_total`
+pub const BACKEND_SETTLE_PANICS: &str = "hub_backend_settle_panics_total";
 /// `hub_dispatcher_unrouted_messages_total`
 pub const DISPATCHER_UNROUTED: &str = "hub_dispatcher_unrouted_messages_total";
 
@@ -94,7 +99,7 @@ pub fn describe() {
     describe_gauge!(
         CONSUMER_CATCH_UP,
         Unit::Seconds,
-        "Backlog divided by the recent completion rate (0 when empty, +Inf while nothing completes)."
+        "Time to work off the backlog at the recent mean service time (0 when empty, +Inf while nothing completes)."
     );
     describe_counter!(
         CONSUMER_RECEIVED,
@@ -109,7 +114,7 @@ pub fn describe() {
     describe_counter!(
         CONSUMER_DROPPED,
         Unit::Count,
-        "Messages dropped because the consumer's queue was full."
+        "Messages dropped: the consumer's queue was full, or shutdown cut them off."
     );
     describe_counter!(
         BACKEND_RECEIVED,
@@ -132,6 +137,11 @@ pub fn describe() {
         "1 while the backend is connected, else 0."
     );
     describe_counter!(
+        BACKEND_SETTLE_PANICS,
+        Unit::Count,
+        "Acknowledgements (the backend's Acker::settle) that panicked; caught."
+    );
+    describe_counter!(
         DISPATCHER_UNROUTED,
         Unit::Count,
         "Messages that matched no consumer."
@@ -150,6 +160,7 @@ pub(crate) struct ConsumerMetrics {
     pub timeout: Counter,
     pub panic: Counter,
     pub dropped: Counter,
+    pub dropped_shutdown: Counter,
 }
 
 impl ConsumerMetrics {
@@ -166,6 +177,7 @@ impl ConsumerMetrics {
             timeout: processed("timeout"),
             panic: processed("panic"),
             dropped: counter!(CONSUMER_DROPPED, "consumer" => consumer.to_owned(), "reason" => "queue_full"),
+            dropped_shutdown: counter!(CONSUMER_DROPPED, "consumer" => consumer.to_owned(), "reason" => "shutdown"),
         };
         // Series appear only once they hold a value: show every consumer from the start.
         for g in [&m.backlog, &m.in_flight, &m.oldest_age, &m.catch_up] {
@@ -178,6 +190,7 @@ impl ConsumerMetrics {
             &m.timeout,
             &m.panic,
             &m.dropped,
+            &m.dropped_shutdown,
         ] {
             c.increment(0);
         }
@@ -193,6 +206,7 @@ pub struct BackendMetrics {
     pub(crate) published: Counter,
     pub(crate) publish_failures: Counter,
     invalid: Counter,
+    settle_panics: Counter,
     connected_gauge: Gauge,
     connected: Arc<AtomicBool>,
 }
@@ -206,6 +220,7 @@ impl BackendMetrics {
             published: counter!(BACKEND_PUBLISHED, "backend" => id.to_owned()),
             publish_failures: counter!(BACKEND_PUBLISH_FAILURES, "backend" => id.to_owned()),
             invalid: counter!(BACKEND_INVALID, "backend" => id.to_owned()),
+            settle_panics: counter!(BACKEND_SETTLE_PANICS, "backend" => id.to_owned()),
             connected_gauge: gauge!(BACKEND_CONNECTED, "backend" => id.to_owned()),
             connected: Arc::new(AtomicBool::new(false)),
         };
@@ -213,6 +228,7 @@ impl BackendMetrics {
         m.published.increment(0);
         m.publish_failures.increment(0);
         m.invalid.increment(0);
+        m.settle_panics.increment(0);
         m.connected_gauge.set(0.0);
         m
     }
@@ -242,6 +258,11 @@ impl BackendMetrics {
     /// Counts one malformed message the backend rejected.
     pub fn invalid(&self) {
         self.invalid.increment(1);
+    }
+
+    /// Counts one acknowledgement of this backend's that panicked (caught by the dispatcher).
+    pub(crate) fn settle_panicked(&self) {
+        self.settle_panics.increment(1);
     }
 }
 
@@ -280,6 +301,11 @@ impl Buckets {
         let i = BUCKET_NANOS.partition_point(|&b| b < nanos);
         bump(&self.counts[i], 1);
         bump(&self.sum_nanos, nanos);
+    }
+
+    /// The sum of every sample so far, in nanoseconds.
+    pub fn sum_nanos(&self) -> u64 {
+        self.sum_nanos.load(Ordering::Relaxed)
     }
 
     /// Appends `name{labels,le=..}` bucket, `_sum` and `_count` lines for the sum of `parts`

@@ -1,8 +1,10 @@
 //! One consumer's bounded FIFO queue, with the three `when_full` policies.
 //!
 //! A mutex around a `VecDeque` rather than a channel: `drop_oldest` needs the producer side to
-//! pop, and the oldest-age gauge needs to peek at the head. Waiters use `Notify`, signalled only
-//! on empty→non-empty and full→non-full transitions so a busy queue rarely touches it.
+//! pop, and the oldest-age gauge needs to peek at the head. Waiters use `Notify`: a worker is
+//! woken on empty→non-empty (and passes the wake-up on while more is queued); a producer blocked
+//! under `block` registers itself under the lock, and each pop wakes one registered producer
+//! that no earlier pop woke, so no blocked producer can sleep while the queue has room.
 
 use std::collections::VecDeque;
 use std::pin::pin;
@@ -19,7 +21,7 @@ use crate::Message;
 pub(crate) struct Queued {
     pub message: Message,
     pub settle: Settle,
-    /// When it was queued, in nanoseconds after the dispatcher's epoch.
+    /// When it entered this consumer's queue, in nanoseconds after the dispatcher's epoch.
     pub enqueued_ns: u64,
 }
 
@@ -30,6 +32,15 @@ struct State {
     received: u64,
     /// Messages dropped by the `when_full` policy.
     dropped: u64,
+    /// Messages taken by a worker.
+    taken: u64,
+    /// Messages removed unstarted when the shutdown grace expired.
+    cleared: u64,
+    /// Producers waiting for room under `block`.
+    blocked: usize,
+    /// Of those, how many were woken by a pop and have not yet come back for their room: a
+    /// pop wakes a producer only while some blocked producer has not been woken yet.
+    woken: usize,
 }
 
 /// A queue's state at one moment.
@@ -40,6 +51,8 @@ pub(crate) struct Snapshot {
     pub oldest_ns: Option<u64>,
     pub received: u64,
     pub dropped: u64,
+    pub taken: u64,
+    pub cleared: u64,
 }
 
 pub(crate) struct Queue {
@@ -72,6 +85,21 @@ pub(crate) enum TryPop {
     Closed,
 }
 
+/// A producer registered as blocked (`State::blocked`); unregisters itself if its push is
+/// abandoned (a cancelled delivery).
+struct Blocked<'a> {
+    queue: &'a Queue,
+    registered: bool,
+}
+
+impl Drop for Blocked<'_> {
+    fn drop(&mut self) {
+        if self.registered {
+            self.queue.lock().blocked -= 1;
+        }
+    }
+}
+
 impl Queue {
     pub fn new(capacity: usize, workers: usize) -> Self {
         Self {
@@ -80,6 +108,10 @@ impl Queue {
                 closed: false,
                 received: 0,
                 dropped: 0,
+                taken: 0,
+                cleared: 0,
+                blocked: 0,
+                woken: 0,
             }),
             capacity,
             chain_wakeups: workers > 1,
@@ -93,7 +125,9 @@ impl Queue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn try_push(&self, item: Queued, policy: WhenFull) -> TryPush {
+    /// Offers one message without waiting: `Err` gives it back when the queue is full under
+    /// `block`.
+    pub fn try_push(&self, item: Queued, policy: WhenFull) -> Result<Offer, Queued> {
         let mut st = self.lock();
         // The common case first, with no detour (the hot path of every single delivery).
         if !st.closed && st.items.len() < self.capacity {
@@ -104,10 +138,13 @@ impl Queue {
             if was_empty {
                 self.not_empty.notify_one();
             }
-            return TryPush::Done(Offer::Accepted);
+            return Ok(Offer::Accepted);
         }
         // Closed or full: nothing was queued, so there is nobody new to wake.
-        self.push_locked(&mut st, item, policy)
+        match self.push_locked(&mut st, item, policy) {
+            TryPush::Done(offer) => Ok(offer),
+            TryPush::Full(back) => Err(back),
+        }
     }
 
     /// One push under the caller's lock; the caller wakes the worker.
@@ -142,15 +179,21 @@ impl Queue {
         }
     }
 
-    /// Offers several messages in order under one lock, waking the worker at most once (the
-    /// cross-thread hand-off is what a message costs most here). Returns the outcomes that are
-    /// not a plain acceptance, in order; under `block`, the messages from the first that did not
-    /// fit are left at the front of `items`, to be pushed with [`Queue::push`].
+    /// Offers messages in order under one lock, waking the worker at most once (the
+    /// cross-thread hand-off is what a message costs most here). Under `block`, the messages
+    /// from the first that does not fit are left at the front of `items`, to be pushed with
+    /// [`Queue::push`]. Returns the outcomes that are not a plain acceptance, in order.
     pub fn try_push_many(&self, items: &mut VecDeque<Queued>, policy: WhenFull) -> Vec<Offer> {
         let mut outcomes = Vec::new();
         let mut st = self.lock();
         let was_empty = st.items.is_empty();
         while let Some(item) = items.pop_front() {
+            // The common case first, with no detour.
+            if !st.closed && st.items.len() < self.capacity {
+                st.received += 1;
+                st.items.push_back(item);
+                continue;
+            }
             match self.push_locked(&mut st, item, policy) {
                 TryPush::Done(Offer::Accepted) => {}
                 TryPush::Done(other) => outcomes.push(other),
@@ -168,20 +211,52 @@ impl Queue {
         outcomes
     }
 
-    /// Offers a message; under `block` waits for room (or for the queue to close).
-    pub async fn push(&self, mut item: Queued, policy: WhenFull) -> Offer {
-        match self.try_push(item, policy) {
-            TryPush::Done(o) => return o,
-            TryPush::Full(back) => item = back,
-        }
+    /// Offers a message; under `block` waits for room (or for the queue to close). A message
+    /// that had to wait is stamped with `now()` when it enters the queue, so its queue wait does
+    /// not include the time its producer was blocked.
+    pub async fn push(&self, mut item: Queued, policy: WhenFull, now: impl Fn() -> u64) -> Offer {
+        let mut blocked = Blocked {
+            queue: self,
+            registered: false,
+        };
+        let mut waited = false;
         loop {
             let mut notified = pin!(self.not_full.notified());
             notified.as_mut().enable();
-            match self.try_push(item, policy) {
-                TryPush::Done(o) => return o,
-                TryPush::Full(back) => item = back,
-            }
+            // In a block of its own: the guard must not live across the wait.
+            let back = {
+                let mut st = self.lock();
+                if waited {
+                    // The wake-up a pop sent (if it was one) is taken.
+                    st.woken = st.woken.saturating_sub(1);
+                }
+                let was_empty = st.items.is_empty();
+                match self.push_locked(&mut st, item, policy) {
+                    TryPush::Done(offer) => {
+                        if blocked.registered {
+                            st.blocked -= 1;
+                            blocked.registered = false;
+                        }
+                        let wake = was_empty && !st.items.is_empty();
+                        drop(st);
+                        if wake {
+                            self.not_empty.notify_one();
+                        }
+                        return offer;
+                    }
+                    TryPush::Full(back) => {
+                        if !blocked.registered {
+                            st.blocked += 1;
+                            blocked.registered = true;
+                        }
+                        back
+                    }
+                }
+            };
+            item = back;
             notified.await;
+            waited = true;
+            item.enqueued_ns = now();
         }
     }
 
@@ -190,10 +265,12 @@ impl Queue {
         let mut st = self.lock();
         match st.items.pop_front() {
             Some(item) => {
-                let was_full = st.items.len() + 1 == self.capacity;
+                st.taken += 1;
+                let wake_producer = st.blocked > st.woken;
+                st.woken += usize::from(wake_producer);
                 let more = !st.items.is_empty();
                 drop(st);
-                if was_full {
+                if wake_producer {
                     self.not_full.notify_one();
                 }
                 if more && self.chain_wakeups {
@@ -227,20 +304,38 @@ impl Queue {
         self.not_full.notify_waiters();
     }
 
-    /// Length, oldest enqueue time and counts, read together.
-    pub fn snapshot(&self) -> Snapshot {
+    /// Length, oldest enqueue time and counts, read together, and `read_more` run under the same
+    /// lock: while it runs no message can be queued or taken, so counts it reads of the
+    /// messages taken (a worker's finished count) agree with `taken`.
+    pub fn snapshot_with<R>(&self, read_more: impl FnOnce() -> R) -> (Snapshot, R) {
         let st = self.lock();
-        Snapshot {
+        let snapshot = Snapshot {
             len: st.items.len(),
             oldest_ns: st.items.front().map(|q| q.enqueued_ns),
             received: st.received,
             dropped: st.dropped,
-        }
+            taken: st.taken,
+            cleared: st.cleared,
+        };
+        let more = read_more();
+        drop(st);
+        (snapshot, more)
     }
 
-    /// Removes everything still queued (their settlements fire on drop).
+    /// Producers waiting for room now.
+    #[cfg(test)]
+    pub fn blocked_producers(&self) -> usize {
+        self.lock().blocked
+    }
+
+    /// Removes everything still queued, counted as cleared (their settlements fire on drop, as
+    /// [`Verdict::Requeue`](crate::Verdict::Requeue), outside the lock).
     pub fn clear(&self) -> usize {
-        let items = std::mem::take(&mut self.lock().items);
+        let items = {
+            let mut st = self.lock();
+            st.cleared += st.items.len() as u64;
+            std::mem::take(&mut st.items)
+        };
         items.len()
     }
 }

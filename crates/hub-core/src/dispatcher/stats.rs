@@ -14,15 +14,19 @@ pub(crate) enum Outcome {
     Panic,
 }
 
+/// "Never", in the nanosecond fields below.
+const NEVER: u64 = u64::MAX;
+
 /// One worker's counts. Aligned to keep two workers' blocks (and the queue the feeder writes)
 /// off each other's cache lines.
 #[repr(align(128))]
 pub(crate) struct WorkerStats {
-    /// Messages taken from the queue and started.
-    started: AtomicU64,
     /// Finished messages by [`Outcome`].
     outcomes: [AtomicU64; 4],
-    /// Nanoseconds after the dispatcher's epoch of the last completion; `u64::MAX` = never.
+    /// When the message last taken started (nanoseconds after the dispatcher's epoch); `NEVER`
+    /// before the first. The worker is busy while this is at or after `last_completed_ns`.
+    started_ns: AtomicU64,
+    /// When the last message finished (nanoseconds after the epoch); `NEVER` before the first.
     last_completed_ns: AtomicU64,
     pub duration: Buckets,
     pub queue_wait: Buckets,
@@ -31,59 +35,58 @@ pub(crate) struct WorkerStats {
 impl WorkerStats {
     pub fn new() -> Self {
         Self {
-            started: AtomicU64::new(0),
             outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
-            last_completed_ns: AtomicU64::new(u64::MAX),
+            started_ns: AtomicU64::new(NEVER),
+            last_completed_ns: AtomicU64::new(NEVER),
             duration: Buckets::new(),
             queue_wait: Buckets::new(),
         }
     }
 
-    /// A message was taken and starts now. Owning worker only.
-    pub fn start(&self) {
-        bump(&self.started, 1);
+    /// A message was taken and starts at `at_ns`. Owning worker only.
+    pub fn start(&self, at_ns: u64) {
+        self.started_ns
+            .store(at_ns.min(NEVER - 1), Ordering::Relaxed);
     }
 
     /// A started message ended with `outcome`, `at_ns` after the epoch. Owning worker only.
-    /// Stored after `start`'s count with release ordering, so a reader that loads the outcomes
-    /// first never sees more finished than started.
     pub fn finish(&self, outcome: Outcome, at_ns: u64) {
         bump(&self.outcomes[outcome as usize], 1);
         self.last_completed_ns
-            .store(at_ns.min(u64::MAX - 1), Ordering::Relaxed);
+            .store(at_ns.min(NEVER - 1), Ordering::Relaxed);
     }
 }
 
-/// The sum of a consumer's worker blocks, read in an order that keeps
-/// `in_flight = started - finished` non-negative.
+/// The sum of a consumer's worker blocks.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Totals {
     /// Finished messages by [`Outcome`] (ok, error, timeout, panic).
     pub outcomes: [u64; 4],
-    /// Started and not finished.
-    pub in_flight: u64,
     /// The latest completion (nanoseconds after the epoch), if any.
     pub last_completed_ns: Option<u64>,
+    /// When the longest-running message in hand started, if a worker is busy.
+    pub busy_since_ns: Option<u64>,
+    /// Total time spent in `consume` by the finished messages, in nanoseconds.
+    pub duration_ns: u64,
 }
 
 impl Totals {
     pub fn of(workers: &[WorkerStats]) -> Self {
         let mut t = Totals::default();
-        let mut started = 0u64;
         for w in workers {
-            let mut finished = 0;
             for (sum, c) in t.outcomes.iter_mut().zip(&w.outcomes) {
-                let n = c.load(Ordering::Acquire);
-                *sum += n;
-                finished += n;
+                *sum += c.load(Ordering::Acquire);
             }
-            started += w.started.load(Ordering::Acquire).max(finished);
             let last = w.last_completed_ns.load(Ordering::Relaxed);
-            if last != u64::MAX {
+            let started = w.started_ns.load(Ordering::Relaxed);
+            if last != NEVER {
                 t.last_completed_ns = Some(t.last_completed_ns.map_or(last, |l| l.max(last)));
             }
+            if started != NEVER && (last == NEVER || started >= last) {
+                t.busy_since_ns = Some(t.busy_since_ns.map_or(started, |b| b.min(started)));
+            }
+            t.duration_ns += w.duration.sum_nanos();
         }
-        t.in_flight = started - t.completed();
         t
     }
 

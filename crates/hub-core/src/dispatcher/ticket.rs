@@ -1,7 +1,10 @@
 //! Settling a delivery once every consumer that received it is done.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use tracing::error;
 
 use crate::{Acker, Verdict};
 
@@ -13,6 +16,10 @@ pub(crate) struct Ticket {
     acker: Box<dyn Acker>,
 }
 
+/// The backend's [`Acker`] panicked while settling (caught, logged; the caller counts it).
+#[derive(Debug)]
+pub(crate) struct AckerPanicked;
+
 impl Ticket {
     pub fn new(acker: Box<dyn Acker>, consumers: usize) -> Arc<Self> {
         Arc::new(Self {
@@ -22,26 +29,35 @@ impl Ticket {
         })
     }
 
-    fn finish(&self, verdict: Verdict) {
+    fn finish(&self, verdict: Verdict) -> Result<(), AckerPanicked> {
         if verdict != Verdict::Ack {
             let mut worst = self.worst.lock().unwrap_or_else(PoisonError::into_inner);
             if worst.as_ref().is_none_or(|w| verdict.rank() > w.rank()) {
                 *worst = Some(verdict);
             }
         }
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let worst = self
-                .worst
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            self.acker.settle(worst.unwrap_or(Verdict::Ack));
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return Ok(());
         }
+        let worst = self
+            .worst
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or(Verdict::Ack);
+        // A backend's acker is foreign code run on a consumer's worker (or the intake): a panic
+        // in it must not take the worker down with it.
+        catch_unwind(AssertUnwindSafe(|| self.acker.settle(worst))).map_err(|panic| {
+            error!(panic = %panic_text(&*panic), "A backend's acknowledgement (Acker::settle) panicked; the delivery is left to the backend.");
+            AckerPanicked
+        })
     }
 }
 
-/// One consumer's share of a delivery's settlement. Dropped unfinished (shutdown, abort), it
-/// counts as a retry, so nothing is ever acknowledged without being processed.
+/// One consumer's share of a delivery's settlement. Dropped unfinished (shutdown before it ran,
+/// cut off by the grace period, a cancelled hand-over), it settles as [`Verdict::Requeue`], so
+/// nothing is ever acknowledged without being processed, and nothing is counted as an attempt
+/// that never ran.
 pub(crate) struct Settle(Option<Arc<Ticket>>);
 
 impl Settle {
@@ -53,9 +69,11 @@ impl Settle {
         Self(Some(Arc::clone(ticket)))
     }
 
-    pub fn finish(mut self, verdict: Verdict) {
-        if let Some(t) = self.0.take() {
-            t.finish(verdict);
+    /// This consumer's verdict; `Err` when it was the last one and the backend's acker panicked.
+    pub fn finish(mut self, verdict: Verdict) -> Result<(), AckerPanicked> {
+        match self.0.take() {
+            Some(t) => t.finish(verdict),
+            None => Ok(()),
         }
     }
 }
@@ -63,9 +81,18 @@ impl Settle {
 impl Drop for Settle {
     fn drop(&mut self) {
         if let Some(t) = self.0.take() {
-            t.finish(Verdict::Retry {
-                reason: "not processed before shutdown".into(),
-            });
+            let _ = t.finish(Verdict::Requeue);
         }
+    }
+}
+
+/// The text of a caught panic's payload.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
     }
 }

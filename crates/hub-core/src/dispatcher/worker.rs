@@ -1,7 +1,13 @@
 //! Running one consumer: take from its queue, call it, time it, count the outcome, settle.
+//!
+//! Every panic a message can cause is caught where it happens and counted as that message's
+//! `panic` outcome: in the call to `consume` itself (a hand-written `consume` that panics before
+//! returning its future), in the future, and in the backend's acknowledgement. A panic that
+//! escapes anyway (a bug of the dispatcher's own) ends one round of the worker loop, is logged
+//! and counted, and the loop starts again: a consumer's workers never die with their backlog.
 
-use std::any::Any;
-use std::panic::AssertUnwindSafe;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 
 use futures_util::FutureExt;
 use tokio::task::coop;
@@ -9,12 +15,29 @@ use tracing::{error, warn};
 
 use super::queue::{Queued, TryPop};
 use super::stats::{Outcome, WorkerStats};
+use super::ticket::panic_text;
 use super::{Shared, Slot};
 use crate::{ErrorKind, Verdict};
 
-/// One worker loop (`worker` of the consumer's `concurrency`); a consumer with `concurrency`
-/// N has N of them on one queue, each with its own stats block.
-pub(super) async fn run(shared: std::sync::Arc<Shared>, index: usize, worker: usize) {
+/// One worker (`worker` of the consumer's `concurrency`); a consumer with `concurrency` N has N
+/// of them on one queue, each with its own stats block. Returns once the queue is closed and
+/// empty.
+pub(super) async fn run(shared: Arc<Shared>, index: usize, worker: usize) {
+    loop {
+        match AssertUnwindSafe(run_loop(&shared, index, worker))
+            .catch_unwind()
+            .await
+        {
+            Ok(()) => return,
+            Err(panic) => {
+                let slot = &shared.slots[index];
+                error!(consumer = %slot.name, worker, panic = %panic_text(&*panic), "A consumer worker panicked outside the consumer; it starts again.");
+            }
+        }
+    }
+}
+
+async fn run_loop(shared: &Shared, index: usize, worker: usize) {
     let slot = &shared.slots[index];
     let stats = &slot.workers[worker];
     let mut last_end: Option<u64> = None;
@@ -34,7 +57,15 @@ pub(super) async fn run(shared: std::sync::Arc<Shared>, index: usize, worker: us
             Some(t) if !waited => t,
             _ => shared.now_ns(),
         };
-        last_end = Some(process(&shared, slot, stats, item, started).await);
+        // Until it is finished, a message taken is in flight: if this future is dropped
+        // (shutdown cut it off) or unwinds, the guard says so in the counts.
+        let guard = InFlight {
+            slot,
+            stats,
+            shared,
+            done: false,
+        };
+        last_end = Some(process(shared, slot, stats, item, started, guard).await);
         // A consumer that never waits, on a queue that never empties, would otherwise keep its
         // runtime thread forever (other consumers, the HTTP server): yield once tokio's
         // cooperative budget is spent. After a yield the next message does not start where
@@ -46,6 +77,39 @@ pub(super) async fn run(shared: std::sync::Arc<Shared>, index: usize, worker: us
     }
 }
 
+/// A message between being taken and being counted as finished.
+struct InFlight<'a> {
+    slot: &'a Slot,
+    stats: &'a WorkerStats,
+    shared: &'a Shared,
+    done: bool,
+}
+
+impl InFlight<'_> {
+    fn finish(mut self, outcome: Outcome, at_ns: u64) {
+        self.stats.finish(outcome, at_ns);
+        self.done = true;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if std::thread::panicking() {
+            // Unwinding through the worker: the message ended in a panic (its settlement,
+            // dropped with it, asks for a requeue).
+            self.stats.finish(Outcome::Panic, self.shared.now_ns());
+        } else {
+            // Dropped unfinished: the worker was aborted when the shutdown grace expired.
+            self.slot
+                .cut_off
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// Handles one message; returns when it ended (nanoseconds after the epoch).
 async fn process(
     shared: &Shared,
@@ -53,6 +117,7 @@ async fn process(
     stats: &WorkerStats,
     item: Queued,
     started: u64,
+    guard: InFlight<'_>,
 ) -> u64 {
     let Queued {
         message,
@@ -60,12 +125,21 @@ async fn process(
         enqueued_ns,
     } = item;
     stats.queue_wait.record(started.saturating_sub(enqueued_ns));
-    stats.start();
+    stats.start(started);
 
-    let call = AssertUnwindSafe(slot.consumer.consume(&slot.cx, &message)).catch_unwind();
-    let result = match slot.options.timeout {
-        None => Some(call.await),
-        Some(limit) => tokio::time::timeout(limit, call).await.ok(),
+    // `consume` itself may panic before it returns a future (written by hand, not through
+    // `async_trait`): caught as the future's panics are.
+    let result = match catch_unwind(AssertUnwindSafe(|| {
+        slot.consumer.consume(&slot.cx, &message)
+    })) {
+        Err(panic) => Some(Err(panic)),
+        Ok(future) => {
+            let call = AssertUnwindSafe(future).catch_unwind();
+            match slot.options.timeout {
+                None => Some(call.await),
+                Some(limit) => tokio::time::timeout(limit, call).await.ok(),
+            }
+        }
     };
     let ended = shared.now_ns();
     stats.duration.record(ended.saturating_sub(started));
@@ -98,17 +172,9 @@ async fn process(
             (Outcome::Timeout, verdict)
         }
     };
-    stats.finish(outcome, ended);
-    settle.finish(verdict);
-    ended
-}
-
-fn panic_text(panic: &(dyn Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
+    guard.finish(outcome, ended);
+    if settle.finish(verdict).is_err() {
+        shared.backends[slot.backend].settle_panicked();
     }
+    ended
 }

@@ -1,0 +1,103 @@
+//! One pass of `HUB_BENCH_N` (default 100 000) single deliveries (`Intake::deliver`) to
+//! `HUB_BENCH_CONSUMERS` (default 4) no-op consumers on a current-thread runtime, with a real
+//! Prometheus recorder and one scrape at the end: a fixed amount of work whose instruction count
+//! (`valgrind --tool=callgrind`) compares two versions of the dispatcher without the host's noise.
+//! Run N and 2N and take the difference over N for the cost of one delivery.
+//! Build: `cargo bench -p hub-core --bench dispatch_count --no-run`.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hub_core::metrics::DURATION_BUCKETS;
+use hub_core::{
+    BackendMetrics, CancellationToken, ConsumeError, Consumer, ConsumerOptions, Context, Delivery,
+    Dispatcher, MemoryBackend, Message, Pattern, Publisher, Resources, async_trait,
+};
+use serde_json::json;
+
+struct Count(Arc<AtomicU64>);
+
+#[async_trait]
+impl Consumer for Count {
+    async fn consume(&self, _cx: &Context, _msg: &Message) -> Result<(), ConsumeError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn env_or(key: &str, default: u64) -> u64 {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return; // `cargo test` runs bench targets without `--bench`: nothing to check here.
+    }
+    let n = env_or("HUB_BENCH_N", 100_000);
+    let consumers = env_or("HUB_BENCH_CONSUMERS", 4) as usize;
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(DURATION_BUCKETS)
+        .unwrap()
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut b = Dispatcher::builder();
+        let bm = BackendMetrics::register("bench");
+        let backend = b.backend(bm.clone());
+        let mem: Arc<dyn hub_core::Backend> = Arc::new(MemoryBackend::new());
+        let mut counts = Vec::new();
+        for i in 0..consumers {
+            let c = Arc::new(AtomicU64::new(0));
+            counts.push(Arc::clone(&c));
+            let cx = Context::new(
+                format!("c{i}"),
+                Publisher::new(Arc::clone(&mem), bm.clone()),
+                Resources::new(),
+                CancellationToken::new(),
+            );
+            b.consumer(
+                backend,
+                vec![Pattern::new("org.fedoraproject.#").unwrap()],
+                ConsumerOptions::default(),
+                Arc::new(Count(c)),
+                cx,
+            );
+        }
+        let d = b.build();
+        d.start();
+        let intake = d.intake(backend);
+        let topics: Vec<String> = (0..200)
+            .map(|i| format!("org.fedoraproject.prod.app{i}.state.change"))
+            .collect();
+        // 200 distinct messages, cloned (a reference count each): building messages is not
+        // what is measured.
+        let distinct: Vec<Message> = topics
+            .iter()
+            .map(|t| Message::new(t.as_str(), json!({"build_id": 1, "name": "kernel"})))
+            .collect();
+        let msgs: Vec<Message> = (0..n)
+            .map(|i| distinct[(i % 200) as usize].clone())
+            .collect();
+        for m in msgs {
+            intake.deliver(Delivery::new(m)).await.unwrap();
+        }
+        while counts.iter().any(|c| c.load(Ordering::Relaxed) < n) {
+            tokio::task::yield_now().await;
+        }
+        d.refresh_gauges();
+        let text = handle.render();
+        assert!(text.contains("hub_consumer_processed_messages_total"));
+    });
+}

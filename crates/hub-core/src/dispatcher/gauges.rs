@@ -1,0 +1,163 @@
+//! Each consumer's state, read consistently, and the series computed from it at scrape time.
+
+use std::sync::PoisonError;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::queue::Snapshot;
+use super::stats::Totals;
+use super::{Dispatcher, Slot, catch_up};
+use crate::metrics::HistogramParts;
+
+/// A snapshot of one consumer's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumerState {
+    /// Consumer name.
+    pub name: String,
+    /// Queued, not started.
+    pub backlog: usize,
+    /// Being handled (never more than the consumer's concurrency).
+    pub in_flight: usize,
+    /// Finished (any outcome).
+    pub completed: u64,
+    /// Age of the oldest queued message.
+    pub oldest_age: Duration,
+    /// Estimated seconds to work off the backlog (see the metric).
+    pub catch_up_seconds: f64,
+}
+
+/// One consumer's counts at one moment, consistent with each other.
+pub(super) struct Counts {
+    pub queue: Snapshot,
+    pub totals: Totals,
+    /// Taken by a worker and neither finished nor cut off.
+    pub in_flight: u64,
+    /// Cut off by shutdown: cleared from the queue unstarted, or stopped in flight.
+    pub shutdown_dropped: u64,
+}
+
+impl Slot {
+    /// The queue's counts and the workers' totals, read under the queue's lock: no message
+    /// is queued or taken meanwhile, and each worker has at most one message in hand, so
+    /// `in_flight` is between 0 and the concurrency and
+    /// `received = processed + dropped + shutdown_dropped + backlog + in_flight` holds exactly.
+    pub(super) fn counts(&self) -> Counts {
+        let (queue, (totals, cut_off)) = self.queue.snapshot_with(|| {
+            let totals = Totals::of(&self.workers);
+            (
+                totals,
+                self.cut_off.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        });
+        Counts {
+            in_flight: queue
+                .taken
+                .saturating_sub(totals.completed())
+                .saturating_sub(cut_off),
+            shutdown_dropped: queue.cleared + cut_off,
+            queue,
+            totals,
+        }
+    }
+}
+
+impl Dispatcher {
+    /// Recomputes every consumer's series (backlog, in flight, oldest age, catch-up, and the
+    /// exact counts) from the queues now. Call before rendering metrics.
+    pub fn refresh_gauges(&self) {
+        for b in &self.shared.backends {
+            b.flush();
+        }
+        let now = Instant::now();
+        for slot in &self.shared.slots {
+            let (state, counts) = self.state_of(slot, now);
+            let m = &slot.metrics;
+            let [ok, error, timeout, panic] = counts.totals.outcomes;
+            for (counter, count) in [
+                (&m.received, counts.queue.received),
+                (&m.ok, ok),
+                (&m.error, error),
+                (&m.timeout, timeout),
+                (&m.panic, panic),
+                (&m.dropped, counts.queue.dropped),
+                (&m.dropped_shutdown, counts.shutdown_dropped),
+            ] {
+                counter.absolute(count);
+            }
+            m.backlog.set(state.backlog as f64);
+            m.in_flight.set(state.in_flight as f64);
+            m.oldest_age.set(state.oldest_age.as_secs_f64());
+            m.catch_up.set(state.catch_up_seconds);
+        }
+    }
+
+    /// The two duration histograms of every consumer
+    /// (`hub_consumer_processing_duration_seconds`, `hub_consumer_queue_wait_seconds`) in
+    /// Prometheus text format; append it to the recorder's output when serving `/metrics`.
+    pub fn render_histograms(&self) -> String {
+        let mut out = String::new();
+        let parts: Vec<HistogramParts<'_>> = self
+            .shared
+            .slots
+            .iter()
+            .map(|s| HistogramParts {
+                consumer: &s.name,
+                duration: s.workers.iter().map(|w| &w.duration).collect(),
+                queue_wait: s.workers.iter().map(|w| &w.queue_wait).collect(),
+            })
+            .collect();
+        crate::metrics::render_histograms(&mut out, &parts);
+        out
+    }
+
+    /// Every consumer's state now.
+    pub fn states(&self) -> Vec<ConsumerState> {
+        let now = Instant::now();
+        self.shared
+            .slots
+            .iter()
+            .map(|slot| self.state_of(slot, now).0)
+            .collect()
+    }
+
+    /// One consumer's state, with the counts it came from.
+    pub(super) fn state_of(&self, slot: &Slot, now: Instant) -> (ConsumerState, Counts) {
+        let counts = slot.counts();
+        let now_ns = self.shared.now_ns();
+        let completed = counts.totals.completed();
+        let mean = slot
+            .service
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sample(now, completed, counts.totals.duration_ns);
+        // Progress is a completion, or the start of the work in hand (a consumer that was idle
+        // and just got work has not stalled); with nothing in hand, the oldest queued message.
+        let began = counts
+            .totals
+            .busy_since_ns
+            .or(counts.queue.oldest_ns)
+            .unwrap_or(now_ns);
+        let progress = counts
+            .totals
+            .last_completed_ns
+            .map_or(began, |l| l.max(began));
+        let stalled_for = Duration::from_nanos(now_ns.saturating_sub(progress));
+        let state = ConsumerState {
+            name: slot.name.to_string(),
+            backlog: counts.queue.len,
+            in_flight: usize::try_from(counts.in_flight).unwrap_or(usize::MAX),
+            completed,
+            oldest_age: counts.queue.oldest_ns.map_or(Duration::ZERO, |t| {
+                Duration::from_nanos(now_ns.saturating_sub(t))
+            }),
+            catch_up_seconds: catch_up::catch_up_seconds(
+                counts.queue.len,
+                slot.options.concurrency,
+                mean,
+                stalled_for,
+            ),
+        };
+        (state, counts)
+    }
+}

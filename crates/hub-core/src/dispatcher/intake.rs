@@ -1,0 +1,260 @@
+//! Where deliveries enter: routing each to its consumers and queueing one copy per consumer.
+//!
+//! One path for one delivery and for a batch: routing and copying (`copies`), then queueing
+//! without waiting (a batch groups each consumer's copies under one lock; a single delivery
+//! queues each copy at once), then, under `block`, waiting for room with what a full queue
+//! refused (`wait_for_room`). Every copy of every delivery, with its share of the settlement,
+//! exists before the first wait: a cancelled call still settles every delivery (the copies it
+//! never queued settle as [`Verdict::Requeue`] when dropped), and a full `block` consumer never
+//! delays the others.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, TryLockError};
+
+use tracing::debug;
+
+use super::queue::{Offer, Queued};
+use super::route_cache::RouteCache;
+use super::ticket::{Settle, Ticket};
+use super::{Matched, Shared, Slot};
+use crate::metrics::BackendMetrics;
+use crate::topic::TopicWords;
+use crate::{Acker, Delivery, SubscriptionId, Verdict};
+
+/// The entry point for one backend's deliveries. Cheap to clone; each clone keeps its own cache
+/// of recent topics' routes, so give each receiving task its own clone.
+pub struct Intake {
+    pub(super) shared: Arc<Shared>,
+    pub(super) backend: usize,
+    pub(super) routes: RouteCache,
+    /// The copies of the delivery (or batch) being handed over, kept between calls so a call
+    /// allocates nothing; a call that finds it in use (an `Intake` shared between tasks) makes
+    /// its own.
+    pub(super) staging: Mutex<Option<Box<Staging>>>,
+}
+
+impl Intake {
+    pub(super) fn new(shared: Arc<Shared>, backend: usize) -> Self {
+        Self {
+            shared,
+            backend,
+            routes: RouteCache::default(),
+            staging: Mutex::new(None),
+        }
+    }
+}
+
+impl Clone for Intake {
+    fn clone(&self) -> Self {
+        Self::new(Arc::clone(&self.shared), self.backend)
+    }
+}
+
+/// Copies of the deliveries being handed over, per consumer, in delivery order. Kept by the
+/// intake between calls (cleared), so a call allocates nothing once warm.
+#[derive(Default)]
+pub(super) struct Staging {
+    /// By consumer index.
+    per_slot: Vec<VecDeque<Queued>>,
+    /// The consumers with copies, in the order they got their first.
+    touched: Vec<usize>,
+}
+
+impl Staging {
+    fn push(&mut self, slot: usize, item: Queued) {
+        if self.per_slot.len() <= slot {
+            self.per_slot.resize_with(slot + 1, VecDeque::new);
+        }
+        let items = &mut self.per_slot[slot];
+        if items.is_empty() {
+            self.touched.push(slot);
+        }
+        items.push_back(item);
+    }
+}
+
+/// The hub is shutting down and takes no more messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the hub is shutting down and takes no more messages")]
+pub struct IntakeClosed;
+
+impl Intake {
+    /// Routes one delivery to every matching consumer (or to its target subscription): the
+    /// batch path's routing, copies and waiting (see [`Intake::deliver_many`]), each copy queued
+    /// at once (a batch of one has nothing to group).
+    ///
+    /// Returns at once unless a matching consumer with `when_full = "block"` is full: then it
+    /// waits for room, which is how backpressure reaches the backend. Every other consumer has
+    /// its copy before the wait, and if the returned future is dropped while waiting, the
+    /// delivery is still settled ([`Verdict::Requeue`] for the consumers that never got it).
+    ///
+    /// # Errors
+    /// [`IntakeClosed`] once shutdown has begun; the delivery is settled as
+    /// [`Verdict::Requeue`].
+    pub async fn deliver(&self, delivery: Delivery) -> Result<(), IntakeClosed> {
+        let sh = &*self.shared;
+        sh.backends[self.backend].count_received(1);
+        let mut closed = Ok(());
+        let mut waiting = Vec::new();
+        self.copies(delivery, sh.now_ns(), |i, item| {
+            let slot = &sh.slots[i];
+            match slot.queue.try_push(item, slot.options.when_full) {
+                Ok(offer) => closed = closed.and(settled(slot, self.metrics(), offer)),
+                Err(full) => waiting.push((i, full)),
+            }
+        });
+        closed.and(self.wait_for_room(waiting).await)
+    }
+
+    /// Routes several deliveries, as [`Intake::deliver`] would one after the other (same order
+    /// for each consumer, same `when_full` policies, same counts), but locks each consumer's
+    /// queue once for all its messages in the batch and wakes its worker at most once. A
+    /// receiving task that has several messages ready (a socket drained without waiting) should
+    /// hand them over this way: the per-message cross-thread hand-off is what costs most.
+    ///
+    /// A full consumer with `when_full = "block"` makes the call wait for room; every other
+    /// consumer gets its share of the batch first. Every copy is made before the first wait, so
+    /// a call dropped while waiting still settles every delivery.
+    ///
+    /// # Errors
+    /// [`IntakeClosed`] once shutdown has begun; what was not queued is settled as
+    /// [`Verdict::Requeue`].
+    pub async fn deliver_many(
+        &self,
+        batch: impl IntoIterator<Item = Delivery>,
+    ) -> Result<(), IntakeClosed> {
+        let sh = &*self.shared;
+        let mut staging = self.staging_buffer();
+        let now = sh.now_ns();
+        let mut received = 0;
+        for delivery in batch {
+            received += 1;
+            self.copies(delivery, now, |i, item| staging.push(i, item));
+        }
+        sh.backends[self.backend].count_received(received);
+        let mut closed = Ok(());
+        let mut waiting = Vec::new();
+        for &i in &staging.touched {
+            let slot = &sh.slots[i];
+            let items = &mut staging.per_slot[i];
+            for offer in slot.queue.try_push_many(items, slot.options.when_full) {
+                closed = closed.and(settled(slot, self.metrics(), offer));
+            }
+            // Under `block`, what did not fit (rarely anything) waits below.
+            waiting.extend(items.drain(..).map(|item| (i, item)));
+        }
+        staging.touched.clear();
+        if let Ok(mut keep) = self.staging.try_lock() {
+            *keep = Some(staging);
+        }
+        closed.and(self.wait_for_room(waiting).await)
+    }
+
+    /// The staging area, empty: this intake's own, or a new one if another task is using it.
+    fn staging_buffer(&self) -> Box<Staging> {
+        let kept = match self.staging.try_lock() {
+            Ok(mut buffer) => buffer.take(),
+            Err(TryLockError::Poisoned(p)) => p.into_inner().take(),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        kept.unwrap_or_default()
+    }
+
+    /// Routes one delivery and makes its copies, each with its share of the settlement, in
+    /// consumer order: `queue(consumer index, copy)`. A delivery no consumer wants is settled
+    /// here (acknowledged, counted as unrouted).
+    fn copies(&self, delivery: Delivery, now: u64, mut queue: impl FnMut(usize, Queued)) {
+        let Delivery {
+            message,
+            acker,
+            target,
+        } = delivery;
+        let item = |message, settle| Queued {
+            message,
+            settle,
+            enqueued_ns: now,
+        };
+        if let Some(SubscriptionId(i)) = target {
+            let settle = acker.map_or_else(Settle::none, |a| Settle::of(&Ticket::new(a, 1)));
+            queue(i, item(message, settle));
+            return;
+        }
+        let matched = self.route(message.topic());
+        let n = matched.len();
+        if n == 0 {
+            self.unrouted(acker);
+            return;
+        }
+        let ticket = acker.map(|a| Ticket::new(a, n));
+        // n - 1 copies; the last consumer gets the delivery's own reference (one atomic
+        // increment and decrement fewer per delivery).
+        let mut own = Some(message);
+        for (k, i) in matched.iter().enumerate() {
+            let copy = if k + 1 == n { own.take() } else { own.clone() };
+            let Some(copy) = copy else { break };
+            let settle = ticket.as_ref().map_or_else(Settle::none, Settle::of);
+            queue(i, item(copy, settle));
+        }
+    }
+
+    /// Under `block`, the copies that found their queue full wait for room, one at a time, in
+    /// order. Each is stamped again when it enters its queue (its queue wait starts then).
+    async fn wait_for_room(&self, waiting: Vec<(usize, Queued)>) -> Result<(), IntakeClosed> {
+        let sh = &*self.shared;
+        let mut closed = Ok(());
+        for (i, item) in waiting {
+            let slot = &sh.slots[i];
+            let pushed = slot
+                .queue
+                .push(item, slot.options.when_full, || sh.now_ns())
+                .await;
+            closed = closed.and(settled(slot, self.metrics(), pushed));
+        }
+        closed
+    }
+
+    /// The consumers whose patterns match `topic` (cached per intake).
+    fn route(&self, topic: &str) -> Matched {
+        let sh = &*self.shared;
+        self.routes.get_or_insert(topic, || {
+            let mut matched = Matched::new();
+            sh.routes[self.backend]
+                .for_each_match(&TopicWords::new(topic), |id| matched.insert(id));
+            matched
+        })
+    }
+
+    /// A delivery that matched no consumer: counted as unrouted and acknowledged.
+    fn unrouted(&self, acker: Option<Box<dyn Acker>>) {
+        self.shared.unrouted.increment(1);
+        if let Some(acker) = acker {
+            let ticket = Ticket::new(acker, 1);
+            if Settle::of(&ticket).finish(Verdict::Ack).is_err() {
+                self.metrics().settle_panicked();
+            }
+        }
+    }
+
+    /// This backend's metrics.
+    pub fn metrics(&self) -> &BackendMetrics {
+        &self.shared.backends[self.backend]
+    }
+}
+
+/// What a push did, as the intake reports it: a message the policy dropped is settled as
+/// rejected (and logged); one refused because the hub is closing makes the delivery fail (and
+/// settles, when dropped, as a requeue).
+fn settled(slot: &Slot, backend: &BackendMetrics, offer: Offer) -> Result<(), IntakeClosed> {
+    match offer {
+        Offer::Accepted => Ok(()),
+        Offer::Dropped(victim) => {
+            debug!(consumer = %slot.name, message_id = %victim.message.id(), "Queue full; message dropped.");
+            let reason = format!("consumer {}: queue full, message dropped", slot.name);
+            if victim.settle.finish(Verdict::Reject { reason }).is_err() {
+                backend.settle_panicked();
+            }
+            Ok(())
+        }
+        Offer::Closed(_refused) => Err(IntakeClosed),
+    }
+}
