@@ -3,14 +3,21 @@
 //! The AMQP 0-9-1 backend (RabbitMQ, via lapin), `type = "amqp"`: one queue per consumer bound
 //! to a topic exchange by the consumer's patterns, so the broker filters and keeps messages while
 //! a consumer is down. At-least-once: a delivery is acknowledged only after the dispatcher's
-//! verdict, in batches (`multiple`) up to the highest tag below which everything is finished;
-//! transient failures are retried with exponential backoff up to `max_attempts` (a confirmed
-//! copy replaces the original), then dead-lettered with the reason in headers. Publishing uses
-//! publisher confirms and `mandatory`. Wire format: fedora-messaging's (see [`wire`]).
+//! verdict, in batches (see [`settle`]); transient failures are retried with exponential backoff
+//! up to `max_attempts` (a confirmed copy replaces the original), then dead-lettered with the
+//! reason in headers, into the hub's own dead-letter queue. Two connections, as RabbitMQ
+//! recommends: one consumes and acknowledges, the other publishes (retries, dead letters,
+//! consumers' and producers' messages), so a broker that blocks publishers (memory or disk alarm)
+//! never holds back acknowledgements. Publishing uses publisher confirms and `mandatory`, each
+//! return attributed to its own publish (see [`publisher`]). Wire format: fedora-messaging's
+//! (see [`wire`]).
 
 pub use lapin;
 
+mod consume;
+mod publisher;
 mod settle;
+mod topology;
 pub mod wire;
 
 use std::sync::Arc;
@@ -19,20 +26,27 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use hub_core::{
-    Backend, BackendConfig, BackendContext, BackendError, BoxError, Delivery, Message,
-    PublishError, Subscription,
+    Backend, BackendConfig, BackendContext, BackendError, BoxError, Message, PublishError,
 };
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties};
 use serde::Deserialize;
 use tokio::sync::{Mutex, mpsc};
 use tracing::{info, warn};
 
-use settle::{AmqpAcker, Cmd, Original, Policy};
+use consume::Subscriber;
+use publisher::{PublishFailure, Publisher};
+use settle::{Policy, Settler};
+
+/// `hub_amqp_queue_messages{consumer}`: ready messages waiting in RabbitMQ.
+pub const QUEUE_MESSAGES: &str = "hub_amqp_queue_messages";
+/// `hub_amqp_connection_blocked{backend}`: 1 while the broker blocks the publishing connection
+/// (a memory or disk alarm); consuming and acknowledging go on.
+pub const CONNECTION_BLOCKED: &str = "hub_amqp_connection_blocked";
+/// `hub_amqp_republish_failures_total{consumer, kind}`: a retry's copy (`kind="retry"`) or a
+/// dead letter (`kind="dead_letter"`) that could not be published and is being tried again.
+pub const REPUBLISH_FAILURES: &str = "hub_amqp_republish_failures_total";
 
 /// `[backends.<id>]` with `type = "amqp"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -46,10 +60,12 @@ pub struct AmqpConfig {
     /// Unacknowledged messages per consumer queue (bounds what is in flight). Default 100.
     #[serde(default = "default_prefetch")]
     pub prefetch: u16,
-    /// Fanout exchange that receives dead letters; the hub also declares and binds the durable
-    /// queue `<[hub] name>.dead-letters` to it. Default `hub.dead-letter`.
-    #[serde(default = "default_dlx")]
-    pub dead_letter_exchange: String,
+    /// Unset (default): dead letters go straight to the hub's own durable queue
+    /// `<[hub] name>.dead-letters`, through the default exchange. Set: a fanout exchange the hub
+    /// declares, binds that queue to, and publishes dead letters on; every queue bound to it gets
+    /// every dead letter published there (by any hub naming it).
+    #[serde(default)]
+    pub dead_letter_exchange: Option<String>,
     /// Deliveries of a failing message before it is dead-lettered. Default 3.
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
@@ -116,9 +132,6 @@ fn default_exchange() -> String {
 fn default_prefetch() -> u16 {
     100
 }
-fn default_dlx() -> String {
-    "hub.dead-letter".into()
-}
 fn default_attempts() -> u32 {
     3
 }
@@ -156,11 +169,19 @@ impl BackendConfig for AmqpConfig {
             .into());
         }
         for (k, v) in [
-            ("exchange", &self.exchange),
-            ("dead_letter_exchange", &self.dead_letter_exchange),
+            ("exchange", Some(&self.exchange)),
+            ("dead_letter_exchange", self.dead_letter_exchange.as_ref()),
         ] {
-            ShortString::try_new(v.as_str())
-                .map_err(|_| format!("{k} {v:?}: longer than 255 bytes"))?;
+            if let Some(v) = v {
+                ShortString::try_new(v.as_str())
+                    .map_err(|_| format!("{k} {v:?}: longer than 255 bytes"))?;
+            }
+        }
+        if self.dead_letter_exchange.as_deref() == Some("") {
+            return Err(
+                "dead_letter_exchange \"\": leave it out for the hub's own dead-letter queue"
+                    .into(),
+            );
         }
         if self.prefetch == 0 || self.max_attempts == 0 {
             return Err("prefetch and max_attempts must be at least 1".into());
@@ -169,8 +190,7 @@ impl BackendConfig for AmqpConfig {
         Ok(Arc::new(AmqpBackend {
             id: id.to_owned(),
             config: self,
-            connection: Mutex::new(None),
-            publisher: Mutex::new(None),
+            live: Mutex::new(None),
             settlers: Mutex::new(Vec::new()),
         }))
     }
@@ -180,10 +200,24 @@ impl BackendConfig for AmqpConfig {
 pub struct AmqpBackend {
     id: String,
     config: AmqpConfig,
-    connection: Mutex<Option<Arc<Connection>>>,
-    publisher: Mutex<Option<Channel>>,
+    /// Set once connected: the two connections and the publishing task's handle.
+    live: Mutex<Option<Live>>,
     /// Settle tasks: `close` waits for them so every drained message is acknowledged.
     settlers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+struct Live {
+    consume: Arc<Connection>,
+    publish: Arc<Connection>,
+    publisher: Publisher,
+    publishing: tokio::task::JoinHandle<()>,
+}
+
+/// Which of the backend's two connections.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Consume,
+    Publish,
 }
 
 impl AmqpBackend {
@@ -194,23 +228,16 @@ impl AmqpBackend {
         }
     }
 
-    fn queue_name(hub: &str, sub: &Subscription) -> Result<String, String> {
-        let name = match (&sub.options.queue, sub.options.durable) {
-            (Some(q), _) => q.clone(),
-            (None, true) => format!("{hub}.{}", sub.consumer),
-            // Named by us, never by the server: lapin cannot recover server-named queues.
-            (None, false) => format!("{hub}.{}.{}", sub.consumer, uuid::Uuid::new_v4().simple()),
-        };
-        ShortString::try_new(name.as_str())
-            .map_err(|_| format!("queue name {name:?} is longer than 255 bytes"))?;
-        Ok(name)
-    }
-
-    async fn connect(&self, cx: &BackendContext) -> Option<Connection> {
+    /// Connects (retrying with backoff until shutdown); `None` once shutdown has begun.
+    async fn connect(&self, cx: &BackendContext, role: Role) -> Option<Connection> {
         let mut backoff = Duration::from_millis(200);
+        let name = match role {
+            Role::Consume => "consume",
+            Role::Publish => "publish",
+        };
         loop {
             let props = ConnectionProperties::default()
-                .with_connection_name(format!("hub {} {}", cx.hub_name, cx.id).into())
+                .with_connection_name(format!("hub {} {} {name}", cx.hub_name, cx.id).into())
                 .enable_auto_recover();
             let connect = async {
                 match self.config.tls() {
@@ -233,10 +260,10 @@ impl AmqpBackend {
             match attempt {
                 Ok(Ok(c)) => return Some(c),
                 Ok(Err(e)) => {
-                    warn!(backend = %self.id, url = %redact(&self.config.url), error = %e, "Cannot connect; retrying.")
+                    warn!(backend = %self.id, connection = name, url = %redact(&self.config.url), error = %e, "Cannot connect; retrying.")
                 }
                 Err(_) => {
-                    warn!(backend = %self.id, url = %redact(&self.config.url), "Connect timed out; retrying.")
+                    warn!(backend = %self.id, connection = name, url = %redact(&self.config.url), "Connect timed out; retrying.")
                 }
             }
             tokio::select! {
@@ -247,161 +274,101 @@ impl AmqpBackend {
         }
     }
 
-    async fn setup(
+    /// The publishing channel (confirms on) and its task.
+    async fn start_publisher(
         &self,
         conn: &Connection,
-        cx: &BackendContext,
-    ) -> Result<tokio::task::JoinSet<Result<(), String>>, BackendError> {
-        let err = |what: &str, e: lapin::Error| self.fail(format!("{what}: {e}"));
-        let publisher = conn
+    ) -> Result<(Publisher, tokio::task::JoinHandle<()>), BackendError> {
+        let ch = conn
             .create_channel()
             .await
-            .map_err(|e| err("opening the publish channel", e))?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
+            .map_err(|e| self.fail(format!("opening the publish channel: {e}")))?;
+        ch.confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(|e| err("enabling publisher confirms", e))?;
-        if !self.config.exchange.starts_with("amq.") {
-            let opts = ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            };
-            publisher
-                .exchange_declare(
-                    self.config.exchange.as_str().into(),
-                    ExchangeKind::Topic,
-                    opts,
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| {
-                    err(
-                        &format!("declaring topic exchange {:?}", self.config.exchange),
-                        e,
-                    )
-                })?;
-        }
-        let dlx = self.config.dead_letter_exchange.as_str();
-        let dlq = format!("{}.dead-letters", cx.hub_name);
-        publisher
-            .exchange_declare(
-                dlx.into(),
-                ExchangeKind::Fanout,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| err(&format!("declaring dead-letter exchange {dlx:?}"), e))?;
-        publisher
-            .queue_declare(
-                dlq.as_str().into(),
-                QueueDeclareOptions::durable(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| err(&format!("declaring dead-letter queue {dlq:?}"), e))?;
-        publisher
-            .queue_bind(
-                dlq.as_str().into(),
-                dlx.into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| err(&format!("binding {dlq:?} to {dlx:?}"), e))?;
-        *self.publisher.lock().await = Some(publisher.clone());
+            .map_err(|e| self.fail(format!("enabling publisher confirms: {e}")))?;
+        Ok(Publisher::start(ch))
+    }
 
+    /// Declares the topology on the consuming connection and starts, per consumer, its receive
+    /// loop (in the returned set) and its settle task.
+    async fn subscribe(
+        &self,
+        conn: &Connection,
+        publisher: &Publisher,
+        cx: &BackendContext,
+    ) -> Result<tokio::task::JoinSet<Result<(), String>>, BackendError> {
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(|e| self.fail(format!("opening the topology channel: {e}")))?;
+        topology::exchange(&ch, &self.config.exchange)
+            .await
+            .map_err(|m| self.fail(m))?;
+        let dead_letters = topology::dead_letters(
+            conn,
+            &ch,
+            &cx.hub_name,
+            self.config.dead_letter_exchange.as_deref(),
+        )
+        .await
+        .map_err(|m| self.fail(m))?;
         let mut tasks = tokio::task::JoinSet::new();
         let mut queues = Vec::new();
         for sub in &cx.subscriptions {
-            let queue = Self::queue_name(&cx.hub_name, sub)
-                .map_err(|m| self.fail(format!("consumer {}: {m}", sub.consumer)))?;
-            let ch = conn
-                .create_channel()
-                .await
-                .map_err(|e| err("opening a consumer channel", e))?;
-            ch.basic_qos(self.config.prefetch, BasicQosOptions::default())
-                .await
-                .map_err(|e| err("setting prefetch", e))?;
-            let opts = if sub.options.durable || sub.options.queue.is_some() {
-                QueueDeclareOptions::durable()
-            } else {
-                QueueDeclareOptions::exclusive().auto_delete()
-            };
-            ch.queue_declare(queue.as_str().into(), opts, FieldTable::default())
-                .await
-                .map_err(|e| err(&format!("consumer {}: declaring queue {queue:?} (a queue that exists with other arguments must be deleted or renamed)", sub.consumer), e))?;
-            for p in &sub.patterns {
-                let key = ShortString::try_new(p.as_str()).map_err(|_| {
-                    self.fail(format!("pattern {:?} is longer than 255 bytes", p.as_str()))
-                })?;
-                ch.queue_bind(
-                    queue.as_str().into(),
-                    self.config.exchange.as_str().into(),
-                    key,
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| {
-                    err(
-                        &format!(
-                            "binding {queue:?} to {:?} with {:?}",
-                            self.config.exchange,
-                            p.as_str()
-                        ),
-                        e,
-                    )
-                })?;
-            }
-            let consumer = ch
-                .basic_consume(
-                    queue.as_str().into(),
-                    format!("hub-{}", sub.consumer).into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| err(&format!("consuming from {queue:?}"), e))?;
-            info!(backend = %self.id, consumer = %sub.consumer, %queue, durable = sub.options.durable, "Consuming.");
-            queues.push((sub.consumer.to_string(), queue.clone()));
-            let (tx, rx) = mpsc::unbounded_channel();
+            let q = topology::consumer_queue(
+                conn,
+                &cx.hub_name,
+                &self.config.exchange,
+                self.config.prefetch,
+                sub,
+            )
+            .await
+            .map_err(|m| self.fail(format!("consumer {}: {m}", sub.consumer)))?;
+            info!(backend = %self.id, consumer = %sub.consumer, queue = %q.queue, durable = sub.options.durable, "Consuming.");
+            queues.push((sub.consumer.to_string(), q.queue.clone()));
+            let failures = |kind: &'static str| metrics::counter!(REPUBLISH_FAILURES, "consumer" => sub.consumer.to_string(), "kind" => kind);
             let policy = Policy {
                 consumer: sub.consumer.to_string(),
-                queue: queue.clone(),
-                dead_letter_exchange: self.config.dead_letter_exchange.clone(),
+                queue: q.queue.clone(),
+                dead_letters: dead_letters.clone(),
                 max_attempts: self.config.max_attempts,
                 retry_delay: self.config.retry_delay,
                 retry_delay_max: self.config.retry_delay_max,
                 // A quarter of the prefetch window: the broker never stalls waiting for acks.
                 ack_every: usize::from(self.config.prefetch / 4).clamp(1, 100),
+                retry_failures: failures("retry"),
+                dead_letter_failures: failures("dead_letter"),
             };
-            self.settlers.lock().await.push(tokio::spawn(settle::run(
-                publisher.clone(),
+            policy.retry_failures.increment(0);
+            policy.dead_letter_failures.increment(0);
+            let (tx, rx) = mpsc::unbounded_channel();
+            let settler = Settler {
+                channel: q.channel.clone(),
+                publisher: publisher.clone(),
                 policy,
-                rx,
-                tx.downgrade(),
-            )));
-            tasks.spawn(consume(
-                consumer,
-                ch,
-                sub.clone(),
-                tx,
-                cx.intake.clone(),
-                cx.metrics.clone(),
-                cx.shutdown.clone(),
-                self.id.clone(),
-            ));
+                shutdown: cx.shutdown.clone(),
+            };
+            self.settlers
+                .lock()
+                .await
+                .push(tokio::spawn(settler.run(rx, tx.downgrade())));
+            let subscriber = Subscriber {
+                backend: Arc::clone(&cx.id),
+                sub: sub.clone(),
+                channel: q.channel,
+                tag: q.tag,
+                intake: cx.intake.clone(),
+                metrics: cx.metrics.clone(),
+                shutdown: cx.shutdown.clone(),
+                settle: tx,
+            };
+            tasks.spawn(subscriber.run(q.consumer));
         }
         // Its own channel: a passive declare of a queue deleted behind our back is a channel error.
         let poller = conn
             .create_channel()
             .await
-            .map_err(|e| err("opening the backlog channel", e))?;
+            .map_err(|e| self.fail(format!("opening the backlog channel: {e}")))?;
         let shutdown = cx.shutdown.clone();
         tasks.spawn(async move {
             poll_backlog(poller, queues, shutdown).await;
@@ -423,7 +390,7 @@ async fn poll_backlog(
 ) {
     let gauges: Vec<_> = queues
         .iter()
-        .map(|(consumer, _)| metrics::gauge!("hub_amqp_queue_messages", "consumer" => consumer.clone()))
+        .map(|(consumer, _)| metrics::gauge!(QUEUE_MESSAGES, "consumer" => consumer.clone()))
         .collect();
     let mut tick = tokio::time::interval(BACKLOG_POLL);
     loop {
@@ -449,90 +416,23 @@ async fn poll_backlog(
     }
 }
 
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one task's whole context, spawned once"
-)]
-async fn consume(
-    mut consumer: lapin::Consumer,
-    channel: Channel,
-    sub: Subscription,
-    tx: mpsc::UnboundedSender<Cmd>,
-    intake: hub_core::Intake,
-    metrics: hub_core::BackendMetrics,
-    shutdown: hub_core::CancellationToken,
-    backend: String,
-) -> Result<(), String> {
-    let mut cancelled = std::pin::pin!(shutdown.cancelled());
-    let (mut generation, mut last_tag) = (0u32, 0u64);
-    loop {
-        let next = tokio::select! {
-            biased;
-            () = &mut cancelled => return Ok(()),
-            d = consumer.next() => d,
-        };
-        let delivery = match next {
-            Some(Ok(d)) => d,
-            Some(Err(e)) => {
-                warn!(%backend, consumer = %sub.consumer, error = %e, "Consumer error; waiting for recovery.");
-                if let Err(e) = channel.wait_for_recovery(e).await {
-                    // A consumer that silently stops is worse than a hub that exits: say so.
-                    return Err(format!(
-                        "consumer {}: its channel did not recover: {e}",
-                        sub.consumer
-                    ));
-                }
-                continue;
+/// Logs the broker blocking and unblocking the publishing connection (a memory or disk alarm),
+/// and shows it in `hub_amqp_connection_blocked`.
+async fn watch_blocked(conn: Arc<Connection>, backend: String) {
+    let gauge = metrics::gauge!(CONNECTION_BLOCKED, "backend" => backend.clone());
+    gauge.set(0.0);
+    let mut events = std::pin::pin!(conn.events_listener());
+    while let Some(event) = events.next().await {
+        match event {
+            lapin::Event::ConnectionBlocked(reason) => {
+                gauge.set(1.0);
+                warn!(%backend, %reason, "The broker blocks publishing (a resource alarm); consuming and acknowledging go on.");
             }
-            None if shutdown.is_cancelled() => return Ok(()),
-            None => {
-                return Err(format!(
-                    "consumer {}: the broker ended the subscription (queue deleted?)",
-                    sub.consumer
-                ));
+            lapin::Event::ConnectionUnblocked => {
+                gauge.set(0.0);
+                info!(%backend, "The broker unblocked publishing.");
             }
-        };
-        // Tags start again at 1 on a recovered channel: a new generation.
-        if delivery.delivery_tag <= last_tag {
-            generation += 1;
-            info!(%backend, consumer = %sub.consumer, "Channel recovered; consuming again.");
-        }
-        last_tag = delivery.delivery_tag;
-        let tag = settle::Tag {
-            generation,
-            tag: delivery.delivery_tag,
-        };
-        let original = Arc::new(Original {
-            routing_key: delivery.routing_key.as_str().to_owned(),
-            properties: delivery.properties.clone(),
-            body: delivery.data.clone(),
-        });
-        let _ = tx.send(Cmd::Register(tag, delivery.acker.clone()));
-        let acker = AmqpAcker {
-            tag,
-            original: Arc::clone(&original),
-            tx: tx.clone(),
-        };
-        match wire::decode(&original.routing_key, &original.properties, &original.body) {
-            Ok(msg) => {
-                if intake
-                    .deliver(Delivery::with_acker(msg, Box::new(acker)).for_subscription(sub.id))
-                    .await
-                    .is_err()
-                {
-                    return Ok(());
-                }
-            }
-            Err(bad) => {
-                metrics.invalid();
-                warn!(%backend, consumer = %sub.consumer, message_id = bad.id.as_deref().unwrap_or("-"), reason = %bad.reason, "Malformed message; dead-lettering it.");
-                hub_core::Acker::settle(
-                    &acker,
-                    hub_core::Verdict::Reject {
-                        reason: format!("malformed: {}", bad.reason),
-                    },
-                );
-            }
+            _ => {}
         }
     }
 }
@@ -540,91 +440,76 @@ async fn consume(
 #[async_trait]
 impl Backend for AmqpBackend {
     async fn run(&self, cx: BackendContext) -> Result<(), BackendError> {
-        let Some(conn) = self.connect(&cx).await else {
+        let Some(publish) = self.connect(&cx, Role::Publish).await else {
             return Ok(());
         };
-        let conn = Arc::new(conn);
-        let mut tasks = self.setup(&conn, &cx).await?;
-        *self.connection.lock().await = Some(Arc::clone(&conn));
-        cx.metrics.set_connected(true);
-        info!(backend = %self.id, url = %redact(&self.config.url), "Connected.");
-        // Watchdog: the connection state behind `hub_backend_connected` and readiness.
+        let Some(consume) = self.connect(&cx, Role::Consume).await else {
+            return Ok(());
+        };
+        let (publish, consume) = (Arc::new(publish), Arc::new(consume));
+        let (publisher, publishing) = self.start_publisher(&publish).await?;
+        let mut tasks = self.subscribe(&consume, &publisher, &cx).await?;
+        let blocked = tokio::spawn(watch_blocked(Arc::clone(&publish), self.id.clone()));
+        *self.live.lock().await = Some(Live {
+            consume: Arc::clone(&consume),
+            publish: Arc::clone(&publish),
+            publisher,
+            publishing,
+        });
+        let connected = || consume.status().connected() && publish.status().connected();
+        cx.metrics.set_connected(connected());
+        info!(backend = %self.id, url = %redact(&self.config.url), "Connected (a consuming and a publishing connection).");
+        // Watchdog: the connections' state behind `hub_backend_connected` and readiness.
         let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
+        let result = loop {
             tokio::select! {
-                () = cx.shutdown.cancelled() => break,
-                _ = tick.tick() => cx.metrics.set_connected(conn.status().connected()),
+                () = cx.shutdown.cancelled() => break Ok(()),
+                _ = tick.tick() => cx.metrics.set_connected(connected()),
                 Some(ended) = tasks.join_next() => {
                     if let Ok(Err(reason)) = ended {
                         cx.metrics.set_connected(false);
-                        return Err(self.fail(reason));
+                        break Err(self.fail(reason));
                     }
                 }
             }
-        }
-        // Stop taking deliveries; they end by themselves, and the settle tasks keep running so
-        // drained messages get acked.
+        };
+        blocked.abort();
+        // Each receive loop cancels its subscription and ends by itself; the settle tasks keep
+        // running, holding their channels, so drained messages get acked.
         tasks.detach_all();
-        Ok(())
+        result
     }
 
     async fn publish(&self, msg: &Message) -> Result<(), PublishError> {
-        let Some(ch) = self.publisher.lock().await.clone() else {
+        let Some(publisher) = self.live.lock().await.as_ref().map(|l| l.publisher.clone()) else {
             return Err(PublishError::Unavailable {
                 backend: self.id.clone(),
                 reason: "not connected yet".into(),
             });
         };
-        let key = ShortString::try_new(msg.topic()).map_err(|_| PublishError::NotConfirmed {
-            backend: self.id.clone(),
-            reason: format!("topic {:?} is longer than 255 bytes", msg.topic()),
-        })?;
         let (props, body) = wire::encode(msg);
-        let opts = BasicPublishOptions {
-            mandatory: true,
-            ..Default::default()
-        };
-        let transport = |e: lapin::Error| PublishError::Transport {
-            backend: self.id.clone(),
-            source: Box::new(e),
-        };
-        let attempt = || async {
-            ch.basic_publish(
-                self.config.exchange.as_str().into(),
-                key.clone(),
-                opts,
-                &body,
-                props.clone(),
-            )
-            .await?
+        publisher
+            .publish(&self.config.exchange, msg.topic(), props, body)
             .await
-        };
-        let confirm = match attempt().await {
-            Ok(c) => c,
-            // During a reconnect: wait for lapin's recovery (bounded), then publish once more.
-            Err(e) => {
-                match tokio::time::timeout(Duration::from_secs(30), ch.wait_for_recovery(e)).await {
-                    Ok(Ok(())) => attempt().await.map_err(transport)?,
-                    Ok(Err(e)) => return Err(transport(e)),
-                    Err(_) => {
-                        return Err(PublishError::Unavailable {
-                            backend: self.id.clone(),
-                            reason: "the connection did not recover within 30 s".into(),
-                        });
-                    }
-                }
-            }
-        };
-        settle::confirmed(confirm, &self.config.exchange, msg.topic()).map_err(|reason| {
-            PublishError::NotConfirmed {
-                backend: self.id.clone(),
-                reason,
-            }
-        })
+            .map_err(|e| match e {
+                PublishFailure::Closed => PublishError::Unavailable {
+                    backend: self.id.clone(),
+                    reason: e.to_string(),
+                },
+                PublishFailure::Transport(_) => PublishError::Transport {
+                    backend: self.id.clone(),
+                    source: e.to_string().into(),
+                },
+                _ => PublishError::NotConfirmed {
+                    backend: self.id.clone(),
+                    reason: e.to_string(),
+                },
+            })
     }
 
     async fn close(&self) {
-        // The hub has drained: the settle tasks end once their last acks are out.
+        // The hub has drained: each settle task ends once its last acks are out (retries in
+        // their backoff publish their copy now), then releases its channel.
         for task in std::mem::take(&mut *self.settlers.lock().await) {
             if tokio::time::timeout(Duration::from_secs(5), task)
                 .await
@@ -633,10 +518,19 @@ impl Backend for AmqpBackend {
                 warn!(backend = %self.id, "Acknowledgements still pending at close; those messages will be redelivered.");
             }
         }
-        self.publisher.lock().await.take();
-        if let Some(conn) = self.connection.lock().await.take() {
-            let _ = conn.close(200, "hub shutting down".into()).await;
+        let Some(live) = self.live.lock().await.take() else {
+            return;
+        };
+        // The publishing task ends once its last confirms are in.
+        drop(live.publisher);
+        if tokio::time::timeout(Duration::from_secs(5), live.publishing)
+            .await
+            .is_err()
+        {
+            warn!(backend = %self.id, "Publishes still unconfirmed at close.");
         }
+        let _ = live.consume.close(200, "hub shutting down".into()).await;
+        let _ = live.publish.close(200, "hub shutting down".into()).await;
     }
 }
 
@@ -656,13 +550,17 @@ pub async fn publish_once(url: &str, exchange: &str, msg: &Message) -> Result<St
     let result = async {
         let ch = conn.create_channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        let (publisher, task) = Publisher::start(ch);
         let (props, body) = wire::encode(msg);
         let id = props
             .message_id()
             .as_ref()
             .map(|s| s.as_str().to_owned())
             .unwrap_or_default();
-        settle::publish_confirmed(&ch, exchange, msg.topic(), props, &body).await?;
+        let published = publisher.publish(exchange, msg.topic(), props, body).await;
+        drop(publisher);
+        let _ = task.await;
+        published?;
         Ok::<_, BoxError>(id)
     }
     .await;

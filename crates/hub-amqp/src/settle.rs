@@ -1,22 +1,44 @@
-//! Settling deliveries on one consumer channel: batched `multiple` acks for contiguous finished
-//! tags, retries by confirmed republish, dead-lettering with the reason in headers.
+//! Settling deliveries on one consumer channel: batched acks, retries by confirmed republish,
+//! dead letters, requeues.
+//!
+//! - Finished deliveries are acknowledged with `multiple` up to the highest tag below the oldest
+//!   unfinished one, once a quarter of the prefetch window has finished or after a short idle
+//!   moment. Finished tags above an unfinished one (a message in its retry backoff, a slow one)
+//!   are acknowledged one by one once a quarter of the window waits behind it, or at the idle
+//!   moment, so a held message never freezes the window or gets finished work redelivered.
+//! - A retry waits its backoff (cut short at shutdown), then publishes a confirmed copy with
+//!   `x-hub-attempts` + 1 and the original topic in `x-hub-topic`, and only then acknowledges
+//!   the original: a crash in between duplicates, never loses.
+//! - A dead letter is published, confirmed, with the reason, consumer, queue, attempts, original
+//!   topic and time in headers, and only then is the original acknowledged.
+//! - A copy or dead letter that cannot be published is tried again with the same backoff (counted
+//!   in `hub_amqp_republish_failures_total`, logged once per interval), never by redelivering the
+//!   message at once; at shutdown it is given back with `basic.nack` + requeue.
+//! - [`Verdict::Requeue`] (never processed: refused at shutdown, cut off) is `basic.nack` +
+//!   requeue at once: the message comes back as it was, its attempt count unchanged.
+//! - The task holds a handle to the consumer channel until its last acknowledgement is out, so the
+//!   acks of messages finished during the shutdown drain reach the broker.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hub_core::{Acker, Verdict};
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions};
+use hub_core::{Acker, CancellationToken, Verdict};
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel};
+use metrics::Counter;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::wire::ATTEMPTS;
+use crate::publisher::Publisher;
+use crate::wire::{ATTEMPTS, TOPIC};
 
 /// What the hub needs to republish or dead-letter a delivery.
 pub(crate) struct Original {
-    pub routing_key: String,
+    /// The topic the consumer saw (the routing key, or `x-hub-topic` for a retry's copy).
+    pub topic: String,
     pub properties: BasicProperties,
     pub body: Vec<u8>,
 }
@@ -34,9 +56,9 @@ pub(crate) enum Cmd {
     Register(Tag, lapin::Acker),
     /// The dispatcher's verdict.
     Settle(Tag, Verdict, Arc<Original>),
-    /// Safe to acknowledge (finished OK, or its copy is confirmed elsewhere).
+    /// Safe to acknowledge: its copy or dead letter is confirmed.
     Done(Tag),
-    /// Could not be retried or dead-lettered: give it back to the broker.
+    /// Give it back to the broker as it was.
     Requeue(Tag),
     /// Internal: the idle moment passed; acknowledge what is finished.
     Flush,
@@ -58,143 +80,343 @@ impl Acker for AmqpAcker {
     }
 }
 
-/// Retry and dead-letter policy.
+/// Where dead letters go.
+#[derive(Debug, Clone)]
+pub(crate) struct DeadLetters {
+    /// `""` (the default exchange, straight to the hub's dead-letter queue) or the configured
+    /// fanout exchange.
+    pub exchange: String,
+    /// The hub's dead-letter queue's name with the default exchange; `None`: the original topic.
+    pub key: Option<String>,
+}
+
+/// Retry, dead-letter and acknowledgement policy of one consumer.
 #[derive(Clone)]
 pub(crate) struct Policy {
     pub consumer: String,
     pub queue: String,
-    pub dead_letter_exchange: String,
+    pub dead_letters: DeadLetters,
     pub max_attempts: u32,
     pub retry_delay: Duration,
     pub retry_delay_max: Duration,
     /// Acknowledge once this many are finished (or after a short idle moment).
     pub ack_every: usize,
+    /// `hub_amqp_republish_failures_total{consumer, kind="retry"}` and `{kind="dead_letter"}`.
+    pub retry_failures: Counter,
+    pub dead_letter_failures: Counter,
 }
 
 /// A finished delivery waits at most this long for others to share its ack frame.
 const ACK_IDLE: Duration = Duration::from_millis(5);
+/// A republish that keeps failing is logged at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Runs until every sender is gone.
-pub(crate) async fn run(
-    publisher: Channel,
-    policy: Policy,
-    mut rx: mpsc::UnboundedReceiver<Cmd>,
-    tx: mpsc::WeakUnboundedSender<Cmd>,
-) {
-    let mut generation = 0;
-    // Per tag of the current generation: lapin's acker, and whether it finished.
-    let mut ackers: BTreeMap<u64, lapin::Acker> = BTreeMap::new();
-    let mut outstanding = BTreeSet::new();
-    let mut finished = BTreeSet::new();
-    loop {
-        // With acks pending, wait only briefly for more before sending them.
-        let first = if finished.is_empty() {
-            rx.recv().await
-        } else {
-            match tokio::time::timeout(ACK_IDLE, rx.recv()).await {
-                Ok(c) => c,
-                Err(_) => Some(Cmd::Flush),
+/// How a flush was triggered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// A quarter of the window finished.
+    Enough,
+    /// Nothing arrived for a moment.
+    Idle,
+    /// The last sender is gone: everything goes out.
+    Closing,
+}
+
+/// The unacknowledged deliveries of the channel's current generation.
+#[derive(Default)]
+struct Window {
+    generation: u32,
+    ackers: BTreeMap<u64, lapin::Acker>,
+    /// Registered, not finished (being handled, or waiting for a republish).
+    outstanding: BTreeSet<u64>,
+    finished: BTreeSet<u64>,
+}
+
+/// What the settle task works with.
+pub(crate) struct Settler {
+    /// Held until the last acknowledgement is out: lapin closes a channel with its last handle.
+    pub channel: Channel,
+    pub publisher: Publisher,
+    pub policy: Policy,
+    pub shutdown: CancellationToken,
+}
+
+impl Settler {
+    /// Runs until every sender is gone, then acknowledges what is left and releases the channel.
+    pub async fn run(
+        self,
+        mut rx: mpsc::UnboundedReceiver<Cmd>,
+        tx: mpsc::WeakUnboundedSender<Cmd>,
+    ) {
+        let mut w = Window::default();
+        loop {
+            // With acks pending, wait only briefly for more before sending them.
+            let first = if w.finished.is_empty() {
+                rx.recv().await
+            } else {
+                match tokio::time::timeout(ACK_IDLE, rx.recv()).await {
+                    Ok(c) => c,
+                    Err(_) => Some(Cmd::Flush),
+                }
+            };
+            let mode = match &first {
+                None => Flush::Closing,
+                Some(Cmd::Flush) => Flush::Idle,
+                Some(_) => Flush::Enough,
+            };
+            let mut cmd = first;
+            // Take everything already queued, then acknowledge once.
+            while let Some(c) = cmd.take().or_else(|| rx.try_recv().ok()) {
+                self.apply(&mut w, c, &tx).await;
             }
-        };
-        // Every sender gone (shutdown, after the hub drained): acknowledge what is left, then stop.
-        let closing = first.is_none();
-        let first = first.unwrap_or(Cmd::Flush);
-        let flush_now = closing || matches!(first, Cmd::Flush);
-        let mut cmd = Some(first);
-        // Take everything already queued, then acknowledge once.
-        while let Some(c) = cmd.take().or_else(|| rx.try_recv().ok()) {
-            match c {
-                Cmd::Flush => {}
-                Cmd::Register(t, acker) => {
-                    if t.generation != generation {
-                        // The channel was recovered: what was unacked will be redelivered.
-                        generation = t.generation;
-                        ackers.clear();
-                        outstanding.clear();
-                        finished.clear();
-                    }
-                    ackers.insert(t.tag, acker);
-                    outstanding.insert(t.tag);
-                }
-                Cmd::Settle(t, _, _) | Cmd::Done(t) | Cmd::Requeue(t)
-                    if t.generation != generation =>
-                {
-                    debug!(consumer = %policy.consumer, tag = t.tag, "Settled a delivery from before a reconnect; the broker redelivers it.");
-                }
-                Cmd::Settle(t, Verdict::Ack, _) | Cmd::Done(t) => {
-                    outstanding.remove(&t.tag);
-                    finished.insert(t.tag);
-                }
-                Cmd::Settle(t, Verdict::Requeue, _) => {
-                    if let Some(tx) = tx.upgrade() {
-                        let _ = tx.send(Cmd::Requeue(t));
-                    }
-                }
-                Cmd::Settle(t, verdict, original) => {
-                    // Weak: this task ends once no delivery can settle any more.
-                    if let Some(tx) = tx.upgrade() {
-                        tokio::spawn(retry_or_dead_letter(
-                            publisher.clone(),
-                            policy.clone(),
-                            t,
-                            verdict,
-                            original,
-                            tx,
-                        ));
-                    }
-                }
-                Cmd::Requeue(t) => {
-                    outstanding.remove(&t.tag);
-                    if let Some(acker) = ackers.remove(&t.tag) {
-                        let opts = BasicNackOptions {
-                            multiple: false,
-                            requeue: true,
-                        };
-                        if !matches!(acker.nack(opts).await, Ok(true)) {
-                            info!(consumer = %policy.consumer, "Nack not delivered; the broker will redeliver.");
-                        }
-                    }
-                }
+            if mode == Flush::Enough && w.finished.len() < self.policy.ack_every {
+                continue;
             }
-        }
-        // Acknowledge everything finished below the oldest unfinished delivery, in one frame:
-        // once enough are finished, or when nothing else arrived for a moment.
-        if !flush_now && finished.len() < policy.ack_every {
-            continue;
-        }
-        let floor = outstanding.first().copied().unwrap_or(u64::MAX);
-        let Some(&upto) = finished.range(..floor).next_back() else {
-            if closing {
+            self.flush(&mut w, mode).await;
+            if mode == Flush::Closing {
                 break;
             }
-            continue;
-        };
-        finished = finished.split_off(&(upto + 1));
-        let acker = ackers.get(&upto).cloned();
-        ackers = ackers.split_off(&(upto + 1));
-        // lapin's acker knows whether its channel was recovered since: then it sends nothing
-        // (an unknown tag would be a channel error) and says false.
-        match acker.map(|a| async move { a.ack(BasicAckOptions { multiple: true }).await }) {
-            Some(ack) => match ack.await {
-                Ok(true) => {}
-                Ok(false) => {
-                    info!(consumer = %policy.consumer, "Ack not delivered (reconnected); those messages will be redelivered.")
+        }
+        debug!(consumer = %self.policy.consumer, channel = self.channel.id(), "Last acknowledgement sent; releasing the channel.");
+    }
+
+    async fn apply(&self, w: &mut Window, cmd: Cmd, tx: &mpsc::WeakUnboundedSender<Cmd>) {
+        match cmd {
+            Cmd::Flush => {}
+            Cmd::Register(t, acker) => {
+                if t.generation != w.generation {
+                    // The channel was recovered: what was unacked will be redelivered.
+                    *w = Window {
+                        generation: t.generation,
+                        ..Window::default()
+                    };
                 }
-                Err(e) => {
-                    info!(consumer = %policy.consumer, error = %e, "Ack not delivered; those messages will be redelivered.")
+                w.ackers.insert(t.tag, acker);
+                w.outstanding.insert(t.tag);
+            }
+            Cmd::Settle(t, _, _) | Cmd::Done(t) | Cmd::Requeue(t)
+                if t.generation != w.generation =>
+            {
+                debug!(consumer = %self.policy.consumer, tag = t.tag, "Settled a delivery from before a reconnect; the broker redelivers it.");
+            }
+            Cmd::Settle(t, Verdict::Ack, _) | Cmd::Done(t) => {
+                w.outstanding.remove(&t.tag);
+                w.finished.insert(t.tag);
+            }
+            Cmd::Settle(t, Verdict::Requeue, _) | Cmd::Requeue(t) => {
+                w.outstanding.remove(&t.tag);
+                if let Some(acker) = w.ackers.remove(&t.tag) {
+                    let requeue = BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    };
+                    if !matches!(acker.nack(requeue).await, Ok(true)) {
+                        info!(consumer = %self.policy.consumer, "Requeue not delivered; the broker redelivers the message anyway.");
+                    }
                 }
-            },
-            None => {
-                warn!(consumer = %policy.consumer, tag = upto, "No acker for a finished delivery.")
+            }
+            Cmd::Settle(t, verdict, original) => {
+                // Weak: this task ends once no delivery can settle any more.
+                let (Some(tx), Some(acker)) = (tx.upgrade(), w.ackers.get(&t.tag).cloned()) else {
+                    return;
+                };
+                let job = Republish {
+                    publisher: self.publisher.clone(),
+                    policy: self.policy.clone(),
+                    shutdown: self.shutdown.clone(),
+                    tag: t,
+                    acker,
+                    original,
+                    tx,
+                };
+                tokio::spawn(job.run(verdict));
             }
         }
-        if closing {
-            break;
+    }
+
+    /// Acknowledges everything finished below the oldest unfinished delivery in one frame, and
+    /// finished ones above it one by one when enough wait there or the channel is idle.
+    async fn flush(&self, w: &mut Window, mode: Flush) {
+        let floor = w.outstanding.first().copied().unwrap_or(u64::MAX);
+        if let Some(&upto) = w.finished.range(..floor).next_back() {
+            w.finished = w.finished.split_off(&(upto + 1));
+            let acker = w.ackers.get(&upto).cloned();
+            w.ackers = w.ackers.split_off(&(upto + 1));
+            self.ack(acker, true, upto).await;
+        }
+        if w.finished.is_empty()
+            || (mode == Flush::Enough && w.finished.len() < self.policy.ack_every)
+        {
+            return;
+        }
+        for tag in std::mem::take(&mut w.finished) {
+            let acker = w.ackers.remove(&tag);
+            self.ack(acker, false, tag).await;
+        }
+    }
+
+    async fn ack(&self, acker: Option<lapin::Acker>, multiple: bool, tag: u64) {
+        let consumer = &self.policy.consumer;
+        // lapin's acker knows whether its channel was recovered since: then it sends nothing
+        // (an unknown tag would be a channel error) and says false.
+        match acker {
+            Some(a) => match a.ack(BasicAckOptions { multiple }).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    info!(%consumer, "Ack not delivered (reconnected); those messages will be redelivered.")
+                }
+                Err(e) => {
+                    info!(%consumer, error = %e, "Ack not delivered; those messages will be redelivered.")
+                }
+            },
+            None => warn!(%consumer, tag, "No acker for a finished delivery."),
         }
     }
 }
 
-fn attempts(p: &BasicProperties) -> u32 {
+/// A retry's copy or a dead letter, published (with backoff while it fails) before the original
+/// is acknowledged.
+struct Republish {
+    publisher: Publisher,
+    policy: Policy,
+    shutdown: CancellationToken,
+    tag: Tag,
+    /// To tell whether the delivery still belongs to a live channel before publishing.
+    acker: lapin::Acker,
+    original: Arc<Original>,
+    tx: mpsc::UnboundedSender<Cmd>,
+}
+
+impl Republish {
+    async fn run(self, verdict: Verdict) {
+        let p = &self.policy;
+        let n = attempts(&self.original.properties);
+        let (retry, reason) = match verdict {
+            Verdict::Retry { reason } => (n < p.max_attempts, reason),
+            Verdict::Reject { reason } => (false, reason),
+            Verdict::Ack | Verdict::Requeue => return,
+        };
+        let (exchange, key, properties, failures, kind) = if retry {
+            let delay = backoff(p, n);
+            debug!(consumer = %p.consumer, attempt = n + 1, ?delay, %reason, "Retrying a message.");
+            // Shutdown cuts the wait short: the copy goes out now (its attempt still counted).
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.shutdown.cancelled() => {}
+            }
+            let props = with_headers(
+                &self.original.properties,
+                &[
+                    (ATTEMPTS, AMQPValue::LongLongInt(i64::from(n) + 1)),
+                    (TOPIC, long_string(&self.original.topic)),
+                ],
+            );
+            ("", p.queue.as_str(), props, &p.retry_failures, "retry")
+        } else {
+            warn!(consumer = %p.consumer, attempts = n, %reason, "Dead-lettering a message.");
+            let props = with_headers(
+                &self.original.properties,
+                &[
+                    ("x-hub-reason", long_string(&reason)),
+                    ("x-hub-consumer", long_string(&p.consumer)),
+                    ("x-hub-queue", long_string(&p.queue)),
+                    (ATTEMPTS, AMQPValue::LongLongInt(i64::from(n))),
+                    (TOPIC, long_string(&self.original.topic)),
+                    (
+                        "x-hub-dead-lettered-at",
+                        long_string(&jiff::Timestamp::now().to_string()),
+                    ),
+                ],
+            );
+            let key = p
+                .dead_letters
+                .key
+                .as_deref()
+                .unwrap_or(&self.original.topic);
+            (
+                p.dead_letters.exchange.as_str(),
+                key,
+                props,
+                &p.dead_letter_failures,
+                "dead letter",
+            )
+        };
+        let cmd = self
+            .publish(exchange, key, properties, failures, kind)
+            .await;
+        if let Some(cmd) = cmd {
+            let _ = self.tx.send(cmd);
+        }
+    }
+
+    /// Publishes until confirmed; `None` when the delivery's channel is gone (the broker
+    /// redelivers it), `Requeue` when shutdown comes first.
+    async fn publish(
+        &self,
+        exchange: &str,
+        key: &str,
+        properties: BasicProperties,
+        failures: &Counter,
+        kind: &str,
+    ) -> Option<Cmd> {
+        let p = &self.policy;
+        let mut delay = p.retry_delay.max(Duration::from_millis(100));
+        let mut failed = 0u64;
+        let mut last_log: Option<Instant> = None;
+        loop {
+            if !self.acker.usable() {
+                debug!(consumer = %p.consumer, "The delivery's channel is gone; the broker redelivers it.");
+                return None;
+            }
+            let result = self
+                .publisher
+                .publish(
+                    exchange,
+                    key,
+                    properties.clone(),
+                    self.original.body.clone(),
+                )
+                .await;
+            let error = match result {
+                Ok(()) => {
+                    if failed > 0 {
+                        info!(consumer = %p.consumer, %kind, failed, "Published after failures.");
+                    }
+                    return Some(Cmd::Done(self.tag));
+                }
+                Err(e) => e,
+            };
+            failed += 1;
+            failures.increment(1);
+            if last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+                warn!(consumer = %p.consumer, %kind, error = %error, failed, retry_in = ?delay, "Could not publish; the message is held and tried again.");
+                last_log = Some(Instant::now());
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.shutdown.cancelled() => {
+                    info!(consumer = %p.consumer, %kind, "Shutting down with a message not republished; giving it back to the broker.");
+                    return Some(Cmd::Requeue(self.tag));
+                }
+            }
+            delay = (delay * 2).min(p.retry_delay_max);
+        }
+    }
+}
+
+/// The delay before retry number `n + 1`: `retry_delay` doubled per attempt, at most
+/// `retry_delay_max`.
+fn backoff(p: &Policy, n: u32) -> Duration {
+    let factor = 2u32.saturating_pow(n.saturating_sub(1));
+    p.retry_delay.saturating_mul(factor).min(p.retry_delay_max)
+}
+
+fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes()))
+}
+
+/// The delivery's attempt number (`x-hub-attempts`, 1 when absent).
+pub(crate) fn attempts(p: &BasicProperties) -> u32 {
     p.headers()
         .as_ref()
         .and_then(|h| h.inner().get(ATTEMPTS).cloned())
@@ -213,108 +435,4 @@ fn with_headers(p: &BasicProperties, extra: &[(&str, AMQPValue)]) -> BasicProper
         headers.insert(ShortString::from(*k), v.clone());
     }
     p.clone().with_headers(headers)
-}
-
-pub(crate) async fn publish_confirmed(
-    ch: &Channel,
-    exchange: &str,
-    key: &str,
-    props: BasicProperties,
-    body: &[u8],
-) -> Result<(), String> {
-    let confirm = ch
-        .basic_publish(
-            exchange.into(),
-            ShortString::try_new(key).map_err(|e| e.to_string())?,
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            body,
-            props,
-        )
-        .await
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
-    confirmed(confirm, exchange, key)
-}
-
-/// What a publisher confirm says about a mandatory publish to `exchange` with `key`.
-pub(crate) fn confirmed(confirm: Confirmation, exchange: &str, key: &str) -> Result<(), String> {
-    match confirm {
-        Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(_)) => Err(format!(
-            "unroutable: no queue is bound to {exchange:?} for {key:?}"
-        )),
-        Confirmation::Nack(_) => Err("the broker refused it".into()),
-        Confirmation::NotRequested => Err("confirms are not enabled".into()),
-    }
-}
-
-async fn retry_or_dead_letter(
-    publisher: Channel,
-    policy: Policy,
-    tag: Tag,
-    verdict: Verdict,
-    original: Arc<Original>,
-    tx: mpsc::UnboundedSender<Cmd>,
-) {
-    let n = attempts(&original.properties);
-    let (retry, reason) = match verdict {
-        Verdict::Retry { reason } => (n < policy.max_attempts, reason),
-        Verdict::Reject { reason } => (false, reason),
-        Verdict::Ack | Verdict::Requeue => (false, String::new()),
-    };
-    let result = if retry {
-        // Exponential backoff; the original stays unacknowledged (and counted by prefetch)
-        // until its copy is confirmed, so a crash in between redelivers rather than loses it.
-        let factor = 2u32.saturating_pow(n.saturating_sub(1));
-        let delay = policy
-            .retry_delay
-            .saturating_mul(factor)
-            .min(policy.retry_delay_max);
-        debug!(consumer = %policy.consumer, attempt = n + 1, ?delay, %reason, "Retrying a message.");
-        tokio::time::sleep(delay).await;
-        let props = with_headers(
-            &original.properties,
-            &[(ATTEMPTS, AMQPValue::LongLongInt(i64::from(n) + 1))],
-        );
-        publish_confirmed(&publisher, "", &policy.queue, props, &original.body).await
-    } else {
-        warn!(consumer = %policy.consumer, attempts = n, %reason, "Dead-lettering a message.");
-        let props = with_headers(
-            &original.properties,
-            &[
-                (
-                    "x-hub-reason",
-                    AMQPValue::LongString(LongString::from(reason.as_bytes())),
-                ),
-                (
-                    "x-hub-consumer",
-                    AMQPValue::LongString(LongString::from(policy.consumer.as_bytes())),
-                ),
-                (
-                    "x-hub-queue",
-                    AMQPValue::LongString(LongString::from(policy.queue.as_bytes())),
-                ),
-                (ATTEMPTS, AMQPValue::LongLongInt(i64::from(n))),
-            ],
-        );
-        publish_confirmed(
-            &publisher,
-            &policy.dead_letter_exchange,
-            &original.routing_key,
-            props,
-            &original.body,
-        )
-        .await
-    };
-    let _ = tx.send(match result {
-        Ok(()) => Cmd::Done(tag),
-        Err(e) => {
-            warn!(consumer = %policy.consumer, error = %e, "Could not retry or dead-letter; requeueing.");
-            Cmd::Requeue(tag)
-        }
-    });
 }

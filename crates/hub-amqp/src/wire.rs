@@ -13,8 +13,17 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use serde_json::{Number, Value};
 
-/// Header holding how many times the hub has delivered this message (retries).
+/// Header holding how many times the hub has delivered this message (retries): absent on a
+/// first delivery (attempt 1), 2 on the first retry's copy, and so on.
 pub const ATTEMPTS: &str = "x-hub-attempts";
+/// Header holding the topic a retry's copy or a dead letter was first published under (the copy
+/// travels to the consumer's queue through the default exchange, its routing key the queue's
+/// name): restored as the topic when the copy is consumed.
+pub const TOPIC: &str = "x-hub-topic";
+/// Header the hub adds to a message the broker redelivered (`redelivered` set: it was delivered
+/// before and not acknowledged: a crash, a lost connection, a requeue at shutdown), so an
+/// idempotent consumer can tell. Quorum queues also pass the broker's own `x-delivery-count`.
+pub const REDELIVERED: &str = "x-hub-redelivered";
 
 /// An AMQP header value as JSON.
 pub fn to_json(v: &AMQPValue) -> Value {
@@ -93,6 +102,36 @@ pub struct Malformed {
     pub reason: String,
 }
 
+/// The topic of an inbound message: its routing key, or, for a retry's copy (which arrives
+/// through the default exchange, `exchange = ""`, routed by queue name), the topic it was first
+/// published under, from [`TOPIC`].
+pub fn topic<'a>(exchange: &str, routing_key: &'a str, properties: &'a BasicProperties) -> &'a str {
+    if exchange.is_empty()
+        && let Some(AMQPValue::LongString(t)) = properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(TOPIC))
+        && let Ok(t) = std::str::from_utf8(t.as_bytes())
+    {
+        return t;
+    }
+    routing_key
+}
+
+/// An inbound AMQP message as a [`Message`]: [`decode`], with [`REDELIVERED`] set when the
+/// broker says it was delivered before.
+///
+/// # Errors
+/// [`Malformed`] when the body is not JSON.
+pub fn decode_delivery(
+    topic: &str,
+    redelivered: bool,
+    properties: &BasicProperties,
+    body: &[u8],
+) -> Result<Message, Malformed> {
+    decode_parts(topic, properties, body, redelivered)
+}
+
 /// An inbound AMQP message as a [`Message`].
 ///
 /// # Errors
@@ -101,6 +140,15 @@ pub fn decode(
     routing_key: &str,
     properties: &BasicProperties,
     body: &[u8],
+) -> Result<Message, Malformed> {
+    decode_parts(routing_key, properties, body, false)
+}
+
+fn decode_parts(
+    routing_key: &str,
+    properties: &BasicProperties,
+    body: &[u8],
+    redelivered: bool,
 ) -> Result<Message, Malformed> {
     let id = properties
         .message_id()
@@ -119,11 +167,14 @@ pub fn decode(
             Ok(_) => "body is not JSON".into(),
         },
     })?;
-    let headers = properties
+    let mut headers = properties
         .headers()
         .as_ref()
         .map(table_to_json)
         .unwrap_or_default();
+    if redelivered {
+        headers.insert(REDELIVERED.into(), Value::Bool(true));
+    }
     let timestamp = headers
         .get("sent-at")
         .and_then(Value::as_str)
@@ -243,5 +294,25 @@ mod tests {
         }
         let ok = decode("t", &props, br#" {"n": 1e300} "#).unwrap();
         assert_eq!(ok.body(), &serde_json::json!({"n": 1e300}));
+    }
+
+    #[test]
+    fn a_retry_copy_gets_its_topic_back_and_redeliveries_say_so() {
+        let mut h = FieldTable::default();
+        h.insert(
+            TOPIC.into(),
+            AMQPValue::LongString("org.x.build.done".into()),
+        );
+        let props = BasicProperties::default().with_headers(h);
+        // A copy through the default exchange, routed by queue name: its first topic.
+        assert_eq!(topic("", "hub.keeper", &props), "org.x.build.done");
+        // Through any other exchange the routing key is the topic, whatever the headers say.
+        assert_eq!(topic("amq.topic", "org.y", &props), "org.y");
+        assert_eq!(topic("", "q", &BasicProperties::default()), "q");
+        let m = decode_delivery("org.x.build.done", true, &props, b"{}").unwrap();
+        assert_eq!(m.topic(), "org.x.build.done");
+        assert_eq!(m.header(REDELIVERED), Some(&serde_json::json!(true)));
+        let m = decode_delivery("t", false, &props, b"{}").unwrap();
+        assert_eq!(m.header(REDELIVERED), None);
     }
 }

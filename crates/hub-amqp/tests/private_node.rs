@@ -176,6 +176,37 @@ async fn until(what: &str, limit: Duration, cond: impl Fn() -> bool) {
     }
 }
 
+/// Starts hub `name` with one consumer on backend `backend`, waits until it is ready, and
+/// publishes `n` messages `{"i": 0..n}` on `topic` through it.
+async fn start_and_fill(
+    name: &str,
+    backend: &Arc<dyn hub_core::Backend>,
+    spec: ConsumerSpec,
+    consumer: Arc<dyn Consumer>,
+    topic: &str,
+    n: u64,
+) -> hub_core::RunningEngine {
+    let running = EngineBuilder::new(name)
+        .backend(spec.backend.as_str(), Arc::clone(backend))
+        .consumer(spec, consumer)
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    until("ready", Duration::from_secs(30), || {
+        running.readiness().ready
+    })
+    .await;
+    for i in 0..n {
+        backend
+            .publish(&Message::new(topic, json!({"i": i})))
+            .await
+            .unwrap();
+    }
+    running
+}
+
 /// The tests here share one private node: one at a time, each with a fresh node.
 static NODE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -197,24 +228,8 @@ async fn consuming_and_publishing_resume_after_a_broker_restart() {
             ..ConsumerOptions::default()
         },
     };
-    let running = EngineBuilder::new("hubrestart")
-        .backend("r", backend.clone())
-        .consumer(spec, Arc::new(Keep(seen.clone())))
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
-    until("ready", Duration::from_secs(30), || {
-        running.readiness().ready
-    })
-    .await;
-    for i in 0..50u64 {
-        backend
-            .publish(&Message::new("restart.before", json!({"i": i})))
-            .await
-            .unwrap();
-    }
+    let keep = Arc::new(Keep(seen.clone()));
+    let running = start_and_fill("hubrestart", &backend, spec, keep, "restart.before", 50).await;
     until("50 before the restart", Duration::from_secs(20), || {
         seen.lock().unwrap().len() == 50
     })
@@ -319,4 +334,118 @@ async fn connects_over_mutual_tls_with_a_client_certificate() {
         "connected without a client certificate"
     );
     running.shutdown(Duration::from_secs(2)).await;
+}
+
+/// Counts what it consumes, once its gate opens.
+struct Gated {
+    seen: Arc<Mutex<BTreeSet<u64>>>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait]
+impl Consumer for Gated {
+    async fn consume(&self, _cx: &Context, msg: &Message) -> Result<(), ConsumeError> {
+        self.gate.acquire().await.expect("open").forget();
+        self.seen
+            .lock()
+            .unwrap()
+            .insert(msg.body()["i"].as_u64().unwrap());
+        Ok(())
+    }
+}
+
+/// This test binary's Prometheus recorder (installed once).
+fn recorder() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("a recorder")
+    })
+}
+
+/// Ready plus unacknowledged messages in a queue of the private node.
+fn depth(queue: &str) -> Option<u64> {
+    let out = Command::new("rabbitmqctl")
+        .args(["-n", NODE, "-q", "list_queues", "name", "messages"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let (name, n) = l.split_once(char::is_whitespace)?;
+        (name == queue).then(|| n.trim().parse().ok())?
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_alarm_blocks_publishing_but_not_consuming_and_acknowledging() {
+    let _one_at_a_time = NODE_LOCK.lock().await;
+    let metrics = recorder();
+    tokio::task::spawn_blocking(start_node).await.unwrap();
+    let _node = Node;
+    let cfg: AmqpConfig =
+        serde_json::from_value(json!({"url": "amqp://guest:guest@127.0.0.1:5673/%2f"})).unwrap();
+    let backend = cfg.build("alarmed").unwrap();
+    let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let spec = ConsumerSpec {
+        name: "held".into(),
+        backend: "alarmed".into(),
+        patterns: vec![Pattern::new("alarm.#").unwrap()],
+        options: ConsumerOptions {
+            durable: true,
+            ..ConsumerOptions::default()
+        },
+    };
+    let gated = Arc::new(Gated {
+        seen: seen.clone(),
+        gate: gate.clone(),
+    });
+    let running = start_and_fill("hubalarm", &backend, spec, gated, "alarm.before", 200).await;
+    // A memory alarm: the broker blocks every connection that publishes.
+    assert!(ctl(&["set_vm_memory_high_watermark", "absolute", "1"]));
+    let late = {
+        let backend = backend.clone();
+        tokio::spawn(async move {
+            backend
+                .publish(&Message::new("alarm.late", json!({"i": 200})))
+                .await
+        })
+    };
+    let blocked = r#"hub_amqp_connection_blocked{backend="alarmed"} 1"#;
+    until("the blocked state shown", Duration::from_secs(20), || {
+        metrics.render().contains(blocked)
+    })
+    .await;
+    // Consuming and acknowledging go on while publishing is blocked.
+    gate.add_permits(10_000);
+    until("all 200 consumed", Duration::from_secs(30), || {
+        seen.lock().unwrap().len() == 200
+    })
+    .await;
+    until("all 200 acknowledged", Duration::from_secs(30), || {
+        depth("hubalarm.held") == Some(0)
+    })
+    .await;
+    assert!(
+        !late.is_finished(),
+        "the publish waits for the alarm to clear"
+    );
+    assert!(ctl(&["set_vm_memory_high_watermark", "0.4"]));
+    tokio::time::timeout(Duration::from_secs(30), late)
+        .await
+        .expect("publishing resumed once the alarm cleared")
+        .unwrap()
+        .unwrap();
+    until("unblocked shown", Duration::from_secs(20), || {
+        metrics
+            .render()
+            .contains(r#"hub_amqp_connection_blocked{backend="alarmed"} 0"#)
+    })
+    .await;
+    until("the late message consumed", Duration::from_secs(20), || {
+        seen.lock().unwrap().len() == 201
+    })
+    .await;
+    running.shutdown(Duration::from_secs(5)).await;
 }

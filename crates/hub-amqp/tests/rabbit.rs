@@ -6,113 +6,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hub_amqp::AmqpConfig;
+mod common;
+
+use common::*;
 use hub_core::{
     BackendConfig, ConsumeError, Consumer, ConsumerOptions, ConsumerSpec, Context, EngineBuilder,
-    Message, Pattern, RunningEngine, async_trait,
+    Message, Pattern, async_trait,
 };
+use lapin::BasicProperties;
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::json;
 use tokio::time::{Instant, sleep};
-
-fn url() -> String {
-    std::env::var("HUB_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-fn uid() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
-}
-
-async fn raw() -> Connection {
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        Connection::connect(&url(), ConnectionProperties::default()),
-    )
-    .await
-    .expect("RabbitMQ did not answer within 10 s (scripts/test starts it)")
-    .expect("cannot connect to RabbitMQ (scripts/test starts it)")
-}
-
-#[derive(Default)]
-struct Probe {
-    seen: Mutex<Vec<Message>>,
-    fail: bool,
-    calls: AtomicU64,
-}
-
-struct P(Arc<Probe>);
-
-#[async_trait]
-impl Consumer for P {
-    async fn consume(&self, _cx: &Context, msg: &Message) -> Result<(), ConsumeError> {
-        self.0.calls.fetch_add(1, Ordering::SeqCst);
-        if self.0.fail {
-            return Err(ConsumeError::transient("downstream is down"));
-        }
-        self.0.seen.lock().unwrap().push(msg.clone());
-        Ok(())
-    }
-}
-
-fn config(dlx: &str) -> AmqpConfig {
-    serde_json::from_value(json!({
-        "url": url(), "dead_letter_exchange": dlx, "max_attempts": 3, "retry_delay": "20ms", "retry_delay_max": "100ms"
-    }))
-    .unwrap()
-}
-
-async fn start(
-    hub: &str,
-    cfg: AmqpConfig,
-    consumers: Vec<(&str, &[&str], ConsumerOptions, Arc<Probe>)>,
-) -> (RunningEngine, Arc<dyn hub_core::Backend>) {
-    let backend = cfg.build("rabbit").unwrap();
-    let mut b = EngineBuilder::new(hub).backend("rabbit", Arc::clone(&backend));
-    for (name, topics, options, probe) in consumers {
-        let spec = ConsumerSpec {
-            name: name.into(),
-            backend: "rabbit".into(),
-            patterns: topics.iter().map(|t| Pattern::new(t).unwrap()).collect(),
-            options,
-        };
-        b = b.consumer(spec, Arc::new(P(probe)));
-    }
-    let running = b.build().unwrap().start().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !running.readiness().ready {
-        assert!(Instant::now() < deadline, "amqp backend never became ready");
-        sleep(Duration::from_millis(20)).await;
-    }
-    (running, backend)
-}
-
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn topics(p: &Probe) -> Vec<String> {
-    p.seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|m| m.topic().to_owned())
-        .collect()
-}
-
-fn queues() -> String {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(["-q", "list_queues", "name"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_by_pattern_into_per_consumer_queues_and_transient_queues_go_away() {
@@ -365,23 +270,6 @@ impl Consumer for D {
     }
 }
 
-fn close_connection_named(name: &str) -> bool {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(["-q", "list_connections", "pid", "client_properties"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let Some(line) = text.lines().find(|l| l.contains(name)) else {
-        return false;
-    };
-    let pid = line.split_whitespace().next().unwrap();
-    std::process::Command::new("rabbitmqctl")
-        .args(["-q", "close_connection", pid, "test: forced close"])
-        .status()
-        .unwrap()
-        .success()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_connection_close_mid_stream_loses_nothing() {
     const N: u64 = 300;
@@ -431,7 +319,7 @@ async fn a_forced_connection_close_mid_stream_loses_nothing() {
         .unwrap();
         if i == N / 3 {
             assert!(
-                close_connection_named(&format!("hub {hub} rabbit")),
+                close_connection_named(&format!("hub {hub} rabbit consume")),
                 "found the hub's connection"
             );
         }

@@ -13,58 +13,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hub_core::metrics::DURATION_BUCKETS;
-use hub_core::{
-    BackendMetrics, CancellationToken, ConsumeError, Consumer, ConsumerOptions, Context, Delivery,
-    Dispatcher, Intake, MemoryBackend, Message, Pattern, PatternSet, Publisher, Resources,
-    TopicWords, async_trait,
-};
+use hub_core::{Delivery, Dispatcher, Intake, Message, Pattern, PatternSet, TopicWords};
 use serde_json::json;
 use tokio::sync::mpsc;
 
 const BATCH: u64 = 100_000;
-
-struct Count(Arc<AtomicU64>);
-
-#[async_trait]
-impl Consumer for Count {
-    async fn consume(&self, _cx: &Context, _msg: &Message) -> Result<(), ConsumeError> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-}
 
 fn hub(
     rt: &tokio::runtime::Runtime,
     consumers: usize,
 ) -> (Intake, Vec<Arc<AtomicU64>>, Dispatcher) {
     let _guard = rt.enter();
-    let mut b = Dispatcher::builder();
-    let bm = BackendMetrics::register("bench");
-    let backend = b.backend(bm.clone());
-    let mem: Arc<dyn hub_core::Backend> = Arc::new(MemoryBackend::new());
-    let mut counts = Vec::new();
-    for i in 0..consumers {
-        let c = Arc::new(AtomicU64::new(0));
-        counts.push(Arc::clone(&c));
-        let cx = Context::new(
-            format!("c{i}"),
-            Publisher::new(Arc::clone(&mem), bm.clone()),
-            Resources::new(),
-            CancellationToken::new(),
-        );
-        b.consumer(
-            backend,
-            vec![Pattern::new("org.fedoraproject.#").unwrap()],
-            ConsumerOptions::default(),
-            Arc::new(Count(c)),
-            cx,
-        );
-    }
-    let d = b.build();
-    d.start();
-    (d.intake(backend), counts, d)
+    common::hub(consumers)
 }
 
 async fn wait_all(counts: &[Arc<AtomicU64>], target: u64) {

@@ -9,25 +9,13 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+
+mod common;
 
 use hub_core::metrics::DURATION_BUCKETS;
-use hub_core::{
-    BackendMetrics, CancellationToken, ConsumeError, Consumer, ConsumerOptions, Context, Delivery,
-    Dispatcher, MemoryBackend, Message, Pattern, Publisher, Resources, async_trait,
-};
+use hub_core::{Delivery, Message};
 use serde_json::json;
-
-struct Count(Arc<AtomicU64>);
-
-#[async_trait]
-impl Consumer for Count {
-    async fn consume(&self, _cx: &Context, _msg: &Message) -> Result<(), ConsumeError> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-}
 
 fn env_or(key: &str, default: u64) -> u64 {
     std::env::var(key)
@@ -53,31 +41,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut b = Dispatcher::builder();
-        let bm = BackendMetrics::register("bench");
-        let backend = b.backend(bm.clone());
-        let mem: Arc<dyn hub_core::Backend> = Arc::new(MemoryBackend::new());
-        let mut counts = Vec::new();
-        for i in 0..consumers {
-            let c = Arc::new(AtomicU64::new(0));
-            counts.push(Arc::clone(&c));
-            let cx = Context::new(
-                format!("c{i}"),
-                Publisher::new(Arc::clone(&mem), bm.clone()),
-                Resources::new(),
-                CancellationToken::new(),
-            );
-            b.consumer(
-                backend,
-                vec![Pattern::new("org.fedoraproject.#").unwrap()],
-                ConsumerOptions::default(),
-                Arc::new(Count(c)),
-                cx,
-            );
-        }
-        let d = b.build();
-        d.start();
-        let intake = d.intake(backend);
+        let (intake, counts, _d) = common::hub(consumers);
         let topics: Vec<String> = (0..200)
             .map(|i| format!("org.fedoraproject.prod.app{i}.state.change"))
             .collect();
@@ -96,7 +60,7 @@ fn main() {
         while counts.iter().any(|c| c.load(Ordering::Relaxed) < n) {
             tokio::task::yield_now().await;
         }
-        d.refresh_gauges();
+        _d.refresh_gauges();
         let text = handle.render();
         assert!(text.contains("hub_consumer_processed_messages_total"));
     });

@@ -71,10 +71,7 @@ impl ServiceTime {
         }
         if let Some(base) = self.samples.front() {
             let n = completed.saturating_sub(base.completed);
-            if let Some(ns) = duration_ns
-                .saturating_sub(base.duration_ns)
-                .checked_div(n)
-            {
+            if let Some(ns) = duration_ns.saturating_sub(base.duration_ns).checked_div(n) {
                 self.mean = Some(Duration::from_nanos(ns));
             }
         }
