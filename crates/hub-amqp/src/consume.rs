@@ -45,7 +45,11 @@ impl Subscriber {
                 Some(Ok(d)) => d,
                 Some(Err(e)) => {
                     warn!(backend = %self.backend, consumer = %self.sub.consumer, error = %e, "Consumer error; waiting for recovery.");
-                    if let Err(e) = self.channel.wait_for_recovery(e).await {
+                    let recovered = tokio::select! {
+                        r = self.channel.wait_for_recovery(e) => r,
+                        () = &mut cancelled => return self.stop().await,
+                    };
+                    if let Err(e) = recovered {
                         // A consumer that silently stops is worse than a hub that exits: say so.
                         return Err(format!(
                             "consumer {}: its channel did not recover: {e}",

@@ -192,6 +192,7 @@ impl BackendConfig for AmqpConfig {
             config: self,
             live: Mutex::new(None),
             settlers: Mutex::new(Vec::new()),
+            closing: hub_core::CancellationToken::new(),
         }))
     }
 }
@@ -204,6 +205,8 @@ pub struct AmqpBackend {
     live: Mutex<Option<Live>>,
     /// Settle tasks: `close` waits for them so every drained message is acknowledged.
     settlers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Cancelled when `close` begins: republishes still failing then give up (requeue).
+    closing: hub_core::CancellationToken,
 }
 
 struct Live {
@@ -347,11 +350,12 @@ impl AmqpBackend {
                 publisher: publisher.clone(),
                 policy,
                 shutdown: cx.shutdown.clone(),
+                closing: self.closing.clone(),
             };
             self.settlers
                 .lock()
                 .await
-                .push(tokio::spawn(settler.run(rx, tx.downgrade())));
+                .push(tokio::spawn(settler.run(rx)));
             let subscriber = Subscriber {
                 backend: Arc::clone(&cx.id),
                 sub: sub.clone(),
@@ -377,6 +381,11 @@ impl AmqpBackend {
         Ok(tasks)
     }
 }
+
+/// How long `close` lets republishes decided during the drain be confirmed.
+const REPUBLISH_WAIT: Duration = Duration::from_secs(2);
+/// How long `close` then waits for the settle tasks' last acknowledgements.
+const SETTLE_WAIT: Duration = Duration::from_secs(1);
 
 /// How often `hub_amqp_queue_messages` asks the broker.
 const BACKLOG_POLL: Duration = Duration::from_secs(5);
@@ -510,11 +519,18 @@ impl Backend for AmqpBackend {
     async fn close(&self) {
         // The hub has drained: each settle task ends once its last acks are out (retries in
         // their backoff publish their copy now), then releases its channel.
-        for task in std::mem::take(&mut *self.settlers.lock().await) {
-            if tokio::time::timeout(Duration::from_secs(5), task)
-                .await
-                .is_err()
-            {
+        // All settle tasks together, under one deadline (the hub gives `close` 5 s in all, and
+        // the connections must still be closed after this): first a moment for retries and dead
+        // letters decided during the drain to be confirmed, then republishes still failing give
+        // up (their messages are requeued) and the last acknowledgements go out.
+        let settlers = std::mem::take(&mut *self.settlers.lock().await);
+        let mut all = std::pin::pin!(futures_util::future::join_all(settlers));
+        if tokio::time::timeout(REPUBLISH_WAIT, &mut all)
+            .await
+            .is_err()
+        {
+            self.closing.cancel();
+            if tokio::time::timeout(SETTLE_WAIT, &mut all).await.is_err() {
                 warn!(backend = %self.id, "Acknowledgements still pending at close; those messages will be redelivered.");
             }
         }
@@ -523,7 +539,7 @@ impl Backend for AmqpBackend {
         };
         // The publishing task ends once its last confirms are in.
         drop(live.publisher);
-        if tokio::time::timeout(Duration::from_secs(5), live.publishing)
+        if tokio::time::timeout(Duration::from_secs(1), live.publishing)
             .await
             .is_err()
         {

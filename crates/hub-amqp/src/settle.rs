@@ -13,7 +13,8 @@
 //!   topic and time in headers, and only then is the original acknowledged.
 //! - A copy or dead letter that cannot be published is tried again with the same backoff (counted
 //!   in `hub_amqp_republish_failures_total`, logged once per interval), never by redelivering the
-//!   message at once; at shutdown it is given back with `basic.nack` + requeue.
+//!   message at once; when the backend closes (after the drain) it is given back with
+//!   `basic.nack` + requeue.
 //! - [`Verdict::Requeue`] (never processed: refused at shutdown, cut off) is `basic.nack` +
 //!   requeue at once: the message comes back as it was, its attempt count unchanged.
 //! - The task holds a handle to the consumer channel until its last acknowledgement is out, so the
@@ -54,8 +55,9 @@ pub(crate) struct Tag {
 pub(crate) enum Cmd {
     /// A delivery entered the hub (sent before it is handed over, so order holds).
     Register(Tag, lapin::Acker),
-    /// The dispatcher's verdict.
-    Settle(Tag, Verdict, Arc<Original>),
+    /// The dispatcher's verdict, with a sender for a retry or dead letter to report back on
+    /// (a strong one: the task must not end while the job it starts runs).
+    Settle(Tag, Verdict, Arc<Original>, mpsc::UnboundedSender<Cmd>),
     /// Safe to acknowledge: its copy or dead letter is confirmed.
     Done(Tag),
     /// Give it back to the broker as it was.
@@ -74,9 +76,12 @@ pub(crate) struct AmqpAcker {
 impl Acker for AmqpAcker {
     fn settle(&self, verdict: Verdict) {
         // If the settle task is gone the channel is closed and the broker redelivers.
-        let _ = self
-            .tx
-            .send(Cmd::Settle(self.tag, verdict, Arc::clone(&self.original)));
+        let _ = self.tx.send(Cmd::Settle(
+            self.tag,
+            verdict,
+            Arc::clone(&self.original),
+            self.tx.clone(),
+        ));
     }
 }
 
@@ -110,6 +115,8 @@ pub(crate) struct Policy {
 const ACK_IDLE: Duration = Duration::from_millis(5);
 /// A republish that keeps failing is logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(10);
+/// A republish not confirmed within this long counts as failed and is tried again.
+const CONFIRM_WAIT: Duration = Duration::from_secs(30);
 
 /// How a flush was triggered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,16 +145,15 @@ pub(crate) struct Settler {
     pub channel: Channel,
     pub publisher: Publisher,
     pub policy: Policy,
+    /// Cancelled when shutdown begins: a retry's backoff is cut short (its copy goes out now).
     pub shutdown: CancellationToken,
+    /// Cancelled when the backend closes, after the drain: a republish still failing gives up.
+    pub closing: CancellationToken,
 }
 
 impl Settler {
     /// Runs until every sender is gone, then acknowledges what is left and releases the channel.
-    pub async fn run(
-        self,
-        mut rx: mpsc::UnboundedReceiver<Cmd>,
-        tx: mpsc::WeakUnboundedSender<Cmd>,
-    ) {
+    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
         let mut w = Window::default();
         loop {
             // With acks pending, wait only briefly for more before sending them.
@@ -167,7 +173,7 @@ impl Settler {
             let mut cmd = first;
             // Take everything already queued, then acknowledge once.
             while let Some(c) = cmd.take().or_else(|| rx.try_recv().ok()) {
-                self.apply(&mut w, c, &tx).await;
+                self.apply(&mut w, c).await;
             }
             if mode == Flush::Enough && w.finished.len() < self.policy.ack_every {
                 continue;
@@ -180,7 +186,7 @@ impl Settler {
         debug!(consumer = %self.policy.consumer, channel = self.channel.id(), "Last acknowledgement sent; releasing the channel.");
     }
 
-    async fn apply(&self, w: &mut Window, cmd: Cmd, tx: &mpsc::WeakUnboundedSender<Cmd>) {
+    async fn apply(&self, w: &mut Window, cmd: Cmd) {
         match cmd {
             Cmd::Flush => {}
             Cmd::Register(t, acker) => {
@@ -194,16 +200,16 @@ impl Settler {
                 w.ackers.insert(t.tag, acker);
                 w.outstanding.insert(t.tag);
             }
-            Cmd::Settle(t, _, _) | Cmd::Done(t) | Cmd::Requeue(t)
+            Cmd::Settle(t, _, _, _) | Cmd::Done(t) | Cmd::Requeue(t)
                 if t.generation != w.generation =>
             {
                 debug!(consumer = %self.policy.consumer, tag = t.tag, "Settled a delivery from before a reconnect; the broker redelivers it.");
             }
-            Cmd::Settle(t, Verdict::Ack, _) | Cmd::Done(t) => {
+            Cmd::Settle(t, Verdict::Ack, _, _) | Cmd::Done(t) => {
                 w.outstanding.remove(&t.tag);
                 w.finished.insert(t.tag);
             }
-            Cmd::Settle(t, Verdict::Requeue, _) | Cmd::Requeue(t) => {
+            Cmd::Settle(t, Verdict::Requeue, _, _) | Cmd::Requeue(t) => {
                 w.outstanding.remove(&t.tag);
                 if let Some(acker) = w.ackers.remove(&t.tag) {
                     let requeue = BasicNackOptions {
@@ -215,15 +221,16 @@ impl Settler {
                     }
                 }
             }
-            Cmd::Settle(t, verdict, original) => {
-                // Weak: this task ends once no delivery can settle any more.
-                let (Some(tx), Some(acker)) = (tx.upgrade(), w.ackers.get(&t.tag).cloned()) else {
+            Cmd::Settle(t, verdict, original, tx) => {
+                let Some(acker) = w.ackers.get(&t.tag).cloned() else {
+                    warn!(consumer = %self.policy.consumer, tag = t.tag, "A verdict for an unknown delivery; the broker redelivers it.");
                     return;
                 };
                 let job = Republish {
                     publisher: self.publisher.clone(),
                     policy: self.policy.clone(),
                     shutdown: self.shutdown.clone(),
+                    closing: self.closing.clone(),
                     tag: t,
                     acker,
                     original,
@@ -280,6 +287,7 @@ struct Republish {
     publisher: Publisher,
     policy: Policy,
     shutdown: CancellationToken,
+    closing: CancellationToken,
     tag: Tag,
     /// To tell whether the delivery still belongs to a live channel before publishing.
     acker: lapin::Acker,
@@ -328,11 +336,14 @@ impl Republish {
                     ),
                 ],
             );
+            // A fanout ignores the routing key; the topic is kept there when it fits (it is in
+            // `x-hub-topic` anyway).
+            let topic = self.original.topic.as_str();
             let key = p
                 .dead_letters
                 .key
                 .as_deref()
-                .unwrap_or(&self.original.topic);
+                .unwrap_or(if topic.len() <= 255 { topic } else { "" });
             (
                 p.dead_letters.exchange.as_str(),
                 key,
@@ -350,7 +361,7 @@ impl Republish {
     }
 
     /// Publishes until confirmed; `None` when the delivery's channel is gone (the broker
-    /// redelivers it), `Requeue` when shutdown comes first.
+    /// redelivers it), `Requeue` when the backend closes first.
     async fn publish(
         &self,
         exchange: &str,
@@ -368,15 +379,24 @@ impl Republish {
                 debug!(consumer = %p.consumer, "The delivery's channel is gone; the broker redelivers it.");
                 return None;
             }
-            let result = self
-                .publisher
-                .publish(
-                    exchange,
-                    key,
-                    properties.clone(),
-                    self.original.body.clone(),
-                )
-                .await;
+            let publish = self.publisher.publish(
+                exchange,
+                key,
+                properties.clone(),
+                self.original.body.clone(),
+            );
+            // Bounded (a broker that blocks publishing never confirms), given up at close.
+            let result = tokio::select! {
+                r = tokio::time::timeout(CONFIRM_WAIT, publish) => r.unwrap_or_else(|_| {
+                    Err(crate::publisher::PublishFailure::Transport(format!(
+                        "not confirmed within {}s", CONFIRM_WAIT.as_secs()
+                    )))
+                }),
+                () = self.closing.cancelled() => {
+                    info!(consumer = %p.consumer, %kind, "Closing with a message not republished; giving it back to the broker.");
+                    return Some(Cmd::Requeue(self.tag));
+                }
+            };
             let error = match result {
                 Ok(()) => {
                     if failed > 0 {
@@ -394,8 +414,8 @@ impl Republish {
             }
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = self.shutdown.cancelled() => {
-                    info!(consumer = %p.consumer, %kind, "Shutting down with a message not republished; giving it back to the broker.");
+                () = self.closing.cancelled() => {
+                    info!(consumer = %p.consumer, %kind, "Closing with a message not republished; giving it back to the broker.");
                     return Some(Cmd::Requeue(self.tag));
                 }
             }

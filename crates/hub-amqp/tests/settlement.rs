@@ -487,12 +487,12 @@ async fn dead_letters_wait_for_their_queue_without_spinning_or_being_acked_away(
     delete_queues(&[dlq, format!("{hub}.rejecter")]).await;
 }
 
-/// A hub whose durable consumer (`concurrency` N, `sleep_ms` a message) has `n` messages, N of
+/// A hub whose durable consumer (`concurrency` N) has `n` messages with `body` (plus `i`), N of
 /// them in flight, shut down with `grace`: its report, the consumer's queue, and a channel.
 async fn shut_down_busy(
     concurrency: usize,
     n: u64,
-    sleep_ms: u64,
+    body: Value,
     grace: Duration,
 ) -> (hub_core::ShutdownReport, String, lapin::Connection, Channel) {
     let u = uid();
@@ -507,7 +507,9 @@ async fn shut_down_busy(
         ..
     } = rig(&hub, fast_retries(), "busy", &topic, options).await;
     for i in 0..n {
-        publish(&ch, &topic, json!({"sleep_ms": sleep_ms, "i": i})).await;
+        let mut body = body.clone();
+        body["i"] = json!(i);
+        publish(&ch, &topic, body).await;
     }
     eventually("all workers busy", || s.count() == concurrency).await;
     let report = running.shutdown(grace).await;
@@ -517,7 +519,8 @@ async fn shut_down_busy(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_the_drain_finishes_is_acknowledged_before_the_channel_closes() {
-    let (report, q, conn, _) = shut_down_busy(8, 8, 500, Duration::from_secs(10)).await;
+    let (report, q, conn, _) =
+        shut_down_busy(8, 8, json!({"sleep_ms": 500}), Duration::from_secs(10)).await;
     assert!(report.drain.is_clean(), "{report:?}");
     assert_eq!(
         queue_depth(&q),
@@ -530,7 +533,13 @@ async fn what_the_drain_finishes_is_acknowledged_before_the_channel_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_cut_off_at_shutdown_come_back_once_with_their_attempt_count() {
-    let (report, q, conn, ch) = shut_down_busy(2, 5, 30_000, Duration::from_millis(300)).await;
+    let (report, q, conn, ch) = shut_down_busy(
+        2,
+        5,
+        json!({"sleep_ms": 30_000}),
+        Duration::from_millis(300),
+    )
+    .await;
     assert!(!report.drain.is_clean());
     let back = drain_queue(&ch, &q).await;
     assert_eq!(back.len(), 5, "each message back exactly once");
@@ -541,6 +550,25 @@ async fn messages_cut_off_at_shutdown_come_back_once_with_their_attempt_count() 
             String::from_utf8_lossy(body)
         );
     }
+    let _ = conn.close(200, "bye".into()).await;
+    delete_queues(&[q]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_decided_during_the_drain_is_published_before_the_original_is_acked() {
+    // It fails during the drain, after the receive loop has stopped: its retry must still go
+    // out (a copy) before the original is acknowledged.
+    let body = json!({"sleep_ms": 500, "fail": 1});
+    let (report, q, conn, ch) = shut_down_busy(1, 1, body, Duration::from_secs(10)).await;
+    assert!(report.drain.is_clean(), "{report:?}");
+    let left = drain_queue(&ch, &q).await;
+    assert_eq!(left.len(), 1, "the retry's copy, and no original");
+    let h = &left[0].1;
+    assert_eq!(h["x-hub-attempts"], json!(2), "{h:?}");
+    assert!(
+        h["x-hub-topic"].as_str().unwrap().ends_with(".job"),
+        "{h:?}"
+    );
     let _ = conn.close(200, "bye".into()).await;
     delete_queues(&[q]).await;
 }

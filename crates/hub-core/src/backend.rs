@@ -75,11 +75,33 @@ pub struct Subscription {
     pub options: ConsumerOptions,
 }
 
-/// One message from a backend, with how to acknowledge it.
+/// One message from a backend, with how to acknowledge it. A delivery dropped before the hub
+/// took it (a `deliver` future dropped before it ran) settles as [`Verdict::Requeue`].
 pub struct Delivery {
     pub(crate) message: Message,
-    pub(crate) acker: Option<Box<dyn Acker>>,
+    pub(crate) acker: Unsettled,
     pub(crate) target: Option<SubscriptionId>,
+}
+
+/// A delivery's acker until the dispatcher takes it; dropped while still held, it settles the
+/// delivery as [`Verdict::Requeue`] (never processed), so no path can lose a settlement.
+pub(crate) struct Unsettled(Option<Box<dyn Acker>>);
+
+impl Unsettled {
+    /// The acker, now the caller's to settle.
+    pub(crate) fn take(&mut self) -> Option<Box<dyn Acker>> {
+        self.0.take()
+    }
+}
+
+impl Drop for Unsettled {
+    fn drop(&mut self) {
+        if let Some(acker) = self.0.take() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                acker.settle(Verdict::Requeue)
+            }));
+        }
+    }
 }
 
 impl Delivery {
@@ -87,7 +109,7 @@ impl Delivery {
     pub fn new(message: Message) -> Self {
         Self {
             message,
-            acker: None,
+            acker: Unsettled(None),
             target: None,
         }
     }
@@ -97,7 +119,7 @@ impl Delivery {
     pub fn with_acker(message: Message, acker: Box<dyn Acker>) -> Self {
         Self {
             message,
-            acker: Some(acker),
+            acker: Unsettled(Some(acker)),
             target: None,
         }
     }
@@ -118,7 +140,7 @@ impl fmt::Debug for Delivery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Delivery")
             .field("message", &self.message)
-            .field("acked", &self.acker.is_some())
+            .field("acked", &self.acker.0.is_some())
             .field("target", &self.target)
             .finish()
     }

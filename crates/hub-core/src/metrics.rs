@@ -260,9 +260,10 @@ impl BackendMetrics {
         self.invalid.increment(1);
     }
 
-    /// Counts one acknowledgement of this backend's that panicked (caught by the dispatcher).
-    pub(crate) fn settle_panicked(&self) {
-        self.settle_panics.increment(1);
+    /// `hub_backend_settle_panics_total`: acknowledgements of this backend's that panicked
+    /// (caught by the dispatcher).
+    pub(crate) fn settle_panics(&self) -> &Counter {
+        &self.settle_panics
     }
 }
 
@@ -301,11 +302,6 @@ impl Buckets {
         let i = BUCKET_NANOS.partition_point(|&b| b < nanos);
         bump(&self.counts[i], 1);
         bump(&self.sum_nanos, nanos);
-    }
-
-    /// The sum of every sample so far, in nanoseconds.
-    pub fn sum_nanos(&self) -> u64 {
-        self.sum_nanos.load(Ordering::Relaxed)
     }
 
     /// Appends `name{labels,le=..}` bucket, `_sum` and `_count` lines for the sum of `parts`

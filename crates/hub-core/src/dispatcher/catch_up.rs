@@ -3,10 +3,10 @@
 //!
 //! The estimate is Little's law on the consumer's own recent service time: with a backlog every
 //! worker is busy, so `concurrency` messages finish every mean service time, and the backlog
-//! takes `backlog × mean / concurrency`. The mean comes from the time spent in `consume` by the
-//! messages that finished in the last [`WINDOW`]; when none finished in that window it keeps
-//! the last value instead of decaying, so a stuck consumer's figure does not drift. The first
-//! completion gives a mean at once.
+//! takes `backlog × mean / concurrency`. The mean is a moving average over completions, not
+//! over time (each worker keeps one, the newest completion weighing 0.1, so about the last ten
+//! count; see `stats.rs`): it does not change while nothing completes, so a stuck consumer's
+//! figure never drifts on its own, and the first completion gives a mean at once.
 //!
 //! Stuck: with a backlog, nothing finished for longer than `max(3 × mean, MIN_PATIENCE)`,
 //! counted from the last completion or from when the consumer's current work began, whichever
@@ -15,81 +15,17 @@
 //! (the backlog at the pace of the message in hand so far) until [`FIRST_PATIENCE`] has
 //! passed without one, then `+Inf`.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
-/// Completions in this window make the mean service time.
-pub(crate) const WINDOW: Duration = Duration::from_secs(10);
 /// The shortest wait without a completion that counts as stuck.
 pub(crate) const MIN_PATIENCE: Duration = Duration::from_secs(1);
 /// How long a consumer that never finished anything may work on its first messages before it
 /// counts as stuck.
 pub(crate) const FIRST_PATIENCE: Duration = Duration::from_secs(10);
-/// Samples closer together than this are not kept (scrapes and ticks interleave), which bounds
-/// the window to `WINDOW / MIN_SAMPLE` samples.
-const MIN_SAMPLE: Duration = Duration::from_millis(200);
-
-/// One reading of a consumer's totals.
-#[derive(Debug, Clone, Copy)]
-struct Sample {
-    at: Instant,
-    completed: u64,
-    duration_ns: u64,
-}
-
-/// A consumer's recent mean service time, from successive readings of its totals.
-#[derive(Debug)]
-pub(crate) struct ServiceTime {
-    samples: VecDeque<Sample>,
-    mean: Option<Duration>,
-}
-
-impl ServiceTime {
-    pub fn new(now: Instant) -> Self {
-        let mut samples = VecDeque::new();
-        samples.push_back(Sample {
-            at: now,
-            completed: 0,
-            duration_ns: 0,
-        });
-        Self {
-            samples,
-            mean: None,
-        }
-    }
-
-    /// Folds in the totals read at `now` (messages completed, their total time in `consume`);
-    /// returns the mean service time of the completions of the last [`WINDOW`], or of the last
-    /// ones seen if none finished in it; `None` before the first completion.
-    pub fn sample(&mut self, now: Instant, completed: u64, duration_ns: u64) -> Option<Duration> {
-        // Keep one sample at or before the window's start as the base.
-        while self.samples.len() >= 2 && now.saturating_duration_since(self.samples[1].at) >= WINDOW
-        {
-            self.samples.pop_front();
-        }
-        if let Some(base) = self.samples.front() {
-            let n = completed.saturating_sub(base.completed);
-            if let Some(ns) = duration_ns.saturating_sub(base.duration_ns).checked_div(n) {
-                self.mean = Some(Duration::from_nanos(ns));
-            }
-        }
-        let newest = self.samples.back().map(|s| s.at);
-        if newest.is_none_or(|t| now.saturating_duration_since(t) >= MIN_SAMPLE) {
-            self.samples.push_back(Sample {
-                at: now,
-                completed,
-                duration_ns,
-            });
-        }
-        self.mean
-    }
-}
 
 /// Seconds to work off `backlog` at `concurrency` messages per mean service time; 0 when the
 /// backlog is empty; `+Inf` when the consumer counts as stuck (see the module's doc).
-/// `stalled_for` is the time since the consumer last made progress (see the module's doc).
+/// `stalled_for` is the time since the consumer last made progress.
 pub(crate) fn catch_up_seconds(
     backlog: usize,
     concurrency: usize,
@@ -114,40 +50,6 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
     const S: Duration = Duration::from_secs(1);
-
-    #[test]
-    fn the_first_completion_gives_a_mean_at_once() {
-        let t0 = Instant::now();
-        let mut st = ServiceTime::new(t0);
-        assert_eq!(st.sample(t0 + 100 * MS, 0, 0), None);
-        // One message of 1.4 s finished by t = 2 s.
-        assert_eq!(st.sample(t0 + 2 * S, 1, 1_400_000_000), Some(1400 * MS));
-    }
-
-    #[test]
-    fn the_mean_covers_the_window_and_does_not_decay_while_nothing_completes() {
-        let t0 = Instant::now();
-        let mut st = ServiceTime::new(t0);
-        // 30 s of 10 ms messages, then 30 s of 100 ms ones, sampled every second.
-        let (mut done, mut busy) = (0u64, 0u64);
-        for s in 1..=60u32 {
-            let each = if s <= 30 { 10 } else { 100 };
-            let n = 1000 / each;
-            done += n;
-            busy += n * each * 1_000_000;
-            st.sample(t0 + s * S, done, busy);
-        }
-        assert_eq!(st.sample(t0 + 60 * S, done, busy), Some(100 * MS));
-        // Nothing completes for five minutes: the mean stays.
-        for s in 61..=360u32 {
-            assert_eq!(st.sample(t0 + s * S, done, busy), Some(100 * MS));
-        }
-        // The window holds at most WINDOW / MIN_SAMPLE + 1 samples.
-        for k in 0..1000u32 {
-            st.sample(t0 + 400 * S + k * 10 * MS, done, busy);
-        }
-        assert!(st.samples.len() <= 52, "{}", st.samples.len());
-    }
 
     #[test]
     fn catch_up_cases() {

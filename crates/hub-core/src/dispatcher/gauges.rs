@@ -1,9 +1,6 @@
 //! Each consumer's state, read consistently, and the series computed from it at scrape time.
 
-use std::sync::PoisonError;
 use std::time::Duration;
-
-use tokio::time::Instant;
 
 use super::queue::Snapshot;
 use super::stats::Totals;
@@ -69,9 +66,8 @@ impl Dispatcher {
         for b in &self.shared.backends {
             b.flush();
         }
-        let now = Instant::now();
         for slot in &self.shared.slots {
-            let (state, counts) = self.state_of(slot, now);
+            let (state, counts) = self.state_of(slot);
             let m = &slot.metrics;
             let [ok, error, timeout, panic] = counts.totals.outcomes;
             for (counter, count) in [
@@ -113,24 +109,19 @@ impl Dispatcher {
 
     /// Every consumer's state now.
     pub fn states(&self) -> Vec<ConsumerState> {
-        let now = Instant::now();
         self.shared
             .slots
             .iter()
-            .map(|slot| self.state_of(slot, now).0)
+            .map(|slot| self.state_of(slot).0)
             .collect()
     }
 
     /// One consumer's state, with the counts it came from.
-    pub(super) fn state_of(&self, slot: &Slot, now: Instant) -> (ConsumerState, Counts) {
+    pub(super) fn state_of(&self, slot: &Slot) -> (ConsumerState, Counts) {
         let counts = slot.counts();
         let now_ns = self.shared.now_ns();
         let completed = counts.totals.completed();
-        let mean = slot
-            .service
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .sample(now, completed, counts.totals.duration_ns);
+        let mean = counts.totals.service;
         // Progress is a completion, or the start of the work in hand (a consumer that was idle
         // and just got work has not stalled); with nothing in hand, the oldest queued message.
         let began = counts

@@ -99,7 +99,7 @@ impl Intake {
         self.copies(delivery, sh.now_ns(), |i, item| {
             let slot = &sh.slots[i];
             match slot.queue.try_push(item, slot.options.when_full) {
-                Ok(offer) => closed = closed.and(settled(slot, self.metrics(), offer)),
+                Ok(offer) => closed = closed.and(settled(slot, offer)),
                 Err(full) => waiting.push((i, full)),
             }
         });
@@ -138,7 +138,7 @@ impl Intake {
             let slot = &sh.slots[i];
             let items = &mut staging.per_slot[i];
             for offer in slot.queue.try_push_many(items, slot.options.when_full) {
-                closed = closed.and(settled(slot, self.metrics(), offer));
+                closed = closed.and(settled(slot, offer));
             }
             // Under `block`, what did not fit (rarely anything) waits below.
             waiting.extend(items.drain(..).map(|item| (i, item)));
@@ -166,16 +166,19 @@ impl Intake {
     fn copies(&self, delivery: Delivery, now: u64, mut queue: impl FnMut(usize, Queued)) {
         let Delivery {
             message,
-            acker,
+            mut acker,
             target,
         } = delivery;
+        let acker = acker.take();
         let item = |message, settle| Queued {
             message,
             settle,
             enqueued_ns: now,
         };
         if let Some(SubscriptionId(i)) = target {
-            let settle = acker.map_or_else(Settle::none, |a| Settle::of(&Ticket::new(a, 1)));
+            let panics = self.metrics().settle_panics();
+            let settle =
+                acker.map_or_else(Settle::none, |a| Settle::of(&Ticket::new(a, 1, panics)));
             queue(i, item(message, settle));
             return;
         }
@@ -185,7 +188,7 @@ impl Intake {
             self.unrouted(acker);
             return;
         }
-        let ticket = acker.map(|a| Ticket::new(a, n));
+        let ticket = acker.map(|a| Ticket::new(a, n, self.metrics().settle_panics()));
         // n - 1 copies; the last consumer gets the delivery's own reference (one atomic
         // increment and decrement fewer per delivery).
         let mut own = Some(message);
@@ -208,7 +211,7 @@ impl Intake {
                 .queue
                 .push(item, slot.options.when_full, || sh.now_ns())
                 .await;
-            closed = closed.and(settled(slot, self.metrics(), pushed));
+            closed = closed.and(settled(slot, pushed));
         }
         closed
     }
@@ -228,10 +231,8 @@ impl Intake {
     fn unrouted(&self, acker: Option<Box<dyn Acker>>) {
         self.shared.unrouted.increment(1);
         if let Some(acker) = acker {
-            let ticket = Ticket::new(acker, 1);
-            if Settle::of(&ticket).finish(Verdict::Ack).is_err() {
-                self.metrics().settle_panicked();
-            }
+            let ticket = Ticket::new(acker, 1, self.metrics().settle_panics());
+            Settle::of(&ticket).finish(Verdict::Ack);
         }
     }
 
@@ -244,15 +245,13 @@ impl Intake {
 /// What a push did, as the intake reports it: a message the policy dropped is settled as
 /// rejected (and logged); one refused because the hub is closing makes the delivery fail (and
 /// settles, when dropped, as a requeue).
-fn settled(slot: &Slot, backend: &BackendMetrics, offer: Offer) -> Result<(), IntakeClosed> {
+fn settled(slot: &Slot, offer: Offer) -> Result<(), IntakeClosed> {
     match offer {
         Offer::Accepted => Ok(()),
         Offer::Dropped(victim) => {
             debug!(consumer = %slot.name, message_id = %victim.message.id(), "Queue full; message dropped.");
             let reason = format!("consumer {}: queue full, message dropped", slot.name);
-            if victim.settle.finish(Verdict::Reject { reason }).is_err() {
-                backend.settle_panicked();
-            }
+            victim.settle.finish(Verdict::Reject { reason });
             Ok(())
         }
         Offer::Closed(_refused) => Err(IntakeClosed),

@@ -8,6 +8,9 @@ use tracing::warn;
 
 use super::{Dispatcher, worker};
 
+/// How long aborted workers are waited for after the grace period.
+const ABORT_WAIT: Duration = Duration::from_secs(1);
+
 /// What shutdown left undone, per consumer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DrainReport {
@@ -73,9 +76,8 @@ impl Dispatcher {
         // The report comes from the queues and counts, not from which workers ended: it is
         // true whatever became of a worker.
         let mut report = DrainReport::default();
-        let now = Instant::now();
         for slot in &self.shared.slots {
-            let state = self.state_of(slot, now).0;
+            let state = self.state_of(slot).0;
             if state.backlog > 0 || state.in_flight > 0 {
                 warn!(consumer = %slot.name, queued = state.backlog, in_flight = state.in_flight, "Shutdown grace expired; cutting off unfinished messages.");
                 report
@@ -86,8 +88,15 @@ impl Dispatcher {
         for handle in &pending {
             handle.abort();
         }
+        // An aborted worker stops at its next await; one in a `consume` that never awaits
+        // cannot be stopped, so it is waited for a moment only (it stays counted in flight).
+        let stopped = Instant::now() + ABORT_WAIT;
         for handle in pending {
-            let _ = handle.await;
+            if tokio::time::timeout_at(stopped, handle).await.is_err() {
+                warn!(
+                    "A consumer worker did not stop when aborted (a consume that never awaits); shutdown goes on without it."
+                );
+            }
         }
         for slot in &self.shared.slots {
             slot.queue.clear();

@@ -22,12 +22,12 @@ use std::sync::{Arc, Mutex};
 
 use metrics::Counter;
 use tokio::task::JoinHandle;
+#[cfg(test)]
 use tokio::time::Instant;
 
 use crate::metrics::{BackendMetrics, ConsumerMetrics, DISPATCHER_UNROUTED};
 use crate::topic::PatternSet;
 use crate::{Consumer, ConsumerOptions, Context, Pattern, Subscription, SubscriptionId};
-use catch_up::ServiceTime;
 use queue::Queue;
 use stats::WorkerStats;
 
@@ -70,7 +70,6 @@ impl DispatcherBuilder {
         options.concurrency = options.concurrency.max(1);
         options.queue_capacity = options.queue_capacity.max(1);
         let name: Arc<str> = cx.name().into();
-        let now = Instant::now();
         self.slots.push(Slot {
             metrics: ConsumerMetrics::register(&name),
             queue: Queue::new(options.queue_capacity, options.concurrency),
@@ -83,7 +82,6 @@ impl DispatcherBuilder {
             options,
             consumer,
             cx,
-            service: Mutex::new(ServiceTime::new(now)),
             cut_off: AtomicU64::new(0),
         });
         SubscriptionId(self.slots.len() - 1)
@@ -125,8 +123,6 @@ pub(crate) struct Slot {
     metrics: ConsumerMetrics,
     /// One block per worker (`options.concurrency`).
     workers: Box<[WorkerStats]>,
-    /// Recent mean service time, for the catch-up gauge.
-    service: Mutex<ServiceTime>,
     /// Messages in flight when the shutdown grace expired and their worker was stopped.
     cut_off: AtomicU64,
 }

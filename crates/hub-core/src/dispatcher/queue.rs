@@ -94,8 +94,20 @@ struct Blocked<'a> {
 
 impl Drop for Blocked<'_> {
     fn drop(&mut self) {
-        if self.registered {
-            self.queue.lock().blocked -= 1;
+        if !self.registered {
+            return;
+        }
+        // An abandoned push (a cancelled delivery): unregister. If a pop had woken this
+        // producer, that wake-up is lost with it: let another blocked producer have it while
+        // there is room.
+        let mut st = self.queue.lock();
+        st.blocked -= 1;
+        st.woken = st.woken.min(st.blocked);
+        let pass_on = st.blocked > st.woken && st.items.len() < self.queue.capacity;
+        st.woken += usize::from(pass_on);
+        drop(st);
+        if pass_on {
+            self.queue.not_full.notify_one();
         }
     }
 }
@@ -235,6 +247,7 @@ impl Queue {
                     TryPush::Done(offer) => {
                         if blocked.registered {
                             st.blocked -= 1;
+                            st.woken = st.woken.min(st.blocked);
                             blocked.registered = false;
                         }
                         let wake = was_empty && !st.items.is_empty();

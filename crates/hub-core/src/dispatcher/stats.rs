@@ -17,6 +17,9 @@ pub(crate) enum Outcome {
 /// "Never", in the nanosecond fields below.
 const NEVER: u64 = u64::MAX;
 
+/// The newest completion's weight in a worker's mean service time: about the last ten count.
+pub(crate) const SERVICE_WEIGHT: f64 = 0.1;
+
 /// One worker's counts. Aligned to keep two workers' blocks (and the queue the feeder writes)
 /// off each other's cache lines.
 #[repr(align(128))]
@@ -28,6 +31,10 @@ pub(crate) struct WorkerStats {
     started_ns: AtomicU64,
     /// When the last message finished (nanoseconds after the epoch); `NEVER` before the first.
     last_completed_ns: AtomicU64,
+    /// Moving average of the time in `consume` per message, over completions (weight
+    /// [`SERVICE_WEIGHT`] for the newest), as `f64` nanoseconds' bits; `NEVER` before the first.
+    /// One value, written once per completion: a reader never sees half an update.
+    service_ns: AtomicU64,
     pub duration: Buckets,
     pub queue_wait: Buckets,
 }
@@ -38,6 +45,7 @@ impl WorkerStats {
             outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
             started_ns: AtomicU64::new(NEVER),
             last_completed_ns: AtomicU64::new(NEVER),
+            service_ns: AtomicU64::new(NEVER),
             duration: Buckets::new(),
             queue_wait: Buckets::new(),
         }
@@ -49,11 +57,21 @@ impl WorkerStats {
             .store(at_ns.min(NEVER - 1), Ordering::Relaxed);
     }
 
-    /// A started message ended with `outcome`, `at_ns` after the epoch. Owning worker only.
-    pub fn finish(&self, outcome: Outcome, at_ns: u64) {
+    /// A started message ended with `outcome`, `at_ns` after the epoch, having taken
+    /// `took_ns`. Owning worker only.
+    pub fn finish(&self, outcome: Outcome, at_ns: u64, took_ns: u64) {
         bump(&self.outcomes[outcome as usize], 1);
         self.last_completed_ns
             .store(at_ns.min(NEVER - 1), Ordering::Relaxed);
+        let took = took_ns as f64;
+        let mean = match self.service_ns.load(Ordering::Relaxed) {
+            NEVER => took,
+            bits => {
+                let prev = f64::from_bits(bits);
+                prev + SERVICE_WEIGHT * (took - prev)
+            }
+        };
+        self.service_ns.store(mean.to_bits(), Ordering::Relaxed);
     }
 }
 
@@ -66,13 +84,15 @@ pub(crate) struct Totals {
     pub last_completed_ns: Option<u64>,
     /// When the longest-running message in hand started, if a worker is busy.
     pub busy_since_ns: Option<u64>,
-    /// Total time spent in `consume` by the finished messages, in nanoseconds.
-    pub duration_ns: u64,
+    /// The workers' mean service times (see [`WorkerStats`]), averaged over those that finished
+    /// something; `None` before the first completion.
+    pub service: Option<std::time::Duration>,
 }
 
 impl Totals {
     pub fn of(workers: &[WorkerStats]) -> Self {
         let mut t = Totals::default();
+        let (mut service_sum, mut serving) = (0.0, 0u32);
         for w in workers {
             for (sum, c) in t.outcomes.iter_mut().zip(&w.outcomes) {
                 *sum += c.load(Ordering::Acquire);
@@ -85,7 +105,15 @@ impl Totals {
             if started != NEVER && (last == NEVER || started >= last) {
                 t.busy_since_ns = Some(t.busy_since_ns.map_or(started, |b| b.min(started)));
             }
-            t.duration_ns += w.duration.sum_nanos();
+            let service = w.service_ns.load(Ordering::Relaxed);
+            if service != NEVER {
+                service_sum += f64::from_bits(service);
+                serving += 1;
+            }
+        }
+        if serving > 0 {
+            let mean = service_sum / f64::from(serving);
+            t.service = Some(std::time::Duration::from_nanos(mean.max(0.0) as u64));
         }
         t
     }

@@ -4,6 +4,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use metrics::Counter;
 use tracing::error;
 
 use crate::{Acker, Verdict};
@@ -14,22 +15,21 @@ pub(crate) struct Ticket {
     /// The worst verdict so far (failures only; the common all-OK path never locks).
     worst: Mutex<Option<Verdict>>,
     acker: Box<dyn Acker>,
+    /// `hub_backend_settle_panics_total` of the delivery's backend.
+    panics: Counter,
 }
 
-/// The backend's [`Acker`] panicked while settling (caught, logged; the caller counts it).
-#[derive(Debug)]
-pub(crate) struct AckerPanicked;
-
 impl Ticket {
-    pub fn new(acker: Box<dyn Acker>, consumers: usize) -> Arc<Self> {
+    pub fn new(acker: Box<dyn Acker>, consumers: usize, panics: &Counter) -> Arc<Self> {
         Arc::new(Self {
             remaining: AtomicUsize::new(consumers),
             worst: Mutex::new(None),
             acker,
+            panics: panics.clone(),
         })
     }
 
-    fn finish(&self, verdict: Verdict) -> Result<(), AckerPanicked> {
+    fn finish(&self, verdict: Verdict) {
         if verdict != Verdict::Ack {
             let mut worst = self.worst.lock().unwrap_or_else(PoisonError::into_inner);
             if worst.as_ref().is_none_or(|w| verdict.rank() > w.rank()) {
@@ -37,7 +37,7 @@ impl Ticket {
             }
         }
         if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
-            return Ok(());
+            return;
         }
         let worst = self
             .worst
@@ -47,10 +47,10 @@ impl Ticket {
             .unwrap_or(Verdict::Ack);
         // A backend's acker is foreign code run on a consumer's worker (or the intake): a panic
         // in it must not take the worker down with it.
-        catch_unwind(AssertUnwindSafe(|| self.acker.settle(worst))).map_err(|panic| {
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.acker.settle(worst))) {
+            self.panics.increment(1);
             error!(panic = %panic_text(&*panic), "A backend's acknowledgement (Acker::settle) panicked; the delivery is left to the backend.");
-            AckerPanicked
-        })
+        }
     }
 }
 
@@ -69,11 +69,10 @@ impl Settle {
         Self(Some(Arc::clone(ticket)))
     }
 
-    /// This consumer's verdict; `Err` when it was the last one and the backend's acker panicked.
-    pub fn finish(mut self, verdict: Verdict) -> Result<(), AckerPanicked> {
-        match self.0.take() {
-            Some(t) => t.finish(verdict),
-            None => Ok(()),
+    /// This consumer's verdict (the delivery settles once every consumer gave one).
+    pub fn finish(mut self, verdict: Verdict) {
+        if let Some(t) = self.0.take() {
+            t.finish(verdict);
         }
     }
 }
@@ -81,7 +80,7 @@ impl Settle {
 impl Drop for Settle {
     fn drop(&mut self) {
         if let Some(t) = self.0.take() {
-            let _ = t.finish(Verdict::Requeue);
+            t.finish(Verdict::Requeue);
         }
     }
 }

@@ -63,6 +63,7 @@ async fn run_loop(shared: &Shared, index: usize, worker: usize) {
             slot,
             stats,
             shared,
+            started,
             done: false,
         };
         last_end = Some(process(shared, slot, stats, item, started, guard).await);
@@ -82,12 +83,18 @@ struct InFlight<'a> {
     slot: &'a Slot,
     stats: &'a WorkerStats,
     shared: &'a Shared,
+    /// When it started (nanoseconds after the epoch).
+    started: u64,
     done: bool,
 }
 
 impl InFlight<'_> {
+    /// Counts it as finished with `outcome` at `at_ns`, with its duration (histogram and mean
+    /// service time) recorded at the same moment.
     fn finish(mut self, outcome: Outcome, at_ns: u64) {
-        self.stats.finish(outcome, at_ns);
+        let took = at_ns.saturating_sub(self.started);
+        self.stats.duration.record(took);
+        self.stats.finish(outcome, at_ns, took);
         self.done = true;
     }
 }
@@ -100,7 +107,9 @@ impl Drop for InFlight<'_> {
         if std::thread::panicking() {
             // Unwinding through the worker: the message ended in a panic (its settlement,
             // dropped with it, asks for a requeue).
-            self.stats.finish(Outcome::Panic, self.shared.now_ns());
+            let now = self.shared.now_ns();
+            let took = now.saturating_sub(self.started);
+            self.stats.finish(Outcome::Panic, now, took);
         } else {
             // Dropped unfinished: the worker was aborted when the shutdown grace expired.
             self.slot
@@ -142,7 +151,6 @@ async fn process(
         }
     };
     let ended = shared.now_ns();
-    stats.duration.record(ended.saturating_sub(started));
 
     let (outcome, verdict) = match result {
         Some(Ok(Ok(()))) => (Outcome::Ok, Verdict::Ack),
@@ -173,8 +181,6 @@ async fn process(
         }
     };
     guard.finish(outcome, ended);
-    if settle.finish(verdict).is_err() {
-        shared.backends[slot.backend].settle_panicked();
-    }
+    settle.finish(verdict);
     ended
 }
