@@ -223,6 +223,10 @@ delay = "20ms"
         .read_to_string(&mut log)
         .unwrap();
     assert!(log.contains("every queued message finished"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "no colour codes when stderr is not a terminal: {log}"
+    );
 
     // Every message the fast consumer finished is in the file, in order, with no gap.
     let lines = std::fs::read_to_string(&echo).unwrap();
@@ -308,6 +312,41 @@ fn check_passes_on_every_file_in_config() {
         }
     }
     assert!(n >= 2, "config/ holds hub.toml and reference.toml");
+}
+
+#[test]
+fn route_lists_the_consumers_a_topic_reaches_and_exits_1_when_none() {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/hub.toml");
+    let demo = demo.to_str().unwrap();
+    let out = hub(&["route", "org.hub.demo.tick", "--config", demo])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("consumer fast") && text.contains(r#"patterns=["org.hub.demo.#"]"#),
+        "{text}"
+    );
+    assert!(text.contains("consumer slow") && text.contains(r#"patterns=["org.hub.#"]"#));
+    let out = hub(&["route", "org.hub", "--config", demo])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("consumer slow") && !text.contains("consumer fast"),
+        "{text}"
+    );
+    let out = hub(&["route", "com.example.other", "--config", demo])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no consumer's patterns match"));
+    let out = hub(&["route", "org.*", "--config", demo]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a pattern is not a topic: {out:?}"
+    );
 }
 
 const VALID: &str = r#"

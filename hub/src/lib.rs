@@ -254,6 +254,16 @@ impl HubBuilder {
                 Some(url) => cli_tools::publish_amqp(&url, &exchange, &topic, &json),
                 None => cli_tools::publish(bind, connect, &topic, &json, format, wait),
             },
+            Command::Route { topic, config } => {
+                let source = source(config);
+                match self.check(&source) {
+                    Ok(c) => route(&c, &topic),
+                    Err(e) => {
+                        eprint!("{e}");
+                        ExitCode::from(EXIT_CONFIG)
+                    }
+                }
+            }
             Command::Check { config } => {
                 let source = source(config);
                 match self.check(&source).and_then(|c| {
@@ -320,6 +330,44 @@ impl HubBuilder {
 
 fn source(config: Option<PathBuf>) -> ConfigSource {
     config.map_or(ConfigSource::Embedded, ConfigSource::File)
+}
+
+/// `hub route`: every consumer whose patterns match `topic`, with its backend and the matching
+/// patterns, as the dispatcher would route it; exit 1 when none matches, 2 for a topic with
+/// wildcards or empty words.
+fn route(c: &Config, topic: &str) -> ExitCode {
+    match hub_core::Pattern::new(topic) {
+        Ok(p) if p.is_literal() => {}
+        Ok(_) => {
+            eprintln!("topic {topic:?}: a topic has no wildcards (* and # are for patterns)");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(e) => {
+            eprintln!("topic {topic:?}: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    let mut reached = 0;
+    for cs in &c.consumers {
+        let matching: Vec<&str> = cs
+            .topics
+            .iter()
+            .filter(|p| p.matches(topic))
+            .map(|p| p.as_str())
+            .collect();
+        if !matching.is_empty() {
+            reached += 1;
+            println!(
+                "consumer {:<16} type={:<8} backend={} patterns={matching:?}",
+                cs.id, cs.kind, cs.backend
+            );
+        }
+    }
+    if reached == 0 {
+        eprintln!("no consumer's patterns match {topic:?}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }
 
 fn summarize(c: &Config) -> String {
@@ -415,6 +463,14 @@ enum Command {
     /// Validate a configuration and print each consumer with its type, topics and backend; connects to nothing.
     Check {
         /// TOML configuration file; without it, the embedded default is checked.
+        #[arg(short, long, env = "HUB_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Routing dry-run: print which consumers a topic reaches, with the patterns that match it; exit 1 when none does.
+    Route {
+        /// The topic, such as org.fedoraproject.prod.bodhi.update.comment.
+        topic: String,
+        /// TOML configuration file; without it, the embedded default.
         #[arg(short, long, env = "HUB_CONFIG")]
         config: Option<PathBuf>,
     },

@@ -20,14 +20,19 @@ pub enum LogFormat {
 /// Installs the log subscriber: `RUST_LOG` if set, else `info` (`warn` for the zeromq crate,
 /// which logs every peer connect at info; `error` for lapin's returned-message warning, which
 /// the hub reports itself as an unroutable publish). Logs go to stderr so that stdout
-/// stays free for the `echo` consumer and for `hub tail`.
+/// stays free for the `echo` consumer and for `hub tail`. Text logs are coloured only when
+/// stderr is a terminal (no escape codes in journald or a file).
 pub fn init_logs(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,zeromq=warn,lapin::returned_messages=error"));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(
