@@ -170,7 +170,7 @@ struct InFlight {
     barrier: u64,
 }
 
-type Confirm = Pin<Box<dyn Future<Output = (u64, lapin::Result<Confirmation>)> + Send>>;
+type Confirm = Pin<Box<dyn Future<Output = (u64, Result<Confirmation, String>)> + Send>>;
 
 struct State {
     channel: Channel,
@@ -239,37 +239,17 @@ impl State {
         );
         let channel = self.channel.clone();
         self.confirms.push(Box::pin(async move {
-            let confirm = match send(&channel, &exchange, &key, &properties, &body).await {
-                Ok(c) => c,
-                // A reconnect in progress: wait for lapin's recovery (bounded), then once more.
-                Err(e) => {
-                    match tokio::time::timeout(RECOVERY, channel.wait_for_recovery(e)).await {
-                        Ok(Ok(())) => {
-                            match send(&channel, &exchange, &key, &properties, &body).await {
-                                Ok(c) => c,
-                                Err(e) => return (seq, Err(e)),
-                            }
-                        }
-                        Ok(Err(e)) => return (seq, Err(e)),
-                        Err(_) => {
-                            return (
-                                seq,
-                                Err(lapin::ErrorKind::InvalidChannelState(
-                                    lapin::ChannelState::Error,
-                                    "the connection did not recover in time",
-                                )
-                                .into()),
-                            );
-                        }
-                    }
-                }
+            let result = match send_or_recover(&channel, &exchange, &key, &properties, &body).await
+            {
+                Ok(confirm) => confirm.await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
             };
-            (seq, confirm.await)
+            (seq, result)
         }));
     }
 
     /// Records a confirm; its returned message (whoever it belongs to) goes to the pool.
-    fn confirmed(&mut self, seq: u64, result: lapin::Result<Confirmation>, newest: u64) {
+    fn confirmed(&mut self, seq: u64, result: Result<Confirmation, String>, newest: u64) {
         let outcome = match result {
             Ok(Confirmation::Ack(returned)) => {
                 self.returns.extend(returned);
@@ -280,7 +260,7 @@ impl State {
                 Outcome::Nack
             }
             Ok(Confirmation::NotRequested) => Outcome::Failed("confirms are not enabled".into()),
-            Err(e) => Outcome::Failed(e.to_string()),
+            Err(e) => Outcome::Failed(e),
         };
         if let Some(p) = self.in_flight.get_mut(&seq) {
             p.outcome = Some(outcome);
@@ -332,6 +312,31 @@ impl State {
                 error!(exchange = %r.delivery.exchange, routing_key = %r.delivery.routing_key, "A returned message matched no publish in flight; its publish was reported confirmed.");
             }
         }
+    }
+}
+
+/// Hands one publish to lapin; during a reconnect, waits for lapin's recovery (bounded) and
+/// tries once more.
+async fn send_or_recover(
+    channel: &Channel,
+    exchange: &ShortString,
+    key: &ShortString,
+    properties: &BasicProperties,
+    body: &[u8],
+) -> Result<lapin::PublisherConfirm, String> {
+    let error = match send(channel, exchange, key, properties, body).await {
+        Ok(confirm) => return Ok(confirm),
+        Err(e) => e,
+    };
+    match tokio::time::timeout(RECOVERY, channel.wait_for_recovery(error)).await {
+        Ok(Ok(())) => send(channel, exchange, key, properties, body)
+            .await
+            .map_err(|e| e.to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "the connection did not recover within {}s",
+            RECOVERY.as_secs()
+        )),
     }
 }
 

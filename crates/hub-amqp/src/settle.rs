@@ -352,16 +352,21 @@ impl Republish {
                 "dead letter",
             )
         };
-        let cmd = self
-            .publish(exchange, key, properties, failures, kind)
-            .await;
+        // Tried until confirmed; given up (the original requeued) when the backend closes.
+        let cmd = tokio::select! {
+            cmd = self.publish(exchange, key, properties, failures, kind) => cmd,
+            () = self.closing.cancelled() => {
+                info!(consumer = %p.consumer, %kind, "Closing with a message not republished; giving it back to the broker.");
+                Some(Cmd::Requeue(self.tag))
+            }
+        };
         if let Some(cmd) = cmd {
             let _ = self.tx.send(cmd);
         }
     }
 
     /// Publishes until confirmed; `None` when the delivery's channel is gone (the broker
-    /// redelivers it), `Requeue` when the backend closes first.
+    /// redelivers it).
     async fn publish(
         &self,
         exchange: &str,
@@ -385,18 +390,15 @@ impl Republish {
                 properties.clone(),
                 self.original.body.clone(),
             );
-            // Bounded (a broker that blocks publishing never confirms), given up at close.
-            let result = tokio::select! {
-                r = tokio::time::timeout(CONFIRM_WAIT, publish) => r.unwrap_or_else(|_| {
+            // Bounded: a broker that blocks publishing never confirms.
+            let result = tokio::time::timeout(CONFIRM_WAIT, publish)
+                .await
+                .unwrap_or_else(|_| {
                     Err(crate::publisher::PublishFailure::Transport(format!(
-                        "not confirmed within {}s", CONFIRM_WAIT.as_secs()
+                        "not confirmed within {}s",
+                        CONFIRM_WAIT.as_secs()
                     )))
-                }),
-                () = self.closing.cancelled() => {
-                    info!(consumer = %p.consumer, %kind, "Closing with a message not republished; giving it back to the broker.");
-                    return Some(Cmd::Requeue(self.tag));
-                }
-            };
+                });
             let error = match result {
                 Ok(()) => {
                     if failed > 0 {
@@ -412,13 +414,7 @@ impl Republish {
                 warn!(consumer = %p.consumer, %kind, error = %error, failed, retry_in = ?delay, "Could not publish; the message is held and tried again.");
                 last_log = Some(Instant::now());
             }
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = self.closing.cancelled() => {
-                    info!(consumer = %p.consumer, %kind, "Closing with a message not republished; giving it back to the broker.");
-                    return Some(Cmd::Requeue(self.tag));
-                }
-            }
+            tokio::time::sleep(delay).await;
             delay = (delay * 2).min(p.retry_delay_max);
         }
     }
@@ -436,7 +432,7 @@ fn long_string(s: &str) -> AMQPValue {
 }
 
 /// The delivery's attempt number (`x-hub-attempts`, 1 when absent).
-pub(crate) fn attempts(p: &BasicProperties) -> u32 {
+fn attempts(p: &BasicProperties) -> u32 {
     p.headers()
         .as_ref()
         .and_then(|h| h.inner().get(ATTEMPTS).cloned())

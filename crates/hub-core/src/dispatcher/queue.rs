@@ -43,6 +43,15 @@ struct State {
     woken: usize,
 }
 
+impl State {
+    /// A blocked producer leaves (pushed, or gave up): a wake-up can no longer be pending for
+    /// more producers than are blocked.
+    fn unblock(&mut self) {
+        self.blocked -= 1;
+        self.woken = self.woken.min(self.blocked);
+    }
+}
+
 /// A queue's state at one moment.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Snapshot {
@@ -101,8 +110,7 @@ impl Drop for Blocked<'_> {
         // producer, that wake-up is lost with it: let another blocked producer have it while
         // there is room.
         let mut st = self.queue.lock();
-        st.blocked -= 1;
-        st.woken = st.woken.min(st.blocked);
+        st.unblock();
         let pass_on = st.blocked > st.woken && st.items.len() < self.queue.capacity;
         st.woken += usize::from(pass_on);
         drop(st);
@@ -246,8 +254,7 @@ impl Queue {
                 match self.push_locked(&mut st, item, policy) {
                     TryPush::Done(offer) => {
                         if blocked.registered {
-                            st.blocked -= 1;
-                            st.woken = st.woken.min(st.blocked);
+                            st.unblock();
                             blocked.registered = false;
                         }
                         let wake = was_empty && !st.items.is_empty();
