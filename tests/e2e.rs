@@ -117,8 +117,10 @@ fn wait_ready(port: u16, child: &mut Proc) {
     }
 }
 
+/// The binary's own part of a run: SIGTERM drains and exits 0, with plain-text logs. What flows
+/// and what the metrics say is checked in process (`in_process.rs`).
 #[test]
-fn messages_flow_slow_backlog_grows_and_sigterm_drains() {
+fn sigterm_drains_in_order_and_exits_0_with_plain_logs() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let echo = dir.path().join("fast.jsonl");
@@ -160,51 +162,14 @@ delay = "20ms"
             .stderr(Stdio::piped()),
     );
     wait_ready(port, &mut child);
-    std::thread::sleep(Duration::from_millis(1500));
-    let (status, first) = http_get(port, "/metrics").unwrap();
-    assert_eq!(status, 200);
     std::thread::sleep(Duration::from_millis(500));
-    let (_, second) = http_get(port, "/metrics").unwrap();
-    let received = |t: &str| {
-        sample(
-            t,
-            r#"hub_consumer_received_messages_total{consumer="fast"}"#,
-        )
-        .unwrap()
-    };
-    assert!(received(&first) > 100.0, "{first}");
-    assert!(received(&second) > received(&first), "counters must rise");
-    let slow_backlog =
-        sample(&second, r#"hub_consumer_backlog_messages{consumer="slow"}"#).unwrap();
-    let fast_backlog =
-        sample(&second, r#"hub_consumer_backlog_messages{consumer="fast"}"#).unwrap();
-    assert!(slow_backlog > 10.0, "slow backlog {slow_backlog}");
-    assert!(fast_backlog <= 5.0, "fast backlog {fast_backlog}");
-    assert!(
-        sample(
-            &second,
-            r#"hub_consumer_oldest_message_age_seconds{consumer="slow"}"#
-        )
-        .unwrap()
-            > 0.0
-    );
-    assert!(sample(&second, r#"hub_consumer_catch_up_seconds{consumer="slow"}"#).unwrap() > 0.0);
-    assert!(
-        sample(
-            &second,
-            r#"hub_consumer_dropped_messages_total{consumer="slow",reason="queue_full"}"#
-        )
-        .unwrap()
-            > 0.0
-    );
-    assert_eq!(
-        sample(&second, r#"hub_backend_connected{backend="mem"}"#),
-        Some(1.0)
-    );
-    assert!(second.contains(
-        "hub_consumer_processing_duration_seconds_bucket{consumer=\"fast\",le=\"0.001\"}"
-    ));
-    assert_eq!(http_get(port, "/live").unwrap().0, 200);
+    let metrics = http_get(port, "/metrics").unwrap().1;
+    let received = sample(
+        &metrics,
+        r#"hub_consumer_received_messages_total{consumer="fast"}"#,
+    )
+    .unwrap();
+    assert!(received > 10.0, "{metrics}");
 
     let t = Instant::now();
     signal(&child, "-TERM");
@@ -234,15 +199,10 @@ delay = "20ms"
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            assert_eq!(v["topic"], "org.e2e.tick");
             v["body"]["seq"].as_u64().unwrap()
         })
         .collect();
-    assert!(
-        seqs.len() as f64 >= received(&second),
-        "{} lines",
-        seqs.len()
-    );
+    assert!(seqs.len() as f64 >= received, "{} lines", seqs.len());
     assert!(
         seqs.iter().copied().eq(0..seqs.len() as u64),
         "gap or reorder in echo output"

@@ -1,7 +1,7 @@
 //! Loading `hub.toml`: the file, then `HUB_` environment overrides; validation that reports every
 //! problem at once, each naming its file (or variable), key path and what was expected.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -319,17 +319,13 @@ impl Loader<'_> {
     }
 }
 
-/// Reads and validates a configuration against the registered types.
-///
-/// # Errors
-/// Every problem found, at once.
-pub(crate) fn load(source: &ConfigSource, registry: &Registry) -> Result<Config, ConfigErrors> {
-    let fallback_source = source.to_string();
+/// The file (which must exist) or the embedded default, then the `HUB_..__..` overrides.
+fn open(source: &ConfigSource) -> Result<Figment, ConfigErrors> {
     let base = match source {
         ConfigSource::File(path) => {
             if !Path::new(path).is_file() {
                 return Err(ConfigErrors(vec![ConfigIssue {
-                    source: fallback_source,
+                    source: source.to_string(),
                     key: String::new(),
                     message: "configuration file not found (a missing file is an error, never silent defaults)".into(),
                 }]));
@@ -340,18 +336,253 @@ pub(crate) fn load(source: &ConfigSource, registry: &Registry) -> Result<Config,
     };
     // Only variables with a `__` are overrides (`HUB_HTTP__LISTEN`); others, like `HUB_CONFIG`,
     // belong to the CLI or to tests.
-    let figment = base.merge(
+    Ok(base.merge(
         Env::prefixed("HUB_")
             .filter(|k| k.as_str().contains("__"))
             .split("__"),
-    );
+    ))
+}
+
+/// The sections with one entry per id: backends, producers, consumers. `kinds` maps each
+/// configured backend id to its type.
+impl Loader<'_> {
+    fn backends(&mut self) -> Vec<BackendEntry> {
+        let mut backends = Vec::new();
+        for (id, value) in self.table("backends") {
+            let key = format!("backends.{id}");
+            let Value::Dict(tag, mut dict) = value else {
+                self.issue(&key, "expected a table with `type = \"...\"`");
+                continue;
+            };
+            let kind = match dict.remove("type") {
+                Some(Value::String(_, s)) => s,
+                Some(_) => {
+                    self.issue(&format!("{key}.type"), "expected a string");
+                    continue;
+                }
+                None => {
+                    let known = known(&self.registry.backends);
+                    self.issue(
+                        &format!("{key}.type"),
+                        format!("missing; known backend types: {known}"),
+                    );
+                    continue;
+                }
+            };
+            let Some(k) = self.registry.backends.get(kind.as_str()) else {
+                let known = known(&self.registry.backends);
+                self.issue(
+                    &format!("{key}.type"),
+                    format!("unknown backend type {kind:?}; known: {known}"),
+                );
+                continue;
+            };
+            match (k.parse)(Value::Dict(tag, dict)) {
+                Ok(build) => backends.push(BackendEntry { id, kind, build }),
+                Err(e) => self.figment_issues(&key, e),
+            }
+        }
+        if backends.is_empty() && self.issues.is_empty() {
+            let known = known(&self.registry.backends);
+            self.issue(
+                "backends",
+                format!("no backend configured; add [backends.<id>] with type = one of {known}"),
+            );
+        }
+        backends
+    }
+
+    /// The backend `key` names (`backend = ...`), or the only one configured.
+    fn resolve(
+        &mut self,
+        kinds: &BTreeMap<String, String>,
+        key: &str,
+        backend: Option<String>,
+    ) -> Option<String> {
+        match backend {
+            Some(b) if kinds.contains_key(&b) => Some(b),
+            Some(b) => {
+                let ids = kinds.keys().cloned().collect::<Vec<_>>().join(", ");
+                self.issue(
+                    &format!("{key}.backend"),
+                    format!("unknown backend {b:?}; configured backends: {ids}"),
+                );
+                None
+            }
+            None if kinds.len() == 1 => kinds.keys().next().cloned(),
+            None => {
+                if !kinds.is_empty() {
+                    self.issue(
+                        &format!("{key}.backend"),
+                        "required when more than one backend is configured",
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    fn producers(&mut self, kinds: &BTreeMap<String, String>) -> Vec<ProducerEntry> {
+        let mut producers = Vec::new();
+        for (id, value) in self.table("producers") {
+            let key = format!("producers.{id}");
+            let raw: RawProducer = match value.deserialize() {
+                Ok(r) => r,
+                Err(e) => {
+                    self.figment_issues(&key, e);
+                    continue;
+                }
+            };
+            let backend = self.resolve(kinds, &key, raw.backend);
+            let Some(k) = self.registry.producers.get(raw.kind.as_str()) else {
+                let known = known(&self.registry.producers);
+                self.issue(
+                    &format!("{key}.type"),
+                    format!("unknown producer type {:?}; known: {known}", raw.kind),
+                );
+                continue;
+            };
+            let settings_key = format!("{key}.settings");
+            let settings = self.settings(&settings_key);
+            match ((k.parse)(settings), backend) {
+                (Ok(build), Some(backend)) => producers.push(ProducerEntry {
+                    id,
+                    kind: raw.kind,
+                    backend,
+                    build,
+                }),
+                (Err(e), _) => self.figment_issues(&settings_key, e),
+                _ => {}
+            }
+        }
+        producers
+    }
+
+    fn consumers(&mut self, kinds: &BTreeMap<String, String>) -> Vec<ConsumerEntry> {
+        let mut consumers = Vec::new();
+        for (id, value) in self.table("consumers") {
+            let key = format!("consumers.{id}");
+            match value.deserialize::<RawConsumer>() {
+                Ok(raw) => consumers.extend(self.consumer(kinds, id, &key, raw)),
+                Err(e) => self.figment_issues(&key, e),
+            }
+        }
+        consumers
+    }
+
+    fn consumer(
+        &mut self,
+        kinds: &BTreeMap<String, String>,
+        id: String,
+        key: &str,
+        raw: RawConsumer,
+    ) -> Option<ConsumerEntry> {
+        let backend = self.resolve(kinds, key, raw.backend.clone());
+        let mut topics = Vec::new();
+        if raw.topics.is_empty() {
+            self.issue(
+                &format!("{key}.topics"),
+                "must list at least one topic pattern (\"#\" for every topic)",
+            );
+        }
+        for (i, t) in raw.topics.iter().enumerate() {
+            match Pattern::new(t) {
+                Ok(p) => topics.push(p),
+                Err(e) => self.issue(&format!("{key}.topics[{i}]"), e.to_string()),
+            }
+        }
+        let options = self.consumer_options(kinds, key, &raw, backend.as_deref());
+        let Some(k) = self.registry.consumers.get(raw.kind.as_str()) else {
+            let known = known(&self.registry.consumers);
+            self.issue(
+                &format!("{key}.type"),
+                format!("unknown consumer type {:?}; known: {known}", raw.kind),
+            );
+            return None;
+        };
+        let settings_key = format!("{key}.settings");
+        let settings = self.settings(&settings_key);
+        match ((k.parse)(settings), backend) {
+            (Ok(build), Some(backend)) if topics.len() == raw.topics.len() => Some(ConsumerEntry {
+                id,
+                kind: raw.kind,
+                backend,
+                topics,
+                options,
+                build,
+            }),
+            (Err(e), _) => {
+                self.figment_issues(&settings_key, e);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// A consumer's queue options, checked (`durable` and `queue` only where the backend has
+    /// broker queues).
+    fn consumer_options(
+        &mut self,
+        kinds: &BTreeMap<String, String>,
+        key: &str,
+        raw: &RawConsumer,
+        backend: Option<&str>,
+    ) -> ConsumerOptions {
+        let defaults = ConsumerOptions::default();
+        let options = ConsumerOptions {
+            concurrency: raw.concurrency.unwrap_or(defaults.concurrency),
+            queue_capacity: raw.queue_capacity.unwrap_or(defaults.queue_capacity),
+            when_full: raw.when_full.unwrap_or(defaults.when_full),
+            timeout: raw.timeout,
+            durable: raw.durable.unwrap_or(false),
+            queue: raw.queue.clone(),
+        };
+        if let Some(b) = backend {
+            let kind = kinds.get(b).map_or("", String::as_str);
+            let honours = self
+                .registry
+                .backends
+                .get(kind)
+                .is_some_and(|k| k.durable_queues);
+            for (set, k) in [
+                (raw.durable.is_some(), "durable"),
+                (raw.queue.is_some(), "queue"),
+            ] {
+                if set && !honours {
+                    self.issue(&format!("{key}.{k}"), format!("backend {b:?} (type {kind}) has no broker queues; `{k}` applies to amqp backends"));
+                }
+            }
+        }
+        if options.queue.as_deref() == Some("") {
+            self.issue(&format!("{key}.queue"), "must not be empty");
+        }
+        if options.concurrency == 0 {
+            self.issue(&format!("{key}.concurrency"), "must be at least 1");
+        }
+        if options.queue_capacity == 0 {
+            self.issue(&format!("{key}.queue_capacity"), "must be at least 1");
+        }
+        if options.timeout == Some(Duration::ZERO) {
+            self.issue(
+                &format!("{key}.timeout"),
+                "must be longer than 0s (leave it out for no limit)",
+            );
+        }
+        options
+    }
+}
+
+/// Reads and validates a configuration against the registered types.
+///
+/// # Errors
+/// Every problem found, at once.
+pub(crate) fn load(source: &ConfigSource, registry: &Registry) -> Result<Config, ConfigErrors> {
     let mut l = Loader {
-        figment,
-        fallback_source,
+        figment: open(source)?,
+        fallback_source: source.to_string(),
         issues: Vec::new(),
         registry,
     };
-
     let top: Dict = match l.figment.extract() {
         Ok(d) => d,
         Err(e) => {
@@ -372,213 +603,13 @@ pub(crate) fn load(source: &ConfigSource, registry: &Registry) -> Result<Config,
     if hub.name.is_empty() {
         l.issue("hub.name", "must not be empty");
     }
-
-    let mut backends = Vec::new();
-    for (id, value) in l.table("backends") {
-        let key = format!("backends.{id}");
-        let Value::Dict(tag, mut dict) = value else {
-            l.issue(&key, "expected a table with `type = \"...\"`");
-            continue;
-        };
-        let kind = match dict.remove("type") {
-            Some(Value::String(_, s)) => s,
-            Some(_) => {
-                l.issue(&format!("{key}.type"), "expected a string");
-                continue;
-            }
-            None => {
-                l.issue(
-                    &format!("{key}.type"),
-                    format!(
-                        "missing; known backend types: {}",
-                        known(&l.registry.backends)
-                    ),
-                );
-                continue;
-            }
-        };
-        let Some(k) = l.registry.backends.get(kind.as_str()) else {
-            l.issue(
-                &format!("{key}.type"),
-                format!(
-                    "unknown backend type {kind:?}; known: {}",
-                    known(&l.registry.backends)
-                ),
-            );
-            continue;
-        };
-        match (k.parse)(Value::Dict(tag, dict)) {
-            Ok(build) => backends.push(BackendEntry { id, kind, build }),
-            Err(e) => l.figment_issues(&key, e),
-        }
-    }
-    let backend_ids: BTreeSet<String> = backends.iter().map(|b| b.id.clone()).collect();
-    let backend_kinds: std::collections::BTreeMap<String, &str> = backends
+    let backends = l.backends();
+    let kinds: BTreeMap<String, String> = backends
         .iter()
-        .map(|b| (b.id.clone(), b.kind.as_str()))
+        .map(|b| (b.id.clone(), b.kind.clone()))
         .collect();
-    if backends.is_empty() && l.issues.is_empty() {
-        l.issue(
-            "backends",
-            format!(
-                "no backend configured; add [backends.<id>] with type = one of {}",
-                known(&l.registry.backends)
-            ),
-        );
-    }
-    let resolve = |l: &mut Loader<'_>, key: &str, backend: Option<String>| -> Option<String> {
-        match backend {
-            Some(b) if backend_ids.contains(&b) => Some(b),
-            Some(b) => {
-                let ids = backend_ids.iter().cloned().collect::<Vec<_>>().join(", ");
-                l.issue(
-                    &format!("{key}.backend"),
-                    format!("unknown backend {b:?}; configured backends: {ids}"),
-                );
-                None
-            }
-            None if backend_ids.len() == 1 => backend_ids.iter().next().cloned(),
-            None => {
-                if !backend_ids.is_empty() {
-                    l.issue(
-                        &format!("{key}.backend"),
-                        "required when more than one backend is configured",
-                    );
-                }
-                None
-            }
-        }
-    };
-
-    let mut producers = Vec::new();
-    for (id, value) in l.table("producers") {
-        let key = format!("producers.{id}");
-        let raw: RawProducer = match value.deserialize() {
-            Ok(r) => r,
-            Err(e) => {
-                l.figment_issues(&key, e);
-                continue;
-            }
-        };
-        let backend = resolve(&mut l, &key, raw.backend);
-        let Some(k) = l.registry.producers.get(raw.kind.as_str()) else {
-            l.issue(
-                &format!("{key}.type"),
-                format!(
-                    "unknown producer type {:?}; known: {}",
-                    raw.kind,
-                    known(&l.registry.producers)
-                ),
-            );
-            continue;
-        };
-        let settings_key = format!("{key}.settings");
-        let settings = l.settings(&settings_key);
-        match ((k.parse)(settings), backend) {
-            (Ok(build), Some(backend)) => producers.push(ProducerEntry {
-                id,
-                kind: raw.kind,
-                backend,
-                build,
-            }),
-            (Err(e), _) => l.figment_issues(&settings_key, e),
-            _ => {}
-        }
-    }
-
-    let mut consumers = Vec::new();
-    for (id, value) in l.table("consumers") {
-        let key = format!("consumers.{id}");
-        let raw: RawConsumer = match value.deserialize() {
-            Ok(r) => r,
-            Err(e) => {
-                l.figment_issues(&key, e);
-                continue;
-            }
-        };
-        let backend = resolve(&mut l, &key, raw.backend);
-        let mut topics = Vec::new();
-        if raw.topics.is_empty() {
-            l.issue(
-                &format!("{key}.topics"),
-                "must list at least one topic pattern (\"#\" for every topic)",
-            );
-        }
-        for (i, t) in raw.topics.iter().enumerate() {
-            match Pattern::new(t) {
-                Ok(p) => topics.push(p),
-                Err(e) => l.issue(&format!("{key}.topics[{i}]"), e.to_string()),
-            }
-        }
-        let defaults = ConsumerOptions::default();
-        let options = ConsumerOptions {
-            concurrency: raw.concurrency.unwrap_or(defaults.concurrency),
-            queue_capacity: raw.queue_capacity.unwrap_or(defaults.queue_capacity),
-            when_full: raw.when_full.unwrap_or(defaults.when_full),
-            timeout: raw.timeout,
-            durable: raw.durable.unwrap_or(false),
-            queue: raw.queue.clone(),
-        };
-        if let Some(b) = &backend {
-            let kind = backend_kinds.get(b).copied().unwrap_or_default();
-            let honours = l
-                .registry
-                .backends
-                .get(kind)
-                .is_some_and(|k| k.durable_queues);
-            for (set, k) in [
-                (raw.durable.is_some(), "durable"),
-                (raw.queue.is_some(), "queue"),
-            ] {
-                if set && !honours {
-                    l.issue(&format!("{key}.{k}"), format!("backend {b:?} (type {kind}) has no broker queues; `{k}` applies to amqp backends"));
-                }
-            }
-        }
-        if options.queue.as_deref() == Some("") {
-            l.issue(&format!("{key}.queue"), "must not be empty");
-        }
-        if options.concurrency == 0 {
-            l.issue(&format!("{key}.concurrency"), "must be at least 1");
-        }
-        if options.queue_capacity == 0 {
-            l.issue(&format!("{key}.queue_capacity"), "must be at least 1");
-        }
-        if options.timeout == Some(Duration::ZERO) {
-            l.issue(
-                &format!("{key}.timeout"),
-                "must be longer than 0s (leave it out for no limit)",
-            );
-        }
-        let Some(k) = l.registry.consumers.get(raw.kind.as_str()) else {
-            l.issue(
-                &format!("{key}.type"),
-                format!(
-                    "unknown consumer type {:?}; known: {}",
-                    raw.kind,
-                    known(&l.registry.consumers)
-                ),
-            );
-            continue;
-        };
-        let settings_key = format!("{key}.settings");
-        let settings = l.settings(&settings_key);
-        match ((k.parse)(settings), backend) {
-            (Ok(build), Some(backend)) if topics.len() == raw.topics.len() => {
-                consumers.push(ConsumerEntry {
-                    id,
-                    kind: raw.kind,
-                    backend,
-                    topics,
-                    options,
-                    build,
-                })
-            }
-            (Err(e), _) => l.figment_issues(&settings_key, e),
-            _ => {}
-        }
-    }
-
+    let producers = l.producers(&kinds);
+    let consumers = l.consumers(&kinds);
     if l.issues.is_empty() {
         Ok(Config {
             source: source.clone(),

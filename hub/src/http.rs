@@ -1,33 +1,29 @@
 //! The one HTTP server: `/metrics`, `/live`, `/ready`.
 
-use std::net::SocketAddr;
-
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use hub_core::{CancellationToken, Dispatcher, ReadinessProbe};
-use metrics_exporter_prometheus::PrometheusHandle;
+use hub_core::CancellationToken;
+use hub_engine::{MetricsHandle, ReadinessProbe};
 use serde_json::json;
 use tokio::net::TcpListener;
 
 #[derive(Clone)]
 struct AppState {
-    metrics: PrometheusHandle,
-    dispatcher: Dispatcher,
+    metrics: MetricsHandle,
     readiness: ReadinessProbe,
 }
 
 async fn render_metrics(State(s): State<AppState>) -> Response {
     // Gauges are computed from the queues now, so they are true at scrape time.
-    s.dispatcher.refresh_gauges();
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        s.metrics.render() + &s.dispatcher.render_histograms(),
+        s.metrics.render(),
     )
         .into_response()
 }
@@ -51,16 +47,10 @@ async fn ready(State(s): State<AppState>) -> Response {
     (status, body).into_response()
 }
 
-/// Binds the listener (fails fast on a taken port).
-pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
-
 /// Serves until `stop` is cancelled.
 pub(crate) async fn serve(
     listener: TcpListener,
-    metrics: PrometheusHandle,
-    dispatcher: Dispatcher,
+    metrics: MetricsHandle,
     readiness: ReadinessProbe,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
@@ -68,11 +58,7 @@ pub(crate) async fn serve(
         .route("/metrics", get(render_metrics))
         .route("/live", get(live))
         .route("/ready", get(ready))
-        .with_state(AppState {
-            metrics,
-            dispatcher,
-            readiness,
-        });
+        .with_state(AppState { metrics, readiness });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await

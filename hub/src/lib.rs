@@ -16,7 +16,7 @@
 //! - `registry`: `type = "..."` → settings → built consumer/producer/backend.
 //! - `http`: `/metrics`, `/live`, `/ready`.
 //! - `stock`: `echo`, `delay`, `reply`, `ticker`.
-//! - `telemetry`: logs and the Prometheus recorder.
+//! - `telemetry`: logs (metrics are `hub_engine::metrics`).
 
 mod cli_tools;
 pub mod config;
@@ -31,10 +31,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hub_core::{
-    BackendConfig, CancellationToken, ConsumerConfig, ConsumerSpec, EngineBuilder, MemoryConfig,
-    ProducerConfig, Resources, ShutdownReport,
-};
+use hub_core::{BackendConfig, CancellationToken, ConsumerConfig, ProducerConfig, Resources};
+use hub_engine::{ConsumerSpec, EngineBuilder, MemoryConfig, ShutdownReport};
+use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 pub use config::{Config, ConfigErrors, ConfigIssue, ConfigSource};
@@ -174,31 +173,31 @@ impl HubBuilder {
         }
     }
 
-    /// Runs a configuration until `shutdown` resolves, then drains within `[hub] shutdown_grace`.
-    /// Installs the process-wide Prometheus recorder; call once per process.
+    /// Runs a configuration until `shutdown` resolves, then drains within `[hub] shutdown_grace`,
+    /// serving `/metrics`, `/live` and `/ready` on `listener` (already bound, so a test or an
+    /// embedding program can pass port 0 and read the address first; `[http] listen` is only
+    /// what the CLI binds). Each run has its own metrics registry: no process-global recorder,
+    /// so several hubs can run in one process, each with its own counts.
     ///
     /// # Errors
-    /// A configuration that does not build, a taken HTTP port, a consumer that does not start,
-    /// or a backend that failed for good.
+    /// A configuration that does not build, a consumer that does not start, or a backend that
+    /// failed for good.
     pub async fn run(
         self,
         config: Config,
+        listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<ShutdownReport> {
-        let metrics = telemetry::install_metrics()?;
         let grace = config.hub.shutdown_grace;
-        let listen = config.http.listen;
         let source = config.source.to_string();
-        let listener = http::bind(listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {listen} ([http] listen): {e}"))?;
+        let listen = listener.local_addr()?;
         let engine = self.assemble(config)?.build()?;
+        let metrics = engine.metrics();
         let mut running = engine.start().await?;
         let stop_http = CancellationToken::new();
         let server = tokio::spawn(http::serve(
             listener,
             metrics,
-            running.dispatcher().clone(),
             running.readiness_probe(),
             stop_http.clone(),
         ));
@@ -216,25 +215,24 @@ impl HubBuilder {
         }
     }
 
+    /// The CLI's `run`: binds `[http] listen`, stops on the first SIGINT/SIGTERM.
+    async fn run_until_signal(self, config: Config) -> anyhow::Result<ShutdownReport> {
+        let listen = config.http.listen;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen} ([http] listen): {e}"))?;
+        let stop = CancellationToken::new();
+        tokio::spawn(watch_signals(stop.clone()));
+        self.run(config, listener, async move { stop.cancelled().await })
+            .await
+    }
+
     /// Parses the command line and runs it; returns the process exit code.
     pub fn run_cli(self) -> ExitCode {
         let cli = Cli::parse();
         telemetry::init_logs(cli.log_format);
         match cli.command {
-            Command::Consumers => {
-                let [consumers, producers, backends] = self.types();
-                for (title, list) in [
-                    ("consumers", consumers),
-                    ("producers", producers),
-                    ("backends", backends),
-                ] {
-                    println!("{title}:");
-                    for (name, description) in list {
-                        println!("  {name:<10} {description}");
-                    }
-                }
-                ExitCode::SUCCESS
-            }
+            Command::Consumers => self.print_types(),
             Command::Tail {
                 connect,
                 topic,
@@ -264,66 +262,80 @@ impl HubBuilder {
                     }
                 }
             }
-            Command::Check { config } => {
-                let source = source(config);
-                match self.check(&source).and_then(|c| {
-                    let summary = summarize(&c);
-                    self.assemble(c).map(|_| summary)
-                }) {
-                    Ok(summary) => {
-                        print!("{summary}");
-                        println!("{source}: OK");
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprint!("{e}");
-                        ExitCode::from(EXIT_CONFIG)
-                    }
-                }
+            Command::Check { config } => self.check_cli(&source(config)),
+            Command::Run { config } => self.run_cli_config(&source(config)),
+        }
+    }
+
+    /// `hub consumers`.
+    fn print_types(&self) -> ExitCode {
+        let [consumers, producers, backends] = self.types();
+        for (title, list) in [
+            ("consumers", consumers),
+            ("producers", producers),
+            ("backends", backends),
+        ] {
+            println!("{title}:");
+            for (name, description) in list {
+                println!("  {name:<10} {description}");
             }
-            Command::Run { config } => {
-                let source = source(config);
-                if matches!(source, ConfigSource::Embedded) {
-                    info!("No --config given: running the embedded default (config/hub.toml).");
-                }
-                let config = match self.check(&source) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprint!("{e}");
-                        return ExitCode::from(EXIT_CONFIG);
-                    }
-                };
-                let runtime = match tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        error!(error = %e, "Cannot start the tokio runtime.");
-                        return ExitCode::from(EXIT_FAILURE);
-                    }
-                };
-                let result = runtime.block_on(async move {
-                    let stop = CancellationToken::new();
-                    tokio::spawn(watch_signals(stop.clone()));
-                    self.run(config, async move { stop.cancelled().await })
-                        .await
-                });
-                match result {
-                    Ok(_) => ExitCode::SUCCESS,
-                    Err(e) => match e.downcast_ref::<ConfigErrors>() {
-                        Some(c) => {
-                            eprint!("{c}");
-                            ExitCode::from(EXIT_CONFIG)
-                        }
-                        None => {
-                            error!(error = format!("{e:#}"), "Hub stopped with an error.");
-                            eprintln!("error: {e:#}");
-                            ExitCode::from(EXIT_FAILURE)
-                        }
-                    },
-                }
+        }
+        ExitCode::SUCCESS
+    }
+
+    /// `hub check`.
+    fn check_cli(&self, source: &ConfigSource) -> ExitCode {
+        match self.check(source).and_then(|c| {
+            let summary = summarize(&c);
+            self.assemble(c).map(|_| summary)
+        }) {
+            Ok(summary) => {
+                print!("{summary}");
+                println!("{source}: OK");
+                ExitCode::SUCCESS
             }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        }
+    }
+
+    /// `hub run`.
+    fn run_cli_config(self, source: &ConfigSource) -> ExitCode {
+        if matches!(source, ConfigSource::Embedded) {
+            info!("No --config given: running the embedded default (config/hub.toml).");
+        }
+        let config = match self.check(source) {
+            Ok(c) => c,
+            Err(e) => {
+                eprint!("{e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "Cannot start the tokio runtime.");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        };
+        match runtime.block_on(self.run_until_signal(config)) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => match e.downcast_ref::<ConfigErrors>() {
+                Some(c) => {
+                    eprint!("{c}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+                None => {
+                    error!(error = format!("{e:#}"), "Hub stopped with an error.");
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            },
         }
     }
 }

@@ -1,9 +1,5 @@
-//! Logs (tracing) and the Prometheus recorder.
+//! Logs (tracing). Metrics are the engine's (`hub_engine::metrics`), one registry per hub.
 
-use std::time::Duration;
-
-use hub_core::metrics::DURATION_BUCKETS;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -42,25 +38,4 @@ pub fn init_logs(format: LogFormat) {
             )
             .try_init(),
     };
-}
-
-/// Installs the process-wide Prometheus recorder (histograms with buckets) and keeps it drained.
-///
-/// # Errors
-/// When a recorder is already installed.
-pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)?
-        .install_recorder()?;
-    hub_core::metrics::describe();
-    let upkeep = handle.clone();
-    // Histogram samples pile up between renders; drain them even when nobody scrapes.
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
-    Ok(handle)
 }

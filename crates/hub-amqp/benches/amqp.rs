@@ -25,9 +25,9 @@ use hub_amqp::lapin::options::{
 use hub_amqp::lapin::types::FieldTable;
 use hub_amqp::lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use hub_core::{
-    BackendConfig, ConsumeError, Consumer, ConsumerOptions, ConsumerSpec, Context, EngineBuilder,
-    Message, Pattern, async_trait,
+    BackendConfig, ConsumeError, Consumer, ConsumerOptions, Context, Message, Pattern, async_trait,
 };
+use hub_engine::{ConsumerSpec, EngineBuilder};
 use serde_json::json;
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";

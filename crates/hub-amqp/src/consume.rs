@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use hub_core::{Acker, BackendMetrics, CancellationToken, Delivery, Intake, Subscription, Verdict};
+use hub_core::{Acker, BackendMetrics, CancellationToken, Delivery, Sink, Subscription, Verdict};
 use lapin::Channel;
 use lapin::options::BasicCancelOptions;
 use tokio::sync::mpsc;
@@ -22,7 +22,7 @@ pub(crate) struct Subscriber {
     pub channel: Channel,
     /// The consumer tag, to cancel the subscription at shutdown.
     pub tag: String,
-    pub intake: Intake,
+    pub sink: Sink,
     pub metrics: BackendMetrics,
     pub shutdown: CancellationToken,
     pub settle: mpsc::UnboundedSender<Cmd>,
@@ -110,7 +110,7 @@ impl Subscriber {
         };
         match decoded {
             Ok(msg) => self
-                .intake
+                .sink
                 .deliver(Delivery::with_acker(msg, Box::new(acker)).for_subscription(self.sub.id))
                 .await
                 .is_ok(),

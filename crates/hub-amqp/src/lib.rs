@@ -27,6 +27,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use hub_core::{
     Backend, BackendConfig, BackendContext, BackendError, BoxError, Message, PublishError,
+    Subscription,
 };
 use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
@@ -36,17 +37,10 @@ use tokio::sync::{Mutex, mpsc};
 use tracing::{info, warn};
 
 use consume::Subscriber;
+use hub_core::metrics::Gauge;
+use hub_engine::metrics::{self as hub_metrics, RepublishKind};
 use publisher::{PublishFailure, Publisher};
-use settle::{Policy, Settler};
-
-/// `hub_amqp_queue_messages{consumer}`: ready messages waiting in RabbitMQ.
-pub const QUEUE_MESSAGES: &str = "hub_amqp_queue_messages";
-/// `hub_amqp_connection_blocked{backend}`: 1 while the broker blocks the publishing connection
-/// (a memory or disk alarm); consuming and acknowledging go on.
-pub const CONNECTION_BLOCKED: &str = "hub_amqp_connection_blocked";
-/// `hub_amqp_republish_failures_total{consumer, kind}`: a retry's copy (`kind="retry"`) or a
-/// dead letter (`kind="dead_letter"`) that could not be published and is being tried again.
-pub const REPUBLISH_FAILURES: &str = "hub_amqp_republish_failures_total";
+use settle::{DeadLetters, Policy, Settler};
 
 /// `[backends.<id>]` with `type = "amqp"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -318,55 +312,10 @@ impl AmqpBackend {
         let mut tasks = tokio::task::JoinSet::new();
         let mut queues = Vec::new();
         for sub in &cx.subscriptions {
-            let q = topology::consumer_queue(
-                conn,
-                &cx.hub_name,
-                &self.config.exchange,
-                self.config.prefetch,
-                sub,
-            )
-            .await
-            .map_err(|m| self.fail(format!("consumer {}: {m}", sub.consumer)))?;
-            info!(backend = %self.id, consumer = %sub.consumer, queue = %q.queue, durable = sub.options.durable, "Consuming.");
-            queues.push((sub.consumer.to_string(), q.queue.clone()));
-            let failures = |kind: &'static str| metrics::counter!(REPUBLISH_FAILURES, "consumer" => sub.consumer.to_string(), "kind" => kind);
-            let policy = Policy {
-                consumer: sub.consumer.to_string(),
-                queue: q.queue.clone(),
-                dead_letters: dead_letters.clone(),
-                max_attempts: self.config.max_attempts,
-                retry_delay: self.config.retry_delay,
-                retry_delay_max: self.config.retry_delay_max,
-                // A quarter of the prefetch window: the broker never stalls waiting for acks.
-                ack_every: usize::from(self.config.prefetch / 4).clamp(1, 100),
-                retry_failures: failures("retry"),
-                dead_letter_failures: failures("dead_letter"),
-            };
-            policy.retry_failures.increment(0);
-            policy.dead_letter_failures.increment(0);
-            let (tx, rx) = mpsc::unbounded_channel();
-            let settler = Settler {
-                channel: q.channel.clone(),
-                publisher: publisher.clone(),
-                policy,
-                shutdown: cx.shutdown.clone(),
-                closing: self.closing.clone(),
-            };
-            self.settlers
-                .lock()
-                .await
-                .push(tokio::spawn(settler.run(rx)));
-            let subscriber = Subscriber {
-                backend: Arc::clone(&cx.id),
-                sub: sub.clone(),
-                channel: q.channel,
-                tag: q.tag,
-                intake: cx.intake.clone(),
-                metrics: cx.metrics.clone(),
-                shutdown: cx.shutdown.clone(),
-                settle: tx,
-            };
-            tasks.spawn(subscriber.run(q.consumer));
+            let queue = self
+                .start_consumer(conn, publisher, cx, &dead_letters, sub, &mut tasks)
+                .await?;
+            queues.push((sub.consumer.to_string(), queue));
         }
         // Its own channel: a passive declare of a queue deleted behind our back is a channel error.
         let poller = conn
@@ -374,11 +323,76 @@ impl AmqpBackend {
             .await
             .map_err(|e| self.fail(format!("opening the backlog channel: {e}")))?;
         let shutdown = cx.shutdown.clone();
+        let gauges = queues
+            .iter()
+            .map(|(consumer, _)| hub_metrics::amqp_queue_messages(cx.metrics.registry(), consumer))
+            .collect();
         tasks.spawn(async move {
-            poll_backlog(poller, queues, shutdown).await;
+            poll_backlog(poller, queues, gauges, shutdown).await;
             Ok(())
         });
         Ok(tasks)
+    }
+
+    /// One consumer: its queue (declared and bound), its settle task, and its receive loop
+    /// (in `tasks`). Returns the queue's name.
+    async fn start_consumer(
+        &self,
+        conn: &Connection,
+        publisher: &Publisher,
+        cx: &BackendContext,
+        dead_letters: &DeadLetters,
+        sub: &Subscription,
+        tasks: &mut tokio::task::JoinSet<Result<(), String>>,
+    ) -> Result<String, BackendError> {
+        let q = topology::consumer_queue(
+            conn,
+            &cx.hub_name,
+            &self.config.exchange,
+            self.config.prefetch,
+            sub,
+        )
+        .await
+        .map_err(|m| self.fail(format!("consumer {}: {m}", sub.consumer)))?;
+        info!(backend = %self.id, consumer = %sub.consumer, queue = %q.queue, durable = sub.options.durable, "Consuming.");
+        let failures =
+            |kind| hub_metrics::amqp_republish_failures(cx.metrics.registry(), &sub.consumer, kind);
+        let policy = Policy {
+            consumer: sub.consumer.to_string(),
+            queue: q.queue.clone(),
+            dead_letters: dead_letters.clone(),
+            max_attempts: self.config.max_attempts,
+            retry_delay: self.config.retry_delay,
+            retry_delay_max: self.config.retry_delay_max,
+            // A quarter of the prefetch window: the broker never stalls waiting for acks.
+            ack_every: usize::from(self.config.prefetch / 4).clamp(1, 100),
+            retry_failures: failures(RepublishKind::Retry),
+            dead_letter_failures: failures(RepublishKind::DeadLetter),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let settler = Settler {
+            channel: q.channel.clone(),
+            publisher: publisher.clone(),
+            policy,
+            shutdown: cx.shutdown.clone(),
+            closing: self.closing.clone(),
+        };
+        self.settlers
+            .lock()
+            .await
+            .push(tokio::spawn(settler.run(rx)));
+        let subscriber = Subscriber {
+            backend: Arc::clone(&cx.id),
+            sub: sub.clone(),
+            channel: q.channel,
+            tag: q.tag,
+            sink: cx.sink.clone(),
+            metrics: cx.metrics.clone(),
+            shutdown: cx.shutdown.clone(),
+            settle: tx,
+        };
+        tasks.spawn(subscriber.run(q.consumer));
+        Ok(q.queue)
     }
 }
 
@@ -395,12 +409,9 @@ const BACKLOG_POLL: Duration = Duration::from_secs(5);
 async fn poll_backlog(
     channel: Channel,
     queues: Vec<(String, String)>,
+    gauges: Vec<Gauge>,
     shutdown: hub_core::CancellationToken,
 ) {
-    let gauges: Vec<_> = queues
-        .iter()
-        .map(|(consumer, _)| metrics::gauge!(QUEUE_MESSAGES, "consumer" => consumer.clone()))
-        .collect();
     let mut tick = tokio::time::interval(BACKLOG_POLL);
     loop {
         tokio::select! {
@@ -427,9 +438,7 @@ async fn poll_backlog(
 
 /// Logs the broker blocking and unblocking the publishing connection (a memory or disk alarm),
 /// and shows it in `hub_amqp_connection_blocked`.
-async fn watch_blocked(conn: Arc<Connection>, backend: String) {
-    let gauge = metrics::gauge!(CONNECTION_BLOCKED, "backend" => backend.clone());
-    gauge.set(0.0);
+async fn watch_blocked(conn: Arc<Connection>, backend: String, gauge: Gauge) {
     let mut events = std::pin::pin!(conn.events_listener());
     while let Some(event) = events.next().await {
         match event {
@@ -458,7 +467,11 @@ impl Backend for AmqpBackend {
         let (publish, consume) = (Arc::new(publish), Arc::new(consume));
         let (publisher, publishing) = self.start_publisher(&publish).await?;
         let mut tasks = self.subscribe(&consume, &publisher, &cx).await?;
-        let blocked = tokio::spawn(watch_blocked(Arc::clone(&publish), self.id.clone()));
+        let blocked = tokio::spawn(watch_blocked(
+            Arc::clone(&publish),
+            self.id.clone(),
+            hub_metrics::amqp_connection_blocked(cx.metrics.registry(), &self.id),
+        ));
         *self.live.lock().await = Some(Live {
             consume: Arc::clone(&consume),
             publish: Arc::clone(&publish),

@@ -7,7 +7,7 @@
 //! (default `base.message`), `fedora_messaging_severity` (default 20), `sent-at`.
 
 use hub_core::json::JsonText;
-use hub_core::{Headers, Message};
+use hub_core::{Headers, Message, correlation};
 use jiff::Timestamp;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
@@ -175,6 +175,12 @@ fn decode_parts(
     if redelivered {
         headers.insert(REDELIVERED.into(), Value::Bool(true));
     }
+    // A publisher that sets only the AMQP property: read it where the hub looks for it.
+    if let Some(c) = properties.correlation_id() {
+        headers
+            .entry(correlation::CORRELATION_ID)
+            .or_insert_with(|| Value::from(c.as_str()));
+    }
     let timestamp = headers
         .get("sent-at")
         .and_then(Value::as_str)
@@ -227,7 +233,16 @@ pub fn encode(msg: &Message) -> (BasicProperties, Vec<u8>) {
         .entry("fedora_messaging_severity")
         .or_insert_with(|| Value::from(20));
     headers.insert("sent-at".into(), Value::from(sent_at(msg.timestamp())));
-    let properties = BasicProperties::default()
+    let mut properties = BasicProperties::default();
+    // The correlation id travels as a header (what fedora-messaging reads) and as the AMQP
+    // property (what other AMQP tools read).
+    // (A short string: at most 255 bytes; a longer one stays a header only.)
+    if let Some(Value::String(c)) = headers.get(correlation::CORRELATION_ID)
+        && c.len() <= 255
+    {
+        properties = properties.with_correlation_id(ShortString::from(c.as_str()));
+    }
+    let properties = properties
         .with_content_type("application/json".into())
         .with_content_encoding("utf-8".into())
         .with_delivery_mode(2)

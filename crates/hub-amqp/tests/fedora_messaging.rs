@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use hub_amqp::AmqpConfig;
 use hub_core::{
-    BackendConfig, ConsumeError, Consumer, ConsumerOptions, ConsumerSpec, Context, EngineBuilder,
-    Message, Pattern, async_trait,
+    BackendConfig, ConsumeError, Consumer, ConsumerOptions, Context, Message, Pattern, async_trait,
 };
+use hub_engine::{ConsumerSpec, EngineBuilder};
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep};
 

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use hub_amqp::AmqpConfig;
 use hub_core::{
-    BackendConfig, ConsumeError, Consumer, ConsumerOptions, ConsumerSpec, Context, EngineBuilder,
-    Message, Pattern, async_trait,
+    BackendConfig, ConsumeError, Consumer, ConsumerOptions, Context, Message, Pattern, async_trait,
 };
+use hub_engine::{ConsumerSpec, EngineBuilder};
 use serde_json::json;
 use tokio::time::{Instant, sleep};
 
@@ -185,7 +185,7 @@ async fn start_and_fill(
     consumer: Arc<dyn Consumer>,
     topic: &str,
     n: u64,
-) -> hub_core::RunningEngine {
+) -> hub_engine::RunningEngine {
     let running = EngineBuilder::new(name)
         .backend(spec.backend.as_str(), Arc::clone(backend))
         .consumer(spec, consumer)
@@ -354,17 +354,6 @@ impl Consumer for Gated {
     }
 }
 
-/// This test binary's Prometheus recorder (installed once).
-fn recorder() -> &'static metrics_exporter_prometheus::PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
-        std::sync::OnceLock::new();
-    HANDLE.get_or_init(|| {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .install_recorder()
-            .expect("a recorder")
-    })
-}
-
 /// Ready plus unacknowledged messages in a queue of the private node.
 fn depth(queue: &str) -> Option<u64> {
     let out = Command::new("rabbitmqctl")
@@ -380,7 +369,6 @@ fn depth(queue: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_alarm_blocks_publishing_but_not_consuming_and_acknowledging() {
     let _one_at_a_time = NODE_LOCK.lock().await;
-    let metrics = recorder();
     tokio::task::spawn_blocking(start_node).await.unwrap();
     let _node = Node;
     let cfg: AmqpConfig =
@@ -402,6 +390,7 @@ async fn a_broker_alarm_blocks_publishing_but_not_consuming_and_acknowledging() 
         gate: gate.clone(),
     });
     let running = start_and_fill("hubalarm", &backend, spec, gated, "alarm.before", 200).await;
+    let metrics = running.metrics();
     // A memory alarm: the broker blocks every connection that publishes.
     assert!(ctl(&["set_vm_memory_high_watermark", "absolute", "1"]));
     let late = {

@@ -10,9 +10,9 @@ mod common;
 
 use common::*;
 use hub_core::{
-    BackendConfig, ConsumeError, Consumer, ConsumerOptions, ConsumerSpec, Context, EngineBuilder,
-    Message, Pattern, async_trait,
+    BackendConfig, ConsumeError, Consumer, ConsumerOptions, Context, Message, Pattern, async_trait,
 };
+use hub_engine::{ConsumerSpec, EngineBuilder};
 use lapin::BasicProperties;
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -465,4 +465,85 @@ async fn a_consumer_the_broker_ends_is_a_fatal_error_not_a_silent_stop() {
             Default::default(),
         )
         .await;
+}
+
+/// Publishes `{"from": <id>}` on `to` while handling each message.
+struct Relay {
+    to: String,
+}
+
+#[async_trait]
+impl Consumer for Relay {
+    async fn consume(&self, cx: &Context, msg: &Message) -> Result<(), ConsumeError> {
+        cx.publish_json(&self.to, json!({ "from": msg.id() }))
+            .await
+            .map_err(ConsumeError::transient)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_consumer_publishes_while_handling_carries_the_correlation_id() {
+    use lapin::options::QueueBindOptions;
+    let u = uid();
+    let (inp, out) = (format!("c{u}.in"), format!("c{u}.out"));
+    // A plain AMQP reader of what the hub publishes, to see the property as other tools do.
+    let conn = raw().await;
+    let ch = conn.create_channel().await.unwrap();
+    let tap = format!("tap{u}");
+    let opts = QueueDeclareOptions {
+        exclusive: true,
+        ..Default::default()
+    };
+    ch.queue_declare(tap.as_str().into(), opts, FieldTable::default())
+        .await
+        .unwrap();
+    ch.queue_bind(
+        tap.as_str().into(),
+        "amq.topic".into(),
+        out.as_str().into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let seen = Arc::new(Probe::default());
+    let relay: Arc<dyn Consumer> = Arc::new(Relay { to: out.clone() });
+    let (running, backend) = start_with(
+        &format!("hub{u}"),
+        config(&format!("dlx{u}")),
+        vec![
+            ("relay", &[inp.as_str()], ConsumerOptions::default(), relay),
+            (
+                "seen",
+                &[out.as_str()],
+                ConsumerOptions::default(),
+                Arc::new(P(seen.clone())),
+            ),
+        ],
+    )
+    .await;
+    let first = Message::builder(inp.clone(), json!({})).build();
+    backend.publish(&first).await.unwrap();
+    eventually("the relayed message arrives", || {
+        seen.seen.lock().unwrap().len() == 1
+    })
+    .await;
+    let relayed = seen.seen.lock().unwrap()[0].clone();
+    // fedora-messaging's shape: message headers.
+    assert_eq!(relayed.header("in_reply_to"), Some(&json!(first.id())));
+    assert_eq!(relayed.header("correlation_id"), Some(&json!(first.id())));
+    assert_eq!(relayed.body(), &json!({ "from": first.id() }));
+    // The AMQP property too.
+    let got = ch
+        .basic_get(tap.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the tap queue holds the relayed message");
+    assert_eq!(
+        got.properties.correlation_id().as_ref().map(|c| c.as_str()),
+        Some(first.id())
+    );
+    running.shutdown(Duration::from_secs(5)).await;
+    let _ = conn.close(200, "bye".into()).await;
+    delete_queues(&[format!("hub{u}.dead-letters")]).await;
 }

@@ -99,7 +99,7 @@ fn durable(f: impl FnOnce(&mut ConsumerOptions)) -> ConsumerOptions {
 
 /// A hub with one [`Scripted`] consumer, and a confirming channel of the test's own.
 struct Rig {
-    running: hub_core::RunningEngine,
+    running: hub_engine::RunningEngine,
     backend: Arc<dyn hub_core::Backend>,
     script: Arc<Script>,
     conn: lapin::Connection,
@@ -494,7 +494,12 @@ async fn shut_down_busy(
     n: u64,
     body: Value,
     grace: Duration,
-) -> (hub_core::ShutdownReport, String, lapin::Connection, Channel) {
+) -> (
+    hub_engine::ShutdownReport,
+    String,
+    lapin::Connection,
+    Channel,
+) {
     let u = uid();
     let hub = format!("hub{u}");
     let topic = format!("s{u}.job");

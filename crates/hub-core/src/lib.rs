@@ -1,24 +1,26 @@
 //! # hub-core
 //!
-//! The core of `hub`, a daemon and framework for message consumers. Depend on this crate alone to
-//! write a consumer or a backend.
+//! The plugin API of `hub`, a daemon and framework for message consumers: depend on this crate
+//! alone to write a consumer, a producer or a backend. The engine that runs them (queues,
+//! workers, metrics) is `hub-engine`, free to change without breaking plugins.
 //!
 //! A message entering from any [`Backend`] is routed by topic [`Pattern`] to every matching
 //! [`Consumer`]. Each consumer has its own bounded queue and its own tokio task(s), so a slow
-//! consumer never delays another, and its backlog is measured (see [`metrics`] for the metric
-//! contract). The dispatcher owns acknowledgements: a delivery is settled with its backend only
-//! after every consumer that received it has finished it.
+//! consumer never delays another. The hub owns acknowledgements: a delivery is settled with its
+//! backend (through its [`Acker`]) only after every consumer that received it has finished it.
 //!
-//! # Layout
-//! - [`message`]: the [`Message`] envelope (topic, JSON body, id, UTC timestamp, headers).
-//! - [`json`]: [`JsonText`], JSON checked in one pass, and an object's members read in one pass
-//!   (for backends that keep received JSON as text).
-//! - [`topic`]: AMQP-style topic [`Pattern`]s (`*` one word, `#` zero or more).
-//! - [`Consumer`], [`Backend`], [`Producer`]: the traits; [`Context`]: publish handle and shared
-//!   [`Resources`].
-//! - [`Dispatcher`]: per-consumer queues and workers, routing, settlement, gauges.
-//! - [`EngineBuilder`]: wires backends, consumers and producers, and shuts them down in order.
-//! - [`MemoryBackend`]: in-process loopback, for demos and tests.
+//! # What is here
+//! - [`Message`] (and [`MessageBuilder`]): topic, JSON body, id, UTC timestamp, headers.
+//! - [`JsonText`]: JSON checked in one pass, for backends that keep received JSON as text.
+//! - [`Pattern`], [`PatternSet`]: AMQP-style topic patterns (`*` one word, `#` zero or more).
+//! - [`Consumer`], [`Producer`], [`Backend`]: the traits; [`Context`]: a publish handle, shared
+//!   [`Resources`] and the shutdown signal.
+//! - [`Delivery`], [`Acker`], [`Verdict`]: a message in, and how it is settled; [`Sink`]: where
+//!   a backend hands deliveries to the hub; [`BackendMetrics`]: a backend's counters.
+//! - [`correlation`]: what a consumer publishes while handling a message carries its id
+//!   (`in_reply_to`, `correlation_id`).
+//! - Errors: [`ConsumeError`], [`PublishError`], [`BackendError`].
+//! - Configuration: [`ConsumerConfig`], [`ProducerConfig`], [`BackendConfig`], [`duration`].
 //!
 //! # A consumer
 //! ```
@@ -40,17 +42,16 @@
 //! ```
 
 mod backend;
+mod config;
 mod consumer;
 mod context;
-mod dispatcher;
-mod engine;
+pub mod correlation;
 mod error;
-mod factory;
 pub mod json;
-pub mod memory;
 pub mod message;
 pub mod metrics;
 mod producer;
+mod sink;
 pub mod topic;
 
 pub use crate::metrics::BackendMetrics;
@@ -58,21 +59,14 @@ pub use async_trait::async_trait;
 pub use backend::{
     Acker, Backend, BackendContext, Delivery, Subscription, SubscriptionId, Verdict,
 };
+pub use config::duration;
+pub use config::{BackendConfig, ConsumerConfig, ProducerConfig};
 pub use consumer::{Consumer, ConsumerOptions, WhenFull};
 pub use context::{Context, Publisher, Resources};
-pub use dispatcher::{
-    BackendIndex, ConsumerState, Dispatcher, DispatcherBuilder, DrainReport, Intake, IntakeClosed,
-};
-pub use engine::{
-    ConsumerSpec, Engine, EngineBuilder, EngineError, Readiness, ReadinessProbe, RunningEngine,
-    ShutdownReport,
-};
 pub use error::{BackendError, BoxError, ConsumeError, ErrorKind, PublishError, ResultExt};
-pub use factory::duration;
-pub use factory::{BackendConfig, ConsumerConfig, MemoryConfig, ProducerConfig};
 pub use json::JsonText;
-pub use memory::MemoryBackend;
 pub use message::{DecodeError, Headers, Message, MessageBuilder};
 pub use producer::Producer;
+pub use sink::{Admission, DeliverySink, IntakeClosed, RoomWait, Sink};
 pub use tokio_util::sync::CancellationToken;
 pub use topic::{Pattern, PatternError, PatternSet, TopicWords};

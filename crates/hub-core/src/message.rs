@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use crate::json::JsonText;
 
-/// Message headers: a JSON object of string keys (AMQP headers, fedmsg's extra envelope fields).
+/// Message headers: a JSON object of string keys (a transport's headers or extra fields).
 pub type Headers = serde_json::Map<String, Value>;
 
 /// One message as consumers see it.
@@ -64,9 +64,8 @@ impl PartialEq for Inner {
     }
 }
 
-/// The headers: a map, or a JSON object in the message's text parsed on first use (a backend
-/// that receives headers as JSON, such as fedmsg's envelope fields, then builds no map for
-/// consumers that never read them). The text is made of checked parts ([`JsonText`]), so it
+/// The headers: a map, or JSON in the message's text parsed on first use (a backend that
+/// receives headers as JSON then builds no map for consumers that never read them). The text is made of checked parts ([`JsonText`]), so it
 /// parses; were it ever not a JSON object, it would read as no headers.
 #[derive(Debug)]
 enum HeaderStore {
@@ -75,10 +74,9 @@ enum HeaderStore {
         at: Range<usize>,
         parsed: OnceLock<Headers>,
     },
-    /// The members named in `fields`, not null, of the JSON object that is the whole text (an
-    /// envelope).
-    Fields {
-        fields: &'static [&'static str],
+    /// Read from the whole text (an envelope) by the backend's own function, on first use.
+    Envelope {
+        read: fn(&str) -> Headers,
         parsed: OnceLock<Headers>,
     },
 }
@@ -91,11 +89,7 @@ impl HeaderStore {
             Self::Raw { at, parsed } => {
                 parsed.get_or_init(|| serde_json::from_str(&text[at.clone()]).unwrap_or_default())
             }
-            Self::Fields { fields, parsed } => parsed.get_or_init(|| {
-                let mut map: Headers = serde_json::from_str(text).unwrap_or_default();
-                map.retain(|k, v| !v.is_null() && fields.contains(&k.as_str()));
-                map
-            }),
+            Self::Envelope { read, parsed } => parsed.get_or_init(|| read(text)),
         }
     }
 }
@@ -298,15 +292,15 @@ impl Message {
     /// A message received as one JSON object (an envelope) that holds its parts, built with
     /// a single copy: the whole text, in which the parts are then found again. `topic`, `id`
     /// and `body` must be slices of `envelope` (as a reader of it hands them out): `None` if
-    /// one is not. The headers are the envelope's members named in `header_fields` whose value
-    /// is not null, parsed only if a consumer reads [`Message::headers`].
+    /// one is not. The headers are what `read_headers` makes of the whole envelope text, called
+    /// only if a consumer reads [`Message::headers`] (once per message).
     pub fn from_json_envelope(
         envelope: &str,
         topic: &str,
         id: &str,
         timestamp: Timestamp,
         body: JsonText<'_>,
-        header_fields: &'static [&'static str],
+        read_headers: fn(&str) -> Headers,
     ) -> Option<Self> {
         let topic_at = span_in(envelope, topic)?;
         let id_at = span_in(envelope, id)?;
@@ -316,8 +310,8 @@ impl Message {
             id_at,
             topic_at,
             timestamp,
-            headers: HeaderStore::Fields {
-                fields: header_fields,
+            headers: HeaderStore::Envelope {
+                read: read_headers,
                 parsed: OnceLock::new(),
             },
             body: Body::Raw {
@@ -376,6 +370,33 @@ impl Message {
             target: std::any::type_name::<T>(),
             source,
         })
+    }
+
+    /// A copy of this message (same id, topic, timestamp and body) with `extra` headers added
+    /// where the message has none of that name.
+    pub fn with_headers_added<K: Into<String>>(
+        &self,
+        extra: impl IntoIterator<Item = (K, Value)>,
+    ) -> Self {
+        let mut headers = self.headers().clone();
+        for (k, v) in extra {
+            headers.entry(k.into()).or_insert(v);
+        }
+        let inner = &*self.0;
+        Message(Arc::new(Inner {
+            text: inner.text.clone(),
+            id_at: inner.id_at.clone(),
+            topic_at: inner.topic_at.clone(),
+            timestamp: inner.timestamp,
+            headers: HeaderStore::Map(headers),
+            body: match &inner.body {
+                Body::Value(v) => Body::Value(v.clone()),
+                Body::Raw { at, .. } => Body::Raw {
+                    at: at.clone(),
+                    parsed: OnceLock::new(),
+                },
+            },
+        }))
     }
 
     /// Serializes the whole envelope as one line of JSON.
@@ -660,16 +681,16 @@ mod tests {
             &text[at..at + s.len()]
         };
         let body = JsonText::new(part(r#"{"n": 1}"#)).unwrap();
-        let m = Message::from_json_envelope(
-            text,
-            part("org.a"),
-            part("2026-x"),
-            ts,
-            body,
-            &["i", "username", "signature"],
-        )
-        .unwrap();
-        // Only named fields, and not null ones, are headers; the body text is kept as is.
+        let m =
+            Message::from_json_envelope(text, part("org.a"), part("2026-x"), ts, body, |text| {
+                let mut map: Headers = serde_json::from_str(text).unwrap_or_default();
+                map.retain(|k, v| {
+                    !v.is_null() && ["i", "username", "signature"].contains(&k.as_str())
+                });
+                map
+            })
+            .unwrap();
+        // The headers are what the backend's reader makes of the envelope; the body text is kept as is.
         let built = Message::builder("org.a", json!({"n": 1}))
             .id("2026-x")
             .timestamp(ts)
@@ -680,7 +701,10 @@ mod tests {
         assert_eq!(Message::from_json(&m.to_json()).unwrap(), m);
         // Parts that are not slices of the envelope (equal text elsewhere) are refused.
         let elsewhere = String::from("org.a");
-        let refused = Message::from_json_envelope(text, &elsewhere, part("2026-x"), ts, body, &[]);
+        let refused =
+            Message::from_json_envelope(text, &elsewhere, part("2026-x"), ts, body, |_| {
+                Headers::new()
+            });
         assert!(refused.is_none());
     }
 

@@ -23,12 +23,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hub_core::metrics::DURATION_BUCKETS;
 use hub_core::{
-    BoxError, ConsumeError, Consumer, ConsumerOptions, ConsumerSpec, Context, EngineBuilder,
-    MemoryBackend, Message, Pattern, Resources, RunningEngine, ShutdownReport, Verdict,
+    BoxError, ConsumeError, Consumer, ConsumerOptions, Context, Message, Pattern, Resources,
+    Verdict,
 };
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use hub_engine::{
+    ConsumerSpec, EngineBuilder, MemoryBackend, MetricsHandle, RunningEngine, ShutdownReport,
+};
 use serde_json::Value;
 
 const BACKEND: &str = "memory";
@@ -136,14 +137,12 @@ impl TestHubBuilder {
     /// # Panics
     /// When a start hook fails or the wiring is wrong: a test failure either way.
     pub async fn start(self) -> TestHub {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets(DURATION_BUCKETS)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .build_recorder();
-        let handle = recorder.handle();
-        let engine = self.engine.resources(self.resources);
-        let engine = metrics::with_local_recorder(&recorder, || engine.build())
+        let engine = self
+            .engine
+            .resources(self.resources)
+            .build()
             .unwrap_or_else(|e| panic!("{e}"));
+        let metrics = engine.metrics();
         let running = engine.start().await.unwrap_or_else(|e| panic!("{e}"));
         // Wait until the memory backend takes deliveries.
         for _ in 0..1000 {
@@ -156,8 +155,7 @@ impl TestHubBuilder {
             running: Some(running),
             backend: self.backend,
             logs: self.logs,
-            metrics: handle,
-            _recorder: recorder,
+            metrics,
         }
     }
 }
@@ -167,8 +165,7 @@ pub struct TestHub {
     running: Option<RunningEngine>,
     backend: Arc<MemoryBackend>,
     logs: HashMap<String, Arc<Log>>,
-    metrics: PrometheusHandle,
-    _recorder: PrometheusRecorder,
+    metrics: MetricsHandle,
 }
 
 impl TestHub {
@@ -235,24 +232,13 @@ impl TestHub {
 
     /// The Prometheus text of this hub's metrics, gauges refreshed now.
     pub fn metrics_text(&self) -> String {
-        let Some(r) = &self.running else {
-            return self.metrics.render();
-        };
-        r.dispatcher().refresh_gauges();
-        self.metrics.render() + &r.dispatcher().render_histograms()
+        self.metrics.render()
     }
 
     /// One sample, by its exact series as rendered, such as
     /// `hub_consumer_backlog_messages{consumer="x"}`.
     pub fn metric(&self, series: &str) -> Option<f64> {
-        self.metrics_text().lines().find_map(|l| {
-            let v = l.strip_prefix(series)?.strip_prefix(' ')?;
-            if v == "+Inf" {
-                Some(f64::INFINITY)
-            } else {
-                v.parse().ok()
-            }
-        })
+        self.metrics.sample(series)
     }
 
     /// Drains and stops the hub (stop hooks run).
@@ -261,5 +247,64 @@ impl TestHub {
             Some(r) => Some(r.shutdown(Duration::from_secs(10)).await),
             None => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Publishes `{"from": <id>}` on `out.relayed` while handling each message.
+    struct Relay;
+
+    #[async_trait]
+    impl Consumer for Relay {
+        async fn consume(&self, cx: &Context, msg: &Message) -> Result<(), ConsumeError> {
+            cx.publish_json("out.relayed", json!({ "from": msg.id() }))
+                .await
+                .map_err(ConsumeError::transient)
+        }
+    }
+
+    struct Nothing;
+
+    #[async_trait]
+    impl Consumer for Nothing {
+        async fn consume(&self, _: &Context, _: &Message) -> Result<(), ConsumeError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backend_written_against_core_runs_and_publishes_carry_the_correlation_id() {
+        let hub = TestHub::builder()
+            .consumer("relay", &["in.#"], Relay)
+            .consumer("seen", &["out.#"], Nothing)
+            .start()
+            .await;
+        let first = Message::builder("in.a", json!({}))
+            .header("correlation_id", "origin-7")
+            .build();
+        assert_eq!(hub.send_message(first.clone()).await, Verdict::Ack);
+        let published = hub.published();
+        assert_eq!(published.len(), 1);
+        assert_eq!(published[0].header("in_reply_to"), Some(&json!(first.id())));
+        assert_eq!(
+            published[0].header("correlation_id"),
+            Some(&json!("origin-7"))
+        );
+        // Through the memory backend (core's sink), the relayed message reached `seen`.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while hub.consumed("seen").is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "relayed message never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let seen = &hub.consumed("seen")[0];
+        assert_eq!(seen.header("in_reply_to"), Some(&json!(first.id())));
+        hub.shutdown().await;
     }
 }

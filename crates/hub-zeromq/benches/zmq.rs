@@ -20,10 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use hub_core::{
-    ConsumeError, Consumer, ConsumerOptions, ConsumerSpec, Context, EngineBuilder, Message,
-    Pattern, RunningEngine, async_trait,
-};
+use hub_core::{ConsumeError, Consumer, ConsumerOptions, Context, Message, Pattern, async_trait};
+use hub_engine::{ConsumerSpec, EngineBuilder, RunningEngine};
 use hub_zeromq::{Format, ZeroMqBackend, ZeroMqConfig, codec};
 use serde_json::json;
 use tokio::time::sleep;
@@ -463,7 +461,8 @@ async fn round_trip() -> (Duration, Duration, Duration) {
 /// thread, decode batches of 64 envelopes, hand each batch to the dispatcher, and let the
 /// `consumers` no-op workers run it. Prints the time per message too, for what it is worth.
 fn pipeline(consumers: usize) {
-    use hub_core::{BackendMetrics, Delivery, Dispatcher, MemoryBackend, Publisher, Resources};
+    use hub_core::{Delivery, Resources, Sink};
+    use hub_engine::{Dispatcher, MemoryBackend, Registry};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -473,9 +472,8 @@ fn pipeline(consumers: usize) {
         .map(|i| envelope("org.fedoraproject.prod.bench.msg", i, pad_for(200)).into_vec())
         .collect();
     rt.block_on(async {
-        let mut b = Dispatcher::builder();
-        let metrics = BackendMetrics::register("bench");
-        let backend = b.backend(metrics.clone());
+        let mut b = Dispatcher::builder(Registry::new());
+        let backend = b.backend("bench");
         let mem: Arc<dyn hub_core::Backend> = Arc::new(MemoryBackend::new());
         let epoch = Instant::now();
         let counters: Vec<Arc<Arrivals>> = (0..consumers)
@@ -484,7 +482,7 @@ fn pipeline(consumers: usize) {
         for (i, c) in counters.iter().enumerate() {
             let cx = Context::new(
                 format!("c{i}"),
-                Publisher::new(Arc::clone(&mem), metrics.clone()),
+                b.publisher(backend, Arc::clone(&mem)),
                 Resources::new(),
                 hub_core::CancellationToken::new(),
             );
@@ -498,7 +496,7 @@ fn pipeline(consumers: usize) {
         }
         let d = b.build();
         d.start();
-        let intake = d.intake(backend);
+        let sink = Sink::new(d.intake(backend));
         let t = Instant::now();
         let mut sent = 0;
         let mut batch = Vec::with_capacity(64);
@@ -508,7 +506,7 @@ fn pipeline(consumers: usize) {
                 batch.push(Delivery::new(msg));
             }
             sent += 64;
-            intake.deliver_many(batch.drain(..)).await.unwrap();
+            sink.deliver_many(batch.drain(..)).await.unwrap();
             while slowest(&counters) < sent {
                 tokio::task::yield_now().await;
             }

@@ -1,8 +1,8 @@
 //! Frames ↔ [`Message`]: fedmsg's two-frame envelope, or raw `[topic, JSON body]`.
 
 use bytes::Bytes;
-use hub_core::Message;
 use hub_core::json::{JsonText, object_members};
+use hub_core::{Headers, Message, correlation};
 use jiff::Timestamp;
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -97,6 +97,31 @@ const EXTRAS: [&str; 9] = [
     "source_name",
     "source_version",
 ];
+
+/// The headers of a message received as a fedmsg envelope: its [`EXTRAS`] fields that are not
+/// null (read only when a consumer asks for the headers).
+fn extras_as_headers(envelope: &str) -> Headers {
+    let mut map: Headers = serde_json::from_str(envelope).unwrap_or_default();
+    map.retain(|k, v| !v.is_null() && EXTRAS.contains(&k.as_str()));
+    lift_correlation(&mut map);
+    map
+}
+
+/// The correlation headers ([`hub_core::correlation`]) travel inside fedmsg's `headers` object
+/// (where [`encode`] puts every header that is not a fedmsg field): they are also read at the
+/// top level, where the hub looks for them, so that a chain keeps its correlation id across a
+/// fedmsg hop.
+fn lift_correlation(map: &mut Headers) {
+    let Some(Value::Object(nested)) = map.get("headers") else {
+        return;
+    };
+    let lifted: Vec<(String, Value)> = [correlation::IN_REPLY_TO, correlation::CORRELATION_ID]
+        .into_iter()
+        .filter(|k| !map.contains_key(*k))
+        .filter_map(|k| Some((k.to_owned(), nested.get(k)?.clone())))
+        .collect();
+    map.extend(lifted);
+}
 
 /// A fedmsg envelope's fields, borrowed from the frame (`msg` and the extras stay JSON text:
 /// the body is parsed only if a consumer reads it). Absent and `null` read the same.
@@ -285,7 +310,8 @@ fn decode_fedmsg(topic: &str, text: &str) -> Result<(Message, Option<u64>), Inva
     // The usual envelope (topic and id with no escapes, so they are slices of the text): one
     // copy of the whole text, in which the message finds its parts.
     if let (Some(Cow::Borrowed(topic)), Some(Cow::Borrowed(id))) = (&env.topic, &env.msg_id)
-        && let Some(msg) = Message::from_json_envelope(text, topic, id, timestamp, body, &EXTRAS)
+        && let Some(msg) =
+            Message::from_json_envelope(text, topic, id, timestamp, body, extras_as_headers)
     {
         return Ok((msg, seq));
     }
@@ -299,6 +325,13 @@ fn decode_fedmsg(topic: &str, text: &str) -> Result<(Message, Option<u64>), Inva
         }
     }
     let msg = Message::from_json_parts(topic, id, timestamp, body, &headers[..n]);
+    // Rare (an escaped topic or id): the headers are read now, for the correlation ones.
+    let mut lifted = msg.headers().clone();
+    lift_correlation(&mut lifted);
+    if lifted.len() > msg.headers().len() {
+        let msg = msg.with_headers_added(lifted);
+        return Ok((msg, seq));
+    }
     Ok((msg, seq))
 }
 
@@ -616,6 +649,7 @@ mod tests {
             }
             let mut headers = env.clone();
             headers.retain(|k, v| !v.is_null() && EXTRAS.contains(&k.as_str()));
+            lift_correlation(&mut headers);
             proptest::prop_assert_eq!(m.headers(), &headers, "{}", text);
         }
 

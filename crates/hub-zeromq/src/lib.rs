@@ -90,7 +90,7 @@ pub struct ZeroMqBackend {
 }
 
 impl ZeroMqBackend {
-    /// A backend from its settings; registers its per-endpoint metric series.
+    /// A backend from its settings (its per-endpoint series are registered when it runs).
     pub fn new(id: &str, config: ZeroMqConfig) -> Self {
         let username = config
             .username
@@ -100,7 +100,7 @@ impl ZeroMqBackend {
         let endpoints = config
             .subscribe
             .iter()
-            .map(|e| Arc::new(EndpointStats::register(id, e)))
+            .map(|e| Arc::new(EndpointStats::new(e)))
             .collect();
         Self {
             id: id.to_owned(),
@@ -153,6 +153,9 @@ impl Backend for ZeroMqBackend {
             info!(backend = %self.id, endpoint = %bound, "PUB socket bound.");
             *self.publisher.lock().await = Some(socket);
         }
+        for stats in &self.endpoints {
+            stats.register(cx.metrics.registry(), &self.id);
+        }
         let prefixes = prefixes(cx.subscriptions.iter().flat_map(|s| s.patterns.iter()));
         let readiness = subscriber::Readiness::new(cx.metrics.clone(), self.endpoints.clone());
         readiness.update();
@@ -164,7 +167,7 @@ impl Backend for ZeroMqBackend {
                     stats: Arc::clone(stats),
                     prefixes: prefixes.clone(),
                     format: self.config.format,
-                    intake: cx.intake.clone(),
+                    sink: cx.sink.clone(),
                     metrics: cx.metrics.clone(),
                     readiness: readiness.clone(),
                     shutdown: cx.shutdown.clone(),

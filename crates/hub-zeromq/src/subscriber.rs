@@ -1,13 +1,14 @@
 //! One SUB socket per `subscribe` endpoint: connect with retries, filter by prefix, decode,
 //! deliver.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
-use hub_core::{BackendMetrics, CancellationToken, Delivery, Intake};
-use metrics::{Counter, Gauge};
+use hub_core::metrics::Recorder;
+use hub_core::{BackendMetrics, CancellationToken, Delivery, Sink};
+use hub_engine::metrics::{ZeroMqEndpointSeries, zeromq_endpoint};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use zeromq::{Socket, SocketEvent, SocketOptions, SocketRecv, SubSocket};
@@ -24,36 +25,40 @@ pub(crate) struct EndpointStats {
     pub endpoint: String,
     pub connected: AtomicBool,
     pub gaps: AtomicU64,
-    connected_gauge: Gauge,
-    gaps_counter: Counter,
+    /// Registered in the hub's registry when the backend starts.
+    series: OnceLock<ZeroMqEndpointSeries>,
 }
 
 impl EndpointStats {
-    pub fn register(backend: &str, endpoint: &str) -> Self {
-        let labels = [
-            ("backend", backend.to_owned()),
-            ("endpoint", endpoint.to_owned()),
-        ];
-        let s = Self {
+    pub fn new(endpoint: &str) -> Self {
+        Self {
             endpoint: endpoint.to_owned(),
             connected: AtomicBool::new(false),
             gaps: AtomicU64::new(0),
-            connected_gauge: metrics::gauge!("hub_zeromq_endpoint_connected", &labels),
-            gaps_counter: metrics::counter!("hub_zeromq_gaps_total", &labels),
-        };
-        s.connected_gauge.set(0.0);
-        s.gaps_counter.increment(0);
-        s
+            series: OnceLock::new(),
+        }
+    }
+
+    /// Registers the endpoint's series in the hub's `registry` (once; a second run keeps them).
+    pub fn register(&self, registry: &dyn Recorder, backend: &str) {
+        let series = self
+            .series
+            .get_or_init(|| zeromq_endpoint(registry, backend, &self.endpoint));
+        series.gaps.absolute(self.gaps.load(Ordering::Relaxed));
     }
 
     fn set_connected(&self, up: bool) {
         self.connected.store(up, Ordering::Relaxed);
-        self.connected_gauge.set(if up { 1.0 } else { 0.0 });
+        if let Some(s) = self.series.get() {
+            s.connected.set(if up { 1.0 } else { 0.0 });
+        }
     }
 
     fn gap(&self, missing: u64) {
         self.gaps.fetch_add(missing, Ordering::Relaxed);
-        self.gaps_counter.increment(missing);
+        if let Some(s) = self.series.get() {
+            s.gaps.increment(missing);
+        }
     }
 }
 
@@ -114,7 +119,7 @@ pub(crate) struct Endpoint {
     pub stats: Arc<EndpointStats>,
     pub prefixes: Vec<String>,
     pub format: Format,
-    pub intake: Intake,
+    pub sink: Sink,
     pub metrics: BackendMetrics,
     pub readiness: Readiness,
     pub shutdown: CancellationToken,
@@ -281,7 +286,7 @@ async fn read(
                         None => break,
                     }
                 }
-                if ep.intake.deliver_many(batch.drain(..)).await.is_err() {
+                if ep.sink.deliver_many(batch.drain(..)).await.is_err() {
                     return false;
                 }
             }

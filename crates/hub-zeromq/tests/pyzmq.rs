@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hub_core::{
-    BoxError, ConsumeError, Consumer, ConsumerOptions, ConsumerSpec, Context, EngineBuilder,
-    Message, Pattern, Producer, WhenFull, async_trait,
+    BoxError, ConsumeError, Consumer, ConsumerOptions, Context, Message, Pattern, Producer,
+    WhenFull, async_trait,
 };
+use hub_engine::{ConsumerSpec, EngineBuilder};
 use hub_zeromq::{Format, ZeroMqBackend, ZeroMqConfig};
 use serde_json::json;
 use tokio::time::{Instant, sleep};

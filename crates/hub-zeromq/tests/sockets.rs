@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hub_core::{
-    BackendConfig, ConsumeError, Consumer, ConsumerOptions, ConsumerSpec, Context, EngineBuilder,
-    Message, Pattern, RunningEngine, WhenFull, async_trait,
+    BackendConfig, ConsumeError, Consumer, ConsumerOptions, Context, Message, Pattern, WhenFull,
+    async_trait,
 };
+use hub_engine::{ConsumerSpec, EngineBuilder, RunningEngine};
 use hub_zeromq::{Format, ZeroMqConfig};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep, timeout};
 use zeromq::{PubSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
@@ -54,15 +54,11 @@ impl Seen {
 
 struct Hub {
     running: Option<RunningEngine>,
-    metrics: PrometheusHandle,
-    _recorder: PrometheusRecorder,
 }
 
 impl Hub {
     async fn start(cfg: ZeroMqConfig, consumers: Vec<(&str, &[&str], Arc<Seen>)>) -> Self {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let metrics = recorder.handle();
-        let engine = metrics::with_local_recorder(&recorder, || {
+        let engine = {
             let mut b = EngineBuilder::new("t").backend("z", cfg.build("z").unwrap());
             for (name, topics, seen) in consumers {
                 let spec = ConsumerSpec {
@@ -78,12 +74,10 @@ impl Hub {
                 b = b.consumer(spec, Arc::new(Rec(seen)));
             }
             b.build().unwrap()
-        });
+        };
         let running = engine.start().await.unwrap();
         Self {
             running: Some(running),
-            metrics,
-            _recorder: recorder,
         }
     }
 
@@ -97,11 +91,7 @@ impl Hub {
     }
 
     fn metric(&self, series: &str) -> Option<f64> {
-        self.running.as_ref().unwrap().dispatcher().refresh_gauges();
-        self.metrics
-            .render()
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        self.running.as_ref().unwrap().metrics().sample(series)
     }
 
     async fn stop(mut self) {
@@ -355,8 +345,7 @@ async fn the_hub_publishes_fedmsg_envelopes_and_counts_gaps() {
     let zmq = Arc::new(hub_zeromq::ZeroMqBackend::new("z", cfg));
     let backend: Arc<dyn hub_core::Backend> = zmq.clone();
     let all = Arc::new(Seen::default());
-    let recorder = PrometheusBuilder::new().build_recorder();
-    let engine = metrics::with_local_recorder(&recorder, || {
+    let engine = {
         EngineBuilder::new("t")
             .backend("z", Arc::clone(&backend))
             .consumer(
@@ -370,7 +359,7 @@ async fn the_hub_publishes_fedmsg_envelopes_and_counts_gaps() {
             )
             .build()
             .unwrap()
-    });
+    };
     let running = engine.start().await.unwrap();
     let mut sub = SubSocket::new();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -445,5 +434,82 @@ async fn the_hub_publishes_fedmsg_envelopes_and_counts_gaps() {
     eventually("burst delivered", || burst_seen().len() == 20_000).await;
     assert!(burst_seen().into_iter().eq(burst), "burst out of order");
     assert_eq!(zmq.endpoint_stats()[0].2, gaps_before);
+    running.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Publishes `{"from": <id>}` on `to` while handling each message.
+struct Relay(&'static str);
+
+#[async_trait]
+impl Consumer for Relay {
+    async fn consume(&self, cx: &Context, msg: &Message) -> Result<(), ConsumeError> {
+        cx.publish_json(self.0, json!({ "from": msg.id() }))
+            .await
+            .map_err(ConsumeError::transient)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_consumer_publishes_while_handling_carries_the_correlation_id() {
+    let (out, inp) = (free_endpoint(), free_endpoint());
+    let mut publisher = PubSocket::new();
+    publisher.bind(&inp).await.unwrap();
+    let cfg = ZeroMqConfig {
+        subscribe: vec![inp.clone()],
+        publish: Some(out.clone()),
+        format: Format::Fedmsg,
+        username: None,
+    };
+    let running = EngineBuilder::new("t")
+        .backend("z", cfg.build("z").unwrap())
+        .consumer(
+            ConsumerSpec {
+                name: "relay".into(),
+                backend: "z".into(),
+                patterns: vec![Pattern::new("org.in").unwrap()],
+                options: ConsumerOptions::default(),
+            },
+            Arc::new(Relay("org.relayed")),
+        )
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let mut sub = SubSocket::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sub.connect(&out).await.is_err() {
+        assert!(Instant::now() < deadline);
+        sleep(Duration::from_millis(50)).await;
+    }
+    sub.subscribe("org.relayed").await.unwrap();
+    // Incoming messages that belong to a chain started by `origin-1` (fedmsg carries it in the
+    // envelope's `headers`), sent until one comes back relayed.
+    let mut got = None;
+    for i in 0..100u64 {
+        let env = json!({"topic": "org.in", "msg": {}, "i": i + 1, "msg_id": format!("2026-{}", uuid_like(i)),
+            "timestamp": 1_795_374_000, "headers": {"correlation_id": "origin-1"}});
+        let mut m = ZmqMessage::from("org.in".to_owned());
+        m.push_back(Bytes::from(env.to_string()));
+        publisher.send(m).await.unwrap();
+        if let Ok(Ok(m)) = timeout(Duration::from_millis(100), sub.recv()).await {
+            got = Some(m);
+            break;
+        }
+    }
+    let frames = got.expect("a relayed message").into_vec();
+    let env: Value = serde_json::from_slice(&frames[1]).unwrap();
+    // fedmsg's shape: inside the envelope's `headers`.
+    let replied_to = env["msg"]["from"].as_str().unwrap().to_owned();
+    assert!(
+        replied_to.starts_with("2026-00000000-0000-4000-8000-"),
+        "{env}"
+    );
+    assert_eq!(env["headers"]["in_reply_to"], json!(replied_to), "{env}");
+    assert_eq!(env["headers"]["correlation_id"], json!("origin-1"), "{env}");
+    // Read back by a hub, the correlation headers are where the hub looks for them.
+    let back = hub_zeromq::codec::decode(Format::Fedmsg, &frames).unwrap();
+    assert_eq!(back.header("correlation_id"), Some(&json!("origin-1")));
+    assert_eq!(back.header("in_reply_to"), Some(&json!(replied_to)));
     running.shutdown(Duration::from_secs(5)).await;
 }

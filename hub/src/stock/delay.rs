@@ -52,16 +52,17 @@ impl Consumer for Delay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hub_core::{CancellationToken, MemoryBackend, Publisher};
+    use hub_core::metrics::Counter;
+    use hub_core::{CancellationToken, Publisher};
+    use hub_engine::MemoryBackend;
 
     /// How long 200 messages take in `consume` (wall time, one after the other).
     async fn handling_time(delay: Duration) -> Duration {
         let consumer = Delay(delay);
         let mem: Arc<dyn hub_core::Backend> = Arc::new(MemoryBackend::new());
-        let bm = hub_core::BackendMetrics::register("mem");
         let cx = Context::new(
             "delay",
-            Publisher::new(mem, bm),
+            Publisher::new(mem, Counter::noop(), Counter::noop()),
             Resources::new(),
             CancellationToken::new(),
         );

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use hub_amqp::AmqpConfig;
 use hub_core::{
-    BackendConfig, ConsumeError, Consumer, ConsumerOptions, ConsumerSpec, Context, EngineBuilder,
-    Message, Pattern, RunningEngine, async_trait,
+    BackendConfig, ConsumeError, Consumer, ConsumerOptions, Context, Message, Pattern, async_trait,
 };
+use hub_engine::{ConsumerSpec, EngineBuilder, RunningEngine};
 use lapin::{Connection, ConnectionProperties};
 use serde_json::json;
 use tokio::time::{Instant, sleep};

@@ -53,21 +53,6 @@ pub trait BackendConfig: DeserializeOwned + Send + 'static {
     fn build(self, id: &str) -> Result<Arc<dyn Backend>, BoxError>;
 }
 
-/// `type = "memory"`: the in-process loopback backend. It has no keys.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MemoryConfig {}
-
-impl BackendConfig for MemoryConfig {
-    const TYPE: &'static str = "memory";
-    const DESCRIPTION: &'static str =
-        "in-process loopback: what is published is delivered back into this hub";
-
-    fn build(self, _id: &str) -> Result<Arc<dyn Backend>, BoxError> {
-        Ok(Arc::new(crate::MemoryBackend::new()))
-    }
-}
-
 /// Serde helpers for human durations (`"50ms"`, `"30s"`, `"1m 30s"`) in settings structs:
 /// `#[serde(with = "hub_core::duration")]`, or `hub_core::duration::option` for `Option<Duration>`.
 pub mod duration {

@@ -10,14 +10,15 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use futures_util::FutureExt;
+use futures_util::future::Either;
 use tokio::task::coop;
-use tracing::{error, warn};
+use tracing::{Instrument, debug_span, error, warn};
 
 use super::queue::{Queued, TryPop};
 use super::stats::{Outcome, WorkerStats};
 use super::ticket::panic_text;
 use super::{Shared, Slot};
-use crate::{ErrorKind, Verdict};
+use hub_core::{Context, ErrorKind, Verdict};
 
 /// One worker (`worker` of the consumer's `concurrency`); a consumer with `concurrency` N has N
 /// of them on one queue, each with its own stats block. Returns once the queue is closed and
@@ -40,6 +41,8 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize, worker: usize) {
 async fn run_loop(shared: &Shared, index: usize, worker: usize) {
     let slot = &shared.slots[index];
     let stats = &slot.workers[worker];
+    // The worker's own context: set to each message it handles (no shared state touched).
+    let mut cx = slot.cx.clone();
     let mut last_end: Option<u64> = None;
     loop {
         // The common case under load takes the next message without building a future.
@@ -66,7 +69,7 @@ async fn run_loop(shared: &Shared, index: usize, worker: usize) {
             started,
             done: false,
         };
-        last_end = Some(process(shared, slot, stats, item, started, guard).await);
+        last_end = Some(process(shared, slot, &mut cx, stats, item, started, guard).await);
         // A consumer that never waits, on a queue that never empties, would otherwise keep its
         // runtime thread forever (other consumers, the HTTP server): yield once tokio's
         // cooperative budget is spent. After a yield the next message does not start where
@@ -123,6 +126,7 @@ impl Drop for InFlight<'_> {
 async fn process(
     shared: &Shared,
     slot: &Slot,
+    cx: &mut Context,
     stats: &WorkerStats,
     item: Queued,
     started: u64,
@@ -136,14 +140,23 @@ async fn process(
     stats.queue_wait.record(started.saturating_sub(enqueued_ns));
     stats.start(started);
 
+    // A context that knows the message, so that what the consumer publishes is correlated;
+    // and, inside the consumer's span, one per message (`RUST_LOG=hub::message=debug`).
+    cx.set_handled(Some(message.clone()));
+    let span = debug_span!(target: "hub::message", "message", id = %message.id(), topic = %message.topic());
     // `consume` itself may panic before it returns a future (written by hand, not through
     // `async_trait`): caught as the future's panics are.
-    let result = match catch_unwind(AssertUnwindSafe(|| {
-        slot.consumer.consume(&slot.cx, &message)
-    })) {
+    let result = match catch_unwind(AssertUnwindSafe(|| slot.consumer.consume(cx, &message))) {
         Err(panic) => Some(Err(panic)),
         Ok(future) => {
-            let call = AssertUnwindSafe(future).catch_unwind();
+            // Entering a disabled span at every poll costs more than the rest of the call's
+            // overhead: the span wraps the call only when it is enabled.
+            let work = if span.is_disabled() {
+                Either::Left(future)
+            } else {
+                Either::Right(future.instrument(span))
+            };
+            let call = AssertUnwindSafe(work).catch_unwind();
             match slot.options.timeout {
                 None => Some(call.await),
                 Some(limit) => tokio::time::timeout(limit, call).await.ok(),
@@ -180,6 +193,7 @@ async fn process(
             (Outcome::Timeout, verdict)
         }
     };
+    cx.set_handled(None);
     guard.finish(outcome, ended);
     settle.finish(verdict);
     ended

@@ -88,11 +88,9 @@ impl Dispatcher {
         }
     }
 
-    /// The two duration histograms of every consumer
-    /// (`hub_consumer_processing_duration_seconds`, `hub_consumer_queue_wait_seconds`) in
-    /// Prometheus text format; append it to the recorder's output when serving `/metrics`.
-    pub fn render_histograms(&self) -> String {
-        let mut out = String::new();
+    /// Appends the two duration histograms of every consumer, in Prometheus text format (part
+    /// of [`MetricsHandle::render`](crate::MetricsHandle::render)).
+    pub(crate) fn render_histograms_into(&self, out: &mut String) {
         let parts: Vec<HistogramParts<'_>> = self
             .shared
             .slots
@@ -103,8 +101,7 @@ impl Dispatcher {
                 queue_wait: s.workers.iter().map(|w| &w.queue_wait).collect(),
             })
             .collect();
-        crate::metrics::render_histograms(&mut out, &parts);
-        out
+        crate::metrics::render_histograms(out, &parts);
     }
 
     /// Every consumer's state now.

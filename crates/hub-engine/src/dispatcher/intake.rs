@@ -17,9 +17,9 @@ use super::queue::{Offer, Queued};
 use super::route_cache::RouteCache;
 use super::ticket::{Settle, Ticket};
 use super::{Matched, Shared, Slot};
-use crate::metrics::BackendMetrics;
-use crate::topic::TopicWords;
-use crate::{Acker, Delivery, SubscriptionId, Verdict};
+use crate::metrics::BackendCounters;
+use hub_core::topic::TopicWords;
+use hub_core::{Acker, Admission, Delivery, DeliverySink, IntakeClosed, SubscriptionId, Verdict};
 
 /// The entry point for one backend's deliveries. Cheap to clone; each clone keeps its own cache
 /// of recent topics' routes, so give each receiving task its own clone.
@@ -73,25 +73,39 @@ impl Staging {
     }
 }
 
-/// The hub is shutting down and takes no more messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the hub is shutting down and takes no more messages")]
-pub struct IntakeClosed;
-
 impl Intake {
-    /// Routes one delivery to every matching consumer (or to its target subscription): the
-    /// batch path's routing, copies and waiting (see [`Intake::deliver_many`]), each copy queued
-    /// at once (a batch of one has nothing to group).
-    ///
-    /// Returns at once unless a matching consumer with `when_full = "block"` is full: then it
-    /// waits for room, which is how backpressure reaches the backend. Every other consumer has
-    /// its copy before the wait, and if the returned future is dropped while waiting, the
-    /// delivery is still settled ([`Verdict::Requeue`] for the consumers that never got it).
+    /// Routes one delivery: [`Sink::deliver`](hub_core::Sink::deliver) on this intake.
     ///
     /// # Errors
-    /// [`IntakeClosed`] once shutdown has begun; the delivery is settled as
-    /// [`Verdict::Requeue`].
+    /// [`IntakeClosed`] once shutdown has begun.
     pub async fn deliver(&self, delivery: Delivery) -> Result<(), IntakeClosed> {
+        admitted(self.offer(delivery)).await
+    }
+
+    /// Routes a batch: [`Sink::deliver_many`](hub_core::Sink::deliver_many) on this intake.
+    ///
+    /// # Errors
+    /// [`IntakeClosed`] once shutdown has begun.
+    pub async fn deliver_many(
+        &self,
+        batch: impl IntoIterator<Item = Delivery>,
+    ) -> Result<(), IntakeClosed> {
+        admitted(self.offer_many(&mut batch.into_iter())).await
+    }
+}
+
+/// Waits out an admission.
+async fn admitted(admission: Admission) -> Result<(), IntakeClosed> {
+    match admission {
+        Admission::Done(result) => result,
+        Admission::Wait(room) => room.await,
+    }
+}
+
+impl DeliverySink for Intake {
+    /// The batch path's routing, copies and waiting (see [`DeliverySink::offer_many`]), each copy
+    /// queued at once (a batch of one has nothing to group).
+    fn offer(&self, delivery: Delivery) -> Admission {
         let sh = &*self.shared;
         sh.backends[self.backend].count_received(1);
         let mut closed = Ok(());
@@ -103,26 +117,13 @@ impl Intake {
                 Err(full) => waiting.push((i, full)),
             }
         });
-        closed.and(self.wait_for_room(waiting).await)
+        self.admission(closed, waiting)
     }
 
-    /// Routes several deliveries, as [`Intake::deliver`] would one after the other (same order
-    /// for each consumer, same `when_full` policies, same counts), but locks each consumer's
-    /// queue once for all its messages in the batch and wakes its worker at most once. A
-    /// receiving task that has several messages ready (a socket drained without waiting) should
-    /// hand them over this way: the per-message cross-thread hand-off is what costs most.
-    ///
-    /// A full consumer with `when_full = "block"` makes the call wait for room; every other
-    /// consumer gets its share of the batch first. Every copy is made before the first wait, so
-    /// a call dropped while waiting still settles every delivery.
-    ///
-    /// # Errors
-    /// [`IntakeClosed`] once shutdown has begun; what was not queued is settled as
-    /// [`Verdict::Requeue`].
-    pub async fn deliver_many(
-        &self,
-        batch: impl IntoIterator<Item = Delivery>,
-    ) -> Result<(), IntakeClosed> {
+    /// Locks each consumer's queue once for all its messages in the batch and wakes its worker
+    /// at most once: the per-message cross-thread hand-off is what costs most. Every copy is
+    /// made before anything waits, so a wait dropped early still settles every delivery.
+    fn offer_many(&self, batch: &mut dyn Iterator<Item = Delivery>) -> Admission {
         let sh = &*self.shared;
         let mut staging = self.staging_buffer();
         let now = sh.now_ns();
@@ -140,14 +141,35 @@ impl Intake {
             for offer in slot.queue.try_push_many(items, slot.options.when_full) {
                 closed = closed.and(settled(slot, offer));
             }
-            // Under `block`, what did not fit (rarely anything) waits below.
+            // Under `block`, what did not fit (rarely anything) waits.
             waiting.extend(items.drain(..).map(|item| (i, item)));
         }
         staging.touched.clear();
         if let Ok(mut keep) = self.staging.try_lock() {
             *keep = Some(staging);
         }
-        closed.and(self.wait_for_room(waiting).await)
+        self.admission(closed, waiting)
+    }
+
+    fn fork(&self) -> Box<dyn DeliverySink> {
+        Box::new(self.clone())
+    }
+}
+
+impl Intake {
+    /// Done, or a wait for room for the copies a full `block` queue refused.
+    fn admission(
+        &self,
+        closed: Result<(), IntakeClosed>,
+        waiting: Vec<(usize, Queued)>,
+    ) -> Admission {
+        if waiting.is_empty() {
+            return Admission::Done(closed);
+        }
+        let shared = Arc::clone(&self.shared);
+        Admission::Wait(Box::pin(async move {
+            closed.and(wait_for_room(&shared, waiting).await)
+        }))
     }
 
     /// The staging area, empty: this intake's own, or a new one if another task is using it.
@@ -164,19 +186,14 @@ impl Intake {
     /// consumer order: `queue(consumer index, copy)`. A delivery no consumer wants is settled
     /// here (acknowledged, counted as unrouted).
     fn copies(&self, delivery: Delivery, now: u64, mut queue: impl FnMut(usize, Queued)) {
-        let Delivery {
-            message,
-            mut acker,
-            target,
-        } = delivery;
-        let acker = acker.take();
+        let (message, acker, target) = delivery.into_parts();
         let item = |message, settle| Queued {
             message,
             settle,
             enqueued_ns: now,
         };
-        if let Some(SubscriptionId(i)) = target {
-            let panics = self.metrics().settle_panics();
+        if let Some(i) = target.map(SubscriptionId::index) {
+            let panics = &self.metrics().settle_panics;
             let settle =
                 acker.map_or_else(Settle::none, |a| Settle::of(&Ticket::new(a, 1, panics)));
             queue(i, item(message, settle));
@@ -188,7 +205,7 @@ impl Intake {
             self.unrouted(acker);
             return;
         }
-        let ticket = acker.map(|a| Ticket::new(a, n, self.metrics().settle_panics()));
+        let ticket = acker.map(|a| Ticket::new(a, n, &self.metrics().settle_panics));
         // n - 1 copies; the last consumer gets the delivery's own reference (one atomic
         // increment and decrement fewer per delivery).
         let mut own = Some(message);
@@ -198,22 +215,6 @@ impl Intake {
             let settle = ticket.as_ref().map_or_else(Settle::none, Settle::of);
             queue(i, item(copy, settle));
         }
-    }
-
-    /// Under `block`, the copies that found their queue full wait for room, one at a time, in
-    /// order. Each is stamped again when it enters its queue (its queue wait starts then).
-    async fn wait_for_room(&self, waiting: Vec<(usize, Queued)>) -> Result<(), IntakeClosed> {
-        let sh = &*self.shared;
-        let mut closed = Ok(());
-        for (i, item) in waiting {
-            let slot = &sh.slots[i];
-            let pushed = slot
-                .queue
-                .push(item, slot.options.when_full, || sh.now_ns())
-                .await;
-            closed = closed.and(settled(slot, pushed));
-        }
-        closed
     }
 
     /// The consumers whose patterns match `topic` (cached per intake).
@@ -231,13 +232,13 @@ impl Intake {
     fn unrouted(&self, acker: Option<Box<dyn Acker>>) {
         self.shared.unrouted.increment(1);
         if let Some(acker) = acker {
-            let ticket = Ticket::new(acker, 1, self.metrics().settle_panics());
+            let ticket = Ticket::new(acker, 1, &self.metrics().settle_panics);
             Settle::of(&ticket).finish(Verdict::Ack);
         }
     }
 
     /// This backend's metrics.
-    pub fn metrics(&self) -> &BackendMetrics {
+    pub(crate) fn metrics(&self) -> &BackendCounters {
         &self.shared.backends[self.backend]
     }
 }
@@ -256,4 +257,19 @@ fn settled(slot: &Slot, offer: Offer) -> Result<(), IntakeClosed> {
         }
         Offer::Closed(_refused) => Err(IntakeClosed),
     }
+}
+
+/// Under `block`, the copies that found their queue full wait for room, one at a time, in
+/// order. Each is stamped again when it enters its queue (its queue wait starts then).
+async fn wait_for_room(sh: &Shared, waiting: Vec<(usize, Queued)>) -> Result<(), IntakeClosed> {
+    let mut closed = Ok(());
+    for (i, item) in waiting {
+        let slot = &sh.slots[i];
+        let pushed = slot
+            .queue
+            .push(item, slot.options.when_full, || sh.now_ns())
+            .await;
+        closed = closed.and(settled(slot, pushed));
+    }
+    closed
 }

@@ -10,12 +10,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::dispatcher::BackendIndex;
-use crate::metrics::BackendMetrics;
-use crate::{
-    Backend, BackendContext, BackendError, BoxError, Consumer, ConsumerOptions, Context,
-    Dispatcher, DrainReport, Pattern, Producer, Publisher, Resources,
+use hub_core::{
+    Backend, BackendContext, BackendError, BackendMetrics, BoxError, Consumer, ConsumerOptions,
+    Context, Pattern, Producer, Publisher, Resources, Sink,
 };
+
+use crate::dispatcher::BackendIndex;
+use crate::metrics::{MetricsHandle, Registry};
+use crate::{Dispatcher, DrainReport};
 
 /// How one consumer is wired.
 #[derive(Debug, Clone)]
@@ -65,6 +67,7 @@ pub enum EngineError {
 /// Collects the parts of a hub.
 pub struct EngineBuilder {
     name: String,
+    registry: Registry,
     resources: Resources,
     backends: Vec<(String, Arc<dyn Backend>)>,
     consumers: Vec<(ConsumerSpec, Arc<dyn Consumer>)>,
@@ -76,11 +79,18 @@ impl EngineBuilder {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
+            registry: Registry::new(),
             resources: Resources::new(),
             backends: Vec::new(),
             consumers: Vec::new(),
             producers: Vec::new(),
         }
+    }
+
+    /// Where the hub's series go (default: a registry of its own).
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
     }
 
     /// Shared resources every consumer and producer can reach through its [`Context`].
@@ -112,14 +122,14 @@ impl EngineBuilder {
         self
     }
 
-    /// Checks the wiring and registers every metric series with the current recorder.
+    /// Checks the wiring and registers every metric series in the hub's registry.
     ///
     /// # Errors
     /// [`EngineError`] for an unknown backend or a duplicate name.
     pub fn build(self) -> Result<Engine, EngineError> {
         let shutdown = CancellationToken::new();
         let mut seen = HashSet::new();
-        let mut builder = Dispatcher::builder();
+        let mut builder = Dispatcher::builder(self.registry.clone());
         let mut backends = Vec::new();
         for (id, backend) in self.backends {
             if !seen.insert(("backend", id.clone())) {
@@ -128,9 +138,11 @@ impl EngineBuilder {
                     name: id,
                 });
             }
-            let metrics = BackendMetrics::register(&id);
-            let index = builder.backend(metrics.clone());
+            let index = builder.backend(&id);
+            let metrics = builder.backend_metrics(index);
+            let publisher = builder.publisher(index, Arc::clone(&backend));
             backends.push(BackendSlot {
+                publisher,
                 id: id.into(),
                 backend,
                 metrics,
@@ -157,7 +169,7 @@ impl EngineBuilder {
             let b = find("consumer", &spec.name, &spec.backend)?;
             let cx = Context::new(
                 spec.name.as_str(),
-                Publisher::new(Arc::clone(&b.backend), b.metrics.clone()),
+                builder.publisher(b.index, Arc::clone(&b.backend)),
                 self.resources.clone(),
                 shutdown.clone(),
             );
@@ -175,7 +187,7 @@ impl EngineBuilder {
             let backend_metrics = b.metrics.clone();
             let cx = Context::new(
                 name.as_str(),
-                Publisher::new(Arc::clone(&b.backend), b.metrics.clone()),
+                builder.publisher(b.index, Arc::clone(&b.backend)),
                 self.resources.clone(),
                 shutdown.clone(),
             );
@@ -183,6 +195,7 @@ impl EngineBuilder {
         }
         Ok(Engine {
             name: self.name.into(),
+            registry: self.registry,
             dispatcher: builder.build(),
             backends,
             producers,
@@ -193,6 +206,7 @@ impl EngineBuilder {
 
 struct BackendSlot {
     id: Arc<str>,
+    publisher: Publisher,
     backend: Arc<dyn Backend>,
     metrics: BackendMetrics,
     index: BackendIndex,
@@ -201,6 +215,7 @@ struct BackendSlot {
 /// A wired hub, not yet running.
 pub struct Engine {
     name: Arc<str>,
+    registry: Registry,
     dispatcher: Dispatcher,
     backends: Vec<BackendSlot>,
     producers: Vec<(Context, Arc<dyn Producer>, BackendMetrics)>,
@@ -211,6 +226,23 @@ impl Engine {
     /// The dispatcher (for metrics and state).
     pub fn dispatcher(&self) -> &Dispatcher {
         &self.dispatcher
+    }
+
+    /// A publisher through backend `id` (counted in its series), to publish from outside any
+    /// consumer; `None` for an unknown id.
+    pub fn publisher(&self, id: &str) -> Option<Publisher> {
+        self.backends
+            .iter()
+            .find(|b| &*b.id == id)
+            .map(|b| b.publisher.clone())
+    }
+
+    /// Renders this hub's `/metrics`.
+    pub fn metrics(&self) -> MetricsHandle {
+        MetricsHandle {
+            registry: self.registry.clone(),
+            dispatcher: self.dispatcher.clone(),
+        }
     }
 
     /// Runs consumers' start hooks, then starts consumer workers, backends, producers and a
@@ -231,7 +263,7 @@ impl Engine {
                 id: Arc::clone(&b.id),
                 hub_name: Arc::clone(&self.name),
                 subscriptions: self.dispatcher.subscriptions(b.index),
-                intake: self.dispatcher.intake(b.index),
+                sink: Sink::new(self.dispatcher.intake(b.index)),
                 shutdown: self.shutdown.child_token(),
                 metrics: b.metrics.clone(),
             };
@@ -342,6 +374,16 @@ impl RunningEngine {
     /// The dispatcher (for metrics and state).
     pub fn dispatcher(&self) -> &Dispatcher {
         &self.engine.dispatcher
+    }
+
+    /// Renders this hub's `/metrics`.
+    pub fn metrics(&self) -> MetricsHandle {
+        self.engine.metrics()
+    }
+
+    /// A publisher through backend `id`; see [`Engine::publisher`].
+    pub fn publisher(&self, id: &str) -> Option<Publisher> {
+        self.engine.publisher(id)
     }
 
     /// Readiness now.

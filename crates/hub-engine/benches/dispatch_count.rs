@@ -1,9 +1,9 @@
-//! One pass of `HUB_BENCH_N` (default 100 000) single deliveries (`Intake::deliver`) to
-//! `HUB_BENCH_CONSUMERS` (default 4) no-op consumers on a current-thread runtime, with a real
-//! Prometheus recorder and one scrape at the end: a fixed amount of work whose instruction count
+//! One pass of `HUB_BENCH_N` (default 100 000) single deliveries (`Sink::deliver`, as a
+//! backend hands them over) to `HUB_BENCH_CONSUMERS` (default 4) no-op consumers on a
+//! current-thread runtime, with the hub's own Prometheus registry and one scrape at the end: a fixed amount of work whose instruction count
 //! (`valgrind --tool=callgrind`) compares two versions of the dispatcher without the host's noise.
 //! Run N and 2N and take the difference over N for the cost of one delivery.
-//! Build: `cargo bench -p hub-core --bench dispatch_count --no-run`.
+//! Build: `cargo bench -p hub-engine --bench dispatch_count --no-run`.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 #[global_allocator]
@@ -13,7 +13,6 @@ use std::sync::atomic::Ordering;
 
 mod common;
 
-use hub_core::metrics::DURATION_BUCKETS;
 use hub_core::{Delivery, Message};
 use serde_json::json;
 
@@ -30,18 +29,12 @@ fn main() {
     }
     let n = env_or("HUB_BENCH_N", 100_000);
     let consumers = env_or("HUB_BENCH_CONSUMERS", 4) as usize;
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets(DURATION_BUCKETS)
-        .unwrap()
-        .build_recorder();
-    let handle = recorder.handle();
-    metrics::set_global_recorder(recorder).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let (intake, counts, _d) = common::hub(consumers);
+        let (sink, counts, metrics) = common::hub(consumers);
         let topics: Vec<String> = (0..200)
             .map(|i| format!("org.fedoraproject.prod.app{i}.state.change"))
             .collect();
@@ -55,13 +48,12 @@ fn main() {
             .map(|i| distinct[(i % 200) as usize].clone())
             .collect();
         for m in msgs {
-            intake.deliver(Delivery::new(m)).await.unwrap();
+            sink.deliver(Delivery::new(m)).await.unwrap();
         }
         while counts.iter().any(|c| c.load(Ordering::Relaxed) < n) {
             tokio::task::yield_now().await;
         }
-        _d.refresh_gauges();
-        let text = handle.render();
+        let text = metrics.render();
         assert!(text.contains("hub_consumer_processed_messages_total"));
     });
 }

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hub_core::{
-    BackendMetrics, CancellationToken, ConsumeError, Consumer, ConsumerOptions, Context,
-    Dispatcher, Intake, MemoryBackend, Message, Pattern, Publisher, Resources, async_trait,
+    CancellationToken, ConsumeError, Consumer, ConsumerOptions, Context, Message, Pattern,
+    Resources, Sink, async_trait,
 };
+use hub_engine::{Dispatcher, MemoryBackend, MetricsHandle, Registry};
 
 /// Counts the messages it is handed.
 pub struct Count(pub Arc<AtomicU64>);
@@ -20,12 +21,13 @@ impl Consumer for Count {
     }
 }
 
-/// A started dispatcher with `consumers` counting consumers of `org.fedoraproject.#`, its
-/// intake and the counts. Call within a tokio runtime (the workers are spawned on it).
-pub fn hub(consumers: usize) -> (Intake, Vec<Arc<AtomicU64>>, Dispatcher) {
-    let mut b = Dispatcher::builder();
-    let bm = BackendMetrics::register("bench");
-    let backend = b.backend(bm.clone());
+/// A started dispatcher with `consumers` counting consumers of `org.fedoraproject.#`: the sink
+/// a backend would be given, the counts, and the hub's metrics. Call within a tokio runtime (the
+/// workers are spawned on it).
+pub fn hub(consumers: usize) -> (Sink, Vec<Arc<AtomicU64>>, MetricsHandle) {
+    let registry = Registry::new();
+    let mut b = Dispatcher::builder(registry.clone());
+    let backend = b.backend("bench");
     let mem: Arc<dyn hub_core::Backend> = Arc::new(MemoryBackend::new());
     let mut counts = Vec::new();
     for i in 0..consumers {
@@ -33,7 +35,7 @@ pub fn hub(consumers: usize) -> (Intake, Vec<Arc<AtomicU64>>, Dispatcher) {
         counts.push(Arc::clone(&c));
         let cx = Context::new(
             format!("c{i}"),
-            Publisher::new(Arc::clone(&mem), bm.clone()),
+            b.publisher(backend, Arc::clone(&mem)),
             Resources::new(),
             CancellationToken::new(),
         );
@@ -47,5 +49,6 @@ pub fn hub(consumers: usize) -> (Intake, Vec<Arc<AtomicU64>>, Dispatcher) {
     }
     let d = b.build();
     d.start();
-    (d.intake(backend), counts, d)
+    let sink = Sink::new(d.intake(backend));
+    (sink, counts, MetricsHandle::new(registry, d))
 }

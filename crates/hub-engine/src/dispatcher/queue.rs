@@ -12,10 +12,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
 
-use crate::WhenFull;
+use hub_core::WhenFull;
 
 use super::ticket::Settle;
-use crate::Message;
+use hub_core::Message;
 
 /// A message waiting for one consumer.
 pub(crate) struct Queued {
@@ -349,7 +349,7 @@ impl Queue {
     }
 
     /// Removes everything still queued, counted as cleared (their settlements fire on drop, as
-    /// [`Verdict::Requeue`](crate::Verdict::Requeue), outside the lock).
+    /// [`Verdict::Requeue`](hub_core::Verdict::Requeue), outside the lock).
     pub fn clear(&self) -> usize {
         let items = {
             let mut st = self.lock();

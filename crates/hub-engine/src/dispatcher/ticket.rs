@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use metrics::Counter;
 use tracing::error;
 
-use crate::{Acker, Verdict};
+use hub_core::{Acker, Verdict};
 
 /// Shared by the copies of one delivery in several consumers' queues.
 pub(crate) struct Ticket {

@@ -25,14 +25,14 @@ use tokio::task::JoinHandle;
 #[cfg(test)]
 use tokio::time::Instant;
 
-use crate::metrics::{BackendMetrics, ConsumerMetrics, DISPATCHER_UNROUTED};
-use crate::topic::PatternSet;
-use crate::{Consumer, ConsumerOptions, Context, Pattern, Subscription, SubscriptionId};
+use crate::metrics::{BackendCounters, ConsumerMetrics, Registry};
+use hub_core::topic::PatternSet;
+use hub_core::{Consumer, ConsumerOptions, Context, Pattern, Subscription, SubscriptionId};
 use queue::Queue;
 use stats::WorkerStats;
 
 pub use gauges::ConsumerState;
-pub use intake::{Intake, IntakeClosed};
+pub use intake::Intake;
 pub use lifecycle::DrainReport;
 
 /// Index of a backend registered with a [`DispatcherBuilder`].
@@ -40,21 +40,44 @@ pub use lifecycle::DrainReport;
 pub struct BackendIndex(usize);
 
 /// Collects backends and consumers, then builds a [`Dispatcher`].
-#[derive(Default)]
 pub struct DispatcherBuilder {
-    backends: Vec<BackendMetrics>,
+    registry: Registry,
+    backends: Vec<BackendCounters>,
     slots: Vec<Slot>,
 }
 
 impl DispatcherBuilder {
-    /// Registers a backend whose deliveries will enter through [`Dispatcher::intake`].
-    pub fn backend(&mut self, metrics: BackendMetrics) -> BackendIndex {
-        self.backends.push(metrics);
+    /// Registers backend `id`, whose deliveries will enter through [`Dispatcher::intake`]; its
+    /// series are registered now.
+    pub fn backend(&mut self, id: &str) -> BackendIndex {
+        self.backends
+            .push(BackendCounters::register(&self.registry, id));
         BackendIndex(self.backends.len() - 1)
     }
 
+    /// The metric handles of a backend registered here, as handed to it in its context.
+    ///
+    /// # Panics
+    /// If `backend` did not come from this builder.
+    pub fn backend_metrics(&self, backend: BackendIndex) -> hub_core::BackendMetrics {
+        self.backends[backend.0].shared.clone()
+    }
+
+    /// A publisher through `backend` that counts into its series.
+    ///
+    /// # Panics
+    /// If `index` did not come from this builder.
+    pub fn publisher(
+        &self,
+        index: BackendIndex,
+        backend: Arc<dyn hub_core::Backend>,
+    ) -> hub_core::Publisher {
+        let m = &self.backends[index.0];
+        hub_core::Publisher::new(backend, m.published.clone(), m.publish_failures.clone())
+    }
+
     /// Registers a consumer fed by `backend`'s messages that match any of `patterns`.
-    /// Its metric series are registered now, with the current recorder.
+    /// Its metric series are registered now.
     ///
     /// # Panics
     /// If `backend` did not come from this builder.
@@ -71,7 +94,7 @@ impl DispatcherBuilder {
         options.queue_capacity = options.queue_capacity.max(1);
         let name: Arc<str> = cx.name().into();
         self.slots.push(Slot {
-            metrics: ConsumerMetrics::register(&name),
+            metrics: ConsumerMetrics::register(&self.registry, &name),
             queue: Queue::new(options.queue_capacity, options.concurrency),
             name,
             backend: backend.0,
@@ -84,7 +107,7 @@ impl DispatcherBuilder {
             cx,
             cut_off: AtomicU64::new(0),
         });
-        SubscriptionId(self.slots.len() - 1)
+        SubscriptionId::new(self.slots.len() - 1)
     }
 
     /// Finishes the routing table. Nothing runs until [`Dispatcher::start`].
@@ -101,7 +124,7 @@ impl DispatcherBuilder {
                 slots: self.slots,
                 routes,
                 backends: self.backends,
-                unrouted: metrics::counter!(DISPATCHER_UNROUTED),
+                unrouted: BackendCounters::unrouted(&self.registry),
                 epoch: clock.raw(),
                 clock,
                 #[cfg(test)]
@@ -186,7 +209,7 @@ pub(crate) struct Shared {
     slots: Vec<Slot>,
     /// Per backend: every pattern of the consumers it feeds, by consumer index.
     routes: Vec<PatternSet>,
-    backends: Vec<BackendMetrics>,
+    backends: Vec<BackendCounters>,
     unrouted: Counter,
     /// The dispatcher's clock: times on the hot path are nanoseconds after `epoch`, a `u64`
     /// subtracted without `Instant` arithmetic. The TSC where the CPU has an invariant one
@@ -224,9 +247,13 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Starts collecting backends and consumers.
-    pub fn builder() -> DispatcherBuilder {
-        DispatcherBuilder::default()
+    /// Starts collecting backends and consumers, whose series go to `registry`.
+    pub fn builder(registry: Registry) -> DispatcherBuilder {
+        DispatcherBuilder {
+            registry,
+            backends: Vec::new(),
+            slots: Vec::new(),
+        }
     }
 
     /// The entry point for `backend`'s deliveries.
@@ -242,7 +269,7 @@ impl Dispatcher {
             .enumerate()
             .filter(|(_, s)| s.backend == backend.0)
             .map(|(i, s)| Subscription {
-                id: SubscriptionId(i),
+                id: SubscriptionId::new(i),
                 consumer: Arc::clone(&s.name),
                 patterns: s.patterns.to_vec(),
                 options: s.options.clone(),

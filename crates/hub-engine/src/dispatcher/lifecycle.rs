@@ -52,7 +52,7 @@ impl Dispatcher {
     }
 
     /// Closes intake, then waits up to `grace` for every queued and in-flight message to finish.
-    /// What is still unfinished then is cut off, settled as [`Verdict::Requeue`](crate::Verdict)
+    /// What is still unfinished then is cut off, settled as [`Verdict::Requeue`](hub_core::Verdict)
     /// (given back as it was), counted as dropped with reason `shutdown`, and reported.
     pub async fn drain(&self, grace: Duration) -> DrainReport {
         self.close_intake();
@@ -116,7 +116,7 @@ impl Dispatcher {
     ///
     /// # Errors
     /// The first consumer name and error that failed.
-    pub async fn start_consumers(&self) -> Result<(), (String, crate::BoxError)> {
+    pub async fn start_consumers(&self) -> Result<(), (String, hub_core::BoxError)> {
         for slot in &self.shared.slots {
             slot.consumer
                 .start(&slot.cx)

@@ -8,15 +8,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
-use crate::{
-    Backend, BackendContext, BackendError, Delivery, Intake, Message, PublishError, Verdict,
+use hub_core::{
+    Backend, BackendConfig, BackendContext, BackendError, BoxError, Delivery, IntakeClosed,
+    Message, PublishError, Sink, Verdict,
 };
 
 /// Loopback backend, `type = "memory"`: publish → deliver, in process.
 #[derive(Default)]
 pub struct MemoryBackend {
     /// Shared by every publisher, so they share one route cache too.
-    intake: Mutex<Option<Arc<Intake>>>,
+    sink: Mutex<Option<Arc<Sink>>>,
     record: Option<Mutex<Vec<Message>>>,
 }
 
@@ -29,7 +30,7 @@ impl MemoryBackend {
     /// A loopback backend that also keeps every message published through it (for tests).
     pub fn recording() -> Self {
         Self {
-            intake: Mutex::default(),
+            sink: Mutex::default(),
             record: Some(Mutex::default()),
         }
     }
@@ -42,15 +43,15 @@ impl MemoryBackend {
             .unwrap_or_default()
     }
 
-    fn intake(&self) -> Result<Arc<Intake>, PublishError> {
-        let guard = self.intake.lock().unwrap_or_else(PoisonError::into_inner);
+    fn intake(&self) -> Result<Arc<Sink>, PublishError> {
+        let guard = self.sink.lock().unwrap_or_else(PoisonError::into_inner);
         guard.clone().ok_or_else(|| PublishError::Unavailable {
             backend: "memory".into(),
             reason: "the backend is not running".into(),
         })
     }
 
-    fn unavailable(e: crate::IntakeClosed) -> PublishError {
+    fn unavailable(e: IntakeClosed) -> PublishError {
         PublishError::Unavailable {
             backend: "memory".into(),
             reason: e.to_string(),
@@ -85,11 +86,10 @@ impl MemoryBackend {
 #[async_trait]
 impl Backend for MemoryBackend {
     async fn run(&self, cx: BackendContext) -> Result<(), BackendError> {
-        *self.intake.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some(Arc::new(cx.intake.clone()));
+        *self.sink.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(cx.sink.clone()));
         cx.metrics.set_connected(true);
         cx.shutdown.cancelled().await;
-        self.intake
+        self.sink
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
@@ -108,5 +108,20 @@ impl Backend for MemoryBackend {
             .deliver(Delivery::new(msg.clone()))
             .await
             .map_err(Self::unavailable)
+    }
+}
+
+/// `type = "memory"`: the in-process loopback backend. It has no keys.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {}
+
+impl BackendConfig for MemoryConfig {
+    const TYPE: &'static str = "memory";
+    const DESCRIPTION: &'static str =
+        "in-process loopback: what is published is delivered back into this hub";
+
+    fn build(self, _id: &str) -> Result<Arc<dyn Backend>, BoxError> {
+        Ok(Arc::new(MemoryBackend::new()))
     }
 }

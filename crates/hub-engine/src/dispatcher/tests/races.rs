@@ -215,7 +215,7 @@ async fn a_panicking_acker_is_caught_and_counted_and_the_worker_goes_on() {
         ConsumerOptions::default(),
         Arc::clone(&probe),
     )]);
-    let bad: Box<dyn crate::Acker> = Box::new(|_: Verdict| panic!("acker bug"));
+    let bad: Box<dyn hub_core::Acker> = Box::new(|_: Verdict| panic!("acker bug"));
     r.intake
         .deliver(Delivery::with_acker(msg(0), bad))
         .await

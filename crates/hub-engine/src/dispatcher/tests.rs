@@ -2,7 +2,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use serde_json::{Value, json};
 use tokio::sync::{Barrier, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -11,12 +10,11 @@ use super::*;
 
 mod catch_up_scenarios;
 mod races;
-use crate::metrics::DURATION_BUCKETS;
 use std::time::Duration;
 
-use crate::{
-    ConsumeError, Delivery, MemoryBackend, Message, Publisher, Resources, Verdict, WhenFull,
-};
+use crate::MemoryBackend;
+use crate::metrics::{MetricsHandle, Registry};
+use hub_core::{ConsumeError, Delivery, IntakeClosed, Message, Resources, Verdict, WhenFull};
 
 /// Records the `i` field of every message it finishes; behaviour per message is chosen by the body.
 #[derive(Default)]
@@ -64,8 +62,7 @@ impl Consumer for Probe {
 struct Rig {
     dispatcher: Dispatcher,
     intake: Intake,
-    metrics: PrometheusHandle,
-    _recorder: PrometheusRecorder,
+    metrics: MetricsHandle,
 }
 
 fn rig(consumers: Vec<(&str, &[&str], ConsumerOptions, Arc<Probe>)>) -> Rig {
@@ -82,44 +79,37 @@ type Spec<'a> = (&'a str, &'a [&'a str], ConsumerOptions, Arc<dyn Consumer>);
 
 /// [`rig`] with consumers of any type.
 fn rig_of(consumers: Vec<Spec<'_>>) -> Rig {
-    let recorder = PrometheusBuilder::new()
-        .set_buckets(DURATION_BUCKETS)
-        .expect("buckets")
-        .build_recorder();
-    let handle = recorder.handle();
-    let (dispatcher, intake) = metrics::with_local_recorder(&recorder, || {
-        let mut b = Dispatcher::builder();
-        let bm = BackendMetrics::register("mem");
-        let backend = b.backend(bm.clone());
-        let mem: Arc<dyn crate::Backend> = Arc::new(MemoryBackend::new());
-        for (name, patterns, options, consumer) in consumers {
-            let cx = Context::new(
-                name,
-                Publisher::new(Arc::clone(&mem), bm.clone()),
-                Resources::new(),
-                CancellationToken::new(),
-            );
-            let patterns = patterns.iter().map(|p| Pattern::new(p).unwrap()).collect();
-            b.consumer(backend, patterns, options, consumer, cx);
-        }
-        let d = b.build();
-        let intake = d.intake(backend);
-        (d, intake)
-    });
+    let registry = Registry::new();
+    let mut b = Dispatcher::builder(registry.clone());
+    let backend = b.backend("mem");
+    let mem: Arc<dyn hub_core::Backend> = Arc::new(MemoryBackend::new());
+    for (name, patterns, options, consumer) in consumers {
+        let cx = Context::new(
+            name,
+            b.publisher(backend, Arc::clone(&mem)),
+            Resources::new(),
+            CancellationToken::new(),
+        );
+        let patterns = patterns.iter().map(|p| Pattern::new(p).unwrap()).collect();
+        b.consumer(backend, patterns, options, consumer, cx);
+    }
+    let dispatcher = b.build();
+    let intake = dispatcher.intake(backend);
     dispatcher.start();
     Rig {
+        metrics: MetricsHandle {
+            registry,
+            dispatcher: dispatcher.clone(),
+        },
         dispatcher,
         intake,
-        metrics: handle,
-        _recorder: recorder,
     }
 }
 
 impl Rig {
     /// What a scrape sees: refresh, then render.
     fn render(&self) -> String {
-        self.dispatcher.refresh_gauges();
-        self.metrics.render() + &self.dispatcher.render_histograms()
+        self.metrics.render()
     }
 }
 
@@ -173,7 +163,7 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         })
 }
 
-fn acker() -> (Box<dyn crate::Acker>, oneshot::Receiver<Verdict>) {
+fn acker() -> (Box<dyn hub_core::Acker>, oneshot::Receiver<Verdict>) {
     let (tx, rx) = oneshot::channel();
     let tx = Mutex::new(Some(tx));
     (

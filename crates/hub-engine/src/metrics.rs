@@ -1,0 +1,600 @@
+//! Every metric the hub exposes: names, HELP texts, registration and the one rendering of
+//! `/metrics`. A user contract: names and labels do not change once landed.
+//!
+//! Each hub has its own [`Registry`] (no process-global recorder), so two hubs in one process
+//! are scraped apart. Every series is registered once, when the hub is built or a backend
+//! starts, so the hot path touches only pre-registered handles and a stuck consumer's series
+//! exist from the start (at 0). Backend crates register their own series with the functions
+//! here ([`zeromq_endpoint`], [`amqp_queue_messages`]...), never with a name of their own: a test
+//! (`tests/metric_names.rs`) fails on a metric-name literal anywhere else in product code.
+//!
+//! | name | type | labels | meaning |
+//! |---|---|---|---|
+//! | `hub_consumer_backlog_messages` | gauge | `consumer` | queued, not yet started |
+//! | `hub_consumer_in_flight_messages` | gauge | `consumer` | being handled now |
+//! | `hub_consumer_oldest_message_age_seconds` | gauge | `consumer` | how long the oldest queued message has waited; 0 when empty |
+//! | `hub_consumer_catch_up_seconds` | gauge | `consumer` | backlog × recent mean service time / concurrency; 0 when empty; `+Inf` while there is a backlog and nothing completes for max(3 × the mean service time, 1 s) |
+//! | `hub_consumer_received_messages_total` | counter | `consumer` | messages routed to the consumer |
+//! | `hub_consumer_processed_messages_total` | counter | `consumer`, `outcome` = `ok`\|`error`\|`timeout`\|`panic` | finished messages |
+//! | `hub_consumer_dropped_messages_total` | counter | `consumer`, `reason` = `queue_full`\|`shutdown` | dropped by `when_full`; or cut off when the shutdown grace expired (queued or in flight; given back to the backend unprocessed) |
+//! | `hub_consumer_processing_duration_seconds` | histogram | `consumer` | time in `consume` |
+//! | `hub_consumer_queue_wait_seconds` | histogram | `consumer` | time from enqueue to start |
+//! | `hub_backend_received_messages_total` | counter | `backend` | messages the backend delivered |
+//! | `hub_backend_published_messages_total` | counter | `backend` | messages published through it |
+//! | `hub_backend_publish_failures_total` | counter | `backend` | publishes that failed (unavailable, unroutable, unconfirmed) |
+//! | `hub_backend_invalid_messages_total` | counter | `backend` | malformed input rejected by it |
+//! | `hub_backend_connected` | gauge | `backend` | 1 when connected, else 0 |
+//! | `hub_backend_settle_panics_total` | counter | `backend` | the backend's acknowledgement (`Acker::settle`) panicked (caught) |
+//! | `hub_dispatcher_unrouted_messages_total` | counter | — | messages no consumer matched |
+//! | `hub_zeromq_endpoint_connected` | gauge | `backend`, `endpoint` | 1 while the ZeroMQ endpoint is connected |
+//! | `hub_zeromq_gaps_total` | counter | `backend`, `endpoint` | messages missed, from gaps in fedmsg sequence numbers |
+//! | `hub_amqp_queue_messages` | gauge | `consumer` | messages ready in the consumer's RabbitMQ queue (the broker's count, polled) |
+//! | `hub_amqp_connection_blocked` | gauge | `backend` | 1 while RabbitMQ blocks the connection (a memory or disk alarm) |
+//! | `hub_amqp_republish_failures_total` | counter | `consumer`, `kind` = `retry`\|`dead_letter` | republishes (retry or dead letter) that did not go out at once; the message is held and tried again |
+//!
+//! The two histograms are kept by the dispatcher itself (fixed buckets, [`DURATION_BUCKETS`]):
+//! recording every sample through a `metrics` recorder cost about a fifth of the dispatch
+//! throughput. Everything else goes through the `metrics` facade, into the hub's [`Registry`].
+//! [`MetricsHandle::render`] writes the whole text: gauges computed from the queues at that
+//! moment, counters, and the histograms.
+//! Topics never become labels. Invariant per consumer, exact in every scrape (the counts are
+//! read together under the consumer's queue lock) and after shutdown:
+//! `received = processed + dropped + backlog + in_flight`, with `in_flight` at most the
+//! consumer's concurrency.
+
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hub_core::metrics::{BackendMetrics, BackendSeries, Recorder};
+use metrics::{Counter, Gauge, Unit, counter, describe_counter, describe_gauge, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use crate::Dispatcher;
+
+/// `hub_consumer_backlog_messages`
+pub const CONSUMER_BACKLOG: &str = "hub_consumer_backlog_messages";
+/// `hub_consumer_in_flight_messages`
+pub const CONSUMER_IN_FLIGHT: &str = "hub_consumer_in_flight_messages";
+/// `hub_consumer_oldest_message_age_seconds`
+pub const CONSUMER_OLDEST_AGE: &str = "hub_consumer_oldest_message_age_seconds";
+/// `hub_consumer_catch_up_seconds`
+pub const CONSUMER_CATCH_UP: &str = "hub_consumer_catch_up_seconds";
+/// `hub_consumer_received_messages_total`
+pub const CONSUMER_RECEIVED: &str = "hub_consumer_received_messages_total";
+/// `hub_consumer_processed_messages_total`
+pub const CONSUMER_PROCESSED: &str = "hub_consumer_processed_messages_total";
+/// `hub_consumer_dropped_messages_total`
+pub const CONSUMER_DROPPED: &str = "hub_consumer_dropped_messages_total";
+/// `hub_consumer_processing_duration_seconds`
+pub const CONSUMER_DURATION: &str = "hub_consumer_processing_duration_seconds";
+/// `hub_consumer_queue_wait_seconds`
+pub const CONSUMER_QUEUE_WAIT: &str = "hub_consumer_queue_wait_seconds";
+/// `hub_backend_received_messages_total`
+pub const BACKEND_RECEIVED: &str = "hub_backend_received_messages_total";
+/// `hub_backend_published_messages_total`
+pub const BACKEND_PUBLISHED: &str = "hub_backend_published_messages_total";
+/// `hub_backend_publish_failures_total`
+pub const BACKEND_PUBLISH_FAILURES: &str = "hub_backend_publish_failures_total";
+/// `hub_backend_invalid_messages_total`
+pub const BACKEND_INVALID: &str = "hub_backend_invalid_messages_total";
+/// `hub_backend_connected`
+pub const BACKEND_CONNECTED: &str = "hub_backend_connected";
+/// `hub_backend_settle_panics_total`
+pub const BACKEND_SETTLE_PANICS: &str = "hub_backend_settle_panics_total";
+/// `hub_dispatcher_unrouted_messages_total`
+pub const DISPATCHER_UNROUTED: &str = "hub_dispatcher_unrouted_messages_total";
+/// `hub_zeromq_endpoint_connected`
+pub const ZEROMQ_ENDPOINT_CONNECTED: &str = "hub_zeromq_endpoint_connected";
+/// `hub_zeromq_gaps_total`
+pub const ZEROMQ_GAPS: &str = "hub_zeromq_gaps_total";
+/// `hub_amqp_queue_messages`
+pub const AMQP_QUEUE_MESSAGES: &str = "hub_amqp_queue_messages";
+/// `hub_amqp_connection_blocked`
+pub const AMQP_CONNECTION_BLOCKED: &str = "hub_amqp_connection_blocked";
+/// `hub_amqp_republish_failures_total`
+pub const AMQP_REPUBLISH_FAILURES: &str = "hub_amqp_republish_failures_total";
+
+/// Histogram buckets (seconds) for the two `_seconds` histograms: 50 µs to 5 min.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// HELP texts of the two histograms (rendered by the dispatcher, not the recorder).
+const HISTOGRAM_HELP: [(&str, &str); 2] = [
+    (CONSUMER_DURATION, "Time spent handling one message."),
+    (
+        CONSUMER_QUEUE_WAIT,
+        "Time a message waited in the consumer's queue.",
+    ),
+];
+
+/// HELP text for every series the recorder renders (gauges and counters).
+const HELP: &[(&str, Kind, &str)] = &[
+    (
+        CONSUMER_BACKLOG,
+        Kind::Gauge,
+        "Messages queued for the consumer, not yet started.",
+    ),
+    (
+        CONSUMER_IN_FLIGHT,
+        Kind::Gauge,
+        "Messages the consumer is handling now.",
+    ),
+    (
+        CONSUMER_OLDEST_AGE,
+        Kind::GaugeSeconds,
+        "How long the oldest queued message has waited (0 when the queue is empty).",
+    ),
+    (
+        CONSUMER_CATCH_UP,
+        Kind::GaugeSeconds,
+        "Time to work off the backlog at the recent mean service time (0 when empty, +Inf while nothing completes).",
+    ),
+    (
+        CONSUMER_RECEIVED,
+        Kind::Counter,
+        "Messages routed to the consumer.",
+    ),
+    (
+        CONSUMER_PROCESSED,
+        Kind::Counter,
+        "Messages the consumer finished, by outcome.",
+    ),
+    (
+        CONSUMER_DROPPED,
+        Kind::Counter,
+        "Messages dropped: the consumer's queue was full, or shutdown cut them off.",
+    ),
+    (
+        BACKEND_RECEIVED,
+        Kind::Counter,
+        "Messages the backend delivered into the hub.",
+    ),
+    (
+        BACKEND_PUBLISHED,
+        Kind::Counter,
+        "Messages published through the backend.",
+    ),
+    (
+        BACKEND_PUBLISH_FAILURES,
+        Kind::Counter,
+        "Publishes through the backend that failed (unavailable, unroutable, unconfirmed).",
+    ),
+    (
+        BACKEND_INVALID,
+        Kind::Counter,
+        "Malformed messages the backend rejected.",
+    ),
+    (
+        BACKEND_CONNECTED,
+        Kind::Gauge,
+        "1 while the backend is connected, else 0.",
+    ),
+    (
+        BACKEND_SETTLE_PANICS,
+        Kind::Counter,
+        "Acknowledgements (the backend's Acker::settle) that panicked; caught.",
+    ),
+    (
+        DISPATCHER_UNROUTED,
+        Kind::Counter,
+        "Messages that matched no consumer.",
+    ),
+    (
+        ZEROMQ_ENDPOINT_CONNECTED,
+        Kind::Gauge,
+        "1 while the ZeroMQ endpoint is connected, else 0.",
+    ),
+    (
+        ZEROMQ_GAPS,
+        Kind::Counter,
+        "Messages missed on the endpoint, from gaps in fedmsg sequence numbers.",
+    ),
+    (
+        AMQP_QUEUE_MESSAGES,
+        Kind::Gauge,
+        "Messages ready in the consumer's RabbitMQ queue (the broker's count, polled).",
+    ),
+    (
+        AMQP_CONNECTION_BLOCKED,
+        Kind::Gauge,
+        "1 while RabbitMQ blocks the hub's connection (memory or disk alarm), else 0.",
+    ),
+    (
+        AMQP_REPUBLISH_FAILURES,
+        Kind::Counter,
+        "Retries and dead letters that could not be republished at once (held and tried again).",
+    ),
+];
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    GaugeSeconds,
+}
+
+/// Describes every series with the current recorder.
+fn describe() {
+    for &(name, kind, help) in HELP {
+        match kind {
+            Kind::Counter => describe_counter!(name, Unit::Count, help),
+            Kind::Gauge => describe_gauge!(name, Unit::Count, help),
+            Kind::GaugeSeconds => describe_gauge!(name, Unit::Seconds, help),
+        }
+    }
+}
+
+/// One hub's metrics: a Prometheus recorder of its own, with every HELP text described.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        let recorder = Arc::new(PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&*recorder, describe);
+        Self { recorder, handle }
+    }
+
+    /// Runs `register` with this registry as the recorder: handles it creates record here.
+    pub(crate) fn register<T>(&self, register: impl FnOnce() -> T) -> T {
+        metrics::with_local_recorder(&*self.recorder, register)
+    }
+
+    /// The recorder, for the handles handed to backends.
+    pub(crate) fn recorder(&self) -> Arc<dyn Recorder + Send + Sync> {
+        self.recorder.clone()
+    }
+
+    /// The recorder's part of `/metrics` (counters and gauges).
+    fn render_recorded(&self) -> String {
+        self.handle.render()
+    }
+}
+
+/// Renders one hub's whole `/metrics`. Cheap to clone.
+#[derive(Clone)]
+pub struct MetricsHandle {
+    pub(crate) registry: Registry,
+    pub(crate) dispatcher: Dispatcher,
+}
+
+impl MetricsHandle {
+    /// Renders `dispatcher`'s series, recorded in `registry` (the engine builds these itself;
+    /// see [`Engine::metrics`](crate::Engine::metrics)).
+    pub fn new(registry: Registry, dispatcher: Dispatcher) -> Self {
+        Self {
+            registry,
+            dispatcher,
+        }
+    }
+
+    /// The whole `/metrics` text (Prometheus text format 0.0.4): gauges computed from the
+    /// queues now, every counter, and the two histograms.
+    pub fn render(&self) -> String {
+        self.dispatcher.refresh_gauges();
+        let mut out = self.registry.render_recorded();
+        self.dispatcher.render_histograms_into(&mut out);
+        out
+    }
+
+    /// The value of one sample line, such as
+    /// `hub_consumer_processed_messages_total{consumer="a",outcome="ok"}`, in a fresh render.
+    pub fn sample(&self, series: &str) -> Option<f64> {
+        sample(&self.render(), series)
+    }
+}
+
+/// The value of the sample line `series` (name and labels, exactly as rendered) in `text`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| match v.trim() {
+            "+Inf" => Some(f64::INFINITY),
+            "-Inf" => Some(f64::NEG_INFINITY),
+            v => v.parse().ok(),
+        })
+}
+
+/// One consumer's series.
+pub(crate) struct ConsumerMetrics {
+    pub backlog: Gauge,
+    pub in_flight: Gauge,
+    pub oldest_age: Gauge,
+    pub catch_up: Gauge,
+    pub received: Counter,
+    pub ok: Counter,
+    pub error: Counter,
+    pub timeout: Counter,
+    pub panic: Counter,
+    pub dropped: Counter,
+    pub dropped_shutdown: Counter,
+}
+
+impl ConsumerMetrics {
+    /// Registers `consumer`'s series in `registry`, each at 0.
+    pub fn register(registry: &Registry, consumer: &str) -> Self {
+        let m = registry.register(|| {
+            let processed = |outcome: &'static str| counter!(CONSUMER_PROCESSED, "consumer" => consumer.to_owned(), "outcome" => outcome);
+            Self {
+                backlog: gauge!(CONSUMER_BACKLOG, "consumer" => consumer.to_owned()),
+                in_flight: gauge!(CONSUMER_IN_FLIGHT, "consumer" => consumer.to_owned()),
+                oldest_age: gauge!(CONSUMER_OLDEST_AGE, "consumer" => consumer.to_owned()),
+                catch_up: gauge!(CONSUMER_CATCH_UP, "consumer" => consumer.to_owned()),
+                received: counter!(CONSUMER_RECEIVED, "consumer" => consumer.to_owned()),
+                ok: processed("ok"),
+                error: processed("error"),
+                timeout: processed("timeout"),
+                panic: processed("panic"),
+                dropped: counter!(CONSUMER_DROPPED, "consumer" => consumer.to_owned(), "reason" => "queue_full"),
+                dropped_shutdown: counter!(CONSUMER_DROPPED, "consumer" => consumer.to_owned(), "reason" => "shutdown"),
+            }
+        });
+        // Series appear only once they hold a value: show every consumer from the start.
+        for g in [&m.backlog, &m.in_flight, &m.oldest_age, &m.catch_up] {
+            g.set(0.0);
+        }
+        for c in [
+            &m.received,
+            &m.ok,
+            &m.error,
+            &m.timeout,
+            &m.panic,
+            &m.dropped,
+            &m.dropped_shutdown,
+        ] {
+            c.increment(0);
+        }
+        m
+    }
+}
+
+/// One backend's series: the handles given to the backend itself ([`BackendMetrics`]) and the
+/// engine's own. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct BackendCounters {
+    /// What the backend itself holds.
+    pub shared: BackendMetrics,
+    received: Counter,
+    received_count: Arc<AtomicU64>,
+    pub published: Counter,
+    pub publish_failures: Counter,
+    pub settle_panics: Counter,
+}
+
+impl BackendCounters {
+    /// Registers the series of backend `id` in `registry`, each at 0.
+    pub fn register(registry: &Registry, id: &str) -> Self {
+        let backend = || id.to_owned();
+        let m = registry.register(|| {
+            let series = BackendSeries {
+                connected: gauge!(BACKEND_CONNECTED, "backend" => backend()),
+                invalid: counter!(BACKEND_INVALID, "backend" => backend()),
+            };
+            series.invalid.increment(0);
+            Self {
+                shared: BackendMetrics::new(series, registry.recorder()),
+                received: counter!(BACKEND_RECEIVED, "backend" => backend()),
+                received_count: Arc::new(AtomicU64::new(0)),
+                published: counter!(BACKEND_PUBLISHED, "backend" => backend()),
+                publish_failures: counter!(BACKEND_PUBLISH_FAILURES, "backend" => backend()),
+                settle_panics: counter!(BACKEND_SETTLE_PANICS, "backend" => backend()),
+            }
+        });
+        // Series appear only once they hold a value: show every backend from the start.
+        m.shared.set_connected(false);
+        for c in [
+            &m.received,
+            &m.published,
+            &m.publish_failures,
+            &m.settle_panics,
+        ] {
+            c.increment(0);
+        }
+        m
+    }
+
+    /// Registers `hub_dispatcher_unrouted_messages_total`, at 0.
+    pub fn unrouted(registry: &Registry) -> Counter {
+        let c = registry.register(|| counter!(DISPATCHER_UNROUTED));
+        c.increment(0);
+        c
+    }
+
+    /// Counts `n` deliveries (a plain atomic; copied to the counter by [`BackendCounters::flush`]).
+    pub fn count_received(&self, n: u64) {
+        self.received_count.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Copies the exact delivery count into `hub_backend_received_messages_total`.
+    pub fn flush(&self) {
+        self.received
+            .absolute(self.received_count.load(Ordering::Relaxed));
+    }
+}
+
+/// The series of one ZeroMQ endpoint (`hub-zeromq`).
+pub struct ZeroMqEndpointSeries {
+    /// `hub_zeromq_endpoint_connected`
+    pub connected: Gauge,
+    /// `hub_zeromq_gaps_total`
+    pub gaps: Counter,
+}
+
+/// Registers a ZeroMQ endpoint's series, at 0, in the hub's `registry`
+/// ([`BackendMetrics::registry`]).
+pub fn zeromq_endpoint(
+    registry: &dyn Recorder,
+    backend: &str,
+    endpoint: &str,
+) -> ZeroMqEndpointSeries {
+    let labels = [
+        ("backend", backend.to_owned()),
+        ("endpoint", endpoint.to_owned()),
+    ];
+    let s = metrics::with_local_recorder(registry, || ZeroMqEndpointSeries {
+        connected: gauge!(ZEROMQ_ENDPOINT_CONNECTED, &labels),
+        gaps: counter!(ZEROMQ_GAPS, &labels),
+    });
+    s.connected.set(0.0);
+    s.gaps.increment(0);
+    s
+}
+
+/// Registers `hub_amqp_queue_messages` for `consumer`, at 0.
+pub fn amqp_queue_messages(registry: &dyn Recorder, consumer: &str) -> Gauge {
+    let g = metrics::with_local_recorder(
+        registry,
+        || gauge!(AMQP_QUEUE_MESSAGES, "consumer" => consumer.to_owned()),
+    );
+    g.set(0.0);
+    g
+}
+
+/// Registers `hub_amqp_connection_blocked` for `backend`, at 0.
+pub fn amqp_connection_blocked(registry: &dyn Recorder, backend: &str) -> Gauge {
+    let g = metrics::with_local_recorder(
+        registry,
+        || gauge!(AMQP_CONNECTION_BLOCKED, "backend" => backend.to_owned()),
+    );
+    g.set(0.0);
+    g
+}
+
+/// What an AMQP republish was for (`kind` label of `hub_amqp_republish_failures_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepublishKind {
+    /// A retry, republished to the consumer's queue.
+    Retry,
+    /// A dead letter.
+    DeadLetter,
+}
+
+/// Registers `hub_amqp_republish_failures_total` for `consumer` and `kind`, at 0.
+pub fn amqp_republish_failures(
+    registry: &dyn Recorder,
+    consumer: &str,
+    kind: RepublishKind,
+) -> Counter {
+    let kind = match kind {
+        RepublishKind::Retry => "retry",
+        RepublishKind::DeadLetter => "dead_letter",
+    };
+    let c = metrics::with_local_recorder(
+        registry,
+        || counter!(AMQP_REPUBLISH_FAILURES, "consumer" => consumer.to_owned(), "kind" => kind),
+    );
+    c.increment(0);
+    c
+}
+
+/// [`DURATION_BUCKETS`] in nanoseconds, for comparing a sample without floating point.
+const BUCKET_NANOS: [u64; DURATION_BUCKETS.len()] = {
+    let mut out = [0u64; DURATION_BUCKETS.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = (DURATION_BUCKETS[i] * 1e9) as u64;
+        i += 1;
+    }
+    out
+};
+
+/// A fixed-bucket histogram of durations written by **one** task (a consumer's worker): a
+/// sample is two plain loads and stores, no locked instruction. Readers (scrapes) may see a
+/// sample's bucket before its sum; both only grow.
+pub(crate) struct Buckets {
+    /// Per bucket of [`DURATION_BUCKETS`] (not cumulative), then the overflow (+Inf) bucket.
+    counts: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Buckets {
+    pub fn new() -> Self {
+        Self {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one sample of `nanos` nanoseconds. Only the owning task may call this (single
+    /// writer).
+    pub fn record(&self, nanos: u64) {
+        // Prometheus buckets are `le` (less than or equal): the first bound >= the value.
+        let i = BUCKET_NANOS.partition_point(|&b| b < nanos);
+        bump(&self.counts[i], 1);
+        bump(&self.sum_nanos, nanos);
+    }
+
+    /// Appends `name{labels,le=..}` bucket, `_sum` and `_count` lines for the sum of `parts`
+    /// (one histogram per worker of the consumer).
+    pub fn render(parts: &[&Buckets], out: &mut String, name: &str, label: &str, value: &str) {
+        let value = escape_label(value);
+        let mut cumulative = 0u64;
+        for i in 0..=DURATION_BUCKETS.len() {
+            cumulative += parts
+                .iter()
+                .map(|p| p.counts[i].load(Ordering::Relaxed))
+                .sum::<u64>();
+            let le = DURATION_BUCKETS
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{label}=\"{value}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let sum = parts
+            .iter()
+            .map(|p| p.sum_nanos.load(Ordering::Relaxed))
+            .sum::<u64>() as f64
+            / 1e9;
+        let _ = writeln!(out, "{name}_sum{{{label}=\"{value}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{label}=\"{value}\"}} {cumulative}");
+    }
+}
+
+/// Adds `n` to an atomic that only the calling task writes: a load and a store, which on x86
+/// are plain moves, instead of a locked read-modify-write. Concurrent readers see either value.
+pub(crate) fn bump(a: &AtomicU64, n: u64) {
+    a.store(a.load(Ordering::Relaxed).wrapping_add(n), Ordering::Release);
+}
+
+/// Escapes a Prometheus label value.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Both histograms of one consumer, one pair per worker.
+pub(crate) struct HistogramParts<'a> {
+    pub consumer: &'a str,
+    pub duration: Vec<&'a Buckets>,
+    pub queue_wait: Vec<&'a Buckets>,
+}
+
+/// HELP and TYPE lines of the two histograms, then each consumer's series.
+pub(crate) fn render_histograms(out: &mut String, consumers: &[HistogramParts<'_>]) {
+    for (k, (name, help)) in HISTOGRAM_HELP.into_iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for m in consumers {
+            let parts = if k == 0 { &m.duration } else { &m.queue_wait };
+            Buckets::render(parts, out, name, "consumer", m.consumer);
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! Whole hubs started in this process (`HubBuilder::run` on a listener bound to port 0), each
+//! with its own metrics: what the end-to-end tests check that is not the binary itself (its
+//! CLI, signals and exit codes stay in `e2e.rs`).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use hub::{ConfigSource, Hub};
+use hub_core::CancellationToken;
+use hub_engine::ShutdownReport;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep};
+
+/// A hub running on a task of this test's runtime.
+struct Running {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<ShutdownReport>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    /// Writes `toml` (where `{dir}` stands for a fresh temp dir) and runs it until it is ready.
+    async fn start(toml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        std::fs::write(
+            &path,
+            toml.replace("{dir}", &dir.path().display().to_string()),
+        )
+        .unwrap();
+        let config = Hub::builder()
+            .stock()
+            .check(&ConfigSource::File(path))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let until = stop.clone();
+        let task = tokio::spawn(Hub::builder().stock().run(config, listener, async move {
+            until.cancelled().await;
+        }));
+        let running = Self {
+            addr,
+            stop,
+            task,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some((200, body)) = running.get("/ready").await {
+                assert!(body.contains("\"ready\":true"), "{body}");
+                return running;
+            }
+            assert!(
+                !running.task.is_finished(),
+                "hub stopped before it was ready"
+            );
+            assert!(Instant::now() < deadline, "hub never became ready");
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect(self.addr).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut text = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut text))
+            .await
+            .ok()?
+            .ok()?;
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+        Some((status, body))
+    }
+
+    async fn metrics(&self) -> String {
+        let (status, body) = self.get("/metrics").await.expect("/metrics answers");
+        assert_eq!(status, 200);
+        body
+    }
+
+    /// Stops it (drain included) and returns its report, and its dir (kept until dropped).
+    async fn stop(self) -> (ShutdownReport, tempfile::TempDir) {
+        self.stop.cancel();
+        let report = tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("the hub stops within 20 s")
+            .unwrap()
+            .unwrap();
+        (report, self._dir)
+    }
+}
+
+fn sample(text: &str, series: &str) -> Option<f64> {
+    hub_engine::metrics::sample(text, series)
+}
+
+fn free_endpoint() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("tcp://127.0.0.1:{port}")
+}
+
+fn ticker_hub(consumer: &str, rate: u32) -> String {
+    format!(
+        r#"
+[hub]
+name = "{consumer}"
+[backends.mem]
+type = "memory"
+[producers.tick]
+type = "ticker"
+settings = {{ topic = "t.tick", rate = {rate}.0 }}
+[consumers.{consumer}]
+type = "delay"
+topics = ["t.#"]
+settings = {{ delay = "0ms" }}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hubs_in_one_process_each_with_its_own_metrics() {
+    let fast = Running::start(&ticker_hub("fast", 400)).await;
+    let slow = Running::start(&ticker_hub("slow", 20)).await;
+    assert_ne!(fast.addr, slow.addr);
+    sleep(Duration::from_millis(1000)).await;
+    let (f, s) = (fast.metrics().await, slow.metrics().await);
+    let received = |text: &str, c: &str| {
+        sample(
+            text,
+            &format!(r#"hub_consumer_received_messages_total{{consumer="{c}"}}"#),
+        )
+    };
+    let (nf, ns) = (received(&f, "fast").unwrap(), received(&s, "slow").unwrap());
+    assert!(ns >= 1.0, "the slow hub counted its own messages: {s}");
+    assert!(
+        nf > 4.0 * ns,
+        "fast {nf} vs slow {ns}: each hub counts only its own"
+    );
+    // Each registry holds only its own hub's series.
+    assert_eq!(received(&f, "slow"), None, "{f}");
+    assert_eq!(received(&s, "fast"), None, "{s}");
+    fast.stop().await;
+    slow.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_flow_backlog_grows_and_a_stop_drains_in_order() {
+    let hub = Running::start(
+        r#"
+[hub]
+name = "flow"
+shutdown_grace = "8s"
+[backends.mem]
+type = "memory"
+[producers.tick]
+type = "ticker"
+[producers.tick.settings]
+topic = "org.e2e.tick"
+rate = 200.0
+[consumers.fast]
+type = "echo"
+topics = ["org.e2e.#"]
+[consumers.fast.settings]
+path = "{dir}/fast.jsonl"
+[consumers.slow]
+type = "delay"
+topics = ["org.*.tick"]
+queue_capacity = 50
+when_full = "drop_oldest"
+[consumers.slow.settings]
+delay = "20ms"
+"#,
+    )
+    .await;
+    sleep(Duration::from_millis(1500)).await;
+    let first = hub.metrics().await;
+    sleep(Duration::from_millis(500)).await;
+    let second = hub.metrics().await;
+    let received = |t: &str| {
+        sample(
+            t,
+            r#"hub_consumer_received_messages_total{consumer="fast"}"#,
+        )
+        .unwrap()
+    };
+    assert!(received(&first) > 100.0, "{first}");
+    assert!(received(&second) > received(&first), "counters must rise");
+    let gauge =
+        |name: &str, c: &str| sample(&second, &format!(r#"{name}{{consumer="{c}"}}"#)).unwrap();
+    let slow_backlog = gauge("hub_consumer_backlog_messages", "slow");
+    assert!(slow_backlog > 10.0, "slow backlog {slow_backlog}");
+    assert!(gauge("hub_consumer_backlog_messages", "fast") <= 5.0);
+    assert!(gauge("hub_consumer_oldest_message_age_seconds", "slow") > 0.0);
+    assert!(gauge("hub_consumer_catch_up_seconds", "slow") > 0.0);
+    assert!(
+        sample(
+            &second,
+            r#"hub_consumer_dropped_messages_total{consumer="slow",reason="queue_full"}"#
+        )
+        .unwrap()
+            > 0.0
+    );
+    assert_eq!(
+        sample(&second, r#"hub_backend_connected{backend="mem"}"#),
+        Some(1.0)
+    );
+    assert!(second.contains(
+        "hub_consumer_processing_duration_seconds_bucket{consumer=\"fast\",le=\"0.001\"}"
+    ));
+    assert_eq!(hub.get("/live").await.unwrap().0, 200);
+
+    let echo = hub.dir().join("fast.jsonl");
+    let t = Instant::now();
+    let (report, _dir) = hub.stop().await;
+    assert!(
+        t.elapsed() < Duration::from_secs(9),
+        "drain took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        report.drain.is_clean(),
+        "every queued message finished: {report:?}"
+    );
+    // Every message the fast consumer finished is in the file, in order, with no gap.
+    let lines = std::fs::read_to_string(&echo).unwrap();
+    let seqs: Vec<u64> = lines
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["topic"], "org.e2e.tick");
+            v["body"]["seq"].as_u64().unwrap()
+        })
+        .collect();
+    assert!(
+        seqs.len() as f64 >= received(&second),
+        "{} lines",
+        seqs.len()
+    );
+    assert!(
+        seqs.iter().copied().eq(0..seqs.len() as u64),
+        "gap or reorder in echo output"
+    );
+}
+
+/// `promtool check metrics` (Debian's prometheus package; scripts/test installs it) on a live
+/// hub's `/metrics` with a memory, a ZeroMQ and an AMQP backend, each with traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_finds_nothing_wrong_in_a_live_metrics_page() {
+    let u = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let zmq = free_endpoint();
+    let hub = Running::start(&format!(
+        r#"
+[hub]
+name = "prom{u}"
+[backends.mem]
+type = "memory"
+[backends.bus]
+type = "zeromq"
+publish = "{zmq}"
+subscribe = ["{zmq}"]
+[backends.rabbit]
+type = "amqp"
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+[producers.mem_tick]
+type = "ticker"
+backend = "mem"
+settings = {{ topic = "m.tick", rate = 100.0 }}
+[producers.bus_tick]
+type = "ticker"
+backend = "bus"
+settings = {{ topic = "z.tick", rate = 100.0 }}
+[producers.rabbit_tick]
+type = "ticker"
+backend = "rabbit"
+settings = {{ topic = "prom{u}.tick", rate = 50.0 }}
+[consumers.on_mem]
+type = "delay"
+backend = "mem"
+topics = ["m.#"]
+settings = {{ delay = "0ms" }}
+[consumers.on_bus]
+type = "delay"
+backend = "bus"
+topics = ["z.#"]
+settings = {{ delay = "0ms" }}
+[consumers.on_rabbit]
+type = "delay"
+backend = "rabbit"
+topics = ["prom{u}.#"]
+settings = {{ delay = "1ms" }}
+"#
+    ))
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        let text = hub.metrics().await;
+        let got = |c: &str| {
+            sample(
+                &text,
+                &format!(r#"hub_consumer_received_messages_total{{consumer="{c}"}}"#),
+            )
+            .unwrap_or(0.0)
+        };
+        if ["on_mem", "on_bus", "on_rabbit"]
+            .iter()
+            .all(|c| got(c) > 0.0)
+        {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "traffic on every backend: {text}"
+        );
+        sleep(Duration::from_millis(100)).await;
+    };
+    for family in [
+        "hub_zeromq_endpoint_connected",
+        "hub_amqp_queue_messages",
+        "hub_consumer_processing_duration_seconds",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {family} ")),
+            "{family}: {text}"
+        );
+    }
+    let out = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map(|mut child| {
+            let mut stdin = child.stdin.take().unwrap();
+            let text = text.clone();
+            tokio::spawn(async move {
+                let _ = stdin.write_all(text.as_bytes()).await;
+            });
+            child
+        })
+        .expect("promtool is installed (scripts/test installs Debian's prometheus package)")
+        .wait_with_output()
+        .await
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{text}"
+    );
+    hub.stop().await;
+}
