@@ -331,8 +331,9 @@ async fn an_endpoint_down_at_start_never_blocks_the_others() {
     hub.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_hub_publishes_fedmsg_envelopes_and_counts_gaps() {
+/// A PUB socket bound where the hub subscribes (`inp`), and a hub config that subscribes there
+/// and publishes on `out`: `(inp, out, publisher, config)`.
+async fn round_trip(username: Option<&str>) -> (String, String, PubSocket, ZeroMqConfig) {
     let (out, inp) = (free_endpoint(), free_endpoint());
     let mut publisher = PubSocket::new();
     publisher.bind(&inp).await.unwrap();
@@ -340,8 +341,14 @@ async fn the_hub_publishes_fedmsg_envelopes_and_counts_gaps() {
         subscribe: vec![inp.clone()],
         publish: Some(out.clone()),
         format: Format::Fedmsg,
-        username: Some("hubuser".into()),
+        username: username.map(Into::into),
     };
+    (inp, out, publisher, cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_publishes_fedmsg_envelopes_and_counts_gaps() {
+    let (inp, out, mut publisher, cfg) = round_trip(Some("hubuser")).await;
     let zmq = Arc::new(hub_zeromq::ZeroMqBackend::new("z", cfg));
     let backend: Arc<dyn hub_core::Backend> = zmq.clone();
     let all = Arc::new(Seen::default());
@@ -451,15 +458,7 @@ impl Consumer for Relay {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_consumer_publishes_while_handling_carries_the_correlation_id() {
-    let (out, inp) = (free_endpoint(), free_endpoint());
-    let mut publisher = PubSocket::new();
-    publisher.bind(&inp).await.unwrap();
-    let cfg = ZeroMqConfig {
-        subscribe: vec![inp.clone()],
-        publish: Some(out.clone()),
-        format: Format::Fedmsg,
-        username: None,
-    };
+    let (_, out, mut publisher, cfg) = round_trip(None).await;
     let running = EngineBuilder::new("t")
         .backend("z", cfg.build("z").unwrap())
         .consumer(
