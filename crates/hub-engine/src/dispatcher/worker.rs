@@ -10,6 +10,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use futures_util::FutureExt;
+use futures_util::future::Either;
 use tokio::task::coop;
 use tracing::{Instrument, debug_span, error, warn};
 
@@ -17,7 +18,7 @@ use super::queue::{Queued, TryPop};
 use super::stats::{Outcome, WorkerStats};
 use super::ticket::panic_text;
 use super::{Shared, Slot};
-use hub_core::{ConsumeError, Context, ErrorKind, Verdict};
+use hub_core::{Context, ErrorKind, Verdict};
 
 /// One worker (`worker` of the consumer's `concurrency`); a consumer with `concurrency` N has N
 /// of them on one queue, each with its own stats block. Returns once the queue is closed and
@@ -121,18 +122,6 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// The consumer's future, its panics caught, within `timeout`: `None` when it timed out.
-async fn call<F: Future<Output = Result<(), ConsumeError>>>(
-    work: F,
-    timeout: Option<std::time::Duration>,
-) -> Option<std::thread::Result<Result<(), ConsumeError>>> {
-    let call = AssertUnwindSafe(work).catch_unwind();
-    match timeout {
-        None => Some(call.await),
-        Some(limit) => tokio::time::timeout(limit, call).await.ok(),
-    }
-}
-
 /// Handles one message; returns when it ended (nanoseconds after the epoch).
 async fn process(
     shared: &Shared,
@@ -159,10 +148,20 @@ async fn process(
     // `async_trait`): caught as the future's panics are.
     let result = match catch_unwind(AssertUnwindSafe(|| slot.consumer.consume(cx, &message))) {
         Err(panic) => Some(Err(panic)),
-        // Entering a disabled span at every poll costs more than the rest of the call's
-        // overhead: the span wraps the call only when it is enabled.
-        Ok(future) if span.is_disabled() => call(future, slot.options.timeout).await,
-        Ok(future) => call(future.instrument(span), slot.options.timeout).await,
+        Ok(future) => {
+            // Entering a disabled span at every poll costs more than the rest of the call's
+            // overhead: the span wraps the call only when it is enabled.
+            let work = if span.is_disabled() {
+                Either::Left(future)
+            } else {
+                Either::Right(future.instrument(span))
+            };
+            let call = AssertUnwindSafe(work).catch_unwind();
+            match slot.options.timeout {
+                None => Some(call.await),
+                Some(limit) => tokio::time::timeout(limit, call).await.ok(),
+            }
+        }
     };
     let ended = shared.now_ns();
 
