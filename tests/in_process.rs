@@ -19,7 +19,7 @@ use tokio::time::{Instant, sleep};
 struct Running {
     addr: SocketAddr,
     stop: CancellationToken,
-    task: JoinHandle<anyhow::Result<ShutdownReport>>,
+    task: JoinHandle<Result<ShutdownReport, hub::RunError>>,
     _dir: tempfile::TempDir,
 }
 

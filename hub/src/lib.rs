@@ -31,8 +31,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use hub_core::BackendError;
 use hub_core::{BackendConfig, CancellationToken, ConsumerConfig, ProducerConfig, Resources};
-use hub_engine::{ConsumerSpec, EngineBuilder, MemoryConfig, ShutdownReport};
+use hub_engine::{ConsumerSpec, EngineBuilder, EngineError, MemoryConfig};
+pub use hub_engine::{DrainReport, ShutdownReport};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
@@ -47,6 +49,29 @@ pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_CONFIG: u8 = 2;
 /// Exit code: a second SIGINT/SIGTERM cut the graceful shutdown short.
 pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Why a hub could not run, or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration does not build (every problem at once).
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// The engine refused the assembled parts, or a consumer's start hook failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A backend failed for good while running.
+    #[error("backend failed: {0}")]
+    Backend(#[from] BackendError),
+    /// The HTTP listener (binding `[http] listen`, or reading a given listener's address).
+    #[error("{context}: {source}")]
+    Listen {
+        /// What was being done, naming the address and the key.
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// Entry point: `Hub::builder()`.
 pub struct Hub;
@@ -187,10 +212,13 @@ impl HubBuilder {
         config: Config,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
-    ) -> anyhow::Result<ShutdownReport> {
+    ) -> Result<ShutdownReport, RunError> {
         let grace = config.hub.shutdown_grace;
         let source = config.source.to_string();
-        let listen = listener.local_addr()?;
+        let listen = listener.local_addr().map_err(|source| RunError::Listen {
+            context: "reading the listener's address".into(),
+            source,
+        })?;
         let engine = self.assemble(config)?.build()?;
         let metrics = engine.metrics();
         let mut running = engine.start().await?;
@@ -210,17 +238,20 @@ impl HubBuilder {
         stop_http.cancel();
         let _ = server.await;
         match fatal {
-            Some(e) => Err(anyhow::anyhow!(e)),
+            Some(e) => Err(RunError::Backend(e)),
             None => Ok(report),
         }
     }
 
     /// The CLI's `run`: binds `[http] listen`, stops on the first SIGINT/SIGTERM.
-    async fn run_until_signal(self, config: Config) -> anyhow::Result<ShutdownReport> {
+    async fn run_until_signal(self, config: Config) -> Result<ShutdownReport, RunError> {
         let listen = config.http.listen;
         let listener = TcpListener::bind(listen)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {listen} ([http] listen): {e}"))?;
+            .map_err(|source| RunError::Listen {
+                context: format!("cannot listen on {listen} ([http] listen)"),
+                source,
+            })?;
         let stop = CancellationToken::new();
         tokio::spawn(watch_signals(stop.clone()));
         self.run(config, listener, async move { stop.cancelled().await })
@@ -325,17 +356,15 @@ impl HubBuilder {
         };
         match runtime.block_on(self.run_until_signal(config)) {
             Ok(_) => ExitCode::SUCCESS,
-            Err(e) => match e.downcast_ref::<ConfigErrors>() {
-                Some(c) => {
-                    eprint!("{c}");
-                    ExitCode::from(EXIT_CONFIG)
-                }
-                None => {
-                    error!(error = format!("{e:#}"), "Hub stopped with an error.");
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(EXIT_FAILURE)
-                }
-            },
+            Err(RunError::Config(c)) => {
+                eprint!("{c}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+            Err(e) => {
+                error!(error = %e, "Hub stopped with an error.");
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_FAILURE)
+            }
         }
     }
 }

@@ -9,6 +9,10 @@ use crate::{BoxError, ConsumeError, Context, Message};
 
 /// Reacts to messages. One instance serves one configured consumer.
 ///
+/// Implement it with `#[async_trait]` on the `impl` block (`hub_core::async_trait`, re-exported):
+/// without it the compiler reports E0195 ("lifetime parameters or bounds on method `consume` do
+/// not match the trait declaration"), which means exactly that.
+///
 /// `consume` takes `&self` so that the dispatcher can run it with `concurrency` N > 1 (N calls in
 /// flight at once, for slow HTTP peers); at the default N = 1 calls never overlap and messages
 /// arrive in order. Keep mutable state behind a `Mutex` or in atomics.
@@ -34,6 +38,24 @@ pub trait Consumer: Send + Sync + 'static {
 
     /// Runs once after the last message, during shutdown.
     async fn stop(&self, _cx: &Context) {}
+}
+
+/// A shared consumer is a consumer: what [`ConsumerConfig::build`](crate::ConsumerConfig::build)
+/// returns (`Arc<dyn Consumer>`) can go wherever an `impl Consumer` is asked for (the test
+/// kit's `TestHub::builder().consumer(..)`, a wrapper of your own).
+#[async_trait]
+impl<C: Consumer + ?Sized> Consumer for std::sync::Arc<C> {
+    async fn start(&self, cx: &Context) -> Result<(), BoxError> {
+        (**self).start(cx).await
+    }
+
+    async fn consume(&self, cx: &Context, msg: &Message) -> Result<(), ConsumeError> {
+        (**self).consume(cx, msg).await
+    }
+
+    async fn stop(&self, cx: &Context) {
+        (**self).stop(cx).await;
+    }
 }
 
 /// What to do with a new message when a consumer's queue is full.

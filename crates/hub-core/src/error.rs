@@ -18,7 +18,7 @@ impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Transient => "transient",
-            Self::Invalid => "invalid message",
+            Self::Invalid => "invalid",
         })
     }
 }
@@ -57,9 +57,10 @@ impl ConsumeError {
     }
 }
 
+/// The error as the consumer gave it (the kind is [`ConsumeError::kind`], logged beside it).
 impl fmt::Display for ConsumeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} error: {}", self.kind, self.source)
+        fmt::Display::fmt(&self.source, f)
     }
 }
 

@@ -64,9 +64,15 @@ pub use config::{BackendConfig, ConsumerConfig, ProducerConfig};
 pub use consumer::{Consumer, ConsumerOptions, WhenFull};
 pub use context::{Context, Publisher, Resources};
 pub use error::{BackendError, BoxError, ConsumeError, ErrorKind, PublishError, ResultExt};
+/// The timestamp type of [`Message::timestamp`] (a UTC instant), re-exported so that a consumer
+/// crate needs no `jiff` dependency of its own.
+pub use jiff::Timestamp;
 pub use json::JsonText;
 pub use message::{DecodeError, Headers, Message, MessageBuilder};
 pub use producer::Producer;
+/// JSON values, re-exported so that a consumer crate needs no `serde_json` dependency of its own
+/// for bodies ([`Message::body`], [`Context::publish_json`]).
+pub use serde_json::{Map, Value, json};
 pub use sink::{Admission, DeliverySink, IntakeClosed, RoomWait, Sink};
 pub use tokio_util::sync::CancellationToken;
 pub use topic::{Pattern, PatternError, PatternSet, TopicWords};

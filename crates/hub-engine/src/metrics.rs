@@ -15,7 +15,7 @@
 //! | `hub_consumer_oldest_message_age_seconds` | gauge | `consumer` | how long the oldest queued message has waited; 0 when empty |
 //! | `hub_consumer_catch_up_seconds` | gauge | `consumer` | backlog × recent mean service time / concurrency; 0 when empty; `+Inf` while there is a backlog and nothing completes for max(3 × the mean service time, 1 s) |
 //! | `hub_consumer_received_messages_total` | counter | `consumer` | messages routed to the consumer |
-//! | `hub_consumer_processed_messages_total` | counter | `consumer`, `outcome` = `ok`\|`error`\|`timeout`\|`panic` | finished messages |
+//! | `hub_consumer_processed_messages_total` | counter | `consumer`, `outcome` = `ok`\|`transient`\|`invalid`\|`timeout`\|`panic` | finished messages |
 //! | `hub_consumer_dropped_messages_total` | counter | `consumer`, `reason` = `queue_full`\|`shutdown` | dropped by `when_full`; or cut off when the shutdown grace expired (queued or in flight; given back to the backend unprocessed) |
 //! | `hub_consumer_processing_duration_seconds` | histogram | `consumer` | time in `consume` |
 //! | `hub_consumer_queue_wait_seconds` | histogram | `consumer` | time from enqueue to start |
@@ -318,7 +318,8 @@ pub(crate) struct ConsumerMetrics {
     pub catch_up: Gauge,
     pub received: Counter,
     pub ok: Counter,
-    pub error: Counter,
+    pub transient: Counter,
+    pub invalid: Counter,
     pub timeout: Counter,
     pub panic: Counter,
     pub dropped: Counter,
@@ -337,7 +338,8 @@ impl ConsumerMetrics {
                 catch_up: gauge!(CONSUMER_CATCH_UP, "consumer" => consumer.to_owned()),
                 received: counter!(CONSUMER_RECEIVED, "consumer" => consumer.to_owned()),
                 ok: processed("ok"),
-                error: processed("error"),
+                transient: processed("transient"),
+                invalid: processed("invalid"),
                 timeout: processed("timeout"),
                 panic: processed("panic"),
                 dropped: counter!(CONSUMER_DROPPED, "consumer" => consumer.to_owned(), "reason" => "queue_full"),
@@ -351,7 +353,8 @@ impl ConsumerMetrics {
         for c in [
             &m.received,
             &m.ok,
-            &m.error,
+            &m.transient,
+            &m.invalid,
             &m.timeout,
             &m.panic,
             &m.dropped,

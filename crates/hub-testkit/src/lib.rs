@@ -22,10 +22,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use std::panic::AssertUnwindSafe;
+
 use async_trait::async_trait;
+use futures_util::FutureExt;
 use hub_core::{
-    BoxError, ConsumeError, Consumer, ConsumerOptions, Context, Message, Pattern, Resources,
-    Verdict,
+    BoxError, ConsumeError, Consumer, ConsumerConfig, ConsumerOptions, Context, ErrorKind, Message,
+    Pattern, Resources, Verdict,
 };
 use hub_engine::{
     ConsumerSpec, EngineBuilder, MemoryBackend, MetricsHandle, RunningEngine, ShutdownReport,
@@ -39,16 +42,76 @@ const BACKEND: &str = "memory";
 pub enum Handled {
     /// `consume` returned `Ok`.
     Ok(Message),
-    /// `consume` returned an error (its text).
-    Failed(Message, String),
+    /// `consume` failed: how, and the error's text.
+    Failed(Message, Failure, String),
+}
+
+/// How a message failed, as the hub counts it (`outcome` label of
+/// `hub_consumer_processed_messages_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// `ConsumeError::transient`: retried.
+    Transient,
+    /// `ConsumeError::invalid`: rejected (dead-lettered where the backend can).
+    Invalid,
+    /// The consumer's `timeout` expired (or the shutdown grace cut it off).
+    Timeout,
+    /// `consume` panicked (the text is the panic message).
+    Panic,
+}
+
+impl Handled {
+    /// The message, whatever became of it.
+    pub fn message(&self) -> &Message {
+        match self {
+            Self::Ok(m) | Self::Failed(m, ..) => m,
+        }
+    }
+
+    /// How it failed, if it did.
+    pub fn failure(&self) -> Option<Failure> {
+        match self {
+            Self::Ok(_) => None,
+            Self::Failed(_, f, _) => Some(*f),
+        }
+    }
 }
 
 #[derive(Default)]
 struct Log(Mutex<Vec<Handled>>);
 
+impl Log {
+    fn push(&self, entry: Handled) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(entry);
+    }
+}
+
 struct Recording {
     inner: Arc<dyn Consumer>,
     log: Arc<Log>,
+}
+
+/// Records a call that never returned (its future was dropped: a timeout or the shutdown
+/// grace) when dropped unfinished.
+struct Unfinished<'a> {
+    log: &'a Log,
+    msg: &'a Message,
+    done: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if !self.done && !std::thread::panicking() {
+            self.log.push(Handled::Failed(
+                self.msg.clone(),
+                Failure::Timeout,
+                "did not finish: the consumer's timeout (or the shutdown grace) cut it off".into(),
+            ));
+        }
+    }
 }
 
 #[async_trait]
@@ -58,17 +121,40 @@ impl Consumer for Recording {
     }
 
     async fn consume(&self, cx: &Context, msg: &Message) -> Result<(), ConsumeError> {
-        let r = self.inner.consume(cx, msg).await;
-        let entry = match &r {
-            Ok(()) => Handled::Ok(msg.clone()),
-            Err(e) => Handled::Failed(msg.clone(), e.to_string()),
+        let mut pending = Unfinished {
+            log: &self.log,
+            msg,
+            done: false,
         };
-        self.log
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(entry);
-        r
+        let call = AssertUnwindSafe(async { self.inner.consume(cx, msg).await }).catch_unwind();
+        let r = call.await;
+        pending.done = true;
+        match r {
+            Ok(r) => {
+                self.log.push(match &r {
+                    Ok(()) => Handled::Ok(msg.clone()),
+                    Err(e) => {
+                        let kind = match e.kind() {
+                            ErrorKind::Transient => Failure::Transient,
+                            ErrorKind::Invalid => Failure::Invalid,
+                        };
+                        Handled::Failed(msg.clone(), kind, e.to_string())
+                    }
+                });
+                r
+            }
+            Err(panic) => {
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(a panic with a non-string payload)".into());
+                self.log
+                    .push(Handled::Failed(msg.clone(), Failure::Panic, text));
+                // The hub catches it too, and counts it as `outcome="panic"`.
+                std::panic::resume_unwind(panic)
+            }
+        }
     }
 
     async fn stop(&self, cx: &Context) {
@@ -126,6 +212,24 @@ impl TestHubBuilder {
         self
     }
 
+    /// Adds a consumer built as the hub builds it: `settings` is the TOML of its
+    /// `[consumers.<name>.settings]` table, read into `C` (so `deny_unknown_fields`, defaults and
+    /// custom deserializers apply), then `C::build` with this hub's resources (add them first).
+    ///
+    /// # Panics
+    /// When the settings do not read as `C`, or `build` refuses them, with the error: use
+    /// [`build_consumer`] to assert on that error instead.
+    pub fn consumer_from_settings<C: ConsumerConfig>(
+        self,
+        name: &str,
+        topics: &[&str],
+        settings: &str,
+    ) -> Self {
+        let consumer = build_consumer::<C>(settings, &self.resources)
+            .unwrap_or_else(|e| panic!("consumer {name}: {e}"));
+        self.consumer(name, topics, consumer)
+    }
+
     /// Adds a shared resource.
     pub fn resource<T: std::any::Any + Send + Sync>(mut self, value: T) -> Self {
         self.resources = self.resources.with(value);
@@ -158,6 +262,39 @@ impl TestHubBuilder {
             metrics,
         }
     }
+}
+
+/// Reads `settings` (the TOML of a `[consumers.<name>.settings]` table) into `C` and builds it,
+/// as the hub does. The error names the key and what was expected, as `hub check` would.
+///
+/// # Errors
+/// The settings do not read as `C` (every problem, one per line), or `C::build` refuses them.
+pub fn build_consumer<C: ConsumerConfig>(
+    settings: &str,
+    resources: &Resources,
+) -> Result<Arc<dyn Consumer>, String> {
+    use figment::Figment;
+    use figment::providers::{Format, Toml};
+    let config: C = Figment::from(Toml::string(settings))
+        .extract()
+        .map_err(|errors| {
+            errors
+                .into_iter()
+                .map(|e| {
+                    let key = e.path.join(".");
+                    let what = e.kind.to_string().replace("``", "`");
+                    if key.is_empty() {
+                        what
+                    } else {
+                        format!("settings.{key}: {what}")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?;
+    config
+        .build(resources)
+        .map_err(|e| format!("settings rejected by {}::build: {e}", C::TYPE))
 }
 
 /// A running hub on the in-memory backend, for tests.
@@ -305,6 +442,82 @@ mod tests {
         }
         let seen = &hub.consumed("seen")[0];
         assert_eq!(seen.header("in_reply_to"), Some(&json!(first.id())));
+        hub.shutdown().await;
+    }
+
+    /// Fails as its body says.
+    struct Moody;
+
+    #[async_trait]
+    impl Consumer for Moody {
+        async fn consume(&self, _: &Context, msg: &Message) -> Result<(), ConsumeError> {
+            match msg.body()["do"].as_str() {
+                Some("panic") => panic!("bad day"),
+                Some("hang") => {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    Ok(())
+                }
+                Some("down") => Err(ConsumeError::transient("database down")),
+                Some("bad") => Err(ConsumeError::invalid("no such build")),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_outcome_is_reported_with_its_kind() {
+        let options = ConsumerOptions {
+            timeout: Some(Duration::from_millis(50)),
+            ..ConsumerOptions::default()
+        };
+        let hub = TestHub::builder()
+            .consumer_with("moody", &["m.#"], options, Moody)
+            .start()
+            .await;
+        for what in ["ok", "down", "bad", "panic", "hang"] {
+            hub.send("m.x", json!({ "do": what })).await;
+        }
+        let kinds: Vec<Option<Failure>> =
+            hub.handled("moody").iter().map(Handled::failure).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                None,
+                Some(Failure::Transient),
+                Some(Failure::Invalid),
+                Some(Failure::Panic),
+                Some(Failure::Timeout)
+            ]
+        );
+        let handled = hub.handled("moody");
+        assert!(matches!(&handled[3], Handled::Failed(_, _, text) if text == "bad day"));
+        assert!(matches!(&handled[1], Handled::Failed(_, _, text) if text == "database down"));
+        for (outcome, n) in [
+            ("ok", 1.0),
+            ("transient", 1.0),
+            ("invalid", 1.0),
+            ("panic", 1.0),
+            ("timeout", 1.0),
+        ] {
+            assert_eq!(
+                hub.metric(&format!(
+                    r#"hub_consumer_processed_messages_total{{consumer="moody",outcome="{outcome}"}}"#
+                )),
+                Some(n),
+                "{outcome}"
+            );
+        }
+        hub.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_built_consumer_goes_straight_in() {
+        let built: Arc<dyn Consumer> = Arc::new(Moody);
+        let hub = TestHub::builder()
+            .consumer("m", &["#"], built)
+            .start()
+            .await;
+        assert_eq!(hub.send("a.b", json!({})).await, Verdict::Ack);
         hub.shutdown().await;
     }
 }

@@ -6,11 +6,12 @@
 
 use std::sync::Arc;
 
+use hub_core::Resources;
 use hub_core::{
-    BoxError, ConsumeError, Consumer, ConsumerConfig, Context, Message, Resources, async_trait,
+    BoxError, ConsumeError, Consumer, ConsumerConfig, Context, Message, ResultExt, async_trait,
+    json,
 };
 use serde::Deserialize;
-use serde_json::json;
 
 /// `[consumers.<id>.settings]` for `type = "greeter"`.
 #[derive(Debug, Deserialize)]
@@ -47,38 +48,29 @@ impl Consumer for Greeter {
     async fn consume(&self, cx: &Context, msg: &Message) -> Result<(), ConsumeError> {
         let person: Person = msg.decode()?;
         let greeting = json!({ "text": format!("hello, {}", person.name) });
+        // `?` on an error of another crate: say which kind it is (`.transient()` or
+        // `.invalid()`, from `ResultExt`).
         cx.publish_json(&self.reply_topic, greeting)
             .await
-            .map_err(ConsumeError::transient)
+            .transient()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hub_core::{ConsumerConfig, Resources, Verdict};
-    use hub_testkit::TestHub;
-
-    fn greeter() -> Arc<dyn Consumer> {
-        GreeterConfig {
-            reply_topic: "org.example.greeting".into(),
-        }
-        .build(&Resources::new())
-        .unwrap()
-    }
-
-    struct Shared(Arc<dyn Consumer>);
-    #[async_trait]
-    impl Consumer for Shared {
-        async fn consume(&self, cx: &Context, msg: &Message) -> Result<(), ConsumeError> {
-            self.0.consume(cx, msg).await
-        }
-    }
+    use hub_core::Verdict;
+    use hub_testkit::{Failure, TestHub, build_consumer};
 
     #[tokio::test]
     async fn greets_people_and_rejects_bad_bodies() {
+        // Built from its settings, as the hub builds it from `[consumers.<id>.settings]`.
         let hub = TestHub::builder()
-            .consumer("greeter", &["org.example.person.#"], Shared(greeter()))
+            .consumer_from_settings::<GreeterConfig>(
+                "greeter",
+                &["org.example.person.#"],
+                r#"reply_topic = "org.example.greeting""#,
+            )
             .start()
             .await;
         assert_eq!(
@@ -100,11 +92,27 @@ mod tests {
         );
         assert_eq!(
             hub.metric(
-                r#"hub_consumer_processed_messages_total{consumer="greeter",outcome="error"}"#
+                r#"hub_consumer_processed_messages_total{consumer="greeter",outcome="invalid"}"#
             ),
             Some(1.0)
         );
         assert_eq!(hub.consumed("greeter").len(), 1);
+        assert_eq!(
+            hub.handled("greeter")[1].failure(),
+            Some(Failure::Invalid),
+            "a bad body is an invalid message"
+        );
         assert!(hub.shutdown().await.unwrap().drain.is_clean());
+    }
+
+    #[test]
+    fn settings_are_checked_as_the_hub_checks_them() {
+        let err = build_consumer::<GreeterConfig>(r#"reply_topik = "x""#, &Resources::new())
+            .err()
+            .expect("an unknown key is refused");
+        assert!(err.contains("reply_topik"), "{err}");
+        // What `build` returns goes straight into the test kit.
+        let built = build_consumer::<GreeterConfig>(r#"reply_topic = "x""#, &Resources::new());
+        assert!(built.is_ok());
     }
 }

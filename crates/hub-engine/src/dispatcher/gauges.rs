@@ -69,11 +69,12 @@ impl Dispatcher {
         for slot in &self.shared.slots {
             let (state, counts) = self.state_of(slot);
             let m = &slot.metrics;
-            let [ok, error, timeout, panic] = counts.totals.outcomes;
+            let [ok, transient, invalid, timeout, panic] = counts.totals.outcomes;
             for (counter, count) in [
                 (&m.received, counts.queue.received),
                 (&m.ok, ok),
-                (&m.error, error),
+                (&m.transient, transient),
+                (&m.invalid, invalid),
                 (&m.timeout, timeout),
                 (&m.panic, panic),
                 (&m.dropped, counts.queue.dropped),

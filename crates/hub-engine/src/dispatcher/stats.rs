@@ -9,7 +9,10 @@ use crate::metrics::{Buckets, bump};
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Outcome {
     Ok,
-    Error,
+    /// `ConsumeError::transient`: a retry may help.
+    Transient,
+    /// `ConsumeError::invalid`: the message itself is bad.
+    Invalid,
     Timeout,
     Panic,
 }
@@ -25,7 +28,7 @@ pub(crate) const SERVICE_WEIGHT: f64 = 0.1;
 #[repr(align(128))]
 pub(crate) struct WorkerStats {
     /// Finished messages by [`Outcome`].
-    outcomes: [AtomicU64; 4],
+    outcomes: [AtomicU64; 5],
     /// When the message last taken started (nanoseconds after the dispatcher's epoch); `NEVER`
     /// before the first. The worker is busy while this is at or after `last_completed_ns`.
     started_ns: AtomicU64,
@@ -78,8 +81,8 @@ impl WorkerStats {
 /// The sum of a consumer's worker blocks.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Totals {
-    /// Finished messages by [`Outcome`] (ok, error, timeout, panic).
-    pub outcomes: [u64; 4],
+    /// Finished messages by [`Outcome`] (ok, transient, invalid, timeout, panic).
+    pub outcomes: [u64; 5],
     /// The latest completion (nanoseconds after the epoch), if any.
     pub last_completed_ns: Option<u64>,
     /// When the longest-running message in hand started, if a worker is busy.

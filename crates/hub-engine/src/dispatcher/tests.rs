@@ -550,11 +550,12 @@ async fn error_timeout_and_panic_are_counted_and_the_consumer_keeps_going() {
     assert_eq!(
         (
             outcome("ok"),
-            outcome("error"),
+            outcome("transient"),
+            outcome("invalid"),
             outcome("timeout"),
             outcome("panic")
         ),
-        (Some(2.0), Some(2.0), Some(1.0), Some(1.0)),
+        (Some(2.0), Some(1.0), Some(1.0), Some(1.0), Some(1.0)),
         "{text}"
     );
 }
@@ -742,7 +743,7 @@ async fn shutdown_past_grace_reports_counts_and_requeues_what_is_left() {
     );
     assert_eq!(get("hub_consumer_backlog_messages", &[]), 0.0);
     assert_eq!(get("hub_consumer_in_flight_messages", &[]), 0.0);
-    for outcome in ["ok", "error", "timeout", "panic"] {
+    for outcome in ["ok", "transient", "invalid", "timeout", "panic"] {
         assert_eq!(
             get(
                 "hub_consumer_processed_messages_total",

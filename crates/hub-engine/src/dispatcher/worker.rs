@@ -169,12 +169,11 @@ async fn process(
         Some(Ok(Ok(()))) => (Outcome::Ok, Verdict::Ack),
         Some(Ok(Err(e))) => {
             warn!(consumer = %slot.name, message_id = %message.id(), topic = %message.topic(), kind = %e.kind(), error = %e, "Consumer failed a message.");
-            let reason = format!("consumer {}: {e}", slot.name);
-            let verdict = match e.kind() {
-                ErrorKind::Transient => Verdict::Retry { reason },
-                ErrorKind::Invalid => Verdict::Reject { reason },
-            };
-            (Outcome::Error, verdict)
+            let reason = format!("consumer {} ({} error): {e}", slot.name, e.kind());
+            match e.kind() {
+                ErrorKind::Transient => (Outcome::Transient, Verdict::Retry { reason }),
+                ErrorKind::Invalid => (Outcome::Invalid, Verdict::Reject { reason }),
+            }
         }
         Some(Err(panic)) => {
             let what = panic_text(&*panic);
