@@ -324,7 +324,10 @@ fn broken_configs_exit_2_and_name_the_key() {
         (
             "unknown key",
             "[http]\nlisen = \"127.0.0.1:1\"\n",
-            &["key `http.lisen`", "expected `listen`"],
+            &[
+                "key `http.lisen`",
+                "unknown key `lisen` (did you mean `listen`?)",
+            ],
         ),
         (
             "unknown section",
@@ -721,4 +724,80 @@ settings = {{ delay = "20ms" }}
             }
         });
     }
+}
+
+/// A value only `build` refuses (a ticker's rate of 0 reads fine as a number): the library's
+/// `check` and `hub check` both refuse it, with the same words.
+#[test]
+fn library_check_and_cli_check_agree_on_what_only_build_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = r#"
+[backends.mem]
+type = "memory"
+[producers.tick]
+type = "ticker"
+settings = { topic = "a.b", rate = 0.0 }
+"#;
+    let config = write_config(dir.path(), toml);
+    let lib = hub::Hub::builder()
+        .stock()
+        .env_overrides(false)
+        .check(&hub::ConfigSource::Text(toml.into()))
+        .err()
+        .expect("the library's check refuses it");
+    let lib = lib.to_string();
+    assert!(
+        lib.contains("producers.tick.settings") && lib.contains("rate 0"),
+        "{lib}"
+    );
+    let out = check(&config);
+    assert_eq!(out.status.code(), Some(2));
+    let cli = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        cli.contains("producers.tick.settings") && cli.contains("rate 0"),
+        "{cli}"
+    );
+}
+
+/// Independent mistakes in one file, several in one consumer (each used to hide the next):
+/// all reported in one round, typos with the closest known key, types in words.
+#[test]
+fn five_independent_mistakes_are_reported_in_one_round_with_suggestions() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        r##"
+[backends.mem]
+type = "memory"
+[producers.tick]
+type = "ticker"
+backend = "nope"
+settings = { topic = "a.*", rate = 1.0 }
+[consumers.a]
+type = "echo"
+topics = ["#"]
+concurency = 2
+timeout = 30
+when_full = "drop"
+settings = { pth = "/tmp/x" }
+[consumer.b]
+type = "echo"
+"##,
+    );
+    let out = check(&config);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "key `consumer`: unknown section `consumer` (did you mean `consumers`?)",
+        r#"key `producers.tick.backend`: unknown backend "nope""#,
+        "key `consumers.a.concurency`: unknown key `concurency` (did you mean `concurrency`?)",
+        r#"key `consumers.a.timeout`: expected a duration such as "30s""#,
+        r#"key `consumers.a.when_full`: unknown value `drop`; expected one of "block", "drop_newest", "drop_oldest""#,
+        "key `consumers.a.settings.pth`: unknown key `pth` (did you mean `path`?)",
+        r#"key `producers.tick.settings`: topic "a.*": cannot contain wildcards"#,
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(err.starts_with("7 configuration problems"), "{err}");
+    assert!(!err.contains("``"), "no doubled backticks: {err}");
 }

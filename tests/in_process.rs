@@ -27,21 +27,19 @@ impl Running {
     /// Writes `toml` (where `{dir}` stands for a fresh temp dir) and runs it until it is ready.
     async fn start(toml: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hub.toml");
-        std::fs::write(
-            &path,
-            toml.replace("{dir}", &dir.path().display().to_string()),
-        )
-        .unwrap();
+        let text = toml.replace("{dir}", &dir.path().display().to_string());
+        // The environment the tests run in does not change what they check.
         let config = Hub::builder()
             .stock()
-            .check(&ConfigSource::File(path))
+            .env_overrides(false)
+            .check(&ConfigSource::Text(text))
             .unwrap_or_else(|e| panic!("{e}"));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         let until = stop.clone();
-        let task = tokio::spawn(Hub::builder().stock().run(config, listener, async move {
+        let hub = Hub::builder().stock().env_overrides(false);
+        let task = tokio::spawn(hub.run(config, listener, async move {
             until.cancelled().await;
         }));
         let running = Self {

@@ -29,14 +29,7 @@ impl From<WireFormat> for Format {
     }
 }
 
-fn runtime() -> Option<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .ok()
-}
-
-pub(crate) fn tail(
+pub(crate) async fn tail(
     endpoint: &str,
     topics: &[String],
     format: WireFormat,
@@ -52,11 +45,8 @@ pub(crate) fn tail(
             }
         }
     }
-    let Some(rt) = runtime() else {
-        return ExitCode::from(EXIT_FAILURE);
-    };
     let mut seen = 0u64;
-    let result = rt.block_on(async {
+    let result = async {
         let stdout = std::io::stdout();
         let run = tools::tail(
             endpoint,
@@ -75,7 +65,8 @@ pub(crate) fn tail(
             r = run => r,
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
-    });
+    }
+    .await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -103,18 +94,15 @@ fn parse_message(topic: &str, json: &str) -> Result<Message, ExitCode> {
     }
 }
 
-pub(crate) fn publish_amqp(url: &str, exchange: &str, topic: &str, json: &str) -> ExitCode {
+pub(crate) async fn publish_amqp(url: &str, exchange: &str, topic: &str, json: &str) -> ExitCode {
     let msg = match parse_message(topic, json) {
         Ok(m) => m,
         Err(code) => return code,
     };
-    let Some(rt) = runtime() else {
-        return ExitCode::from(EXIT_FAILURE);
-    };
-    printed_id(rt.block_on(hub_amqp::publish_once(url, exchange, &msg)))
+    printed_id(hub_amqp::publish_once(url, exchange, &msg).await)
 }
 
-pub(crate) fn publish(
+pub(crate) async fn publish(
     bind: Option<String>,
     connect: Option<String>,
     topic: &str,
@@ -131,17 +119,10 @@ pub(crate) fn publish(
         (None, Some(c)) => Peer::Connect(c),
         (None, None) => return ExitCode::from(EXIT_CONFIG),
     };
-    let Some(rt) = runtime() else {
-        return ExitCode::from(EXIT_FAILURE);
-    };
     // fedmsg's own post-init sleep is 0.5 s: enough for the subscription to reach us.
-    printed_id(rt.block_on(tools::publish_one(
-        &peer,
-        &msg,
-        format.into(),
-        wait,
-        Duration::from_millis(500),
-    )))
+    printed_id(
+        tools::publish_one(&peer, &msg, format.into(), wait, Duration::from_millis(500)).await,
+    )
 }
 
 /// Prints the published message's id (exit 0) or the error (exit 1).

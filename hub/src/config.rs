@@ -1,5 +1,9 @@
 //! Loading `hub.toml`: the file, then `HUB_` environment overrides; validation that reports every
 //! problem at once, each naming its file (or variable), key path and what was expected.
+#![allow(
+    clippy::result_large_err,
+    reason = "figment::Error is large; config loading runs once"
+)]
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,6 +19,8 @@ use serde::Deserialize;
 
 use crate::registry::{BuildBackend, BuildConsumer, BuildProducer, Registry, known};
 
+mod collect;
+
 /// The embedded default configuration (`config/hub.toml`), used when `--config` is not given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/hub.toml");
 
@@ -25,6 +31,8 @@ pub enum ConfigSource {
     File(PathBuf),
     /// The embedded default.
     Embedded,
+    /// TOML text (tests, programs that generate their configuration).
+    Text(String),
 }
 
 impl fmt::Display for ConfigSource {
@@ -32,6 +40,7 @@ impl fmt::Display for ConfigSource {
         match self {
             Self::File(p) => write!(f, "{}", p.display()),
             Self::Embedded => f.write_str("embedded default config/hub.toml"),
+            Self::Text(_) => f.write_str("inline configuration"),
         }
     }
 }
@@ -257,16 +266,25 @@ impl Loader<'_> {
 
     fn figment_issues(&mut self, prefix: &str, err: figment::Error) {
         for e in err {
-            let mut key = prefix.to_owned();
-            for p in &e.path {
-                if !key.is_empty() {
-                    key.push('.');
-                }
-                key.push_str(p);
-            }
-            // figment quotes the expected names itself: keep one pair of backticks.
-            self.issue(&key, e.kind.to_string().replace("``", "`"));
+            let (key, message) = collect::describe(prefix, &e);
+            self.issue(&key, message);
         }
+    }
+
+    /// Reads the table at `key` with `parse`, reporting every problem in it (not only the
+    /// first): see [`collect`].
+    fn read<B>(
+        &mut self,
+        key: &str,
+        value: Value,
+        parse: impl Fn(Value) -> Result<B, figment::Error>,
+    ) -> Option<B> {
+        let mut found = Vec::new();
+        let read = collect::collect(key, value, parse, &mut |k, m| found.push((k, m)));
+        for (k, m) in found {
+            self.issue(&k, m);
+        }
+        read
     }
 
     fn value(&mut self, key: &str) -> Option<Value> {
@@ -276,13 +294,9 @@ impl Loader<'_> {
     fn section<T: for<'de> Deserialize<'de> + Default>(&mut self, key: &str) -> T {
         match self.value(key) {
             None => T::default(),
-            Some(v) => match v.deserialize::<T>() {
-                Ok(t) => t,
-                Err(e) => {
-                    self.figment_issues(key, e);
-                    T::default()
-                }
-            },
+            Some(v) => self
+                .read(key, v, |v| v.deserialize::<T>())
+                .unwrap_or_default(),
         }
     }
 
@@ -319,8 +333,9 @@ impl Loader<'_> {
     }
 }
 
-/// The file (which must exist) or the embedded default, then the `HUB_..__..` overrides.
-fn open(source: &ConfigSource) -> Result<Figment, ConfigErrors> {
+/// The file (which must exist), the embedded default or the text, then (with `env`) the
+/// `HUB_..__..` overrides.
+fn open(source: &ConfigSource, env: bool) -> Result<Figment, ConfigErrors> {
     let base = match source {
         ConfigSource::File(path) => {
             if !Path::new(path).is_file() {
@@ -333,7 +348,11 @@ fn open(source: &ConfigSource) -> Result<Figment, ConfigErrors> {
             Figment::from(Toml::file_exact(path))
         }
         ConfigSource::Embedded => Figment::from(Toml::string(EMBEDDED_DEFAULT)),
+        ConfigSource::Text(text) => Figment::from(Toml::string(text)),
     };
+    if !env {
+        return Ok(base);
+    }
     // Only variables with a `__` are overrides (`HUB_HTTP__LISTEN`); others, like `HUB_CONFIG`,
     // belong to the CLI or to tests.
     Ok(base.merge(
@@ -346,8 +365,12 @@ fn open(source: &ConfigSource) -> Result<Figment, ConfigErrors> {
 /// The sections with one entry per id: backends, producers, consumers. `kinds` maps each
 /// configured backend id to its type.
 impl Loader<'_> {
-    fn backends(&mut self) -> Vec<BackendEntry> {
+    /// The backends that read, and the type of every backend declared with a known one (so
+    /// that a consumer naming a backend whose other keys are wrong is not also told it names
+    /// no backend).
+    fn backends(&mut self) -> (Vec<BackendEntry>, BTreeMap<String, String>) {
         let mut backends = Vec::new();
+        let mut kinds = BTreeMap::new();
         for (id, value) in self.table("backends") {
             let key = format!("backends.{id}");
             let Value::Dict(tag, mut dict) = value else {
@@ -369,17 +392,18 @@ impl Loader<'_> {
                     continue;
                 }
             };
-            let Some(k) = self.registry.backends.get(kind.as_str()) else {
-                let known = known(&self.registry.backends);
+            let registry = self.registry;
+            let Some(k) = registry.backends.get(kind.as_str()) else {
+                let known = known(&registry.backends);
                 self.issue(
                     &format!("{key}.type"),
                     format!("unknown backend type {kind:?}; known: {known}"),
                 );
                 continue;
             };
-            match (k.parse)(Value::Dict(tag, dict)) {
-                Ok(build) => backends.push(BackendEntry { id, kind, build }),
-                Err(e) => self.figment_issues(&key, e),
+            kinds.insert(id.clone(), kind.clone());
+            if let Some(build) = self.read(&key, Value::Dict(tag, dict), |v| (k.parse)(v)) {
+                backends.push(BackendEntry { id, kind, build });
             }
         }
         if backends.is_empty() && self.issues.is_empty() {
@@ -389,7 +413,7 @@ impl Loader<'_> {
                 format!("no backend configured; add [backends.<id>] with type = one of {known}"),
             );
         }
-        backends
+        (backends, kinds)
     }
 
     /// The backend `key` names (`backend = ...`), or the only one configured.
@@ -426,16 +450,13 @@ impl Loader<'_> {
         let mut producers = Vec::new();
         for (id, value) in self.table("producers") {
             let key = format!("producers.{id}");
-            let raw: RawProducer = match value.deserialize() {
-                Ok(r) => r,
-                Err(e) => {
-                    self.figment_issues(&key, e);
-                    continue;
-                }
+            let Some(raw) = self.read(&key, value, |v| v.deserialize::<RawProducer>()) else {
+                continue;
             };
             let backend = self.resolve(kinds, &key, raw.backend);
-            let Some(k) = self.registry.producers.get(raw.kind.as_str()) else {
-                let known = known(&self.registry.producers);
+            let registry = self.registry;
+            let Some(k) = registry.producers.get(raw.kind.as_str()) else {
+                let known = known(&registry.producers);
                 self.issue(
                     &format!("{key}.type"),
                     format!("unknown producer type {:?}; known: {known}", raw.kind),
@@ -444,15 +465,15 @@ impl Loader<'_> {
             };
             let settings_key = format!("{key}.settings");
             let settings = self.settings(&settings_key);
-            match ((k.parse)(settings), backend) {
-                (Ok(build), Some(backend)) => producers.push(ProducerEntry {
+            // Kept even when its backend is wrong (reported above): `check` still builds it,
+            // so a problem only `build` sees is reported in the same round.
+            if let Some(build) = self.read(&settings_key, settings, |v| (k.parse)(v)) {
+                producers.push(ProducerEntry {
                     id,
                     kind: raw.kind,
-                    backend,
+                    backend: backend.unwrap_or_default(),
                     build,
-                }),
-                (Err(e), _) => self.figment_issues(&settings_key, e),
-                _ => {}
+                });
             }
         }
         producers
@@ -462,9 +483,8 @@ impl Loader<'_> {
         let mut consumers = Vec::new();
         for (id, value) in self.table("consumers") {
             let key = format!("consumers.{id}");
-            match value.deserialize::<RawConsumer>() {
-                Ok(raw) => consumers.extend(self.consumer(kinds, id, &key, raw)),
-                Err(e) => self.figment_issues(&key, e),
+            if let Some(raw) = self.read(&key, value, |v| v.deserialize::<RawConsumer>()) {
+                consumers.extend(self.consumer(kinds, id, &key, raw));
             }
         }
         consumers
@@ -492,8 +512,9 @@ impl Loader<'_> {
             }
         }
         let options = self.consumer_options(kinds, key, &raw, backend.as_deref());
-        let Some(k) = self.registry.consumers.get(raw.kind.as_str()) else {
-            let known = known(&self.registry.consumers);
+        let registry = self.registry;
+        let Some(k) = registry.consumers.get(raw.kind.as_str()) else {
+            let known = known(&registry.consumers);
             self.issue(
                 &format!("{key}.type"),
                 format!("unknown consumer type {:?}; known: {known}", raw.kind),
@@ -502,21 +523,17 @@ impl Loader<'_> {
         };
         let settings_key = format!("{key}.settings");
         let settings = self.settings(&settings_key);
-        match ((k.parse)(settings), backend) {
-            (Ok(build), Some(backend)) if topics.len() == raw.topics.len() => Some(ConsumerEntry {
-                id,
-                kind: raw.kind,
-                backend,
-                topics,
-                options,
-                build,
-            }),
-            (Err(e), _) => {
-                self.figment_issues(&settings_key, e);
-                None
-            }
-            _ => None,
-        }
+        // Kept even when its backend or a topic is wrong (reported above): `check` still builds
+        // it, so a problem only `build` sees is reported in the same round.
+        let build = self.read(&settings_key, settings, |v| (k.parse)(v))?;
+        Some(ConsumerEntry {
+            id,
+            kind: raw.kind,
+            backend: backend.unwrap_or_default(),
+            topics,
+            options,
+            build,
+        })
     }
 
     /// A consumer's queue options, checked (`durable` and `queue` only where the backend has
@@ -572,13 +589,18 @@ impl Loader<'_> {
     }
 }
 
-/// Reads and validates a configuration against the registered types.
+/// Reads a configuration against the registered types: what reads (parts with problems
+/// included where they could still be built) and every problem found.
 ///
 /// # Errors
-/// Every problem found, at once.
-pub(crate) fn load(source: &ConfigSource, registry: &Registry) -> Result<Config, ConfigErrors> {
+/// Only a file that cannot be opened or is not TOML.
+pub(crate) fn load_partial(
+    source: &ConfigSource,
+    registry: &Registry,
+    env: bool,
+) -> Result<(Config, Vec<ConfigIssue>), ConfigErrors> {
     let mut l = Loader {
-        figment: open(source)?,
+        figment: open(source, env)?,
         fallback_source: source.to_string(),
         issues: Vec::new(),
         registry,
@@ -594,7 +616,11 @@ pub(crate) fn load(source: &ConfigSource, registry: &Registry) -> Result<Config,
         if !SECTIONS.contains(&key.as_str()) {
             l.issue(
                 key,
-                format!("unknown section; expected one of {}", SECTIONS.join(", ")),
+                format!(
+                    "unknown section{}; expected one of {}",
+                    collect::suggest(key, SECTIONS),
+                    SECTIONS.join(", ")
+                ),
             );
         }
     }
@@ -603,23 +629,31 @@ pub(crate) fn load(source: &ConfigSource, registry: &Registry) -> Result<Config,
     if hub.name.is_empty() {
         l.issue("hub.name", "must not be empty");
     }
-    let backends = l.backends();
-    let kinds: BTreeMap<String, String> = backends
-        .iter()
-        .map(|b| (b.id.clone(), b.kind.clone()))
-        .collect();
+    let (backends, kinds) = l.backends();
     let producers = l.producers(&kinds);
     let consumers = l.consumers(&kinds);
-    if l.issues.is_empty() {
-        Ok(Config {
-            source: source.clone(),
-            hub,
-            http,
-            backends,
-            producers,
-            consumers,
-        })
-    } else {
-        Err(ConfigErrors(l.issues))
+    let config = Config {
+        source: source.clone(),
+        hub,
+        http,
+        backends,
+        producers,
+        consumers,
+    };
+    Ok((config, l.issues))
+}
+
+/// Reads and validates a configuration against the registered types.
+///
+/// # Errors
+/// Every problem found, at once.
+pub(crate) fn load(
+    source: &ConfigSource,
+    registry: &Registry,
+    env: bool,
+) -> Result<Config, ConfigErrors> {
+    match load_partial(source, registry, env)? {
+        (config, issues) if issues.is_empty() => Ok(config),
+        (_, issues) => Err(ConfigErrors(issues)),
     }
 }

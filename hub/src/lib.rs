@@ -31,8 +31,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hub_core::BackendError;
 use hub_core::{BackendConfig, CancellationToken, ConsumerConfig, ProducerConfig, Resources};
+use hub_core::{BackendError, BoxError};
 use hub_engine::{ConsumerSpec, EngineBuilder, EngineError, MemoryConfig};
 pub use hub_engine::{DrainReport, ShutdownReport};
 use tokio::net::TcpListener;
@@ -84,6 +84,8 @@ impl Hub {
         HubBuilder {
             registry,
             resources: Resources::new(),
+            env_overrides: true,
+            hooks: Vec::new(),
         }
     }
 }
@@ -92,7 +94,18 @@ impl Hub {
 pub struct HubBuilder {
     registry: Registry,
     resources: Resources,
+    env_overrides: bool,
+    hooks: Vec<ResourceHook>,
 }
+
+/// A [`HubBuilder::resource_async`] hook: adds its resource to what it is given.
+type ResourceHook = Box<
+    dyn FnOnce(
+            Resources,
+        )
+            -> std::pin::Pin<Box<dyn Future<Output = Result<Resources, BoxError>> + Send>>
+        + Send,
+>;
 
 impl HubBuilder {
     /// Registers the stock types: consumers `echo`, `delay`, `reply`; producer `ticker`;
@@ -145,12 +158,42 @@ impl HubBuilder {
         ]
     }
 
-    /// Reads and validates a configuration, and builds every part of it (connecting to nothing).
+    /// Whether `HUB_<SECTION>__<KEY>` environment variables override the configuration
+    /// (default: yes, as the CLI does). Tests turn it off so the environment they run in
+    /// cannot change what they check.
+    pub fn env_overrides(mut self, on: bool) -> Self {
+        self.env_overrides = on;
+        self
+    }
+
+    /// Reads and validates a configuration, and builds every part of it, as `hub check` and
+    /// [`HubBuilder::run`] do (each `build` runs, with this builder's resources; nothing
+    /// connects). A settings value that only `build` refuses fails here too.
     ///
     /// # Errors
     /// Every problem found, at once.
     pub fn check(&self, source: &ConfigSource) -> Result<Config, ConfigErrors> {
-        config::load(source, &self.registry)
+        // Every part that reads is built, even when others have problems, so that what only
+        // `build` sees is reported in the same round. Building consumes the parts, so the
+        // configuration is read again for the caller.
+        let (probe, mut issues) = config::load_partial(source, &self.registry, self.env_overrides)?;
+        match self.assemble(probe) {
+            Ok(engine) if issues.is_empty() => {
+                if let Err(e) = engine.build() {
+                    issues.push(ConfigIssue {
+                        source: source.to_string(),
+                        key: String::new(),
+                        message: e.to_string(),
+                    });
+                }
+            }
+            Ok(_) => {}
+            Err(ConfigErrors(more)) => issues.extend(more),
+        }
+        if !issues.is_empty() {
+            return Err(ConfigErrors(issues));
+        }
+        config::load(source, &self.registry, self.env_overrides)
     }
 
     fn assemble(&self, config: Config) -> Result<EngineBuilder, ConfigErrors> {
@@ -258,18 +301,84 @@ impl HubBuilder {
             .await
     }
 
-    /// Parses the command line and runs it; returns the process exit code.
+    /// Parses the command line and runs it on a runtime of its own; returns the process exit
+    /// code. In a program that already runs tokio (`#[tokio::main]`), use
+    /// [`HubBuilder::run_cli_async`] instead.
     pub fn run_cli(self) -> ExitCode {
+        match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(self.run_cli_async()),
+            Err(e) => {
+                eprintln!("error: cannot start the tokio runtime: {e}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+    }
+
+    /// [`HubBuilder::run_cli`] inside the caller's tokio runtime (multi-threaded), so that a
+    /// `#[tokio::main]` program can set things up asynchronously first (or with
+    /// [`HubBuilder::resource_async`]):
+    ///
+    /// ```ignore
+    /// #[tokio::main]
+    /// async fn main() -> std::process::ExitCode {
+    ///     let pool = my_crate::connect().await;
+    ///     hub::Hub::builder().stock().resource(pool).run_cli_async().await
+    /// }
+    /// ```
+    pub async fn run_cli_async(self) -> ExitCode {
         let cli = Cli::parse();
         telemetry::init_logs(cli.log_format);
-        match cli.command {
+        let this = match self.prepare().await {
+            Ok(this) => this,
+            Err(e) => {
+                error!(error = %e, "A resource could not be set up.");
+                eprintln!("error: setting up a resource: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        };
+        this.run_command(cli.command).await
+    }
+
+    /// Adds a shared resource made asynchronously (connecting a database pool, say), made once
+    /// before the configuration is checked or run: by [`HubBuilder::run_cli`],
+    /// [`HubBuilder::run_cli_async`], or your call of [`HubBuilder::prepare`].
+    pub fn resource_async<T, F, Fut>(mut self, make: F) -> Self
+    where
+        T: Any + Send + Sync,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, BoxError>> + Send + 'static,
+    {
+        self.hooks.push(Box::new(move |resources: Resources| {
+            Box::pin(async move { Ok(resources.with(make().await?)) })
+        }));
+        self
+    }
+
+    /// Runs the [`HubBuilder::resource_async`] hooks, in the order they were added, and keeps
+    /// what they made. Call it before [`HubBuilder::check`] or [`HubBuilder::run`] when you
+    /// use those directly.
+    ///
+    /// # Errors
+    /// The first hook's error.
+    pub async fn prepare(mut self) -> Result<Self, BoxError> {
+        for hook in std::mem::take(&mut self.hooks) {
+            self.resources = hook(self.resources).await?;
+        }
+        Ok(self)
+    }
+
+    async fn run_command(self, command: Command) -> ExitCode {
+        match command {
             Command::Consumers => self.print_types(),
             Command::Tail {
                 connect,
                 topic,
                 format,
                 count,
-            } => cli_tools::tail(&connect, &topic, format, count),
+            } => cli_tools::tail(&connect, &topic, format, count).await,
             Command::Publish {
                 bind,
                 connect,
@@ -280,8 +389,8 @@ impl HubBuilder {
                 format,
                 wait,
             } => match amqp {
-                Some(url) => cli_tools::publish_amqp(&url, &exchange, &topic, &json),
-                None => cli_tools::publish(bind, connect, &topic, &json, format, wait),
+                Some(url) => cli_tools::publish_amqp(&url, &exchange, &topic, &json).await,
+                None => cli_tools::publish(bind, connect, &topic, &json, format, wait).await,
             },
             Command::Route { topic, config } => {
                 let source = source(config);
@@ -294,7 +403,7 @@ impl HubBuilder {
                 }
             }
             Command::Check { config } => self.check_cli(&source(config)),
-            Command::Run { config } => self.run_cli_config(&source(config)),
+            Command::Run { config } => self.run_cli_config(&source(config)).await,
         }
     }
 
@@ -316,12 +425,9 @@ impl HubBuilder {
 
     /// `hub check`.
     fn check_cli(&self, source: &ConfigSource) -> ExitCode {
-        match self.check(source).and_then(|c| {
-            let summary = summarize(&c);
-            self.assemble(c).map(|_| summary)
-        }) {
-            Ok(summary) => {
-                print!("{summary}");
+        match self.check(source) {
+            Ok(config) => {
+                print!("{}", summarize(&config));
                 println!("{source}: OK");
                 ExitCode::SUCCESS
             }
@@ -333,7 +439,7 @@ impl HubBuilder {
     }
 
     /// `hub run`.
-    fn run_cli_config(self, source: &ConfigSource) -> ExitCode {
+    async fn run_cli_config(self, source: &ConfigSource) -> ExitCode {
         if matches!(source, ConfigSource::Embedded) {
             info!("No --config given: running the embedded default (config/hub.toml).");
         }
@@ -344,17 +450,7 @@ impl HubBuilder {
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
-        let runtime = match tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(r) => r,
-            Err(e) => {
-                error!(error = %e, "Cannot start the tokio runtime.");
-                return ExitCode::from(EXIT_FAILURE);
-            }
-        };
-        match runtime.block_on(self.run_until_signal(config)) {
+        match self.run_until_signal(config).await {
             Ok(_) => ExitCode::SUCCESS,
             Err(RunError::Config(c)) => {
                 eprint!("{c}");

@@ -16,7 +16,9 @@ pub trait ConsumerConfig: DeserializeOwned + Send + 'static {
     /// One line for `hub consumers`.
     const DESCRIPTION: &'static str = "";
 
-    /// Builds the consumer. Connect to nothing here: do that in [`Consumer::start`].
+    /// Builds the consumer. Connect to nothing here: do that in [`Consumer::start`]. `hub check`
+    /// builds every part to validate it, so `build` may run more than once per process: keep it
+    /// free of side effects. Refuse settings that cannot work here (an error names the value).
     ///
     /// # Errors
     /// A settings value the type cannot work with.
@@ -78,8 +80,31 @@ pub mod duration {
     /// # Errors
     /// A non-string or unparsable value.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        parse(&text).map_err(serde::de::Error::custom)
+        Human::deserialize(d).map(|h| h.0)
+    }
+
+    /// A duration written for people; anything but a string is refused as "expected a
+    /// duration such as "30s"" (not "expected a string").
+    struct Human(Duration);
+
+    impl<'de> Deserialize<'de> for Human {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_str(HumanVisitor)
+        }
+    }
+
+    struct HumanVisitor;
+
+    impl serde::de::Visitor<'_> for HumanVisitor {
+        type Value = Human;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration such as \"30s\" (in quotes)")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Human, E> {
+            parse(v).map(Human).map_err(E::custom)
+        }
     }
 
     /// Serializes as `"1.5s"`-style text.
@@ -101,9 +126,7 @@ pub mod duration {
         /// # Errors
         /// A non-string or unparsable value.
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-            let text = Option::<String>::deserialize(d)?;
-            text.map(|t| super::parse(&t).map_err(serde::de::Error::custom))
-                .transpose()
+            Option::<super::Human>::deserialize(d).map(|h| h.map(|h| h.0))
         }
 
         /// Serializes an optional duration.

@@ -1,0 +1,212 @@
+//! Every problem in a table at once: serde stops at a table's first bad key, so the table is
+//! read again without each key found bad, until it reads (or nothing more can be learnt). Each
+//! problem is worded for a person: the closest known key for a typo, "a whole number" for
+//! `usize`, the known values of an enum.
+
+use figment::error::{Error, Kind};
+use figment::value::{Dict, Value};
+
+/// At most this many rounds per table (a table has a handful of keys).
+const ROUNDS: usize = 32;
+
+/// Reads `value` (the table at `key`) with `parse`, reporting every problem through `issue`
+/// (full key path, message). `Some` when it reads in the end, possibly without the keys
+/// reported; `None` when it cannot be read at all.
+pub(super) fn collect<B>(
+    key: &str,
+    value: Value,
+    parse: impl Fn(Value) -> Result<B, Error>,
+    issue: &mut dyn FnMut(String, String),
+) -> Option<B> {
+    let (tag, mut dict) = match value {
+        Value::Dict(tag, dict) => (tag, dict),
+        other => {
+            return match parse(other) {
+                Ok(b) => Some(b),
+                Err(errors) => {
+                    for e in errors {
+                        let (k, m) = describe(key, &e);
+                        issue(k, m);
+                    }
+                    None
+                }
+            };
+        }
+    };
+    // Keys taken out after a problem: a "missing" complaint about them is already said.
+    let mut removed: Vec<String> = Vec::new();
+    for _ in 0..ROUNDS {
+        let errors = match parse(Value::Dict(tag, dict.clone())) {
+            Ok(b) => return Some(b),
+            Err(errors) => errors,
+        };
+        let mut progressed = false;
+        for e in errors {
+            if let Kind::MissingField(field) = &e.kind
+                && removed.contains(&with_last(&e.path, field).join("."))
+            {
+                continue;
+            }
+            let (k, m) = describe(key, &e);
+            issue(k, m);
+            if let Some(at) = offending(&e)
+                && remove(&mut dict, &at)
+            {
+                removed.push(at.join("."));
+                progressed = true;
+            }
+        }
+        if !progressed {
+            return None;
+        }
+    }
+    None
+}
+
+/// The path (within the table) of the key to take out after `e`, if one is to blame.
+fn offending(e: &Error) -> Option<Vec<String>> {
+    match &e.kind {
+        Kind::UnknownField(field, _) => Some(with_last(&e.path, field)),
+        Kind::MissingField(_) => None,
+        _ if e.path.is_empty() => None,
+        _ => Some(e.path.clone()),
+    }
+}
+
+/// `path` ending with `field` (figment's path of a key error sometimes holds the key already).
+fn with_last(path: &[String], field: &str) -> Vec<String> {
+    let mut at = path.to_vec();
+    if at.last().map(String::as_str) != Some(field) {
+        at.push(field.to_owned());
+    }
+    at
+}
+
+/// Takes the key at `path` out of `dict`; false when there is none.
+fn remove(dict: &mut Dict, path: &[String]) -> bool {
+    match path {
+        [] => false,
+        [last] => dict.remove(last).is_some(),
+        [first, rest @ ..] => match dict.get_mut(first) {
+            Some(Value::Dict(_, inner)) => remove(inner, rest),
+            _ => false,
+        },
+    }
+}
+
+/// The full key path and the message for one error found in the table at `key`.
+pub(super) fn describe(key: &str, e: &Error) -> (String, String) {
+    let mut path: Vec<&str> = Vec::new();
+    if !key.is_empty() {
+        path.push(key);
+    }
+    path.extend(e.path.iter().map(String::as_str));
+    let message = match &e.kind {
+        Kind::UnknownField(field, known) => {
+            if path.last() != Some(&field.as_str()) {
+                path.push(field);
+            }
+            format!(
+                "unknown key{}; known keys: {}",
+                suggest(field, known),
+                list(known)
+            )
+        }
+        Kind::UnknownVariant(value, known) => format!(
+            "unknown value{}; expected one of {}",
+            suggest(value, known),
+            known
+                .iter()
+                .map(|k| format!("{k:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Kind::MissingField(field) => {
+            if path.last() != Some(&field.as_ref()) {
+                path.push(field);
+            }
+            "missing".into()
+        }
+        Kind::InvalidType(actual, expected) => {
+            format!("expected {}, found {actual}", friendly(expected))
+        }
+        Kind::InvalidValue(actual, expected) => {
+            format!("expected {}, found {actual}", friendly(expected))
+        }
+        other => other.to_string().replace("``", "`"),
+    };
+    (path.join("."), message)
+}
+
+/// Rust type names as a person says them.
+fn friendly(expected: &str) -> String {
+    match expected.trim_start_matches("a ").trim_start_matches("an ") {
+        "usize" | "u8" | "u16" | "u32" | "u64" | "u128" => "a whole number (0 or more)".into(),
+        "isize" | "i8" | "i16" | "i32" | "i64" | "i128" => "a whole number".into(),
+        "f32" | "f64" => "a number".into(),
+        "string" | "str" => "a string (in quotes)".into(),
+        "sequence" => "a list, such as [\"a\", \"b\"]".into(),
+        "map" => "a table".into(),
+        "boolean" | "bool" => "true or false".into(),
+        _ => expected.to_owned(),
+    }
+}
+
+fn list(known: &[&str]) -> String {
+    known
+        .iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `; did you mean `x`?` for the closest of `known` to `given`, when it is close.
+pub(super) fn suggest(given: &str, known: &[&str]) -> String {
+    let best = known
+        .iter()
+        .map(|k| (distance(given, k), *k))
+        .min_by_key(|(d, _)| *d);
+    match best {
+        Some((d, k)) if d <= (given.chars().count() / 3).max(2) => {
+            format!(" `{given}` (did you mean `{k}`?)")
+        }
+        _ => format!(" `{given}`"),
+    }
+}
+
+/// Levenshtein distance, by characters.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                diagonal
+            } else {
+                1 + diagonal.min(above).min(row[j])
+            };
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typos_get_the_closest_known_key() {
+        let known = &["concurrency", "queue_capacity", "timeout"];
+        assert_eq!(
+            suggest("concurency", known),
+            " `concurency` (did you mean `concurrency`?)"
+        );
+        assert_eq!(suggest("xyz", known), " `xyz`");
+        assert_eq!(distance("pth", "path"), 1);
+        assert_eq!(friendly("usize"), "a whole number (0 or more)");
+    }
+}
