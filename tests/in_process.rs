@@ -366,3 +366,67 @@ settings = {{ delay = "1ms" }}
     );
     hub.stop().await;
 }
+
+/// A consumer type that needs a `Greeting` resource (made asynchronously by the program).
+mod needs_greeting {
+    use std::sync::Arc;
+
+    use hub_core::{
+        BoxError, ConsumeError, Consumer, ConsumerConfig, Context, Message, Resources, async_trait,
+    };
+
+    pub struct Greeting(pub String);
+
+    #[derive(serde::Deserialize)]
+    pub struct Config {}
+
+    struct Greeter;
+
+    #[async_trait]
+    impl Consumer for Greeter {
+        async fn consume(&self, _: &Context, _: &Message) -> Result<(), ConsumeError> {
+            Ok(())
+        }
+    }
+
+    impl ConsumerConfig for Config {
+        const TYPE: &'static str = "greets";
+        fn build(self, resources: &Resources) -> Result<Arc<dyn Consumer>, BoxError> {
+            let greeting = resources.require::<Greeting>()?;
+            if greeting.0.is_empty() {
+                return Err("an empty greeting".into());
+            }
+            Ok(Arc::new(Greeter))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_resource_is_made_before_the_configuration_is_checked() {
+    let config = ConfigSource::Text(
+        "[backends.mem]\ntype = \"memory\"\n[consumers.g]\ntype = \"greets\"\ntopics = [\"#\"]\n"
+            .into(),
+    );
+    let builder = || {
+        Hub::builder()
+            .env_overrides(false)
+            .consumer::<needs_greeting::Config>()
+            .resource_async(|| async {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Ok(needs_greeting::Greeting("hello".into()))
+            })
+    };
+    // Not prepared: the resource is not there, and `check` says which type is missing.
+    let err = builder()
+        .check(&config)
+        .err()
+        .expect("missing resource")
+        .to_string();
+    assert!(
+        err.contains("consumers.g.settings") && err.contains("Greeting` is registered"),
+        "{err}"
+    );
+    // Prepared: made once, then found by the consumer's build.
+    let prepared = builder().prepare().await.unwrap();
+    prepared.check(&config).unwrap_or_else(|e| panic!("{e}"));
+}

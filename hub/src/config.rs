@@ -17,9 +17,8 @@ use figment::{Figment, Source};
 use hub_core::{ConsumerOptions, Pattern, WhenFull};
 use serde::Deserialize;
 
-use crate::registry::{BuildBackend, BuildConsumer, BuildProducer, Registry, known};
-
-mod collect;
+use crate::registry::{BuildBackend, BuildConsumer, BuildProducer, BuildResource, Registry, known};
+use hub_engine::settings as collect;
 
 /// The embedded default configuration (`config/hub.toml`), used when `--config` is not given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/hub.toml");
@@ -141,6 +140,15 @@ pub struct BackendEntry {
     pub(crate) build: BuildBackend,
 }
 
+/// A shared resource, validated.
+pub struct ResourceEntry {
+    /// `[resources.<id>]`
+    pub id: String,
+    /// Its `type`.
+    pub kind: String,
+    pub(crate) build: BuildResource,
+}
+
 /// A consumer, validated.
 pub struct ConsumerEntry {
     /// `[consumers.<id>]`
@@ -175,6 +183,8 @@ pub struct Config {
     pub hub: HubSection,
     /// `[http]`
     pub http: HttpSection,
+    /// `[resources.*]`, by id.
+    pub resources: Vec<ResourceEntry>,
     /// `[backends.*]`, by id.
     pub backends: Vec<BackendEntry>,
     /// `[producers.*]`, by id.
@@ -223,7 +233,14 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
-const SECTIONS: &[&str] = &["hub", "http", "backends", "producers", "consumers"];
+const SECTIONS: &[&str] = &[
+    "hub",
+    "http",
+    "resources",
+    "backends",
+    "producers",
+    "consumers",
+];
 
 struct Loader<'a> {
     figment: Figment,
@@ -281,7 +298,15 @@ impl Loader<'_> {
     ) -> Option<B> {
         let mut found = Vec::new();
         let read = collect::collect(key, value, parse, &mut |k, m| found.push((k, m)));
-        for (k, m) in found {
+        for (k, mut m) in found {
+            if m == "missing" && self.source_of(&k).starts_with("environment variable") {
+                // `HUB_CONSUMERS__MyId__X` reaches `consumers.myid`: a new table, with no type.
+                m.push_str(
+                    " (this table comes only from environment variables, whose names are \
+                     lower-cased: an id with upper-case letters cannot be overridden from the \
+                     environment; use lower-case ids)",
+                );
+            }
             self.issue(&k, m);
         }
         read
@@ -373,24 +398,8 @@ impl Loader<'_> {
         let mut kinds = BTreeMap::new();
         for (id, value) in self.table("backends") {
             let key = format!("backends.{id}");
-            let Value::Dict(tag, mut dict) = value else {
-                self.issue(&key, "expected a table with `type = \"...\"`");
+            let Some((tag, dict, kind)) = self.typed(&key, value, "backend") else {
                 continue;
-            };
-            let kind = match dict.remove("type") {
-                Some(Value::String(_, s)) => s,
-                Some(_) => {
-                    self.issue(&format!("{key}.type"), "expected a string");
-                    continue;
-                }
-                None => {
-                    let known = known(&self.registry.backends);
-                    self.issue(
-                        &format!("{key}.type"),
-                        format!("missing; known backend types: {known}"),
-                    );
-                    continue;
-                }
             };
             let registry = self.registry;
             let Some(k) = registry.backends.get(kind.as_str()) else {
@@ -414,6 +423,61 @@ impl Loader<'_> {
             );
         }
         (backends, kinds)
+    }
+
+    /// `[resources.<id>]`: `type`, then that type's keys.
+    fn resources(&mut self) -> Vec<ResourceEntry> {
+        let mut out = Vec::new();
+        for (id, value) in self.table("resources") {
+            let key = format!("resources.{id}");
+            let Some((tag, dict, kind)) = self.typed(&key, value, "resource") else {
+                continue;
+            };
+            let registry = self.registry;
+            let Some(k) = registry.resources.get(kind.as_str()) else {
+                let known = known(&registry.resources);
+                self.issue(
+                    &format!("{key}.type"),
+                    format!("unknown resource type {kind:?}; known: {known}"),
+                );
+                continue;
+            };
+            if let Some(build) = self.read(&key, Value::Dict(tag, dict), |v| (k.parse)(v)) {
+                out.push(ResourceEntry { id, kind, build });
+            }
+        }
+        out
+    }
+
+    /// A `[<section>.<id>]` table's `type` taken out of it, with the rest.
+    fn typed(
+        &mut self,
+        key: &str,
+        value: Value,
+        what: &str,
+    ) -> Option<(figment::value::Tag, Dict, String)> {
+        let Value::Dict(tag, mut dict) = value else {
+            self.issue(key, "expected a table with `type = \"...\"`");
+            return None;
+        };
+        match dict.remove("type") {
+            Some(Value::String(_, s)) => Some((tag, dict, s)),
+            Some(_) => {
+                self.issue(&format!("{key}.type"), "expected a string");
+                None
+            }
+            None => {
+                let known = match what {
+                    "resource" => known(&self.registry.resources),
+                    _ => known(&self.registry.backends),
+                };
+                self.issue(
+                    &format!("{key}.type"),
+                    format!("missing; known {what} types: {known}"),
+                );
+                None
+            }
+        }
     }
 
     /// The backend `key` names (`backend = ...`), or the only one configured.
@@ -629,6 +693,7 @@ pub(crate) fn load_partial(
     if hub.name.is_empty() {
         l.issue("hub.name", "must not be empty");
     }
+    let resources = l.resources();
     let (backends, kinds) = l.backends();
     let producers = l.producers(&kinds);
     let consumers = l.consumers(&kinds);
@@ -636,6 +701,7 @@ pub(crate) fn load_partial(
         source: source.clone(),
         hub,
         http,
+        resources,
         backends,
         producers,
         consumers,

@@ -31,7 +31,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hub_core::{BackendConfig, CancellationToken, ConsumerConfig, ProducerConfig, Resources};
+use hub_core::{
+    BackendConfig, CancellationToken, ConsumerConfig, ProducerConfig, ResourceConfig, Resources,
+};
 use hub_core::{BackendError, BoxError};
 use hub_engine::{ConsumerSpec, EngineBuilder, EngineError, MemoryConfig};
 pub use hub_engine::{DrainReport, ShutdownReport};
@@ -131,6 +133,12 @@ impl HubBuilder {
         self
     }
 
+    /// Registers a shared resource type (`[resources.<id>] type = R::TYPE`).
+    pub fn resource_type<R: ResourceConfig>(mut self) -> Self {
+        self.registry.resource::<R>();
+        self
+    }
+
     /// Registers a backend type.
     pub fn backend<B: BackendConfig>(mut self) -> Self {
         self.registry.backend::<B>();
@@ -144,8 +152,9 @@ impl HubBuilder {
         self
     }
 
-    /// The registered type names: `(consumers, producers, backends)`, each with its description.
-    pub fn types(&self) -> [Vec<(&'static str, &'static str)>; 3] {
+    /// The registered type names: `(consumers, producers, backends, resources)`, each with its
+    /// description.
+    pub fn types(&self) -> [Vec<(&'static str, &'static str)>; 4] {
         fn list<B>(
             m: &std::collections::BTreeMap<&'static str, registry::Kind<B>>,
         ) -> Vec<(&'static str, &'static str)> {
@@ -155,6 +164,7 @@ impl HubBuilder {
             list(&self.registry.consumers),
             list(&self.registry.producers),
             list(&self.registry.backends),
+            list(&self.registry.resources),
         ]
     }
 
@@ -206,8 +216,15 @@ impl HubBuilder {
                 message,
             });
         };
-        let mut engine =
-            EngineBuilder::new(config.hub.name.clone()).resources(self.resources.clone());
+        // Resources first: consumers and producers find them by id when they are built.
+        let mut resources = self.resources.clone();
+        for r in config.resources {
+            match (r.build)(&r.id) {
+                Ok((type_name, value)) => resources.add_named(r.id, type_name, value),
+                Err(e) => issue(format!("resources.{}", r.id), e.to_string()),
+            }
+        }
+        let mut engine = EngineBuilder::new(config.hub.name.clone()).resources(resources.clone());
         for b in config.backends {
             match (b.build)(&b.id) {
                 Ok(backend) => engine = engine.backend(b.id, backend),
@@ -215,13 +232,13 @@ impl HubBuilder {
             }
         }
         for p in config.producers {
-            match (p.build)(&self.resources) {
+            match (p.build)(&resources) {
                 Ok(producer) => engine = engine.producer(p.id, p.backend, producer),
                 Err(e) => issue(format!("producers.{}.settings", p.id), e.to_string()),
             }
         }
         for c in config.consumers {
-            match (c.build)(&self.resources) {
+            match (c.build)(&resources) {
                 Ok(consumer) => {
                     let spec = ConsumerSpec {
                         name: c.id,
@@ -409,15 +426,24 @@ impl HubBuilder {
 
     /// `hub consumers`.
     fn print_types(&self) -> ExitCode {
-        let [consumers, producers, backends] = self.types();
+        let [consumers, producers, backends, resources] = self.types();
+        let width = [&consumers, &producers, &backends, &resources]
+            .iter()
+            .flat_map(|l| l.iter().map(|(name, _)| name.len()))
+            .max()
+            .unwrap_or(0);
         for (title, list) in [
             ("consumers", consumers),
             ("producers", producers),
             ("backends", backends),
+            ("resources", resources),
         ] {
+            if list.is_empty() {
+                continue;
+            }
             println!("{title}:");
             for (name, description) in list {
-                println!("  {name:<10} {description}");
+                println!("  {name:<width$}  {description}");
             }
         }
         ExitCode::SUCCESS
@@ -515,6 +541,9 @@ fn summarize(c: &Config) -> String {
         "hub {:?}: http listen {}, shutdown_grace {:?}",
         c.hub.name, c.http.listen, c.hub.shutdown_grace
     );
+    for r in &c.resources {
+        let _ = writeln!(s, "resource {:<16} type={}", r.id, r.kind);
+    }
     for b in &c.backends {
         let _ = writeln!(s, "backend  {:<16} type={}", b.id, b.kind);
     }

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use figment::value::Value;
 use hub_core::{
-    Backend, BackendConfig, BoxError, Consumer, ConsumerConfig, Producer, ProducerConfig, Resources,
+    Backend, BackendConfig, BoxError, Consumer, ConsumerConfig, Producer, ProducerConfig,
+    ResourceConfig, Resources,
 };
 
 /// A validated consumer's settings, ready to build.
@@ -18,6 +19,11 @@ pub(crate) type BuildConsumer =
 /// A validated producer's settings, ready to build.
 pub(crate) type BuildProducer =
     Box<dyn FnOnce(&Resources) -> Result<Arc<dyn Producer>, BoxError> + Send>;
+/// A validated resource's settings, ready to build: its type name and the value.
+pub(crate) type BuildResource = Box<
+    dyn FnOnce(&str) -> Result<(&'static str, Arc<dyn std::any::Any + Send + Sync>), BoxError>
+        + Send,
+>;
 /// A validated backend's settings, ready to build.
 pub(crate) type BuildBackend = Box<dyn FnOnce(&str) -> Result<Arc<dyn Backend>, BoxError> + Send>;
 
@@ -36,6 +42,7 @@ pub(crate) struct Registry {
     pub consumers: BTreeMap<&'static str, Kind<BuildConsumer>>,
     pub producers: BTreeMap<&'static str, Kind<BuildProducer>>,
     pub backends: BTreeMap<&'static str, Kind<BuildBackend>>,
+    pub resources: BTreeMap<&'static str, Kind<BuildResource>>,
 }
 
 impl Registry {
@@ -62,6 +69,26 @@ impl Registry {
                 parse: Box::new(|v| {
                     let p: P = v.deserialize()?;
                     Ok(Box::new(move |r: &Resources| p.build(r)) as BuildProducer)
+                }),
+            },
+        );
+    }
+
+    pub fn resource<R: ResourceConfig>(&mut self) {
+        self.resources.insert(
+            R::TYPE,
+            Kind {
+                description: R::DESCRIPTION,
+                durable_queues: false,
+                parse: Box::new(|v| {
+                    let r: R = v.deserialize()?;
+                    Ok(Box::new(move |id: &str| {
+                        let value = r.build(id)?;
+                        Ok((
+                            std::any::type_name::<R::Resource>(),
+                            Arc::new(value) as Arc<dyn std::any::Any + Send + Sync>,
+                        ))
+                    }) as BuildResource)
                 }),
             },
         );

@@ -55,6 +55,34 @@ pub trait BackendConfig: DeserializeOwned + Send + 'static {
     fn build(self, id: &str) -> Result<Arc<dyn Backend>, BoxError>;
 }
 
+/// Settings of a shared resource type (a database pool, an HTTP client), read from the keys of
+/// `[resources.<id>]` other than `type`; builds the value that consumers and producers then
+/// find by id: `resources.named::<T>("<id>")` in their `build`.
+///
+/// ```toml
+/// [resources.main]
+/// type = "postgres_pool"
+/// url = "host=127.0.0.1 user=postgres dbname=test"
+///
+/// [consumers.count.settings]
+/// pool = "main"          # the consumer's own setting naming the resource
+/// ```
+pub trait ResourceConfig: DeserializeOwned + Send + 'static {
+    /// The `type = "..."` that selects this resource type.
+    const TYPE: &'static str;
+    /// One line for `hub consumers`.
+    const DESCRIPTION: &'static str = "";
+    /// What it builds (shared behind an `Arc`).
+    type Resource: std::any::Any + Send + Sync;
+
+    /// Builds the resource without connecting (a pool that connects on first use): `hub check`
+    /// builds it too. It is built once per run, before any consumer or producer is built.
+    ///
+    /// # Errors
+    /// A settings value the type cannot work with.
+    fn build(self, id: &str) -> Result<Self::Resource, BoxError>;
+}
+
 /// Serde helpers for human durations (`"50ms"`, `"30s"`, `"1m 30s"`) in settings structs:
 /// `#[serde(with = "hub_core::duration")]`, or `hub_core::duration::option` for `Option<Duration>`.
 pub mod duration {

@@ -148,10 +148,57 @@ impl Publisher {
     }
 }
 
-/// A typed map of shared resources: one value per type.
+/// A typed map of shared resources: one value per type, shared by every consumer and producer
+/// (a database pool, an HTTP client). Each value is kept in an `Arc`: register the value itself
+/// (`Pool`, not `Arc<Pool>`); one registered as an `Arc<T>` is found as `T` all the same.
 #[derive(Clone, Default)]
 pub struct Resources {
-    map: Arc<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+    map: Arc<HashMap<TypeId, Entry>>,
+    /// `[resources.<id>]`, by id.
+    named: Arc<HashMap<String, Entry>>,
+}
+
+#[derive(Clone)]
+struct Entry {
+    type_name: &'static str,
+    value: Arc<dyn Any + Send + Sync>,
+}
+
+/// A resource a consumer asked for ([`Resources::require`], [`Resources::named`]) that is not
+/// there, or not of the type asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum MissingResource {
+    /// No value of that type was registered.
+    #[error(
+        "no shared resource of type `{wanted}` is registered (add it with HubBuilder::resource or \
+         resource_async before the hub is checked or run); registered: {registered}"
+    )]
+    Type {
+        /// The type asked for.
+        wanted: &'static str,
+        /// The types registered, comma-separated (`none` when there are none).
+        registered: String,
+    },
+    /// No `[resources.<id>]` with that id.
+    #[error("no [resources.{id}] is configured{hint}; configured: {configured}")]
+    Id {
+        /// The id asked for.
+        id: String,
+        /// ` (did you mean `x`?)` or nothing.
+        hint: String,
+        /// The ids configured, comma-separated (`none`).
+        configured: String,
+    },
+    /// `[resources.<id>]` is of another type.
+    #[error("[resources.{id}] is a `{actual}`, not the `{wanted}` this needs")]
+    WrongType {
+        /// The id.
+        id: String,
+        /// What it is.
+        actual: &'static str,
+        /// What was asked for.
+        wanted: &'static str,
+    },
 }
 
 impl Resources {
@@ -162,14 +209,167 @@ impl Resources {
 
     /// Adds (or replaces) the resource of type `T`.
     pub fn with<T: Any + Send + Sync>(mut self, value: T) -> Self {
-        Arc::make_mut(&mut self.map).insert(TypeId::of::<T>(), Arc::new(value));
+        let entry = Entry {
+            type_name: std::any::type_name::<T>(),
+            value: Arc::new(value),
+        };
+        Arc::make_mut(&mut self.map).insert(TypeId::of::<T>(), entry);
         self
     }
 
-    /// The resource of type `T`, if registered.
+    /// The resource of type `T`, if registered (also when it was registered as an `Arc<T>`).
     pub fn get<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
-        self.map
-            .get(&TypeId::of::<T>())
-            .and_then(|v| Arc::clone(v).downcast::<T>().ok())
+        if let Some(e) = self.map.get(&TypeId::of::<T>()) {
+            return Arc::clone(&e.value).downcast::<T>().ok();
+        }
+        let wrapped = self.map.get(&TypeId::of::<Arc<T>>())?;
+        wrapped.value.downcast_ref::<Arc<T>>().cloned()
+    }
+
+    /// The resource of type `T`, or an error naming it and what is registered. Call it in
+    /// [`ConsumerConfig::build`](crate::ConsumerConfig::build) and return the error: a
+    /// missing resource then fails `hub check`, not the first message.
+    ///
+    /// # Errors
+    /// [`MissingResource`] when no `T` (nor `Arc<T>`) is registered.
+    pub fn require<T: Any + Send + Sync>(&self) -> Result<Arc<T>, MissingResource> {
+        self.get::<T>().ok_or_else(|| {
+            let mut names: Vec<&str> = self.map.values().map(|e| e.type_name).collect();
+            names.sort_unstable();
+            MissingResource::Type {
+                wanted: std::any::type_name::<T>(),
+                registered: if names.is_empty() {
+                    "none".into()
+                } else {
+                    names.join(", ")
+                },
+            }
+        })
+    }
+
+    /// Adds (or replaces) the resource with id `id` (what `[resources.<id>]` builds).
+    pub fn with_named<T: Any + Send + Sync>(mut self, id: impl Into<String>, value: T) -> Self {
+        self.add_named(id.into(), std::any::type_name::<T>(), Arc::new(value));
+        self
+    }
+
+    /// Adds a resource already type-erased (the hub does this for `[resources.<id>]`).
+    pub fn add_named(
+        &mut self,
+        id: String,
+        type_name: &'static str,
+        value: Arc<dyn Any + Send + Sync>,
+    ) {
+        Arc::make_mut(&mut self.named).insert(id, Entry { type_name, value });
+    }
+
+    /// The resource `[resources.<id>]`, which must be a `T`. Call it in
+    /// [`ConsumerConfig::build`](crate::ConsumerConfig::build) with the id from the consumer's
+    /// settings and return the error: a wrong or missing id then fails `hub check`.
+    ///
+    /// # Errors
+    /// [`MissingResource::Id`] (with the closest configured id) or
+    /// [`MissingResource::WrongType`].
+    pub fn named<T: Any + Send + Sync>(&self, id: &str) -> Result<Arc<T>, MissingResource> {
+        let Some(e) = self.named.get(id) else {
+            let mut ids: Vec<&str> = self.named.keys().map(String::as_str).collect();
+            ids.sort_unstable();
+            let hint = ids
+                .iter()
+                .find(|k| one_typo_apart(id, k))
+                .map(|k| format!(" (did you mean `{k}`?)"))
+                .unwrap_or_default();
+            return Err(MissingResource::Id {
+                id: id.to_owned(),
+                hint,
+                configured: if ids.is_empty() {
+                    "none".into()
+                } else {
+                    ids.join(", ")
+                },
+            });
+        };
+        Arc::clone(&e.value)
+            .downcast::<T>()
+            .map_err(|_| MissingResource::WrongType {
+                id: id.to_owned(),
+                actual: e.type_name,
+                wanted: std::any::type_name::<T>(),
+            })
+    }
+}
+
+/// Whether two ids are one typo apart: a letter added, dropped or changed, or two neighbours
+/// swapped.
+fn one_typo_apart(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    if a.len().abs_diff(b.len()) > 1 {
+        return false;
+    }
+    let prefix = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let suffix = a[prefix..]
+        .iter()
+        .rev()
+        .zip(b[prefix..].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    if a.len().max(b.len()) - prefix - suffix <= 1 {
+        return true;
+    }
+    let differ: Vec<usize> = (0..a.len().min(b.len()))
+        .filter(|&i| a[i] != b[i])
+        .collect();
+    a.len() == b.len()
+        && differ.len() == 2
+        && differ[1] == differ[0] + 1
+        && a[differ[0]] == b[differ[1]]
+        && a[differ[1]] == b[differ[0]]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Pool(u32);
+
+    #[test]
+    fn a_resource_is_found_by_its_type_even_registered_in_an_arc() {
+        let r = Resources::new().with(Arc::new(Pool(7)));
+        assert_eq!(r.get::<Pool>().map(|p| p.0), Some(7));
+        assert_eq!(r.require::<Pool>().map(|p| p.0).ok(), Some(7));
+        let err = Resources::new()
+            .with(5u8)
+            .require::<Pool>()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("Pool") && err.contains("registered: u8"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn named_resources_say_what_is_wrong() {
+        let r = Resources::new().with_named("main", Pool(1));
+        assert_eq!(r.named::<Pool>("main").map(|p| p.0).ok(), Some(1));
+        let err = r
+            .named::<Pool>("mian")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("no [resources.mian]") && err.contains("did you mean `main`"),
+            "{err}"
+        );
+        let err = r
+            .named::<u8>("main")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("is a `") && err.contains("Pool`, not the `u8`"),
+            "{err}"
+        );
     }
 }

@@ -20,7 +20,8 @@
 //! - [`correlation`]: what a consumer publishes while handling a message carries its id
 //!   (`in_reply_to`, `correlation_id`).
 //! - Errors: [`ConsumeError`], [`PublishError`], [`BackendError`].
-//! - Configuration: [`ConsumerConfig`], [`ProducerConfig`], [`BackendConfig`], [`duration`].
+//! - Configuration: [`ConsumerConfig`], [`ProducerConfig`], [`BackendConfig`],
+//!   [`ResourceConfig`], [`duration`].
 //!
 //! # A consumer
 //! ```
@@ -60,9 +61,9 @@ pub use backend::{
     Acker, Backend, BackendContext, Delivery, Subscription, SubscriptionId, Verdict,
 };
 pub use config::duration;
-pub use config::{BackendConfig, ConsumerConfig, ProducerConfig};
+pub use config::{BackendConfig, ConsumerConfig, ProducerConfig, ResourceConfig};
 pub use consumer::{Consumer, ConsumerOptions, WhenFull};
-pub use context::{Context, Publisher, Resources};
+pub use context::{Context, MissingResource, Publisher, Resources};
 pub use error::{BackendError, BoxError, ConsumeError, ErrorKind, PublishError, ResultExt};
 /// The timestamp type of [`Message::timestamp`] (a UTC instant), re-exported so that a consumer
 /// crate needs no `jiff` dependency of its own.

@@ -423,6 +423,24 @@ impl RunningEngine {
                 t.abort();
             }
         }
+        let left: Vec<(String, usize)> = self
+            .engine
+            .dispatcher
+            .states()
+            .into_iter()
+            .map(|s| (s.name, s.backlog + s.in_flight))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        if !left.is_empty() {
+            let total: usize = left.iter().map(|(_, n)| n).sum();
+            let per_consumer = left
+                .iter()
+                .map(|(c, n)| format!("{c}={n}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let within = deadline.saturating_duration_since(Instant::now());
+            info!(messages_left = total, consumers = %per_consumer, within = ?within, "Waiting for {total} queued or in-flight messages to finish; what is left when the grace ends is given back unprocessed.");
+        }
         let drain = self
             .engine
             .dispatcher

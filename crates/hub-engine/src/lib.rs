@@ -11,6 +11,8 @@
 //!   [`hub_core::Sink`].
 //! - [`metrics`]: every metric name and HELP text, each hub's own [`Registry`], and the one
 //!   rendering of `/metrics` ([`MetricsHandle::render`]).
+//! - [`settings`]: reading a settings table with every problem reported, in words (for
+//!   `hub check` and the test kit).
 //! - [`MemoryBackend`]: in-process loopback, for demos and tests, written against `hub-core`
 //!   alone.
 
@@ -18,6 +20,7 @@ mod dispatcher;
 mod engine;
 pub mod memory;
 pub mod metrics;
+pub mod settings;
 
 pub use dispatcher::{
     BackendIndex, ConsumerState, Dispatcher, DispatcherBuilder, DrainReport, Intake,

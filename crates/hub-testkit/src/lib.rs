@@ -230,6 +230,12 @@ impl TestHubBuilder {
         self.consumer(name, topics, consumer)
     }
 
+    /// Adds a shared resource found by id (what `[resources.<id>]` builds in the hub).
+    pub fn resource_named<T: std::any::Any + Send + Sync>(mut self, id: &str, value: T) -> Self {
+        self.resources = self.resources.with_named(id, value);
+        self
+    }
+
     /// Adds a shared resource.
     pub fn resource<T: std::any::Any + Send + Sync>(mut self, value: T) -> Self {
         self.resources = self.resources.with(value);
@@ -269,29 +275,30 @@ impl TestHubBuilder {
 ///
 /// # Errors
 /// The settings do not read as `C` (every problem, one per line), or `C::build` refuses them.
+#[allow(
+    clippy::result_large_err,
+    reason = "figment::Error is large; settings are read once per test"
+)]
 pub fn build_consumer<C: ConsumerConfig>(
     settings: &str,
     resources: &Resources,
 ) -> Result<Arc<dyn Consumer>, String> {
     use figment::Figment;
     use figment::providers::{Format, Toml};
-    let config: C = Figment::from(Toml::string(settings))
+    let table: figment::value::Value = Figment::from(Toml::string(settings))
         .extract()
-        .map_err(|errors| {
-            errors
-                .into_iter()
-                .map(|e| {
-                    let key = e.path.join(".");
-                    let what = e.kind.to_string().replace("``", "`");
-                    if key.is_empty() {
-                        what
-                    } else {
-                        format!("settings.{key}: {what}")
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
-        })?;
+        .map_err(|e| format!("settings: {e}"))?;
+    let mut found = Vec::new();
+    let read = hub_engine::settings::collect(
+        "settings",
+        table,
+        |v| v.deserialize::<C>(),
+        &mut |key, message| found.push(format!("{key}: {message}")),
+    );
+    let config = match read {
+        Some(config) if found.is_empty() => config,
+        _ => return Err(found.join("\n")),
+    };
     config
         .build(resources)
         .map_err(|e| format!("settings rejected by {}::build: {e}", C::TYPE))

@@ -1,7 +1,9 @@
-//! Every problem in a table at once: serde stops at a table's first bad key, so the table is
-//! read again without each key found bad, until it reads (or nothing more can be learnt). Each
-//! problem is worded for a person: the closest known key for a typo, "a whole number" for
-//! `usize`, the known values of an enum.
+//! Reading a settings table with every problem in it reported at once, worded for a person: one
+//! wording for `hub check` and for the test kit.
+//!
+//! serde stops at a table's first bad key, so the table is read again without each key found
+//! bad, until it reads (or nothing more can be learnt). Each problem says what to do: the
+//! closest known key for a typo, "a whole number" for `usize`, the known values of an enum.
 
 use figment::error::{Error, Kind};
 use figment::value::{Dict, Value};
@@ -12,7 +14,24 @@ const ROUNDS: usize = 32;
 /// Reads `value` (the table at `key`) with `parse`, reporting every problem through `issue`
 /// (full key path, message). `Some` when it reads in the end, possibly without the keys
 /// reported; `None` when it cannot be read at all.
-pub(super) fn collect<B>(
+///
+/// # Example
+/// ```
+/// use figment::value::Value;
+/// #[derive(serde::Deserialize)]
+/// #[serde(deny_unknown_fields)]
+/// struct S { path: String, limit: u32 }
+/// let table: Value = figment::Figment::from(figment::providers::Serialized::defaults(
+///     serde_json::json!({"pth": "x", "limit": -1}),
+/// )).extract().unwrap();
+/// let mut found = Vec::new();
+/// hub_engine::settings::collect("settings", table, |v| v.deserialize::<S>(), &mut |k, m| found.push(format!("{k}: {m}")));
+/// let said = |start: &str| found.iter().any(|f| f.starts_with(start));
+/// assert!(said("settings.pth: unknown key `pth` (did you mean `path`?)"), "{found:?}");
+/// assert!(said("settings.limit: expected a whole number"), "{found:?}");
+/// assert!(said("settings.path: missing"), "{found:?}");
+/// ```
+pub fn collect<B>(
     key: &str,
     value: Value,
     parse: impl Fn(Value) -> Result<B, Error>,
@@ -95,7 +114,7 @@ fn remove(dict: &mut Dict, path: &[String]) -> bool {
 }
 
 /// The full key path and the message for one error found in the table at `key`.
-pub(super) fn describe(key: &str, e: &Error) -> (String, String) {
+pub fn describe(key: &str, e: &Error) -> (String, String) {
     let mut path: Vec<&str> = Vec::new();
     if !key.is_empty() {
         path.push(key);
@@ -161,7 +180,7 @@ fn list(known: &[&str]) -> String {
 }
 
 /// `; did you mean `x`?` for the closest of `known` to `given`, when it is close.
-pub(super) fn suggest(given: &str, known: &[&str]) -> String {
+pub fn suggest(given: &str, known: &[&str]) -> String {
     let best = known
         .iter()
         .map(|k| (distance(given, k), *k))
