@@ -288,6 +288,37 @@ pub fn build_consumer<C: ConsumerConfig>(
     let table: figment::value::Value = Figment::from(Toml::string(settings))
         .extract()
         .map_err(|e| format!("settings: {e}"))?;
+    build_from::<C>(table, resources)
+}
+
+/// [`build_consumer`] from JSON settings (`{"path": "out.jsonl"}`), for settings kept as JSON.
+///
+/// # Errors
+/// As [`build_consumer`].
+#[allow(
+    clippy::result_large_err,
+    reason = "figment::Error is large; settings are read once per test"
+)]
+pub fn build_consumer_json<C: ConsumerConfig>(
+    settings: &Value,
+    resources: &Resources,
+) -> Result<Arc<dyn Consumer>, String> {
+    use figment::Figment;
+    use figment::providers::Serialized;
+    let table: figment::value::Value = Figment::from(Serialized::defaults(settings))
+        .extract()
+        .map_err(|e| format!("settings: {e}"))?;
+    build_from::<C>(table, resources)
+}
+
+#[allow(
+    clippy::result_large_err,
+    reason = "figment::Error is large; settings are read once per test"
+)]
+fn build_from<C: ConsumerConfig>(
+    table: figment::value::Value,
+    resources: &Resources,
+) -> Result<Arc<dyn Consumer>, String> {
     let mut found = Vec::new();
     let read = hub_engine::settings::collect(
         "settings",

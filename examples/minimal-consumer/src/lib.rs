@@ -111,6 +111,16 @@ mod tests {
             .err()
             .expect("an unknown key is refused");
         assert!(err.contains("reply_topik"), "{err}");
+        let err = hub_testkit::build_consumer_json::<GreeterConfig>(
+            &json!({"reply_topic": 7}),
+            &Resources::new(),
+        )
+        .err()
+        .expect("a number is not a topic");
+        assert!(
+            err.contains("settings.reply_topic: expected a string"),
+            "{err}"
+        );
         // What `build` returns goes straight into the test kit.
         let built = build_consumer::<GreeterConfig>(r#"reply_topic = "x""#, &Resources::new());
         assert!(built.is_ok());
