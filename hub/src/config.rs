@@ -358,6 +358,11 @@ impl Loader<'_> {
     }
 }
 
+/// The registered type names of one kind.
+fn names<B>(map: &BTreeMap<&'static str, crate::registry::Kind<B>>) -> Vec<&'static str> {
+    map.keys().copied().collect()
+}
+
 /// The file (which must exist), the embedded default or the text, then (with `env`) the
 /// `HUB_..__..` overrides.
 fn open(source: &ConfigSource, env: bool) -> Result<Figment, ConfigErrors> {
@@ -406,7 +411,10 @@ impl Loader<'_> {
                 let known = known(&registry.backends);
                 self.issue(
                     &format!("{key}.type"),
-                    format!("unknown backend type {kind:?}; known: {known}"),
+                    format!(
+                        "unknown backend type{}; known: {known}",
+                        collect::suggest(&kind, &names(&registry.backends))
+                    ),
                 );
                 continue;
             };
@@ -438,7 +446,10 @@ impl Loader<'_> {
                 let known = known(&registry.resources);
                 self.issue(
                     &format!("{key}.type"),
-                    format!("unknown resource type {kind:?}; known: {known}"),
+                    format!(
+                        "unknown resource type{}; known: {known}",
+                        collect::suggest(&kind, &names(&registry.resources))
+                    ),
                 );
                 continue;
             };
@@ -523,7 +534,10 @@ impl Loader<'_> {
                 let known = known(&registry.producers);
                 self.issue(
                     &format!("{key}.type"),
-                    format!("unknown producer type {:?}; known: {known}", raw.kind),
+                    format!(
+                        "unknown producer type{}; known: {known}",
+                        collect::suggest(&raw.kind, &names(&registry.producers))
+                    ),
                 );
                 continue;
             };
@@ -581,7 +595,10 @@ impl Loader<'_> {
             let known = known(&registry.consumers);
             self.issue(
                 &format!("{key}.type"),
-                format!("unknown consumer type {:?}; known: {known}", raw.kind),
+                format!(
+                    "unknown consumer type{}; known: {known}",
+                    collect::suggest(&raw.kind, &names(&registry.consumers))
+                ),
             );
             return None;
         };

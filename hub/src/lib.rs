@@ -110,11 +110,12 @@ type ResourceHook = Box<
 >;
 
 impl HubBuilder {
-    /// Registers the stock types: consumers `echo`, `delay`, `reply`; producer `ticker`;
-    /// backends `zeromq` and `amqp` (`memory` is always there).
+    /// Registers the stock types: consumers `echo`, `delay`, `reply`, `exec`; producer
+    /// `ticker`; backends `zeromq` and `amqp` (`memory` is always there).
     pub fn stock(self) -> Self {
         self.backend::<hub_zeromq::ZeroMqConfig>()
             .backend::<hub_amqp::AmqpConfig>()
+            .consumer::<hub_exec::ExecConfig>()
             .consumer::<stock::EchoConfig>()
             .consumer::<stock::DelayConfig>()
             .consumer::<stock::ReplyConfig>()

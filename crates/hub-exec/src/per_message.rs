@@ -1,0 +1,151 @@
+//! Per-message mode: the command runs once per message.
+//!
+//! - stdin: the message as one JSON object (`{"id", "topic", "timestamp", "headers", "body"}`,
+//!   as `hub tail` prints it), then end of file;
+//! - environment: `HUB_TOPIC`, `HUB_MESSAGE_ID`, `HUB_ATTEMPT` (1 for a first delivery), and
+//!   `HUB_CONSUMER`, besides the hub's own environment and the consumer's `env`;
+//! - exit 0: ack; exit 75 (`EX_TEMPFAIL`): retry; any other exit, or death by a signal: reject,
+//!   with the exit code and the last line the program wrote to stderr as the reason;
+//! - stdout and stderr are logged line by line under the consumer's span;
+//! - the consumer's `timeout` kills the process (the message is then retried as any timeout is).
+
+use std::process::Stdio;
+
+use hub_core::{ConsumeError, Consumer, Context, Message, async_trait};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tracing::{info, warn};
+
+use crate::ExecConfig;
+
+/// The exit code that asks for a retry (`EX_TEMPFAIL` from `sysexits.h`).
+pub const EX_TEMPFAIL: i32 = 75;
+
+/// The header that carries a delivery's attempt number, where the backend counts attempts.
+const ATTEMPTS_HEADER: &str = "x-hub-attempts";
+
+/// Longest stderr line kept as a reject reason (longer ones are cut).
+const REASON_LIMIT: usize = 500;
+
+/// A consumer that runs its command once per message.
+pub struct PerMessage {
+    config: ExecConfig,
+}
+
+impl PerMessage {
+    /// For `config` (checked by [`ExecConfig`]'s `build`).
+    pub fn new(config: ExecConfig) -> Self {
+        Self { config }
+    }
+
+    fn command(&self, cx: &Context, msg: &Message) -> Command {
+        let (program, args) = self
+            .config
+            .command
+            .split_first()
+            .map_or(("", &[][..]), |(p, a)| (p.as_str(), a));
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .envs(&self.config.env)
+            .env("HUB_TOPIC", msg.topic())
+            .env("HUB_MESSAGE_ID", msg.id())
+            .env("HUB_ATTEMPT", attempt(msg).to_string())
+            .env("HUB_CONSUMER", cx.name())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // A timeout drops the call: the process goes with it.
+            .kill_on_drop(true);
+        if let Some(cwd) = &self.config.cwd {
+            cmd.current_dir(cwd);
+        }
+        cmd
+    }
+}
+
+/// The attempt number: the backend's count (`x-hub-attempts`) where it keeps one, else 1.
+fn attempt(msg: &Message) -> u64 {
+    msg.header(ATTEMPTS_HEADER)
+        .and_then(hub_core::Value::as_u64)
+        .unwrap_or(1)
+        .max(1)
+}
+
+#[async_trait]
+impl Consumer for PerMessage {
+    async fn consume(&self, cx: &Context, msg: &Message) -> Result<(), ConsumeError> {
+        let mut child = self.command(cx, msg).spawn().map_err(|e| {
+            let program = self.config.command.first().map_or("", String::as_str);
+            ConsumeError::transient(format!("cannot start {program:?}: {e}"))
+        })?;
+        let mut stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let id = msg.id().to_owned();
+        let input = async {
+            if let Some(mut stdin) = stdin.take() {
+                let mut line = msg.to_json();
+                line.push('\n');
+                // A program that does not read its stdin is fine: a broken pipe is not an error.
+                let _ = stdin.write_all(line.as_bytes()).await;
+                let _ = stdin.shutdown().await;
+            }
+        };
+        let out = log_lines(stdout, &id, "stdout");
+        let err = log_lines(stderr, &id, "stderr");
+        let ((), _, last_stderr, status) = tokio::join!(input, out, err, child.wait());
+        let status =
+            status.map_err(|e| ConsumeError::transient(format!("waiting for the program: {e}")))?;
+        let said = last_stderr.map(|l| format!(": {l}")).unwrap_or_default();
+        match status.code() {
+            Some(0) => Ok(()),
+            Some(EX_TEMPFAIL) => Err(ConsumeError::transient(format!(
+                "exit {EX_TEMPFAIL} (retry){said}"
+            ))),
+            Some(code) => Err(ConsumeError::invalid(format!("exit {code}{said}"))),
+            None => {
+                use std::os::unix::process::ExitStatusExt;
+                let signal = status.signal().unwrap_or_default();
+                Err(ConsumeError::invalid(format!(
+                    "killed by signal {signal}{said}"
+                )))
+            }
+        }
+    }
+}
+
+/// Logs each line of `stream` (under the consumer's span); returns the last non-empty one,
+/// cut to [`REASON_LIMIT`] bytes.
+async fn log_lines(
+    stream: Option<impl AsyncRead + Unpin>,
+    id: &str,
+    which: &str,
+) -> Option<String> {
+    let stream = stream?;
+    let mut lines = BufReader::new(stream).lines();
+    let mut last = None;
+    loop {
+        match lines.next_line().await {
+            Ok(Some(line)) => {
+                if which == "stderr" {
+                    warn!(message_id = id, stream = which, "{line}");
+                } else {
+                    info!(message_id = id, stream = which, "{line}");
+                }
+                if !line.trim().is_empty() {
+                    let mut cut = line;
+                    if cut.len() > REASON_LIMIT {
+                        let mut at = REASON_LIMIT;
+                        while !cut.is_char_boundary(at) {
+                            at -= 1;
+                        }
+                        cut.truncate(at);
+                    }
+                    last = Some(cut);
+                }
+            }
+            // Not UTF-8, or the pipe failed: stop reading (the exit status still decides).
+            Ok(None) | Err(_) => return last,
+        }
+    }
+}
