@@ -185,6 +185,9 @@ pub struct Config {
     pub http: HttpSection,
     /// `[resources.*]`, by id.
     pub resources: Vec<ResourceEntry>,
+    /// `[resources.*]` ids declared but not readable (reported): consumers naming them are
+    /// told so, not that they do not exist.
+    pub(crate) broken_resources: Vec<String>,
     /// `[backends.*]`, by id.
     pub backends: Vec<BackendEntry>,
     /// `[producers.*]`, by id.
@@ -433,12 +436,14 @@ impl Loader<'_> {
         (backends, kinds)
     }
 
-    /// `[resources.<id>]`: `type`, then that type's keys.
-    fn resources(&mut self) -> Vec<ResourceEntry> {
+    /// `[resources.<id>]`: `type`, then that type's keys. Also the ids that do not read.
+    fn resources(&mut self) -> (Vec<ResourceEntry>, Vec<String>) {
         let mut out = Vec::new();
+        let mut broken = Vec::new();
         for (id, value) in self.table("resources") {
             let key = format!("resources.{id}");
             let Some((tag, dict, kind)) = self.typed(&key, value, "resource") else {
+                broken.push(id);
                 continue;
             };
             let registry = self.registry;
@@ -451,13 +456,15 @@ impl Loader<'_> {
                         collect::suggest(&kind, &names(&registry.resources))
                     ),
                 );
+                broken.push(id);
                 continue;
             };
-            if let Some(build) = self.read(&key, Value::Dict(tag, dict), |v| (k.parse)(v)) {
-                out.push(ResourceEntry { id, kind, build });
+            match self.read(&key, Value::Dict(tag, dict), |v| (k.parse)(v)) {
+                Some(build) => out.push(ResourceEntry { id, kind, build }),
+                None => broken.push(id),
             }
         }
-        out
+        (out, broken)
     }
 
     /// A `[<section>.<id>]` table's `type` taken out of it, with the rest.
@@ -710,7 +717,7 @@ pub(crate) fn load_partial(
     if hub.name.is_empty() {
         l.issue("hub.name", "must not be empty");
     }
-    let resources = l.resources();
+    let (resources, broken_resources) = l.resources();
     let (backends, kinds) = l.backends();
     let producers = l.producers(&kinds);
     let consumers = l.consumers(&kinds);
@@ -719,6 +726,7 @@ pub(crate) fn load_partial(
         hub,
         http,
         resources,
+        broken_resources,
         backends,
         producers,
         consumers,

@@ -56,16 +56,16 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The configuration does not build (every problem at once).
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigErrors),
     /// The engine refused the assembled parts, or a consumer's start hook failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
     /// A backend failed for good while running.
-    #[error("backend failed: {0}")]
+    #[error(transparent)]
     Backend(#[from] BackendError),
     /// The HTTP listener (binding `[http] listen`, or reading a given listener's address).
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Listen {
         /// What was being done, naming the address and the key.
         context: String,
@@ -219,10 +219,16 @@ impl HubBuilder {
         };
         // Resources first: consumers and producers find them by id when they are built.
         let mut resources = self.resources.clone();
+        for id in config.broken_resources {
+            resources.add_broken(id);
+        }
         for r in config.resources {
             match (r.build)(&r.id) {
                 Ok((type_name, value)) => resources.add_named(r.id, type_name, value),
-                Err(e) => issue(format!("resources.{}", r.id), e.to_string()),
+                Err(e) => {
+                    issue(format!("resources.{}", r.id), e.to_string());
+                    resources.add_broken(r.id);
+                }
             }
         }
         let mut engine = EngineBuilder::new(config.hub.name.clone()).resources(resources.clone());
@@ -314,9 +320,13 @@ impl HubBuilder {
                 source,
             })?;
         let stop = CancellationToken::new();
-        tokio::spawn(watch_signals(stop.clone()));
-        self.run(config, listener, async move { stop.cancelled().await })
-            .await
+        // Ours only while the hub runs: in the caller's runtime, Ctrl-C is theirs again after.
+        let watcher = tokio::spawn(watch_signals(stop.clone()));
+        let result = self
+            .run(config, listener, async move { stop.cancelled().await })
+            .await;
+        watcher.abort();
+        result
     }
 
     /// Parses the command line and runs it on a runtime of its own; returns the process exit
@@ -349,13 +359,22 @@ impl HubBuilder {
     pub async fn run_cli_async(self) -> ExitCode {
         let cli = Cli::parse();
         telemetry::init_logs(cli.log_format);
-        let this = match self.prepare().await {
-            Ok(this) => this,
-            Err(e) => {
-                error!(error = %e, "A resource could not be set up.");
-                eprintln!("error: setting up a resource: {e}");
-                return ExitCode::from(EXIT_FAILURE);
+        // Resources made by the program are needed only by the commands that build parts.
+        let builds = matches!(
+            cli.command,
+            Command::Run { .. } | Command::Check { .. } | Command::Route { .. }
+        );
+        let this = if builds {
+            match self.prepare().await {
+                Ok(this) => this,
+                Err(e) => {
+                    error!(error = %e, "A resource could not be set up.");
+                    eprintln!("error: setting up a resource: {e}");
+                    return ExitCode::from(EXIT_FAILURE);
+                }
             }
+        } else {
+            self
         };
         this.run_command(cli.command).await
     }
@@ -470,7 +489,9 @@ impl HubBuilder {
         if matches!(source, ConfigSource::Embedded) {
             info!("No --config given: running the embedded default (config/hub.toml).");
         }
-        let config = match self.check(source) {
+        // Read only: `run` builds every part (once), reporting what `build` refuses as
+        // `hub check` would.
+        let config = match config::load(source, &self.registry, self.env_overrides) {
             Ok(c) => c,
             Err(e) => {
                 eprint!("{e}");
@@ -484,12 +505,25 @@ impl HubBuilder {
                 ExitCode::from(EXIT_CONFIG)
             }
             Err(e) => {
+                let e = with_causes(&e);
                 error!(error = %e, "Hub stopped with an error.");
                 eprintln!("error: {e}");
                 ExitCode::from(EXIT_FAILURE)
             }
         }
     }
+}
+
+/// An error and its causes, `: `-separated.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 fn source(config: Option<PathBuf>) -> ConfigSource {

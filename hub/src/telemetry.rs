@@ -71,9 +71,14 @@ pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let (log, suppressed_before) = admit(Instant::now());
         if let Some(n) = suppressed_before {
-            tracing::error!(target: "hub::panic", suppressed = n, "Panics not logged in the last second (rate limit).");
+            tracing::error!(target: "hub::panic", suppressed = n, "Panics not logged since the last one logged (rate limit: {PANICS_PER_SECOND} a second).");
         }
         if !log {
+            return;
+        }
+        // A filter that leaves `hub::panic` out must not make a panic silent.
+        if !tracing::enabled!(target: "hub::panic", tracing::Level::ERROR) {
+            eprintln!("panic: {info}");
             return;
         }
         let payload = info.payload();

@@ -76,7 +76,7 @@ pub trait ResourceConfig: DeserializeOwned + Send + 'static {
     type Resource: std::any::Any + Send + Sync;
 
     /// Builds the resource without connecting (a pool that connects on first use): `hub check`
-    /// builds it too. It is built once per run, before any consumer or producer is built.
+    /// builds it too. A run builds it once, before any consumer or producer is built.
     ///
     /// # Errors
     /// A settings value the type cannot work with.

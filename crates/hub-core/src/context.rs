@@ -164,6 +164,9 @@ struct Entry {
     value: Arc<dyn Any + Send + Sync>,
 }
 
+/// The type name recorded for a resource that could not be built.
+const BROKEN: &str = "(not built)";
+
 /// A resource a consumer asked for ([`Resources::require`], [`Resources::named`]) that is not
 /// there, or not of the type asked for.
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +191,12 @@ pub enum MissingResource {
         hint: String,
         /// The ids configured, comma-separated (`none`).
         configured: String,
+    },
+    /// `[resources.<id>]` is configured but could not be built.
+    #[error("[resources.{id}] could not be built (its own problem is reported at its key)")]
+    Broken {
+        /// The id.
+        id: String,
     },
     /// `[resources.<id>]` is of another type.
     #[error("[resources.{id}] is a `{actual}`, not the `{wanted}` this needs")]
@@ -253,6 +262,12 @@ impl Resources {
         self
     }
 
+    /// Marks `[resources.<id>]` as configured but not built (its own problem is reported where
+    /// it is): consumers that name it are told so, not that it does not exist.
+    pub fn add_broken(&mut self, id: String) {
+        self.add_named(id, BROKEN, Arc::new(()));
+    }
+
     /// Adds a resource already type-erased (the hub does this for `[resources.<id>]`).
     pub fn add_named(
         &mut self,
@@ -289,6 +304,12 @@ impl Resources {
                 },
             });
         };
+        if e.type_name == BROKEN {
+            return Err(MissingResource::Broken { id: id.to_owned() });
+        }
+        if let Some(wrapped) = e.value.downcast_ref::<Arc<T>>() {
+            return Ok(Arc::clone(wrapped));
+        }
         Arc::clone(&e.value)
             .downcast::<T>()
             .map_err(|_| MissingResource::WrongType {
@@ -371,5 +392,17 @@ mod tests {
             err.contains("is a `") && err.contains("Pool`, not the `u8`"),
             "{err}"
         );
+        // Registered as an `Arc`: found all the same.
+        let wrapped = Resources::new().with_named("main", Arc::new(Pool(2)));
+        assert_eq!(wrapped.named::<Pool>("main").map(|p| p.0).ok(), Some(2));
+        // Configured but not built: said so, not "no such resource".
+        let mut broken = Resources::new();
+        broken.add_broken("main".into());
+        let err = broken
+            .named::<Pool>("main")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("[resources.main] could not be built"), "{err}");
     }
 }

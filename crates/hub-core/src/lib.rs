@@ -1,8 +1,9 @@
 //! # hub-core
 //!
 //! The plugin API of `hub`, a daemon and framework for message consumers: depend on this crate
-//! alone to write a consumer, a producer or a backend. The engine that runs them (queues,
-//! workers, metrics) is `hub-engine`, free to change without breaking plugins.
+//! alone to write a consumer or a producer; a backend also registers its own metric series
+//! through `hub_engine::metrics` (where every metric name lives). The engine that runs them
+//! (queues, workers, metrics) is `hub-engine`, free to change without breaking plugins.
 //!
 //! A message entering from any [`Backend`] is routed by topic [`Pattern`] to every matching
 //! [`Consumer`]. Each consumer has its own bounded queue and its own tokio task(s), so a slow

@@ -1,5 +1,6 @@
-//! Where a backend hands its deliveries to the hub: a [`Sink`], defined here so that a backend
-//! depends on this crate alone, never on the engine that implements it.
+//! Where a backend hands its deliveries to the hub: a [`Sink`], defined here so that a
+//! backend's delivery path names no engine type (a backend crate still registers its own metric
+//! series through `hub_engine::metrics`, where every name lives).
 
 use std::future::Future;
 use std::pin::Pin;

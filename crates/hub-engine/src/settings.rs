@@ -69,9 +69,9 @@ pub fn collect<B>(
             let (k, m) = describe(key, &e);
             issue(k, m);
             if let Some(at) = offending(&e)
-                && remove(&mut dict, &at)
+                && let Some(taken) = remove(&mut dict, &at)
             {
-                removed.push(at.join("."));
+                removed.push(taken.join("."));
                 progressed = true;
             }
         }
@@ -101,14 +101,20 @@ fn with_last(path: &[String], field: &str) -> Vec<String> {
     at
 }
 
-/// Takes the key at `path` out of `dict`; false when there is none.
-fn remove(dict: &mut Dict, path: &[String]) -> bool {
+/// Takes the key at `path` out of `dict` (a whole list, for an element of it); the path of
+/// what was taken, or `None` when there is nothing there.
+fn remove(dict: &mut Dict, path: &[String]) -> Option<Vec<String>> {
     match path {
-        [] => false,
-        [last] => dict.remove(last).is_some(),
+        [] => None,
+        [last] => dict.remove(last).map(|_| vec![last.clone()]),
         [first, rest @ ..] => match dict.get_mut(first) {
-            Some(Value::Dict(_, inner)) => remove(inner, rest),
-            _ => false,
+            Some(Value::Dict(_, inner)) => {
+                let mut taken = remove(inner, rest)?;
+                taken.insert(0, first.clone());
+                Some(taken)
+            }
+            Some(Value::Array(..)) => dict.remove(first).map(|_| vec![first.clone()]),
+            _ => None,
         },
     }
 }
@@ -214,8 +220,47 @@ fn distance(a: &str, b: &str) -> usize {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::result_large_err,
+    reason = "figment::Error, as the reader returns it"
+)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code, reason = "read only to find problems")]
+    struct Table {
+        topics: Vec<String>,
+        when_full: Option<WhenFull>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum WhenFull {
+        Block,
+        DropOldest,
+    }
+
+    #[test]
+    fn a_bad_list_element_does_not_hide_the_next_problem() {
+        let table: Value = figment::Figment::from(figment::providers::Serialized::defaults(
+            serde_json::json!({"topics": ["a", 5], "when_full": "dorp"}),
+        ))
+        .extract()
+        .unwrap();
+        let mut found = Vec::new();
+        collect("t", table, |v| v.deserialize::<Table>(), &mut |k, m| {
+            found.push(format!("{k}: {m}"));
+        });
+        assert!(found.iter().any(|f| f.starts_with("t.topics")), "{found:?}");
+        assert!(
+            found
+                .iter()
+                .any(|f| f.starts_with("t.when_full: unknown value `dorp`")),
+            "{found:?}"
+        );
+    }
 
     #[test]
     fn typos_get_the_closest_known_key() {
