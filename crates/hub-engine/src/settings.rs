@@ -60,11 +60,14 @@ pub fn collect<B>(
             Err(errors) => errors,
         };
         let mut progressed = false;
+        let mut now_missing = Vec::new();
         for e in errors {
-            if let Kind::MissingField(field) = &e.kind
-                && removed.contains(&with_last(&e.path, field).join("."))
-            {
-                continue;
+            if let Kind::MissingField(field) = &e.kind {
+                let at = with_last(&e.path, field);
+                if removed.contains(&at.join(".")) {
+                    now_missing.push(at);
+                    continue;
+                }
             }
             let (k, m) = describe(key, &e);
             issue(k, m);
@@ -76,10 +79,66 @@ pub fn collect<B>(
             }
         }
         if !progressed {
-            return None;
+            // A required key taken out is now "missing", and serde names only the first missing
+            // key: put back a stand-in that reads, so that the next problem can show.
+            for at in &now_missing {
+                if let Some(v) = stand_in(&parse, tag, &dict, at) {
+                    progressed |= insert(&mut dict, at, v);
+                }
+            }
+            if !progressed {
+                return None;
+            }
         }
     }
     None
+}
+
+/// A value for the key at `path` with which the table no longer complains about that key.
+fn stand_in<B>(
+    parse: &impl Fn(Value) -> Result<B, Error>,
+    tag: figment::value::Tag,
+    dict: &Dict,
+    path: &[String],
+) -> Option<Value> {
+    let candidates = [
+        Value::from(""),
+        Value::from(0u8),
+        Value::from(false),
+        Value::from(Vec::<Value>::new()),
+        Value::from(Dict::new()),
+    ];
+    candidates.into_iter().find(|candidate| {
+        let mut trial = dict.clone();
+        if !insert(&mut trial, path, candidate.clone()) {
+            return false;
+        }
+        match parse(Value::Dict(tag, trial)) {
+            Ok(_) => true,
+            Err(errors) => errors.into_iter().all(|e| {
+                let at = match &e.kind {
+                    Kind::MissingField(f) => with_last(&e.path, f),
+                    _ => e.path.clone(),
+                };
+                at != path
+            }),
+        }
+    })
+}
+
+/// Puts `value` at `path` in `dict` (creating nothing on the way); false when it cannot.
+fn insert(dict: &mut Dict, path: &[String], value: Value) -> bool {
+    match path {
+        [] => false,
+        [last] => {
+            dict.insert(last.clone(), value);
+            true
+        }
+        [first, rest @ ..] => match dict.get_mut(first) {
+            Some(Value::Dict(_, inner)) => insert(inner, rest, value),
+            _ => false,
+        },
+    }
 }
 
 /// The path (within the table) of the key to take out after `e`, if one is to blame.
@@ -260,6 +319,32 @@ mod tests {
                 .any(|f| f.starts_with("t.when_full: unknown value `dorp`")),
             "{found:?}"
         );
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code, reason = "read only to find problems")]
+    struct Required {
+        kind: String,
+        topics: Vec<String>,
+    }
+
+    #[test]
+    fn a_required_key_with_a_wrong_type_does_not_hide_another_missing_one() {
+        let table: Value = figment::Figment::from(figment::providers::Serialized::defaults(
+            serde_json::json!({"kind": 3}),
+        ))
+        .extract()
+        .unwrap();
+        let mut found = Vec::new();
+        collect("c", table, |v| v.deserialize::<Required>(), &mut |k, m| {
+            found.push(format!("{k}: {m}"));
+        });
+        assert!(
+            found.iter().any(|f| f.starts_with("c.kind: expected")),
+            "{found:?}"
+        );
+        assert!(found.iter().any(|f| f == "c.topics: missing"), "{found:?}");
+        assert_eq!(found.len(), 2, "{found:?}");
     }
 
     #[test]
