@@ -187,3 +187,39 @@ fn settings_that_cannot_work_are_refused_when_built() {
         .is_ok()
     );
 }
+
+/// The shell example in `examples/exec` (the README points to it), run by the test kit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shell_example_handles_messages_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/exec/on-build.sh"
+    );
+    let log = dir.path().join("builds.log");
+    let settings = format!(
+        "mode = \"per-message\"\ncommand = [\"{script}\"]\nenv = {{ LOG = \"{}\" }}\n",
+        log.display()
+    );
+    let hub = TestHub::builder()
+        .consumer_from_settings::<ExecConfig>("on_build", &["#"], &settings)
+        .start()
+        .await;
+    let build = Message::builder("org.example.build.done", json!({"n": 1}))
+        .id("b-1")
+        .build();
+    assert_eq!(hub.send_message(build).await, Verdict::Ack);
+    let empty = Message::builder("org.example.build.done", serde_json::Value::Null)
+        .id("b-2")
+        .build();
+    let v = hub.send_message(empty).await;
+    assert!(
+        matches!(&v, Verdict::Reject { reason } if reason.contains("exit 2: no body in message b-2")),
+        "{v:?}"
+    );
+    hub.shutdown().await;
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "org.example.build.done b-1 attempt=1\n"
+    );
+}
