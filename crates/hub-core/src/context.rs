@@ -18,7 +18,12 @@ use crate::{Backend, Message, PublishError};
 pub struct Context {
     shared: Arc<Shared>,
     handling: Option<Message>,
+    concurrency: usize,
+    registry: Option<Arc<dyn crate::metrics::Recorder + Send + Sync>>,
 }
+
+/// What [`Context::metrics_registry`] gives outside a hub: records nothing.
+static NO_REGISTRY: metrics::NoopRecorder = metrics::NoopRecorder;
 
 struct Shared {
     name: Arc<str>,
@@ -43,7 +48,40 @@ impl Context {
                 shutdown,
             }),
             handling: None,
+            concurrency: 1,
+            registry: None,
         }
+    }
+
+    /// This context with the hub's metrics registry (the engine sets it).
+    pub fn with_metrics_registry(
+        mut self,
+        registry: Arc<dyn crate::metrics::Recorder + Send + Sync>,
+    ) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// The hub's metrics registry: a consumer crate registers its own series there through the
+    /// engine's metrics module (`hub_engine::metrics::exec_series(..)`, say), as a backend does.
+    /// Outside a hub (a test's own context), one that records nothing.
+    pub fn metrics_registry(&self) -> &dyn crate::metrics::Recorder {
+        match &self.registry {
+            Some(r) => &**r,
+            None => &NO_REGISTRY,
+        }
+    }
+
+    /// This context for a consumer run with `concurrency` calls at once (the engine sets it).
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// How many calls to `consume` the hub makes at once for this consumer (its `concurrency`;
+    /// 1 for a producer).
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
     }
 
     /// This context while handling `msg`: what [`Context::publish`] sends then carries `msg`'s id
@@ -53,6 +91,8 @@ impl Context {
         Self {
             shared: Arc::clone(&self.shared),
             handling: Some(msg),
+            concurrency: self.concurrency,
+            registry: self.registry.clone(),
         }
     }
 

@@ -172,7 +172,9 @@ impl EngineBuilder {
                 builder.publisher(b.index, Arc::clone(&b.backend)),
                 self.resources.clone(),
                 shutdown.clone(),
-            );
+            )
+            .with_concurrency(spec.options.concurrency)
+            .with_metrics_registry(self.registry.recorder());
             builder.consumer(b.index, spec.patterns, spec.options, consumer, cx);
         }
         let mut producers = Vec::new();

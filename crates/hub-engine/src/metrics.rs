@@ -28,6 +28,8 @@
 //! | `hub_dispatcher_unrouted_messages_total` | counter | — | messages no consumer matched |
 //! | `hub_zeromq_endpoint_connected` | gauge | `backend`, `endpoint` | 1 while the ZeroMQ endpoint is connected |
 //! | `hub_zeromq_gaps_total` | counter | `backend`, `endpoint` | messages missed, from gaps in fedmsg sequence numbers |
+//! | `hub_exec_restarts_total` | counter | `consumer` | an exec program started again (it ended, or a message timed out) |
+//! | `hub_exec_protocol_errors_total` | counter | `consumer` | lines from an exec program that were not protocol |
 //! | `hub_amqp_queue_messages` | gauge | `consumer` | messages ready in the consumer's RabbitMQ queue (the broker's count, polled) |
 //! | `hub_amqp_connection_blocked` | gauge | `backend` | 1 while RabbitMQ blocks the connection (a memory or disk alarm) |
 //! | `hub_amqp_republish_failures_total` | counter | `consumer`, `kind` = `retry`\|`dead_letter` | republishes (retry or dead letter) that did not go out at once; the message is held and tried again |
@@ -94,6 +96,10 @@ pub const AMQP_QUEUE_MESSAGES: &str = "hub_amqp_queue_messages";
 pub const AMQP_CONNECTION_BLOCKED: &str = "hub_amqp_connection_blocked";
 /// `hub_amqp_republish_failures_total`
 pub const AMQP_REPUBLISH_FAILURES: &str = "hub_amqp_republish_failures_total";
+/// `hub_exec_restarts_total`
+pub const EXEC_RESTARTS: &str = "hub_exec_restarts_total";
+/// `hub_exec_protocol_errors_total`
+pub const EXEC_PROTOCOL_ERRORS: &str = "hub_exec_protocol_errors_total";
 
 /// Histogram buckets (seconds) for the two `_seconds` histograms: 50 µs to 5 min.
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -206,6 +212,16 @@ const HELP: &[(&str, Kind, &str)] = &[
         AMQP_REPUBLISH_FAILURES,
         Kind::Counter,
         "Retries and dead letters that could not be republished at once (held and tried again).",
+    ),
+    (
+        EXEC_RESTARTS,
+        Kind::Counter,
+        "Times an exec consumer's program was started again after it ended or got stuck.",
+    ),
+    (
+        EXEC_PROTOCOL_ERRORS,
+        Kind::Counter,
+        "Lines from an exec consumer's program that were not protocol (ignored).",
     ),
 ];
 
@@ -503,6 +519,26 @@ pub fn amqp_republish_failures(
     );
     c.increment(0);
     c
+}
+
+/// An exec consumer's series (`hub-exec`).
+pub struct ExecSeries {
+    /// `hub_exec_restarts_total`
+    pub restarts: Counter,
+    /// `hub_exec_protocol_errors_total`
+    pub protocol_errors: Counter,
+}
+
+/// Registers an exec consumer's series, at 0, in the hub's `registry`
+/// ([`hub_core::Context::metrics_registry`]).
+pub fn exec_series(registry: &dyn Recorder, consumer: &str) -> ExecSeries {
+    let s = metrics::with_local_recorder(registry, || ExecSeries {
+        restarts: counter!(EXEC_RESTARTS, "consumer" => consumer.to_owned()),
+        protocol_errors: counter!(EXEC_PROTOCOL_ERRORS, "consumer" => consumer.to_owned()),
+    });
+    s.restarts.increment(0);
+    s.protocol_errors.increment(0);
+    s
 }
 
 /// [`DURATION_BUCKETS`] in nanoseconds, for comparing a sample without floating point.

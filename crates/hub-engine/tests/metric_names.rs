@@ -7,12 +7,13 @@
 use std::path::{Path, PathBuf};
 
 /// The families' prefixes: a string literal starting with one of these is a metric name.
-const PREFIXES: [&str; 5] = [
+const PREFIXES: [&str; 6] = [
     "\"hub_consumer_",
     "\"hub_backend_",
     "\"hub_dispatcher_",
     "\"hub_zeromq_",
     "\"hub_amqp_",
+    "\"hub_exec_",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

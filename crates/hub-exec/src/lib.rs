@@ -4,28 +4,31 @@
 //! bounded queue, `concurrency`, ordering at concurrency 1, `timeout`, retries and dead letters
 //! where the backend has them, and every per-consumer gauge, without recompiling the hub.
 //!
-//! **Per-message mode** (`mode = "per-message"`, the shape of fedmsg-trigger and `amqp-consume`):
-//! the command runs once per message ([`per_message`]).
-//!
-//! The long-running stream mode (one process per consumer, JSON lines both ways) is not built
-//! yet: `mode` must be given, and `"stream"` is refused with a message that says so.
+//! - **Stream mode** (`mode = "stream"`, the default): one long-running program per consumer,
+//!   JSON lines both ways (`docs/exec-protocol.md`, version 1): [`Stream`].
+//! - **Per-message mode** (`mode = "per-message"`, the shape of fedmsg-trigger and
+//!   `amqp-consume`): the command runs once per message: [`PerMessage`].
 
 mod per_message;
+mod stream;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hub_core::{BoxError, Consumer, ConsumerConfig, Resources};
 use serde::Deserialize;
 
 pub use per_message::{EX_TEMPFAIL, PerMessage};
+pub use stream::{PROTOCOL, Stream};
 
 /// `[consumers.<id>.settings]` for `type = "exec"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecConfig {
-    /// How the program is run.
+    /// How the program is run (default `stream`).
+    #[serde(default)]
     pub mode: Mode,
     /// The program and its arguments: `["notify.sh", "--quiet"]`. A name without `/` is
     /// looked up in `PATH`.
@@ -36,22 +39,38 @@ pub struct ExecConfig {
     /// Working directory (default: the hub's).
     #[serde(default)]
     pub cwd: Option<PathBuf>,
+    /// Stream mode: how long the program may take to say it is ready (default `"30s"`).
+    #[serde(default = "default_ready_timeout", with = "hub_core::duration")]
+    pub ready_timeout: Duration,
+    /// Stream mode: the longest line the program may write (default 1 MiB); a longer one is
+    /// counted as a protocol error and dropped.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+}
+
+fn default_ready_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_line_bytes() -> usize {
+    1 << 20
 }
 
 /// `mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
+    /// One long-running process per consumer speaking JSON lines (the default).
+    #[default]
+    Stream,
     /// One process per message: the message on stdin, the exit code is the verdict.
     PerMessage,
-    /// One long-running process speaking JSON lines (not built yet: refused when checked).
-    Stream,
 }
 
 impl ConsumerConfig for ExecConfig {
     const TYPE: &'static str = "exec";
     const DESCRIPTION: &'static str =
-        "runs a program for messages (mode = \"per-message\": exit 0 ack, 75 retry, else reject)";
+        "a program in any language: one process speaking JSON lines, or one run per message";
 
     fn build(self, _resources: &Resources) -> Result<Arc<dyn Consumer>, BoxError> {
         let Some(program) = self.command.first() else {
@@ -75,13 +94,12 @@ impl ConsumerConfig for ExecConfig {
         {
             return Err(format!("cwd: {} is not a directory", cwd.display()).into());
         }
+        if self.max_line_bytes == 0 {
+            return Err("max_line_bytes: must be at least 1".into());
+        }
         match self.mode {
             Mode::PerMessage => Ok(Arc::new(PerMessage::new(self))),
-            Mode::Stream => Err(
-                "mode \"stream\" (one long-running process speaking JSON lines) is not available \
-                 yet; use mode = \"per-message\""
-                    .into(),
-            ),
+            Mode::Stream => Ok(Arc::new(Stream::new(self))),
         }
     }
 }

@@ -64,7 +64,7 @@ impl PerMessage {
 }
 
 /// The attempt number: the backend's count (`x-hub-attempts`) where it keeps one, else 1.
-fn attempt(msg: &Message) -> u64 {
+pub(crate) fn attempt(msg: &Message) -> u64 {
     msg.header(ATTEMPTS_HEADER)
         .and_then(hub_core::Value::as_u64)
         .unwrap_or(1)

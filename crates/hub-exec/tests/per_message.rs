@@ -172,11 +172,8 @@ fn settings_that_cannot_work_are_refused_when_built() {
     );
     let e = err("mode = \"per-message\"\ncommand = []");
     assert!(e.contains("command: give the program"), "{e}");
-    let e = err("mode = \"stream\"\ncommand = [\"sh\"]");
-    assert!(
-        e.contains("mode \"stream\"") && e.contains("not available yet"),
-        "{e}"
-    );
+    let e = err("command = [\"sh\"]\nmax_line_bytes = 0");
+    assert!(e.contains("max_line_bytes: must be at least 1"), "{e}");
     let e = err("mode = \"per-mesage\"\ncommand = [\"sh\"]");
     assert!(e.contains("did you mean `per-message`"), "{e}");
     assert!(
