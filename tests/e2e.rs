@@ -801,3 +801,173 @@ type = "echo"
     assert!(err.starts_with("7 configuration problems"), "{err}");
     assert!(!err.contains("``"), "no doubled backticks: {err}");
 }
+
+mod fedora_messaging_import {
+    //! `hub import fedora-messaging` on a realistic config: what it prints passes `hub check`,
+    //! and run against RabbitMQ, a message published by fedora-messaging's own `api.publish`
+    //! reaches the callback (the example one), unchanged.
+    use super::*;
+
+    const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+    fn fm_python() -> String {
+        std::env::var("HUB_TEST_FM_PYTHON")
+            .expect("HUB_TEST_FM_PYTHON: a Python with fedora-messaging (scripts/test sets it)")
+    }
+
+    fn import(config: &Path) -> Output {
+        let adapter = format!("{ROOT}/crates/hub-exec/python/hub_fm_adapter.py");
+        hub(&[
+            "import",
+            "fedora-messaging",
+            config.to_str().unwrap(),
+            "--adapter",
+            &adapter,
+            "--python",
+            &fm_python(),
+        ])
+        .output()
+        .unwrap()
+    }
+
+    #[test]
+    fn tls_files_map_to_the_amqp_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let fm = dir.path().join("fm.toml");
+        std::fs::write(
+            &fm,
+            r#"amqp_url = "amqps://fedora:@rabbitmq.fedoraproject.org/%2Fpublic_pubsub"
+callback = "mycb:Consumer"
+[tls]
+ca_cert = "/etc/fedora-messaging/cacert.pem"
+keyfile = "/etc/fedora-messaging/fedora-key.pem"
+certfile = "/etc/fedora-messaging/fedora-cert.pem"
+"#,
+        )
+        .unwrap();
+        let out = import(&fm);
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in [
+            r#"url = "amqps://fedora:@rabbitmq.fedoraproject.org/%2Fpublic_pubsub""#,
+            r#"ca_file = "/etc/fedora-messaging/cacert.pem""#,
+            r#"cert_file = "/etc/fedora-messaging/fedora-cert.pem""#,
+            r#"key_file = "/etc/fedora-messaging/fedora-key.pem""#,
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn an_imported_config_checks_and_runs_the_callback_on_a_real_publish() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        let queue = format!("fm_import_{u}");
+        let fm = dir.path().join("fm.toml");
+        std::fs::write(
+            &fm,
+            format!(
+                r#"amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2F"
+callback = "mycb:Consumer"
+passive_declares = true
+publish_exchange = "amq.topic"
+[client_properties]
+app = "import test"
+[queues.{queue}]
+durable = true
+auto_delete = false
+exclusive = false
+arguments = {{ "x-queue-type" = "classic" }}
+[[bindings]]
+queue = "{queue}"
+exchange = "amq.topic"
+routing_keys = ["org.fedoraproject.prod.{u}.#"]
+[qos]
+prefetch_size = 0
+prefetch_count = 10
+[consumer_config]
+greeting = "hi"
+"#
+            ),
+        )
+        .unwrap();
+        let out = import(&fm);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let notes = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            notes.contains("passive_declares") && notes.contains("x-queue-type"),
+            "{notes}"
+        );
+        let port = free_port();
+        let hub_config = dir.path().join("hub.toml");
+        std::fs::write(&hub_config, &out.stdout).unwrap();
+        let checked = check(&hub_config);
+        assert!(
+            checked.status.success(),
+            "{}",
+            String::from_utf8_lossy(&checked.stderr)
+        );
+
+        let seen = dir.path().join("seen");
+        std::fs::create_dir(&seen).unwrap();
+        let mut child = spawn(
+            hub(&["run", "--config", hub_config.to_str().unwrap()])
+                .env("HUB_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+                .env("OUT", &seen)
+                .env(
+                    "PYTHONPATH",
+                    format!("{ROOT}/examples/exec/fedora-messaging"),
+                )
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        wait_ready(port, &mut child);
+        // fedora-messaging's own publish, with its own config file.
+        let published = Command::new(fm_python())
+            .args([
+                "-c",
+                &format!(
+                    "from fedora_messaging import api, config, message\n\
+                     config.conf.load_config({:?})\n\
+                     m = message.Message(topic='org.fedoraproject.prod.{u}.update', body={{'n': 1}})\n\
+                     api.publish(m)\n\
+                     print(m.id)",
+                    fm.display().to_string()
+                ),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            published.status.success(),
+            "{}",
+            String::from_utf8_lossy(&published.stderr)
+        );
+        let id = String::from_utf8_lossy(&published.stdout).trim().to_owned();
+        let file = seen.join(&id);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !file.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the callback never saw message {id}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(s["body"], serde_json::json!({"n": 1}));
+        assert_eq!(s["greeting"], "hi");
+        signal(&child, "-TERM");
+        assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "delete_queue", &queue])
+            .output();
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "delete_queue", &format!("{queue}.dead-letters")])
+            .output();
+    }
+}

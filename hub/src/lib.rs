@@ -21,6 +21,7 @@
 mod cli_tools;
 pub mod config;
 mod http;
+mod import;
 mod registry;
 pub mod stock;
 pub mod telemetry;
@@ -416,6 +417,14 @@ impl HubBuilder {
                 format,
                 count,
             } => cli_tools::tail(&connect, &topic, format, count).await,
+            Command::Import {
+                from:
+                    ImportFrom::FedoraMessaging {
+                        config,
+                        python,
+                        adapter,
+                    },
+            } => import::fedora_messaging(&config, &python, &adapter),
             Command::Publish {
                 bind,
                 connect,
@@ -692,6 +701,11 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Print a hub configuration made from another tool's configuration (`fedora-messaging CONFIG`).
+    Import {
+        #[command(subcommand)]
+        from: ImportFrom,
+    },
     /// Send one message: over ZeroMQ (like fedmsg-logger) or to RabbitMQ (like fedora-messaging publish).
     #[command(group(clap::ArgGroup::new("peer").required(true).args(["bind", "connect", "amqp"])))]
     Publish {
@@ -717,5 +731,24 @@ enum Command {
         /// How long to wait for a subscriber (with --bind) or a connection (with --connect).
         #[arg(long, default_value = "10s", value_parser = hub_core::duration::parse)]
         wait: std::time::Duration,
+    },
+}
+
+/// `hub import ...`.
+#[derive(Debug, Subcommand)]
+enum ImportFrom {
+    /// From a fedora-messaging config file: its AMQP url, TLS files, qos, bindings and durable
+    /// queues, and an exec consumer running its callback unchanged (printed on stdout; what
+    /// cannot be translated is said on stderr).
+    FedoraMessaging {
+        /// The fedora-messaging config file (TOML).
+        config: PathBuf,
+        /// Where the hub's fedora-messaging adapter is (`crates/hub-exec/python/hub_fm_adapter.py`
+        /// in the hub's source).
+        #[arg(long, default_value = "hub_fm_adapter.py")]
+        adapter: String,
+        /// The Python that has fedora-messaging and the callback's package.
+        #[arg(long, default_value = "python3")]
+        python: String,
     },
 }
