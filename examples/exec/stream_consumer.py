@@ -43,8 +43,12 @@ def main():
     assert hello["type"] == "hello" and hello["protocol"] == 1
     if os.environ.get("NOT_READY"):
         time.sleep(3600)
+    if os.environ.get("PIDFILE"):
+        with open(os.environ["PIDFILE"], "w") as f:
+            f.write(str(os.getpid()))
     send({"type": "ready", "protocol": 1})
     hold = int(os.environ.get("HOLD", "1"))  # answer in batches of HOLD, last first
+    slow = float(os.environ.get("SLOW_MS", "0")) / 1000  # time taken per message
     seen = os.environ.get("SEEN")
     held = []
     for line in sys.stdin:
@@ -53,6 +57,8 @@ def main():
         if seen:
             with open(seen, "a") as f:
                 f.write(msg["id"] + "\n")
+        if slow:
+            time.sleep(slow)
         held.append(verdict(msg))
         if len(held) >= hold:
             for v in reversed(held):

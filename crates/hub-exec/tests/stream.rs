@@ -41,12 +41,13 @@ fn msg(id: &str, body: serde_json::Value) -> Message {
 async fn verdicts_publishes_and_strict_order_at_concurrency_1() {
     let dir = tempfile::tempdir().unwrap();
     let seen = dir.path().join("seen");
-    let hub = hub(
-        &format!("SEEN = \"{}\"", seen.display()),
-        "",
-        options(1, None),
-    )
-    .await;
+    // A queue that holds all 10 000: they are queued in the order they are handed over (ten
+    // thousand senders waiting for room would be woken in no set order; a backend has one).
+    let opts = ConsumerOptions {
+        queue_capacity: 20_000,
+        ..options(1, None)
+    };
+    let hub = hub(&format!("SEEN = \"{}\"", seen.display()), "", opts).await;
     assert_eq!(hub.send_message(msg("ok", json!({}))).await, Verdict::Ack);
     let v = hub
         .send_message(msg("later", json!({"do": "retry-once"})))
@@ -79,8 +80,8 @@ async fn verdicts_publishes_and_strict_order_at_concurrency_1() {
     assert_eq!(published[0].body(), &json!({"from": "pub"}));
     assert_eq!(published[0].header("in_reply_to"), Some(&json!("pub")));
 
-    // 300 messages handed over at once: the program sees them in order.
-    let ids: Vec<String> = (0..300).map(|i| format!("m{i}")).collect();
+    // 10 000 messages handed over at once: the program sees them in order.
+    let ids: Vec<String> = (0..10_000).map(|i| format!("m{i}")).collect();
     let sends = ids
         .iter()
         .map(|id| hub.send_message(msg(id, json!({"i": 1}))));
