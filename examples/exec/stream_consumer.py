@@ -22,6 +22,8 @@ def verdict(msg):
     mid = msg["id"]
     if do == "retry-once" and msg["attempt"] == 1:
         return {"type": "retry", "id": mid, "reason": "try again later"}
+    if do == "retry-later":
+        return {"type": "retry", "id": mid, "reason": "busy", "delay": "300ms"}
     if do == "reject":
         return {"type": "reject", "id": mid, "reason": "no such build"}
     if do == "publish":
@@ -33,7 +35,7 @@ def verdict(msg):
         time.sleep(3600)
     if do == "garbage":
         sys.stdout.write("this is not json\n")
-        sys.stdout.write("x" * (2 * 1024 * 1024) + "\n")
+        sys.stdout.write("x" * (10 * 1024 * 1024) + "\n")
         send({"type": "ack", "id": "no-such-id"})
     return {"type": "ack", "id": mid}
 

@@ -40,6 +40,21 @@ struct Line {
     protocol: Option<u64>,
     #[serde(default)]
     publish: Vec<Publish>,
+    /// `retry` only: how long to wait before the message goes back ("5s", or seconds).
+    #[serde(default)]
+    delay: Option<Value>,
+}
+
+/// The longest `delay` a `retry` may ask for.
+const DELAY_MAX: Duration = Duration::from_secs(60);
+
+/// A retry's `delay`: a duration string (`"5s"`) or a number of seconds.
+fn delay_of(v: &Value) -> Option<Duration> {
+    match v {
+        Value::String(s) => hub_core::duration::parse(s).ok(),
+        Value::Number(n) => n.as_f64().and_then(|s| Duration::try_from_secs_f64(s).ok()),
+        _ => None,
+    }
 }
 
 /// A message a verdict asks the hub to publish.
@@ -58,6 +73,7 @@ struct Answer {
     kind: Verdict,
     reason: Option<String>,
     publish: Vec<Publish>,
+    delay: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +184,11 @@ impl Stream {
         let mut stdin = child.stdin.take().ok_or("the program has no stdin")?;
         let stdout = child.stdout.take().ok_or("the program has no stdout")?;
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(log_stderr(stderr, cx.name().to_owned()));
+            let span = tracing::info_span!("consumer", consumer = cx.name());
+            tokio::spawn(tracing::Instrument::instrument(
+                log_stderr(stderr, cx.name().to_owned()),
+                span,
+            ));
         }
         let hello = json!({
             "type": "hello", "protocol": PROTOCOL, "consumer": cx.name(),
@@ -287,11 +307,18 @@ impl Consumer for Stream {
         let reason = answer.reason.unwrap_or_default();
         match answer.kind {
             Verdict::Ack => Ok(()),
-            Verdict::Retry => Err(ConsumeError::transient(if reason.is_empty() {
-                "the program asked for a retry".to_owned()
-            } else {
-                reason
-            })),
+            Verdict::Retry => {
+                // The message goes back after the delay the program asked for (holding one of
+                // the consumer's `concurrency` slots meanwhile).
+                if let Some(delay) = answer.delay {
+                    tokio::time::sleep(delay.min(DELAY_MAX)).await;
+                }
+                Err(ConsumeError::transient(if reason.is_empty() {
+                    "the program asked for a retry".to_owned()
+                } else {
+                    reason
+                }))
+            }
             Verdict::Reject => Err(ConsumeError::invalid(if reason.is_empty() {
                 "rejected by the program".to_owned()
             } else {
@@ -414,10 +441,18 @@ async fn read_answers(process: Arc<Process>, mut lines: Lines, consumer: String,
             .remove(&id);
         match waiting {
             Some(tx) => {
+                let delay = line.delay.as_ref().and_then(delay_of);
+                if line.delay.is_some() && delay.is_none() {
+                    bad(
+                        "a delay that is not a duration such as \"5s\" (ignored)",
+                        &text,
+                    );
+                }
                 let _ = tx.send(Answer {
                     kind,
                     reason: line.reason,
                     publish: line.publish,
+                    delay,
                 });
             }
             None => bad(

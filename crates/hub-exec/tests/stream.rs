@@ -145,18 +145,58 @@ async fn a_hung_program_times_out_and_is_restarted() {
     hub.shutdown().await;
 }
 
+/// Does nothing (a second consumer, to see that it is not disturbed).
+struct Quiet;
+
+#[hub_core::async_trait]
+impl hub_core::Consumer for Quiet {
+    async fn consume(
+        &self,
+        _: &hub_core::Context,
+        _: &Message,
+    ) -> Result<(), hub_core::ConsumeError> {
+        Ok(())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_and_overlong_lines_are_counted_and_ignored() {
-    let hub = hub("", "max_line_bytes = 1024", options(1, None)).await;
+async fn garbage_and_a_10_mb_line_are_counted_and_ignored_and_others_are_untouched() {
+    // The default max_line_bytes (1 MiB) against a 10 MB line.
+    let consumer = build_consumer::<ExecConfig>(&settings("", ""), &Resources::new()).unwrap();
+    let hub = TestHub::builder()
+        .consumer_with("py", &["org.#"], options(1, None), consumer)
+        .consumer("quiet", &["other.#"], Quiet)
+        .start()
+        .await;
     assert_eq!(
         hub.send_message(msg("g", json!({"do": "garbage"}))).await,
         Verdict::Ack
     );
+    assert_eq!(hub.send("other.x", json!({})).await, Verdict::Ack);
     assert_eq!(hub.send_message(msg("h", json!({}))).await, Verdict::Ack);
-    // Not JSON, a line over max_line_bytes, an id that is not out: three, and nothing stopped.
+    // Not JSON, the 10 MB line, an id that is not out: three, and nothing stopped.
     assert_eq!(
         hub.metric(r#"hub_exec_protocol_errors_total{consumer="py"}"#),
         Some(3.0)
+    );
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_waits_the_delay_the_program_asks_for() {
+    let hub = hub("", "", options(1, None)).await;
+    let started = std::time::Instant::now();
+    let v = hub
+        .send_message(msg("busy", json!({"do": "retry-later"})))
+        .await;
+    assert!(
+        matches!(&v, Verdict::Retry { reason } if reason.ends_with(": busy")),
+        "{v:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
     );
     hub.shutdown().await;
 }
