@@ -858,6 +858,38 @@ certfile = "/etc/fedora-messaging/fedora-cert.pem"
         }
     }
 
+    /// Queue names that make the same id, and a queue bound twice apart: distinct consumers,
+    /// and TOML that `hub check` reads.
+    #[test]
+    fn queue_names_that_collide_still_make_a_valid_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let fm = dir.path().join("fm.toml");
+        let mut text = String::from("callback = \"m:C\"\n");
+        for (q, key) in [("a.b", "x.#"), ("a_b", "y.#"), ("a.b", "z.#")] {
+            text.push_str(&format!(
+                "[[bindings]]\nqueue = \"{q}\"\nexchange = \"amq.topic\"\nrouting_keys = [\"{key}\"]\n"
+            ));
+        }
+        std::fs::write(&fm, text).unwrap();
+        let out = import(&fm);
+        assert!(out.status.success());
+        let config = dir.path().join("hub.toml");
+        std::fs::write(&config, &out.stdout).unwrap();
+        let checked = check(&config);
+        assert!(
+            checked.status.success(),
+            "{}",
+            String::from_utf8_lossy(&checked.stderr)
+        );
+        let summary = String::from_utf8_lossy(&checked.stdout);
+        assert!(
+            summary.contains(r#"consumer a_b "#) || summary.contains("consumer a_b  "),
+            "{summary}"
+        );
+        assert!(summary.contains("a_b-2"), "{summary}");
+        assert!(summary.contains(r#"topics=["x.#", "z.#"]"#), "{summary}");
+    }
+
     #[test]
     fn an_imported_config_checks_and_runs_the_callback_on_a_real_publish() {
         let dir = tempfile::tempdir().unwrap();

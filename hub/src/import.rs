@@ -57,9 +57,11 @@ const IGNORED: &[&str] = &[
     "publish_priority",
 ];
 
-/// A TOML basic string (JSON's escapes are TOML's).
+/// A TOML basic string (JSON's escapes are TOML's; DEL, which JSON leaves, is escaped too).
 fn quoted(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+    serde_json::to_string(s)
+        .unwrap_or_else(|_| "\"\"".into())
+        .replace('\u{7f}', "\\u007F")
 }
 
 /// A consumer id from a queue name: letters, digits, `_` and `-`.
@@ -82,7 +84,11 @@ fn translate(config: &Path, fm: &FmConfig, python: &str, adapter: &str) -> (Stri
     let mut notes = Vec::new();
     let mut out = String::new();
     let source = config.display();
-    let _ = writeln!(out, "# Made by `hub import fedora-messaging {source}`.");
+    let _ = writeln!(
+        out,
+        "# Made by `hub import fedora-messaging` from {}.",
+        quoted(&source.to_string())
+    );
     let _ = writeln!(
         out,
         "# The callback runs unchanged under the hub's fedora-messaging adapter, which reads"
@@ -176,22 +182,27 @@ fn consumers(
     command: impl Fn(&mut String),
 ) {
     let callback_note = match &fm.callback {
-        Some(c) => format!("callback {c}"),
+        Some(c) => format!("callback {}", quoted(c)),
         None => {
             notes.push("no `callback` in the file: give the adapter --callback module:name".into());
             "no callback".into()
         }
     };
     let queues: Vec<(&String, Option<&FmQueue>)> = if fm.queues.is_empty() {
-        let mut from_bindings: Vec<&String> = fm.bindings.iter().map(|b| &b.queue).collect();
-        from_bindings.dedup();
-        from_bindings.into_iter().map(|q| (q, None)).collect()
+        let mut seen = std::collections::BTreeSet::new();
+        fm.bindings
+            .iter()
+            .map(|b| &b.queue)
+            .filter(|q| seen.insert(*q))
+            .map(|q| (q, None))
+            .collect()
     } else {
         fm.queues.iter().map(|(q, d)| (q, Some(d))).collect()
     };
     if queues.is_empty() {
         notes.push("no [queues] and no [[bindings]]: no consumer to make".into());
     }
+    let mut ids = std::collections::BTreeSet::new();
     for (queue, declared) in queues {
         let mut topics: Vec<String> = fm
             .bindings
@@ -205,9 +216,16 @@ fn consumers(
             ));
             topics.push("#".into());
         }
-        let id = id_of(queue);
+        // Two queue names can make one id (`a.b`, `a_b`): the second gets a suffix.
+        let mut id = id_of(queue);
+        let base = id.clone();
+        let mut n = 2;
+        while !ids.insert(id.clone()) {
+            id = format!("{base}-{n}");
+            n += 1;
+        }
         let list: Vec<String> = topics.iter().map(|t| quoted(t)).collect();
-        let _ = writeln!(out, "# {callback_note}, queue {queue}");
+        let _ = writeln!(out, "# {callback_note}, queue {}", quoted(queue));
         let _ = writeln!(
             out,
             "[consumers.{id}]\ntype = \"exec\"\ntopics = [{}]",

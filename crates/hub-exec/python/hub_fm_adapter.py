@@ -31,12 +31,17 @@ import pika
 from fedora_messaging import config, exceptions, message as fm_message
 
 _out = threading.Lock()
+# The protocol gets its own copy of stdout; what the callback prints goes to stderr (logged by
+# the hub), so it can never break an answer line.
+_proto = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
+sys.stdout = sys.stderr
 
 
 def send(obj):
     with _out:
-        sys.stdout.write(json.dumps(obj) + "\n")
-        sys.stdout.flush()
+        _proto.write(json.dumps(obj) + "\n")
+        _proto.flush()
 
 
 def load_callback(path):
@@ -78,7 +83,7 @@ def handle(callback, msg):
         # in hand is retried.
         send(answer)
         os._exit(e.exit_code)
-    except Exception as e:  # noqa: BLE001 - any other failure is worth a retry
+    except BaseException as e:  # noqa: BLE001 - every failure is answered: a retry may help
         traceback.print_exc(file=sys.stderr)
         answer = {"type": "retry", "id": msg["id"], "reason": f"{type(e).__name__}: {e}"}
     send(answer)

@@ -122,11 +122,19 @@ async fn log_lines(
     which: &str,
 ) -> Option<String> {
     let stream = stream?;
-    let mut lines = BufReader::new(stream).lines();
+    let mut reader = BufReader::new(stream);
     let mut last = None;
+    let mut buf = Vec::new();
     loop {
-        match lines.next_line().await {
-            Ok(Some(line)) => {
+        buf.clear();
+        // Bytes, not `lines()`: output that is not UTF-8 is logged as best it can be, and the
+        // pipe stays read (closing it would kill the program with SIGPIPE).
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return last,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\n', '\r'])
+                    .to_owned();
                 if which == "stderr" {
                     warn!(message_id = id, stream = which, "{line}");
                 } else {
@@ -144,8 +152,6 @@ async fn log_lines(
                     last = Some(cut);
                 }
             }
-            // Not UTF-8, or the pipe failed: stop reading (the exit status still decides).
-            Ok(None) | Err(_) => return last,
         }
     }
 }

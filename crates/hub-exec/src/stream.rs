@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hub_core::metrics::Counter;
 use hub_core::{BoxError, ConsumeError, Consumer, Context, Map, Message, Value, async_trait, json};
@@ -113,11 +113,19 @@ impl Process {
     }
 }
 
+/// When the program may be started again.
+struct Backoff {
+    wait: Duration,
+    not_before: Option<Instant>,
+}
+
 /// A consumer that feeds one long-running program.
 pub struct Stream {
     config: ExecConfig,
     current: tokio::sync::Mutex<Option<Arc<Process>>>,
-    backoff: Mutex<Duration>,
+    /// The wait before the next start and when that start may be: it doubles at each start
+    /// that did not lead to an answer, and goes back to [`BACKOFF_FIRST`] at the first answer.
+    backoff: Arc<Mutex<Backoff>>,
     /// `hub_exec_restarts_total`, `hub_exec_protocol_errors_total` (registered at the first
     /// start, in the hub's registry).
     series: OnceLock<ExecSeries>,
@@ -129,7 +137,10 @@ impl Stream {
         Self {
             config,
             current: tokio::sync::Mutex::new(None),
-            backoff: Mutex::new(BACKOFF_FIRST),
+            backoff: Arc::new(Mutex::new(Backoff {
+                wait: BACKOFF_FIRST,
+                not_before: None,
+            })),
             series: OnceLock::new(),
         }
     }
@@ -147,16 +158,27 @@ impl Stream {
         {
             return Ok(Arc::clone(p));
         }
+        // Not within the backoff: the message is given back at once (never a sleep here, which
+        // the consumer's timeout could cut short, again and again).
+        {
+            let mut b = self.backoff.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
+            if let Some(at) = b.not_before
+                && now < at
+            {
+                return Err(
+                    format!("the program is down; it is started again in {:?}", at - now).into(),
+                );
+            }
+            b.not_before = Some(now + b.wait);
+            b.wait = (b.wait * 2).min(BACKOFF_MAX);
+        }
         if current.is_some() {
-            let wait = {
-                let mut b = self.backoff.lock().unwrap_or_else(PoisonError::into_inner);
-                let wait = *b;
-                *b = (*b * 2).min(BACKOFF_MAX);
-                wait
-            };
             self.series(cx).restarts.increment(1);
-            warn!(consumer = cx.name(), wait = ?wait, "The program ended; starting it again.");
-            tokio::time::sleep(wait).await;
+            warn!(
+                consumer = cx.name(),
+                "The program ended; starting it again."
+            );
         }
         let p = self.spawn(cx).await?;
         *current = Some(Arc::clone(&p));
@@ -226,7 +248,6 @@ impl Stream {
                 }
             },
         }
-        *self.backoff.lock().unwrap_or_else(PoisonError::into_inner) = BACKOFF_FIRST;
         info!(consumer = cx.name(), pid, "The program is ready.");
         let process = Arc::new(Process {
             stdin: tokio::sync::Mutex::new(Some(stdin)),
@@ -239,6 +260,7 @@ impl Stream {
             lines,
             cx.name().to_owned(),
             self.series(cx).protocol_errors.clone(),
+            Arc::clone(&self.backoff),
         ));
         Ok(process)
     }
@@ -286,6 +308,8 @@ impl Consumer for Stream {
         };
         if let Err(e) = written {
             outstanding.answered = true;
+            // It no longer reads its stdin: start a new one for the next message.
+            process.kill();
             process
                 .pending
                 .lock()
@@ -349,9 +373,10 @@ impl Consumer for Stream {
                     consumer = cx.name(),
                     pid, "The program did not exit when its stdin closed: SIGTERM."
                 );
-                let _ = std::process::Command::new("kill")
+                let _ = Command::new("kill")
                     .args(["-TERM", &pid.to_string()])
-                    .status();
+                    .status()
+                    .await;
             }
             if tokio::time::timeout(EXIT_WAIT, ended.wait_for(|e| *e))
                 .await
@@ -369,8 +394,11 @@ impl Consumer for Stream {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(mut child) = child {
-            let _ = child.wait().await;
+        if let Some(mut child) = child
+            && tokio::time::timeout(EXIT_WAIT, child.wait()).await.is_err()
+        {
+            // It closed its stdout but goes on: it is killed (and reaped by tokio).
+            let _ = child.start_kill();
         }
     }
 }
@@ -403,7 +431,14 @@ impl Drop for Outstanding<'_> {
 
 /// Reads the program's answers until its stdout ends; then fails what is outstanding (each is
 /// retried) and marks the process ended.
-async fn read_answers(process: Arc<Process>, mut lines: Lines, consumer: String, errors: Counter) {
+async fn read_answers(
+    process: Arc<Process>,
+    mut lines: Lines,
+    consumer: String,
+    errors: Counter,
+    backoff: Arc<Mutex<Backoff>>,
+) {
+    let mut answered = false;
     let bad = |what: &str, line: &str| {
         errors.increment(1);
         let shown: String = line.chars().take(200).collect();
@@ -441,6 +476,14 @@ async fn read_answers(process: Arc<Process>, mut lines: Lines, consumer: String,
             .remove(&id);
         match waiting {
             Some(tx) => {
+                if !answered {
+                    // It works: a later crash starts again from the shortest wait.
+                    answered = true;
+                    *backoff.lock().unwrap_or_else(PoisonError::into_inner) = Backoff {
+                        wait: BACKOFF_FIRST,
+                        not_before: None,
+                    };
+                }
                 let delay = line.delay.as_ref().and_then(delay_of);
                 if line.delay.is_some() && delay.is_none() {
                     bad(
@@ -530,10 +573,20 @@ impl Lines {
     }
 }
 
-/// Logs the program's stderr, line by line.
+/// Logs the program's stderr, line by line (bytes that are not UTF-8 shown as best they can be;
+/// the pipe is read to its end, so the program never gets SIGPIPE from it).
 async fn log_stderr(stderr: impl AsyncRead + Unpin, consumer: String) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        warn!(consumer = %consumer, stream = "stderr", "{line}");
+    let mut reader = BufReader::new(stderr);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf);
+                let line = line.trim_end_matches(['\n', '\r']);
+                warn!(consumer = %consumer, stream = "stderr", "{line}");
+            }
+        }
     }
 }

@@ -116,6 +116,11 @@ async fn at_concurrency_8_eight_are_outstanding_and_answers_come_in_any_order() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_retries_the_message_and_the_program_starts_again() {
     let hub = hub("", "", options(1, None)).await;
+    // An answer first: the program works, so after a crash it starts again at once.
+    assert_eq!(
+        hub.send_message(msg("first", json!({}))).await,
+        Verdict::Ack
+    );
     let v = hub.send_message(msg("boom", json!({"do": "exit"}))).await;
     assert!(
         matches!(&v, Verdict::Retry { reason } if reason.contains("ended before answering")),
