@@ -406,7 +406,9 @@ impl Loader<'_> {
         let mut kinds = BTreeMap::new();
         for (id, value) in self.table("backends") {
             let key = format!("backends.{id}");
-            let Some((tag, dict, kind)) = self.typed(&key, value, "backend") else {
+            let Some((tag, dict, kind)) =
+                self.typed(&key, value, "backend", &known(&self.registry.backends))
+            else {
                 continue;
             };
             let registry = self.registry;
@@ -442,7 +444,9 @@ impl Loader<'_> {
         let mut broken = Vec::new();
         for (id, value) in self.table("resources") {
             let key = format!("resources.{id}");
-            let Some((tag, dict, kind)) = self.typed(&key, value, "resource") else {
+            let Some((tag, dict, kind)) =
+                self.typed(&key, value, "resource", &known(&self.registry.resources))
+            else {
                 broken.push(id);
                 continue;
             };
@@ -473,6 +477,7 @@ impl Loader<'_> {
         key: &str,
         value: Value,
         what: &str,
+        known: &str,
     ) -> Option<(figment::value::Tag, Dict, String)> {
         let Value::Dict(tag, mut dict) = value else {
             self.issue(key, "expected a table with `type = \"...\"`");
@@ -485,10 +490,6 @@ impl Loader<'_> {
                 None
             }
             None => {
-                let known = match what {
-                    "resource" => known(&self.registry.resources),
-                    _ => known(&self.registry.backends),
-                };
                 self.issue(
                     &format!("{key}.type"),
                     format!("missing; known {what} types: {known}"),

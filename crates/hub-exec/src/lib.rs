@@ -104,6 +104,44 @@ impl ConsumerConfig for ExecConfig {
     }
 }
 
+/// The configured program with its arguments, environment and working directory, its three
+/// standard streams piped, killed when dropped (a timeout drops the call: the process goes with
+/// it), and `HUB_CONSUMER` set.
+fn command(config: &ExecConfig, consumer: &str) -> tokio::process::Command {
+    let (program, args) = config
+        .command
+        .split_first()
+        .map_or(("", &[][..]), |(p, a)| (p.as_str(), a));
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .envs(&config.env)
+        .env("HUB_CONSUMER", consumer)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(cwd) = &config.cwd {
+        cmd.current_dir(cwd);
+    }
+    cmd
+}
+
+/// Calls `each` with every line of `stream` (bytes that are not UTF-8 shown as best they can
+/// be, the line ending cut), until it ends. It is read to its end: closing a program's pipe
+/// early would kill it with SIGPIPE.
+async fn each_line(stream: impl tokio::io::AsyncRead + Unpin, mut each: impl FnMut(&str)) {
+    use tokio::io::AsyncBufReadExt;
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => each(String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r'])),
+        }
+    }
+}
+
 /// The executable `program` names: a path as given, or the first match in `PATH`.
 fn find_program(program: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;

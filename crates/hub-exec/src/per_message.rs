@@ -9,10 +9,8 @@
 //! - stdout and stderr are logged line by line under the consumer's span;
 //! - the consumer's `timeout` kills the process (the message is then retried as any timeout is).
 
-use std::process::Stdio;
-
 use hub_core::{ConsumeError, Consumer, Context, Message, async_trait};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::process::Command;
 use tracing::{info, warn};
 
@@ -39,26 +37,10 @@ impl PerMessage {
     }
 
     fn command(&self, cx: &Context, msg: &Message) -> Command {
-        let (program, args) = self
-            .config
-            .command
-            .split_first()
-            .map_or(("", &[][..]), |(p, a)| (p.as_str(), a));
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .envs(&self.config.env)
-            .env("HUB_TOPIC", msg.topic())
+        let mut cmd = crate::command(&self.config, cx.name());
+        cmd.env("HUB_TOPIC", msg.topic())
             .env("HUB_MESSAGE_ID", msg.id())
-            .env("HUB_ATTEMPT", attempt(msg).to_string())
-            .env("HUB_CONSUMER", cx.name())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // A timeout drops the call: the process goes with it.
-            .kill_on_drop(true);
-        if let Some(cwd) = &self.config.cwd {
-            cmd.current_dir(cwd);
-        }
+            .env("HUB_ATTEMPT", attempt(msg).to_string());
         cmd
     }
 }
@@ -121,37 +103,21 @@ async fn log_lines(
     id: &str,
     which: &str,
 ) -> Option<String> {
-    let stream = stream?;
-    let mut reader = BufReader::new(stream);
     let mut last = None;
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        // Bytes, not `lines()`: output that is not UTF-8 is logged as best it can be, and the
-        // pipe stays read (closing it would kill the program with SIGPIPE).
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return last,
-            Ok(_) => {
-                let line = String::from_utf8_lossy(&buf)
-                    .trim_end_matches(['\n', '\r'])
-                    .to_owned();
-                if which == "stderr" {
-                    warn!(message_id = id, stream = which, "{line}");
-                } else {
-                    info!(message_id = id, stream = which, "{line}");
-                }
-                if !line.trim().is_empty() {
-                    let mut cut = line;
-                    if cut.len() > REASON_LIMIT {
-                        let mut at = REASON_LIMIT;
-                        while !cut.is_char_boundary(at) {
-                            at -= 1;
-                        }
-                        cut.truncate(at);
-                    }
-                    last = Some(cut);
-                }
-            }
+    crate::each_line(stream?, |line| {
+        if which == "stderr" {
+            warn!(message_id = id, stream = which, "{line}");
+        } else {
+            info!(message_id = id, stream = which, "{line}");
         }
-    }
+        if !line.trim().is_empty() {
+            let mut at = line.len().min(REASON_LIMIT);
+            while !line.is_char_boundary(at) {
+                at -= 1;
+            }
+            last = Some(line[..at].to_owned());
+        }
+    })
+    .await;
+    last
 }

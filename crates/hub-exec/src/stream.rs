@@ -2,7 +2,6 @@
 //! 1, `docs/exec-protocol.md`).
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -188,17 +187,7 @@ impl Stream {
     /// Starts the program, says hello, waits for `ready`, and starts reading its answers.
     async fn spawn(&self, cx: &Context) -> Result<Arc<Process>, BoxError> {
         let program = self.config.command.first().map_or("", String::as_str);
-        let mut cmd = Command::new(program);
-        cmd.args(self.config.command.iter().skip(1))
-            .envs(&self.config.env)
-            .env("HUB_CONSUMER", cx.name())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        if let Some(cwd) = &self.config.cwd {
-            cmd.current_dir(cwd);
-        }
+        let mut cmd = crate::command(&self.config, cx.name());
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {program:?}: {e}"))?;
@@ -573,20 +562,10 @@ impl Lines {
     }
 }
 
-/// Logs the program's stderr, line by line (bytes that are not UTF-8 shown as best they can be;
-/// the pipe is read to its end, so the program never gets SIGPIPE from it).
+/// Logs the program's stderr, line by line.
 async fn log_stderr(stderr: impl AsyncRead + Unpin, consumer: String) {
-    let mut reader = BufReader::new(stderr);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let line = String::from_utf8_lossy(&buf);
-                let line = line.trim_end_matches(['\n', '\r']);
-                warn!(consumer = %consumer, stream = "stderr", "{line}");
-            }
-        }
-    }
+    crate::each_line(stderr, |line| {
+        warn!(consumer = %consumer, stream = "stderr", "{line}");
+    })
+    .await;
 }
