@@ -339,7 +339,7 @@ fn broken_configs_exit_2_and_name_the_key() {
             "[consumers.d]\ntype = \"ech\"\ntopics = [\"#\"]\n",
             &[
                 "key `consumers.d.type`",
-                "unknown consumer type `ech` (did you mean `echo`?); known: delay, echo, exec, reply",
+                "unknown consumer type `ech` (did you mean `echo`?); known: delay, echo, exec, http, reply",
             ],
         ),
         (
@@ -648,6 +648,221 @@ settings = {{ delay = "20ms" }}
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let _ = conn.close(200, "done".into()).await;
+    }
+
+    /// Every message id in `queue`, left there (never acknowledged; the channel closes).
+    async fn ids_in(ch_conn: &Connection, queue: &str) -> Vec<String> {
+        use hub_amqp::lapin::options::BasicGetOptions;
+        let ch = ch_conn.create_channel().await.unwrap();
+        let mut out = Vec::new();
+        while let Some(m) = ch
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await
+            .unwrap()
+        {
+            let p = m.delivery.properties;
+            out.push(p.message_id().as_ref().unwrap().as_str().to_owned());
+        }
+        let _ = ch.close(200, "counted".into()).await;
+        out
+    }
+
+    /// `hub dead requeue` on an AMQP dead-letter queue, killed with SIGKILL halfway, loses no
+    /// letter: each is in the dead-letter queue or in its consumer's queue (or both); a second
+    /// run finishes the job. `hub dead list` groups them first.
+    #[test]
+    fn dead_requeue_from_the_dead_letter_queue_loses_nothing_when_killed_halfway() {
+        use hub_amqp::lapin::options::QueueDeclareOptions;
+        use hub_amqp::lapin::types::{AMQPValue, FieldTable};
+        const N: usize = 3000;
+        let dir = tempfile::tempdir().unwrap();
+        let u = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        let name = format!("dlq{u}");
+        let (dlq, cq) = (format!("{name}.dead-letters"), format!("{name}.keep"));
+        let cfg = write_config(
+            dir.path(),
+            &format!(
+                r##"
+[hub]
+name = "{name}"
+[backends.rabbit]
+type = "amqp"
+url = "{URL}"
+[consumers.keep]
+type = "echo"
+topics = ["dlq.#"]
+durable = true
+"##
+            ),
+        );
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let conn = rt.block_on(async {
+            let conn = Connection::connect(URL, ConnectionProperties::default())
+                .await
+                .expect("RabbitMQ at 127.0.0.1:5672");
+            let ch = conn.create_channel().await.unwrap();
+            for q in [&dlq, &cq] {
+                ch.queue_declare(
+                    q.as_str().into(),
+                    QueueDeclareOptions::durable(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            }
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .unwrap();
+            let mut confirms = Vec::new();
+            for i in 0..N {
+                let mut h = FieldTable::default();
+                let text = |s: &str| AMQPValue::LongString(s.as_bytes().into());
+                h.insert("x-hub-consumer".into(), text("keep"));
+                h.insert("x-hub-queue".into(), text(&cq));
+                let reason = if i % 3 == 0 {
+                    "consumer keep (invalid error): bad"
+                } else {
+                    "consumer keep (transient error): down (gave up after 3 attempts)"
+                };
+                h.insert("x-hub-reason".into(), text(reason));
+                h.insert("x-hub-attempts".into(), AMQPValue::LongLongInt(3));
+                h.insert("x-hub-topic".into(), text("dlq.event"));
+                h.insert(
+                    "x-hub-dead-lettered-at".into(),
+                    text("2026-12-04T12:00:00Z"),
+                );
+                let props = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_message_id(format!("m{i}").into())
+                    .with_headers(h);
+                confirms.push(
+                    ch.basic_publish(
+                        "".into(),
+                        dlq.as_str().into(),
+                        BasicPublishOptions::default(),
+                        b"{}",
+                        props,
+                    )
+                    .await
+                    .unwrap(),
+                );
+            }
+            for c in confirms {
+                c.await.unwrap();
+            }
+            conn
+        });
+        let c = cfg.to_str().unwrap();
+
+        let listed = hub(&["dead", "list", "rabbit", "--config", c])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&listed.stdout);
+        assert!(
+            listed.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&listed.stderr)
+        );
+        assert!(
+            text.starts_with(&format!("{N} dead letters from rabbit")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{:>7}  keep", N / 3)), "{text}");
+        assert_eq!(
+            rt.block_on(ids_in(&conn, &dlq)).len(),
+            N,
+            "list leaves every letter"
+        );
+
+        // Killed halfway.
+        let mut requeue = spawn(
+            hub(&["dead", "requeue", "rabbit", "--config", c])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let moved = rt.block_on(async {
+                let ch = conn.create_channel().await.unwrap();
+                let q = ch
+                    .queue_declare(
+                        cq.as_str().into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .unwrap();
+                let _ = ch.close(200, "".into()).await;
+                q.message_count() as usize
+            });
+            if moved >= N / 10 {
+                break;
+            }
+            assert!(
+                requeue.try_wait().unwrap().is_none(),
+                "requeue ended before it was killed"
+            );
+            assert!(Instant::now() < deadline, "requeue made no progress");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        signal(&requeue, "-KILL");
+        let _ = wait_exit(&mut requeue, Duration::from_secs(10));
+        let (left, moved) =
+            rt.block_on(async { (ids_in(&conn, &dlq).await, ids_in(&conn, &cq).await) });
+        assert!(
+            !left.is_empty() && !moved.is_empty(),
+            "killed halfway: {} left, {} moved",
+            left.len(),
+            moved.len()
+        );
+        let union: BTreeSet<&String> = left.iter().chain(&moved).collect();
+        assert_eq!(union.len(), N, "no letter lost by the kill");
+
+        // A second run finishes: the dead-letter queue is empty, every letter in its consumer's
+        // queue, with the dead-letter headers gone and the topic kept.
+        let done = hub(&["dead", "requeue", "rabbit", "--config", c])
+            .output()
+            .unwrap();
+        assert!(
+            done.status.success(),
+            "{}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        let (left, moved) =
+            rt.block_on(async { (ids_in(&conn, &dlq).await, ids_in(&conn, &cq).await) });
+        assert!(left.is_empty(), "{} left", left.len());
+        let union: BTreeSet<&String> = moved.iter().collect();
+        assert_eq!(union.len(), N);
+        assert!(
+            moved.len() - N <= 2,
+            "at most the letter in hand when killed is doubled: {}",
+            moved.len() - N
+        );
+        rt.block_on(async {
+            use hub_amqp::lapin::options::{BasicGetOptions, QueueDeleteOptions};
+            let ch = conn.create_channel().await.unwrap();
+            let m = ch
+                .basic_get(cq.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+                .unwrap();
+            let h = m.delivery.properties.headers().clone().unwrap();
+            assert!(h.inner().get("x-hub-reason").is_none());
+            assert!(h.inner().get("x-hub-attempts").is_none());
+            assert_eq!(
+                hub_amqp::wire::to_json(h.inner().get("x-hub-topic").unwrap()),
+                "dlq.event"
+            );
+            for q in [&dlq, &cq] {
+                let _ = ch
+                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            let _ = conn.close(200, "done".into()).await;
+        });
     }
 
     fn wait_union(files: &[&Path], n: u64) -> (BTreeSet<u64>, usize) {
@@ -1002,4 +1217,196 @@ greeting = "hi"
             .args(["-q", "delete_queue", &format!("{queue}.dead-letters")])
             .output();
     }
+}
+
+/// Retries and dead letters kept by the hub on ZeroMQ, through the binary: a consumer that
+/// fails twice then succeeds is retried after its delays; one that always fails, and one given
+/// an invalid message, end in the dead-letter file, which survives a restart; `hub dead list`
+/// groups them and `hub dead requeue` gets them consumed by the running hub, removing each
+/// from the file once the hub has handled it.
+#[test]
+fn zeromq_retries_dead_letters_and_hub_dead_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, inp) = (free_port(), free_port());
+    let (out, seen, dead, fixed) = (
+        dir.path().join("out.txt"),
+        dir.path().join("seen.jsonl"),
+        dir.path().join("dead/letters.jsonl"),
+        dir.path().join("fixed"),
+    );
+    // Fails (exit 75: retry) until the attempt given in `fail_until`; `always` fails until the
+    // file `fixed` exists; `invalid` is rejected (exit 65).
+    let script = format!(
+        r#"import json, os, sys
+m = json.load(sys.stdin)
+b, a = m["body"], int(os.environ["HUB_ATTEMPT"])
+if b.get("invalid"): sys.exit(65)
+if a < b.get("fail_until", 0): sys.exit(75)
+if b.get("always") and not os.path.exists({fixed:?}): sys.exit(75)
+open({out:?}, "a").write("%s %d\n" % (b["name"], a))
+"#,
+        fixed = fixed.to_str().unwrap(),
+        out = out.to_str().unwrap(),
+    );
+    let script_path = dir.path().join("flaky.py");
+    std::fs::write(&script_path, script).unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r##"
+[hub]
+shutdown_grace = "5s"
+[http]
+listen = "127.0.0.1:{port}"
+[backends.bus]
+type = "zeromq"
+subscribe = ["tcp://127.0.0.1:{inp}"]
+retry = {{ max_attempts = 3, delay = "300ms" }}
+dead_letter = {{ file = "{dead}" }}
+[consumers.flaky]
+type = "exec"
+topics = ["org.t.#"]
+settings = {{ command = ["python3", "{script}"], mode = "per-message" }}
+[consumers.steady]
+type = "echo"
+topics = ["org.t.#"]
+settings = {{ path = "{seen}" }}
+"##,
+            dead = dead.display(),
+            script = script_path.display(),
+            seen = seen.display(),
+        ),
+    );
+    let cfg = config.to_str().unwrap();
+    // Up (serving), not ready: nothing publishes on the ZeroMQ endpoint until `hub publish`.
+    let run = || {
+        let mut p = spawn(hub(&["run", "--config", cfg]).stderr(Stdio::null()));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(port, "/live").is_none() {
+            assert!(p.try_wait().unwrap().is_none(), "hub exited early");
+            assert!(Instant::now() < deadline, "hub never served");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        p
+    };
+    let mut hub_proc = run();
+    for body in [
+        r#"{"name": "a", "fail_until": 3}"#,
+        r#"{"name": "b", "always": true}"#,
+        r#"{"name": "c", "invalid": true}"#,
+    ] {
+        let sent = hub(&[
+            "publish",
+            "--bind",
+            &format!("tcp://127.0.0.1:{inp}"),
+            "org.t.x",
+            body,
+        ])
+        .output()
+        .unwrap();
+        assert!(
+            sent.status.success(),
+            "{}",
+            String::from_utf8_lossy(&sent.stderr)
+        );
+    }
+    let lines = |p: &Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lines(&dead).len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(lines(&out), ["a 3"], "a succeeded on its third attempt");
+    assert_eq!(
+        lines(&seen).len(),
+        3,
+        "the steady consumer saw each message once"
+    );
+    let letters: Vec<serde_json::Value> = lines(&dead)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let by_name = |n: &str| {
+        letters
+            .iter()
+            .find(|l| l["message"]["body"]["name"] == n)
+            .unwrap_or_else(|| panic!("no dead letter for {n}: {letters:?}"))
+    };
+    assert_eq!(by_name("b")["attempts"], 3);
+    assert!(by_name("b")["reason"].as_str().unwrap().contains("exit 75"));
+    assert_eq!(by_name("c")["attempts"], 1);
+    assert!(by_name("c")["reason"].as_str().unwrap().contains("exit 65"));
+    assert_eq!(by_name("c")["consumer"], "flaky");
+    // The count follows the write to the file by a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let (_, text) = http_get(port, "/metrics").unwrap();
+        let series = r#"hub_consumer_dead_letters_total{consumer="flaky",sink="file"}"#;
+        if sample(&text, series) == Some(2.0) || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        sample(&text, r#"hub_consumer_retries_total{consumer="flaky"}"#),
+        Some(4.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"hub_consumer_dead_letters_total{consumer="flaky",sink="file"}"#
+        ),
+        Some(2.0)
+    );
+    signal(&hub_proc, "-TERM");
+    assert!(wait_exit(&mut hub_proc, Duration::from_secs(15)).success());
+
+    // The file survived; list groups it by consumer and reason (no hub needed).
+    let listed = hub(&["dead", "list", dead.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let listed_text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{listed_text}");
+    assert!(
+        listed_text.starts_with("2 dead letters from"),
+        "{listed_text}"
+    );
+    assert!(listed_text.contains("      1  flaky"), "{listed_text}");
+    assert!(listed_text.contains("exit 65"), "{listed_text}");
+
+    // Fixed, restarted: requeue (by consumer id, through the config) gets both consumed again:
+    // b now succeeds; c is invalid again and goes back to the file.
+    std::fs::write(&fixed, "").unwrap();
+    let mut hub_proc = run();
+    let requeued = hub(&["dead", "requeue", "flaky", "--config", cfg])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&requeued.stdout);
+    assert!(
+        requeued.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&requeued.stderr)
+    );
+    assert!(
+        said.contains("2 dead letter(s) requeued")
+            && said.contains("1 handled")
+            && said.contains("1 dead-lettered again"),
+        "{said}"
+    );
+    assert_eq!(lines(&out), ["a 3", "b 1"], "b handled, as a first attempt");
+    let left = lines(&dead);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].contains(r#""name":"c""#), "{left:?}");
+    assert_eq!(
+        lines(&seen).len(),
+        3,
+        "the other consumer was not given the requeued messages"
+    );
+    signal(&hub_proc, "-TERM");
+    assert!(wait_exit(&mut hub_proc, Duration::from_secs(15)).success());
 }

@@ -292,6 +292,14 @@ type = "delay"
 backend = "mem"
 topics = ["m.#"]
 settings = {{ delay = "0ms" }}
+[consumers.throttled]
+type = "delay"
+backend = "mem"
+topics = ["m.#"]
+rate_limit = {{ rate = 20, burst = 1 }}
+retry = {{ max_attempts = 2, delay = "10ms" }}
+dead_letter = {{ topic = "dead.m" }}
+settings = {{ delay = "0ms" }}
 [consumers.on_bus]
 type = "delay"
 backend = "bus"
@@ -315,9 +323,15 @@ settings = {{ delay = "1ms" }}
             )
             .unwrap_or(0.0)
         };
+        let throttled = sample(
+            &text,
+            r#"hub_consumer_throttled_seconds_total{consumer="throttled"}"#,
+        )
+        .unwrap_or(0.0);
         if ["on_mem", "on_bus", "on_rabbit"]
             .iter()
             .all(|c| got(c) > 0.0)
+            && throttled > 0.0
         {
             break text;
         }
@@ -331,6 +345,10 @@ settings = {{ delay = "1ms" }}
         "hub_zeromq_endpoint_connected",
         "hub_amqp_queue_messages",
         "hub_consumer_processing_duration_seconds",
+        "hub_consumer_throttled_seconds_total",
+        "hub_consumer_retries_total",
+        "hub_consumer_retry_waiting_messages",
+        "hub_consumer_dead_letters_total",
     ] {
         assert!(
             text.contains(&format!("# HELP {family} ")),

@@ -17,6 +17,11 @@ use figment::{Figment, Source};
 use hub_core::{ConsumerOptions, Pattern, WhenFull};
 use serde::Deserialize;
 
+mod failures;
+
+use failures::{BackendFailures, RawDeadLetter, RawRateLimit, RawRetry};
+use hub_engine::dead_letter::DeadLetterTarget;
+
 use crate::registry::{BuildBackend, BuildConsumer, BuildProducer, BuildResource, Registry, known};
 use hub_engine::settings as collect;
 
@@ -114,6 +119,12 @@ struct RawConsumer {
     #[serde(default)]
     queue: Option<String>,
     #[serde(default)]
+    retry: Option<RawRetry>,
+    #[serde(default)]
+    rate_limit: Option<RawRateLimit>,
+    #[serde(default)]
+    dead_letter: Option<RawDeadLetter>,
+    #[serde(default)]
     #[allow(dead_code, reason = "read separately, with its own key path")]
     settings: Option<serde::de::IgnoredAny>,
 }
@@ -161,6 +172,8 @@ pub struct ConsumerEntry {
     pub topics: Vec<Pattern>,
     /// Dispatch options.
     pub options: ConsumerOptions,
+    /// Where the hub writes its dead letters (its own `dead_letter`, else its backend's).
+    pub dead_letter: Option<DeadLetterTarget>,
     pub(crate) build: BuildConsumer,
 }
 
@@ -250,6 +263,8 @@ struct Loader<'a> {
     fallback_source: String,
     issues: Vec<ConfigIssue>,
     registry: &'a Registry,
+    /// Each backend's `retry` and `dead_letter`, defaults for its consumers.
+    backend_failures: BTreeMap<String, BackendFailures>,
 }
 
 impl Loader<'_> {
@@ -424,6 +439,9 @@ impl Loader<'_> {
                 continue;
             };
             kinds.insert(id.clone(), kind.clone());
+            let mut dict = dict;
+            let defaults = self.backend_failure_keys(&key, &mut dict, k.durable_queues);
+            self.backend_failures.insert(id.clone(), defaults);
             if let Some(build) = self.read(&key, Value::Dict(tag, dict), |v| (k.parse)(v)) {
                 backends.push(BackendEntry { id, kind, build });
             }
@@ -598,6 +616,7 @@ impl Loader<'_> {
             }
         }
         let options = self.consumer_options(kinds, key, &raw, backend.as_deref());
+        let dead_letter = self.dead_letter(kinds, key, &raw, backend.as_deref());
         let registry = self.registry;
         let Some(k) = registry.consumers.get(raw.kind.as_str()) else {
             let known = known(&registry.consumers);
@@ -621,8 +640,84 @@ impl Loader<'_> {
             backend: backend.unwrap_or_default(),
             topics,
             options,
+            dead_letter,
             build,
         })
+    }
+
+    /// Takes a backend's `retry` and `dead_letter` out of its table (they are the hub's, not
+    /// the backend type's) and checks them.
+    fn backend_failure_keys(
+        &mut self,
+        key: &str,
+        dict: &mut Dict,
+        broker_queues: bool,
+    ) -> BackendFailures {
+        let mut out = BackendFailures::default();
+        if let Some(v) = dict.remove("retry") {
+            let k = format!("{key}.retry");
+            out.retry = self.read(&k, v, |v| v.deserialize::<RawRetry>());
+            if let Some(Err(problems)) = failures::retry_policy(out.retry.as_ref(), None) {
+                for (field, m) in problems {
+                    self.issue(&format!("{k}.{field}"), m);
+                }
+            }
+        }
+        if let Some(v) = dict.remove("dead_letter") {
+            let k = format!("{key}.dead_letter");
+            if broker_queues {
+                self.issue(&k, "this backend keeps its own dead letters (its dead-letter queue; see `dead_letter_exchange`)");
+            } else if let Some(raw) = self.read(&k, v, |v| v.deserialize::<RawDeadLetter>()) {
+                if let Err((field, m)) = raw.target() {
+                    self.issue(&join_key(&k, field), m);
+                }
+                out.dead_letter = Some(raw);
+            }
+        }
+        out
+    }
+
+    /// A consumer's dead-letter sink: its own `dead_letter`, else its backend's.
+    fn dead_letter(
+        &mut self,
+        kinds: &BTreeMap<String, String>,
+        key: &str,
+        raw: &RawConsumer,
+        backend: Option<&str>,
+    ) -> Option<DeadLetterTarget> {
+        let k = format!("{key}.dead_letter");
+        let broker = backend.is_some_and(|b| self.broker_queues(kinds, b));
+        if let Some(own) = &raw.dead_letter {
+            if broker {
+                self.issue(&k, format!("backend {:?} keeps its own dead letters (its dead-letter queue; see `dead_letter_exchange`)", backend.unwrap_or_default()));
+                return None;
+            }
+            if let Some(b) = own.backend().filter(|b| !kinds.contains_key(*b)) {
+                let ids = kinds.keys().cloned().collect::<Vec<_>>().join(", ");
+                self.issue(
+                    &format!("{k}.backend"),
+                    format!("unknown backend {b:?}; configured backends: {ids}"),
+                );
+            }
+            return match own.target() {
+                Ok(t) => Some(t),
+                Err((field, m)) => {
+                    self.issue(&join_key(&k, field), m);
+                    None
+                }
+            };
+        }
+        let inherited = self.backend_failures.get(backend?)?.dead_letter.as_ref()?;
+        inherited.target().ok()
+    }
+
+    /// Whether backend `id` has broker queues (and so its own retries and dead letters).
+    fn broker_queues(&self, kinds: &BTreeMap<String, String>, id: &str) -> bool {
+        let kind = kinds.get(id).map_or("", String::as_str);
+        self.registry
+            .backends
+            .get(kind)
+            .is_some_and(|k| k.durable_queues)
     }
 
     /// A consumer's queue options, checked (`durable` and `queue` only where the backend has
@@ -642,7 +737,32 @@ impl Loader<'_> {
             timeout: raw.timeout,
             durable: raw.durable.unwrap_or(false),
             queue: raw.queue.clone(),
+            retry: None,
+            rate_limit: None,
         };
+        let mut options = options;
+        let inherited = backend
+            .and_then(|b| self.backend_failures.get(b))
+            .and_then(|f| f.retry.clone());
+        match failures::retry_policy(raw.retry.as_ref(), inherited.as_ref()) {
+            None => {}
+            Some(Ok(p)) => options.retry = Some(p),
+            Some(Err(problems)) => {
+                for (field, m) in problems {
+                    self.issue(&format!("{key}.retry.{field}"), m);
+                }
+            }
+        }
+        if let Some(r) = &raw.rate_limit {
+            match r.limit() {
+                Ok(l) => options.rate_limit = Some(l),
+                Err(problems) => {
+                    for (field, m) in problems {
+                        self.issue(&format!("{key}.rate_limit.{field}"), m);
+                    }
+                }
+            }
+        }
         if let Some(b) = backend {
             let kind = kinds.get(b).map_or("", String::as_str);
             let honours = self
@@ -693,6 +813,7 @@ pub(crate) fn load_partial(
         fallback_source: source.to_string(),
         issues: Vec::new(),
         registry,
+        backend_failures: BTreeMap::new(),
     };
     let top: Dict = match l.figment.extract() {
         Ok(d) => d,
@@ -748,4 +869,19 @@ pub(crate) fn load(
         (config, issues) if issues.is_empty() => Ok(config),
         (_, issues) => Err(ConfigErrors(issues)),
     }
+}
+
+/// `key.field`, or `key` when `field` is empty.
+fn join_key(key: &str, field: &str) -> String {
+    if field.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{key}.{field}")
+    }
+}
+
+/// The string at dotted `key` of a configuration (with its environment overrides), read
+/// without validating the rest: `hub dead` reads an AMQP backend's `url` this way.
+pub(crate) fn raw_string(source: &ConfigSource, key: &str) -> Option<String> {
+    open(source, true).ok()?.find_value(key).ok()?.into_string()
 }

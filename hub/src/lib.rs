@@ -20,6 +20,7 @@
 
 mod cli_tools;
 pub mod config;
+mod dead;
 mod http;
 mod import;
 mod registry;
@@ -111,12 +112,15 @@ type ResourceHook = Box<
 >;
 
 impl HubBuilder {
-    /// Registers the stock types: consumers `echo`, `delay`, `reply`, `exec`; producer
-    /// `ticker`; backends `zeromq` and `amqp` (`memory` is always there).
+    /// Registers the stock types: consumers `echo`, `delay`, `reply`, `exec`, `http`; resource
+    /// `http_client`; producer `ticker`; backends `zeromq` and `amqp` (`memory` is always
+    /// there).
     pub fn stock(self) -> Self {
         self.backend::<hub_zeromq::ZeroMqConfig>()
             .backend::<hub_amqp::AmqpConfig>()
             .consumer::<hub_exec::ExecConfig>()
+            .consumer::<hub_http::HttpConfig>()
+            .resource_type::<hub_http::HttpClientConfig>()
             .consumer::<stock::EchoConfig>()
             .consumer::<stock::DelayConfig>()
             .consumer::<stock::ReplyConfig>()
@@ -253,6 +257,7 @@ impl HubBuilder {
                         backend: c.backend,
                         patterns: c.topics,
                         options: c.options,
+                        dead_letter: c.dead_letter,
                     };
                     engine = engine.consumer(spec, consumer);
                 }
@@ -295,9 +300,10 @@ impl HubBuilder {
             listener,
             metrics,
             running.readiness_probe(),
+            running.dispatcher().clone(),
             stop_http.clone(),
         ));
-        info!(config = %source, %listen, "Serving /metrics, /live and /ready.");
+        info!(config = %source, %listen, "Serving /metrics, /live, /ready and (from loopback) /dead-letters/requeue.");
         let fatal = tokio::select! {
             () = shutdown => None,
             e = running.fatal() => e,
@@ -438,6 +444,7 @@ impl HubBuilder {
                 Some(url) => cli_tools::publish_amqp(&url, &exchange, &topic, &json).await,
                 None => cli_tools::publish(bind, connect, &topic, &json, format, wait).await,
             },
+            Command::Dead { action } => self.dead(action).await,
             Command::Route { topic, config } => {
                 let source = source(config);
                 match self.check(&source) {
@@ -450,6 +457,29 @@ impl HubBuilder {
             }
             Command::Check { config } => self.check_cli(&source(config)),
             Command::Run { config } => self.run_cli_config(&source(config)).await,
+        }
+    }
+
+    /// `hub dead list|requeue`.
+    async fn dead(&self, action: DeadAction) -> ExitCode {
+        let (select, rest) = match action {
+            DeadAction::List { select, newest } => (select, Err(newest)),
+            DeadAction::Requeue { select, hub } => (select, Ok(hub)),
+        };
+        let filter = dead::Filter {
+            consumer: select.consumer,
+            reason: select.reason,
+            limit: select.limit,
+        };
+        let from = source(select.config);
+        let config = || {
+            self.check(&from)
+                .map(|c| (c, from.clone()))
+                .map_err(|e| e.to_string())
+        };
+        match rest {
+            Err(newest) => dead::list(&select.source, &filter, newest, config).await,
+            Ok(hub) => dead::requeue(&select.source, &filter, hub, config).await,
         }
     }
 
@@ -618,6 +648,44 @@ fn summarize(c: &Config) -> String {
                 .timeout
                 .map_or_else(|| "none".to_owned(), |t| format!("{t:?}"))
         );
+        let retry = cs.options.retry.map_or_else(
+            || "backend default".to_owned(),
+            |r| {
+                format!(
+                    "max_attempts={} delay={:?} max_delay={:?}{}",
+                    r.max_attempts,
+                    r.delay,
+                    r.max_delay,
+                    if r.in_order { " in_order" } else { "" }
+                )
+            },
+        );
+        let rate = cs.options.rate_limit.map_or_else(
+            || "none".to_owned(),
+            |l| format!("{}/{:?} burst={}", l.rate, l.per, l.burst),
+        );
+        let broker = c
+            .backends
+            .iter()
+            .any(|b| b.id == cs.backend && b.kind == "amqp");
+        let dead = match &cs.dead_letter {
+            None if broker => "the backend's dead-letter queue".to_owned(),
+            None => "logged (no sink)".to_owned(),
+            Some(hub_engine::dead_letter::DeadLetterTarget::File(p)) => {
+                format!("file {}", p.display())
+            }
+            Some(hub_engine::dead_letter::DeadLetterTarget::Topic { topic, backend }) => {
+                format!(
+                    "topic {topic} on {}",
+                    backend.as_deref().unwrap_or(&cs.backend)
+                )
+            }
+        };
+        let _ = writeln!(
+            s,
+            "         {:<16} retry: {retry}; rate_limit: {rate}; dead letters: {dead}",
+            ""
+        );
     }
     s
 }
@@ -701,6 +769,11 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Dead letters: `list` counts them by consumer and reason; `requeue` sends them back to be consumed again.
+    Dead {
+        #[command(subcommand)]
+        action: DeadAction,
+    },
     /// Print a hub configuration made from another tool's configuration (`fedora-messaging CONFIG`).
     Import {
         #[command(subcommand)]
@@ -731,6 +804,49 @@ enum Command {
         /// How long to wait for a subscriber (with --bind) or a connection (with --connect).
         #[arg(long, default_value = "10s", value_parser = hub_core::duration::parse)]
         wait: std::time::Duration,
+    },
+}
+
+/// Which dead letters (`hub dead ...`).
+#[derive(Debug, clap::Args)]
+struct DeadSelect {
+    /// A dead-letter file (JSON lines), or the id of a backend or consumer in the configuration
+    /// (an AMQP backend: its dead-letter queue; otherwise the dead-letter file configured for it).
+    source: String,
+    /// Only this consumer's letters.
+    #[arg(long)]
+    consumer: Option<String>,
+    /// Only letters whose reason contains this text.
+    #[arg(long)]
+    reason: Option<String>,
+    /// At most this many letters.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// TOML configuration file (to resolve a backend or consumer id, and the hub's HTTP address).
+    #[arg(short, long, env = "HUB_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// `hub dead ...`.
+#[derive(Debug, Subcommand)]
+enum DeadAction {
+    /// Count dead letters by consumer and reason, and show the newest few.
+    List {
+        #[command(flatten)]
+        select: DeadSelect,
+        /// How many of the newest to show.
+        #[arg(long, default_value_t = 5)]
+        newest: usize,
+    },
+    /// Send dead letters back to their consumers, removing each from its source only once it was
+    /// handed back (a file: through the running hub, which answers once the consumer is done;
+    /// an AMQP dead-letter queue: republished to the consumer's queue, confirmed).
+    Requeue {
+        #[command(flatten)]
+        select: DeadSelect,
+        /// The running hub's HTTP address (default: `[http] listen` of the configuration).
+        #[arg(long)]
+        hub: Option<String>,
     },
 }
 

@@ -163,6 +163,7 @@ async fn hub_consume(conn: &Connection) -> f64 {
             queue_capacity: 2000,
             ..ConsumerOptions::default()
         },
+        dead_letter: None,
     };
     let running = EngineBuilder::new("hubbench")
         .backend("r", config().build("r").unwrap())

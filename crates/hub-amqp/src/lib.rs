@@ -15,6 +15,7 @@
 pub use lapin;
 
 mod consume;
+pub mod dead_letters;
 mod publisher;
 mod settle;
 mod topology;
@@ -361,9 +362,12 @@ impl AmqpBackend {
             consumer: sub.consumer.to_string(),
             queue: q.queue.clone(),
             dead_letters: dead_letters.clone(),
-            max_attempts: self.config.max_attempts,
-            retry_delay: self.config.retry_delay,
-            retry_delay_max: self.config.retry_delay_max,
+            retry: sub.options.retry.unwrap_or(hub_core::RetryPolicy {
+                max_attempts: self.config.max_attempts,
+                delay: self.config.retry_delay,
+                max_delay: self.config.retry_delay_max,
+                in_order: false,
+            }),
             // A quarter of the prefetch window: the broker never stalls waiting for acks.
             ack_every: usize::from(self.config.prefetch / 4).clamp(1, 100),
             retry_failures: failures(RepublishKind::Retry),
@@ -527,6 +531,12 @@ impl Backend for AmqpBackend {
                     reason: e.to_string(),
                 },
             })
+    }
+
+    /// RabbitMQ keeps what fails: a confirmed copy after the backoff, then the dead-letter
+    /// queue.
+    fn redelivers(&self) -> bool {
+        true
     }
 
     async fn close(&self) {

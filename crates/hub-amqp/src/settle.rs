@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hub_core::{Acker, CancellationToken, Verdict};
+use hub_core::{Acker, CancellationToken, RetryPolicy, Verdict};
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
@@ -101,9 +101,9 @@ pub(crate) struct Policy {
     pub consumer: String,
     pub queue: String,
     pub dead_letters: DeadLetters,
-    pub max_attempts: u32,
-    pub retry_delay: Duration,
-    pub retry_delay_max: Duration,
+    /// The consumer's `retry`, or the backend's `max_attempts`, `retry_delay` and
+    /// `retry_delay_max`.
+    pub retry: RetryPolicy,
     /// Acknowledge once this many are finished (or after a short idle moment).
     pub ack_every: usize,
     /// `hub_amqp_republish_failures_total{consumer, kind="retry"}` and `{kind="dead_letter"}`.
@@ -299,13 +299,19 @@ impl Republish {
     async fn run(self, verdict: Verdict) {
         let p = &self.policy;
         let n = attempts(&self.original.properties);
-        let (retry, reason) = match verdict {
-            Verdict::Retry { reason } => (n < p.max_attempts, reason),
-            Verdict::Reject { reason } => (false, reason),
+        let (retry, reason, asked) = match verdict {
+            Verdict::Retry { reason, delay } => (n < p.retry.max_attempts, reason, delay),
+            Verdict::Reject { reason } => (false, reason, None),
             Verdict::Ack | Verdict::Requeue => return,
         };
         let (exchange, key, properties, failures, kind) = if retry {
-            let delay = backoff(p, n);
+            let id = self
+                .original
+                .properties
+                .message_id()
+                .as_ref()
+                .map_or_else(|| self.original.topic.clone(), ToString::to_string);
+            let delay = p.retry.delay_after(n, &id, asked);
             debug!(consumer = %p.consumer, attempt = n + 1, ?delay, %reason, "Retrying a message.");
             // Shutdown cuts the wait short: the copy goes out now (its attempt still counted).
             tokio::select! {
@@ -376,7 +382,7 @@ impl Republish {
         kind: &str,
     ) -> Option<Cmd> {
         let p = &self.policy;
-        let mut delay = p.retry_delay.max(Duration::from_millis(100));
+        let mut delay = p.retry.delay.max(Duration::from_millis(100));
         let mut failed = 0u64;
         let mut last_log: Option<Instant> = None;
         loop {
@@ -415,16 +421,9 @@ impl Republish {
                 last_log = Some(Instant::now());
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(p.retry_delay_max);
+            delay = (delay * 2).min(p.retry.max_delay);
         }
     }
-}
-
-/// The delay before retry number `n + 1`: `retry_delay` doubled per attempt, at most
-/// `retry_delay_max`.
-fn backoff(p: &Policy, n: u32) -> Duration {
-    let factor = 2u32.saturating_pow(n.saturating_sub(1));
-    p.retry_delay.saturating_mul(factor).min(p.retry_delay_max)
 }
 
 fn long_string(s: &str) -> AMQPValue {

@@ -15,7 +15,7 @@ use serde_json::{Number, Value};
 
 /// Header holding how many times the hub has delivered this message (retries): absent on a
 /// first delivery (attempt 1), 2 on the first retry's copy, and so on.
-pub const ATTEMPTS: &str = "x-hub-attempts";
+pub const ATTEMPTS: &str = hub_core::message::ATTEMPTS_HEADER;
 /// Header holding the topic a retry's copy or a dead letter was first published under (the copy
 /// travels to the consumer's queue through the default exchange, its routing key the queue's
 /// name): restored as the topic when the copy is consumed.

@@ -76,6 +76,7 @@ async fn what_fedora_messaging_publishes_the_hub_consumes() {
         backend: "r".into(),
         patterns: vec![Pattern::new(&topic).unwrap()],
         options: ConsumerOptions::default(),
+        dead_letter: None,
     };
     let running = EngineBuilder::new(format!("hub{u}"))
         .backend("r", config().build("r").unwrap())

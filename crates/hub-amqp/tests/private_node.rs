@@ -227,6 +227,7 @@ async fn consuming_and_publishing_resume_after_a_broker_restart() {
             durable: true,
             ..ConsumerOptions::default()
         },
+        dead_letter: None,
     };
     let keep = Arc::new(Keep(seen.clone()));
     let running = start_and_fill("hubrestart", &backend, spec, keep, "restart.before", 50).await;
@@ -293,6 +294,7 @@ async fn connects_over_mutual_tls_with_a_client_certificate() {
         backend: "tls".into(),
         patterns: vec![Pattern::new("tls.#").unwrap()],
         options: ConsumerOptions::default(),
+        dead_letter: None,
     };
     let running = EngineBuilder::new("hubtls")
         .backend("tls", backend.clone())
@@ -384,6 +386,7 @@ async fn a_broker_alarm_blocks_publishing_but_not_consuming_and_acknowledging() 
             durable: true,
             ..ConsumerOptions::default()
         },
+        dead_letter: None,
     };
     let gated = Arc::new(Gated {
         seen: seen.clone(),

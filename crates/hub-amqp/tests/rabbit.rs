@@ -286,6 +286,7 @@ async fn a_forced_connection_close_mid_stream_loses_nothing() {
             durable: true,
             ..ConsumerOptions::default()
         },
+        dead_letter: None,
     };
     let running = EngineBuilder::new(hub.as_str())
         .backend("rabbit", backend)
@@ -389,6 +390,7 @@ async fn a_queue_redeclared_with_other_arguments_is_a_clear_fatal_error() {
             durable: true,
             ..ConsumerOptions::default()
         },
+        dead_letter: None,
     };
     let mut running = EngineBuilder::new(hub.as_str())
         .backend("rabbit", backend)

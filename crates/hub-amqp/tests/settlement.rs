@@ -22,6 +22,9 @@ use lapin::{Channel, ExchangeKind};
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep};
 
+/// Tests that measure the process's CPU time take it exclusively; the others share it.
+static EXCLUSIVE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// One call of [`Scripted`]'s consume.
 #[derive(Debug, Clone)]
 struct Call {
@@ -221,6 +224,7 @@ fn cpu_time() -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_mandatory_publishes_each_get_their_own_answer() {
+    let _shared = EXCLUSIVE.read().await;
     let u = uid();
     let (running, backend) = start_with(&format!("hub{u}"), fast_retries(), vec![]).await;
     let (conn, ch) = publishing_channel().await;
@@ -263,6 +267,7 @@ async fn concurrent_mandatory_publishes_each_get_their_own_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_hub_gets_its_own_dead_letters_and_none_of_another_hubs() {
+    let _shared = EXCLUSIVE.read().await;
     let u = uid();
     let (a, b) = (format!("huba{u}"), format!("hubb{u}"));
     // A dead-letter queue of an earlier version, still bound to the shared fanout exchange.
@@ -352,6 +357,7 @@ async fn each_hub_gets_its_own_dead_letters_and_none_of_another_hubs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_message_keeps_its_topic_and_so_does_its_dead_letter() {
+    let _shared = EXCLUSIVE.read().await;
     let u = uid();
     let hub = format!("hub{u}");
     let pattern = format!("k{u}.#");
@@ -415,6 +421,8 @@ async fn a_retried_message_keeps_its_topic_and_so_does_its_dead_letter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_wait_for_their_queue_without_spinning_or_being_acked_away() {
+    // Measures the process's CPU time: no other test of this file runs meanwhile.
+    let _alone = EXCLUSIVE.write().await;
     let u = uid();
     let hub = format!("hub{u}");
     let topic = format!("d{u}.bad");
@@ -524,6 +532,7 @@ async fn shut_down_busy(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_the_drain_finishes_is_acknowledged_before_the_channel_closes() {
+    let _shared = EXCLUSIVE.read().await;
     let (report, q, conn, _) =
         shut_down_busy(8, 8, json!({"sleep_ms": 500}), Duration::from_secs(10)).await;
     assert!(report.drain.is_clean(), "{report:?}");
@@ -538,6 +547,7 @@ async fn what_the_drain_finishes_is_acknowledged_before_the_channel_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_cut_off_at_shutdown_come_back_once_with_their_attempt_count() {
+    let _shared = EXCLUSIVE.read().await;
     let (report, q, conn, ch) = shut_down_busy(
         2,
         5,
@@ -561,6 +571,7 @@ async fn messages_cut_off_at_shutdown_come_back_once_with_their_attempt_count() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_decided_during_the_drain_is_published_before_the_original_is_acked() {
+    let _shared = EXCLUSIVE.read().await;
     // It fails during the drain, after the receive loop has stopped: its retry must still go
     // out (a copy) before the original is acknowledged.
     let body = json!({"sleep_ms": 500, "fail": 1});
@@ -580,6 +591,7 @@ async fn a_retry_decided_during_the_drain_is_published_before_the_original_is_ac
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_in_its_retry_backoff_does_not_hold_up_the_others() {
+    let _shared = EXCLUSIVE.read().await;
     let u = uid();
     let hub = format!("hub{u}");
     let topic = format!("b{u}.job");
@@ -632,4 +644,71 @@ async fn a_message_in_its_retry_backoff_does_not_hold_up_the_others() {
     running.shutdown(Duration::from_secs(5)).await;
     let _ = conn.close(200, "bye".into()).await;
     delete_queues(&[format!("{hub}.flow"), format!("{hub}.dead-letters")]).await;
+}
+
+/// A consumer's own `retry` drives AMQP's confirmed republish instead of the backend's keys
+/// (here: 2 attempts, not the backend's 3); with `in_order`, the hub retries in place and the
+/// broker sees only the final verdict (the dead letter counts the attempts made in place).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumers_own_retry_overrides_the_backend_keys_and_in_order_retries_in_place() {
+    let _shared = EXCLUSIVE.read().await;
+    for in_order in [false, true] {
+        let u = uid();
+        let hub = format!("hub{u}");
+        let pattern = format!("r{u}.#");
+        let options = ConsumerOptions {
+            retry: Some(hub_core::RetryPolicy {
+                max_attempts: 2,
+                delay: Duration::from_millis(20),
+                max_delay: Duration::from_millis(100),
+                in_order,
+            }),
+            ..ConsumerOptions::default()
+        };
+        let Rig {
+            running,
+            script: s,
+            conn,
+            ch,
+            ..
+        } = rig(&hub, fast_retries(), "keeper", &pattern, options).await;
+        let always = publish(&ch, &format!("r{u}.x"), json!({"fail": 99})).await;
+        eventually("two attempts", || s.count() == 2).await;
+        let dlq = format!("{hub}.dead-letters");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let dead = loop {
+            let dead = drain_queue(&ch, &dlq).await;
+            if !dead.is_empty() {
+                break dead;
+            }
+            assert!(Instant::now() < deadline, "no dead letter");
+            sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(dead.len(), 1);
+        let h = &dead[0].1;
+        let attempts: Vec<u64> = s
+            .calls()
+            .iter()
+            .filter(|c| c.id == always)
+            .map(|c| c.attempt)
+            .collect();
+        assert_eq!(attempts, [1, 2], "in_order = {in_order}");
+        if in_order {
+            // Retried by the hub: the broker delivered it once; the reason says how many.
+            assert!(
+                h["x-hub-reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("gave up after 2 attempts"),
+                "{h:?}"
+            );
+        } else {
+            assert_eq!(h["x-hub-attempts"], json!(2), "{h:?}");
+        }
+        sleep(Duration::from_millis(300)).await;
+        assert_eq!(s.count(), 2, "no third attempt");
+        running.shutdown(Duration::from_secs(5)).await;
+        let _ = conn.close(200, "bye".into()).await;
+        delete_queues(&[dlq]).await;
+    }
 }

@@ -30,6 +30,15 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Releases connections after the hub has drained. Default: nothing to do.
     async fn close(&self) {}
+
+    /// True when this backend redelivers a message settled with [`Verdict::Retry`] itself (a
+    /// broker: AMQP republishes a copy after its backoff) and dead-letters one settled with
+    /// [`Verdict::Reject`]. False (default): the hub keeps a failed message, gives it back to
+    /// the consumer that failed it after the consumer's retry delay, and dead-letters it into
+    /// the consumer's dead-letter sink; the backend then only ever sees the final verdict.
+    fn redelivers(&self) -> bool {
+        false
+    }
 }
 
 /// What a backend is given when it starts.
@@ -172,6 +181,9 @@ pub enum Verdict {
     Retry {
         /// Consumer name and error, for logs and headers.
         reason: String,
+        /// The least delay the consumer asked for ([`ConsumeError::retry_after`](crate::ConsumeError::retry_after)),
+        /// if any: the backend waits the longer of this and its backoff.
+        delay: Option<std::time::Duration>,
     },
     /// The message cannot be processed (invalid message, dropped from a full queue): dead-letter.
     Reject {

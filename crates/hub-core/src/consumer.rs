@@ -88,6 +88,80 @@ pub struct ConsumerOptions {
     pub durable: bool,
     /// Broker backends: the queue name (default for a durable queue: `<hub name>.<consumer>`).
     pub queue: Option<String>,
+    /// How failed messages are retried; `None` (default): the backend's default (for AMQP, its
+    /// `max_attempts`, `retry_delay` and `retry_delay_max` keys; otherwise
+    /// [`RetryPolicy::default`]). A broker backend ([`Backend::redelivers`](crate::Backend::redelivers))
+    /// applies it with its own redelivery; for the others the hub keeps the message and gives it
+    /// back itself.
+    pub retry: Option<RetryPolicy>,
+    /// At most this many calls to `consume` per period (default: no limit).
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// How a consumer's failed messages (transient error, timeout, panic) are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included, before the message is dead-lettered (default 3;
+    /// 1: never retried).
+    pub max_attempts: u32,
+    /// Delay before the first retry (default 1 s); it doubles with each attempt.
+    pub delay: Duration,
+    /// The longest delay (default 1 min).
+    pub max_delay: Duration,
+    /// False (default): a message waiting for its retry is set aside and the consumer goes on
+    /// with the next ones (at `concurrency = 1`, it comes back after them: order is not kept).
+    /// True: the worker waits for the retry and tries again before taking the next message
+    /// (strict order at `concurrency = 1`; the queue waits behind a failing message).
+    pub in_order: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(60),
+            in_order: false,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before the attempt after attempt `attempt` (1-based) of the message with id
+    /// `id`: `delay` doubled per attempt up to `max_delay`, plus a jitter of 0 to 20 % taken
+    /// from the id, so messages that failed together do not all come back at once, and the
+    /// configured delay is never shortened. At least `asked` (the consumer's own
+    /// [`ConsumeError::retry_after`](crate::ConsumeError::retry_after)), if given.
+    pub fn delay_after(&self, attempt: u32, id: &str, asked: Option<Duration>) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(20);
+        let base = self.delay.saturating_mul(factor).min(self.max_delay);
+        // FNV-1a of the id and the attempt: spread, stable per message (tests can predict it).
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in id.bytes().chain(attempt.to_le_bytes()) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let jitter = base.mul_f64((h % 1000) as f64 / 5000.0);
+        let with_jitter = base.saturating_add(jitter);
+        asked.map_or(with_jitter, |a| with_jitter.max(a))
+    }
+}
+
+/// A token bucket: at most `burst` calls at once, refilled at `rate` per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Calls allowed per `per` (at least 1).
+    pub rate: u32,
+    /// The period (longer than zero).
+    pub per: Duration,
+    /// Calls allowed at once after a quiet moment (at least 1; default: `rate`).
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// The time one call's token takes to come back: `per / rate`.
+    pub fn interval(&self) -> Duration {
+        self.per / self.rate.max(1)
+    }
 }
 
 impl Default for ConsumerOptions {
@@ -99,6 +173,8 @@ impl Default for ConsumerOptions {
             timeout: None,
             durable: false,
             queue: None,
+            retry: None,
+            rate_limit: None,
         }
     }
 }

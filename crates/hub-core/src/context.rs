@@ -108,6 +108,13 @@ impl Context {
         self.handling.as_ref()
     }
 
+    /// Which attempt at the handled message this is: 1 the first time, 2 on its first retry,
+    /// and so on (from its [`ATTEMPTS_HEADER`](crate::message::ATTEMPTS_HEADER), which every
+    /// backend carries). 1 outside a call to `consume`.
+    pub fn attempt(&self) -> u32 {
+        self.handling.as_ref().map_or(1, Message::attempt)
+    }
+
     /// The configured name (`[consumers.<name>]`).
     pub fn name(&self) -> &str {
         &self.shared.name

@@ -32,6 +32,7 @@ impl fmt::Display for ErrorKind {
 pub struct ConsumeError {
     kind: ErrorKind,
     source: BoxError,
+    retry_after: Option<std::time::Duration>,
 }
 
 impl ConsumeError {
@@ -40,6 +41,7 @@ impl ConsumeError {
         Self {
             kind: ErrorKind::Transient,
             source: source.into(),
+            retry_after: None,
         }
     }
 
@@ -48,6 +50,7 @@ impl ConsumeError {
         Self {
             kind: ErrorKind::Invalid,
             source: source.into(),
+            retry_after: None,
         }
     }
 
@@ -55,6 +58,23 @@ impl ConsumeError {
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
+
+    /// This transient failure, asking that the retry wait at least `delay` (an HTTP peer's
+    /// `Retry-After`, say). The hub waits the longer of this and the consumer's backoff, at most
+    /// [`ConsumeError::RETRY_AFTER_MAX`]. Ignored on an invalid-message error (never retried).
+    #[must_use]
+    pub fn with_retry_after(mut self, delay: std::time::Duration) -> Self {
+        self.retry_after = Some(delay.min(Self::RETRY_AFTER_MAX));
+        self
+    }
+
+    /// The delay asked for with [`ConsumeError::with_retry_after`].
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after
+    }
+
+    /// The longest delay a failure may ask for: one hour.
+    pub const RETRY_AFTER_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
 }
 
 /// The error as the consumer gave it (the kind is [`ConsumeError::kind`], logged beside it).

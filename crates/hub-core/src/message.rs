@@ -15,6 +15,12 @@ use crate::json::JsonText;
 /// Message headers: a JSON object of string keys (a transport's headers or extra fields).
 pub type Headers = serde_json::Map<String, Value>;
 
+/// The header that carries which attempt at a message a delivery is: absent on the first
+/// delivery (attempt 1), 2 on the first retry, and so on. Set by the hub on every retry, on every
+/// backend (AMQP carries it as an AMQP header of the same name); read it with
+/// [`Message::attempt`] or [`Context::attempt`](crate::Context::attempt).
+pub const ATTEMPTS_HEADER: &str = "x-hub-attempts";
+
 /// One message as consumers see it.
 ///
 /// Cloning is one reference-count increment: fan-out to many consumers never copies the body.
@@ -346,6 +352,16 @@ impl Message {
         self.headers().get(name)
     }
 
+    /// Which attempt at this message a delivery is ([`ATTEMPTS_HEADER`]; 1 when absent or not a
+    /// positive number).
+    pub fn attempt(&self) -> u32 {
+        self.header(ATTEMPTS_HEADER)
+            .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|&n| n >= 1)
+            .unwrap_or(1)
+    }
+
     /// The JSON body (parsed on first use when it arrived as text).
     pub fn body(&self) -> &Value {
         self.0.body()
@@ -382,6 +398,19 @@ impl Message {
         for (k, v) in extra {
             headers.entry(k.into()).or_insert(v);
         }
+        self.with_header_map(headers)
+    }
+
+    /// A copy of this message (same id, topic, timestamp and body) with header `name` set to
+    /// `value`, replacing any it had (the hub sets [`ATTEMPTS_HEADER`] this way on a retry).
+    #[must_use]
+    pub fn with_header_set(&self, name: &str, value: Value) -> Self {
+        let mut headers = self.headers().clone();
+        headers.insert(name.to_owned(), value);
+        self.with_header_map(headers)
+    }
+
+    fn with_header_map(&self, headers: Headers) -> Self {
         let inner = &*self.0;
         Message(Arc::new(Inner {
             text: inner.text.clone(),

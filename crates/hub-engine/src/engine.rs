@@ -15,6 +15,7 @@ use hub_core::{
     Context, Pattern, Producer, Publisher, Resources, Sink,
 };
 
+use crate::dead_letter::{DeadLetterSink, DeadLetterTarget, FileSink, TopicSink};
 use crate::dispatcher::BackendIndex;
 use crate::metrics::{MetricsHandle, Registry};
 use crate::{Dispatcher, DrainReport};
@@ -30,6 +31,9 @@ pub struct ConsumerSpec {
     pub patterns: Vec<Pattern>,
     /// Dispatch options.
     pub options: ConsumerOptions,
+    /// Where its dead letters go when the hub keeps them (its backend does not redeliver);
+    /// `None`: logged whole at error level.
+    pub dead_letter: Option<DeadLetterTarget>,
 }
 
 /// A wiring mistake found before anything runs.
@@ -66,6 +70,7 @@ pub enum EngineError {
 
 /// Collects the parts of a hub.
 pub struct EngineBuilder {
+    verdicts_to_backend: bool,
     name: String,
     registry: Registry,
     resources: Resources,
@@ -78,6 +83,7 @@ impl EngineBuilder {
     /// A hub named `name` (`[hub] name`).
     pub fn new(name: impl Into<String>) -> Self {
         Self {
+            verdicts_to_backend: false,
             name: name.into(),
             registry: Registry::new(),
             resources: Resources::new(),
@@ -85,6 +91,15 @@ impl EngineBuilder {
             consumers: Vec::new(),
             producers: Vec::new(),
         }
+    }
+
+    /// Consumers with no `retry` of their own hand each failure's verdict to their backend as
+    /// it is, even on a backend that does not redeliver (the test kit does this, so a test sees
+    /// the consumer's own verdict); consumers with a `retry` get the hub's retries as usual.
+    /// Off by default.
+    pub fn verdicts_to_backend(mut self, on: bool) -> Self {
+        self.verdicts_to_backend = on;
+        self
     }
 
     /// Where the hub's series go (default: a registry of its own).
@@ -130,6 +145,8 @@ impl EngineBuilder {
         let shutdown = CancellationToken::new();
         let mut seen = HashSet::new();
         let mut builder = Dispatcher::builder(self.registry.clone());
+        builder.hub_name(&self.name);
+        builder.verdicts_to_backend(self.verdicts_to_backend);
         let mut backends = Vec::new();
         for (id, backend) in self.backends {
             if !seen.insert(("backend", id.clone())) {
@@ -139,6 +156,7 @@ impl EngineBuilder {
                 });
             }
             let index = builder.backend(&id);
+            builder.backend_redelivers(index, backend.redelivers());
             let metrics = builder.backend_metrics(index);
             let publisher = builder.publisher(index, Arc::clone(&backend));
             backends.push(BackendSlot {
@@ -175,7 +193,22 @@ impl EngineBuilder {
             )
             .with_concurrency(spec.options.concurrency)
             .with_metrics_registry(self.registry.recorder());
-            builder.consumer(b.index, spec.patterns, spec.options, consumer, cx);
+            let sink: Option<Arc<dyn DeadLetterSink>> = match &spec.dead_letter {
+                None => None,
+                Some(DeadLetterTarget::File(path)) => Some(Arc::new(FileSink::new(path.clone()))),
+                Some(DeadLetterTarget::Topic { topic, backend }) => {
+                    let target = match backend {
+                        Some(id) => find("consumer", &spec.name, id)?,
+                        None => b,
+                    };
+                    let publisher = builder.publisher(target.index, Arc::clone(&target.backend));
+                    Some(Arc::new(TopicSink::new(publisher, topic, &*target.id)))
+                }
+            };
+            let id = builder.consumer(b.index, spec.patterns, spec.options, consumer, cx);
+            if let Some(sink) = sink {
+                builder.dead_letters(id, sink);
+            }
         }
         let mut producers = Vec::new();
         for (name, backend, producer) in self.producers {

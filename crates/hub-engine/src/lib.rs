@@ -13,9 +13,12 @@
 //!   rendering of `/metrics` ([`MetricsHandle::render`]).
 //! - [`settings`]: reading a settings table with every problem reported, in words (for
 //!   `hub check` and the test kit).
+//! - [`dead_letter`]: the dead-letter record and the file and topic sinks the hub writes a
+//!   consumer's dead letters to when its backend keeps none (ZeroMQ, memory).
 //! - [`MemoryBackend`]: in-process loopback, for demos and tests, written against `hub-core`
 //!   alone.
 
+pub mod dead_letter;
 mod dispatcher;
 mod engine;
 pub mod memory;
@@ -23,7 +26,7 @@ pub mod metrics;
 pub mod settings;
 
 pub use dispatcher::{
-    BackendIndex, ConsumerState, Dispatcher, DispatcherBuilder, DrainReport, Intake,
+    BackendIndex, ConsumerState, Dispatcher, DispatcherBuilder, DrainReport, Intake, RedeliverError,
 };
 pub use engine::{
     ConsumerSpec, Engine, EngineBuilder, EngineError, Readiness, ReadinessProbe, RunningEngine,
@@ -64,5 +67,110 @@ mod tests {
             metrics.sample(r#"hub_backend_published_messages_total{backend="mem"}"#),
             Some(0.0)
         );
+    }
+
+    /// A dead letter published on a topic reaches whoever subscribes to it: the record is the
+    /// body, the original message inside it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_topic_sink_publishes_the_dead_letter_record() {
+        use std::sync::Mutex;
+        use std::time::Duration;
+
+        use hub_core::{
+            ConsumeError, Consumer, ConsumerOptions, Context, Pattern, RetryPolicy, async_trait,
+        };
+
+        use crate::ConsumerSpec;
+        use crate::dead_letter::{DeadLetter, DeadLetterTarget};
+
+        struct Strict;
+        #[async_trait]
+        impl Consumer for Strict {
+            async fn consume(&self, _cx: &Context, _msg: &Message) -> Result<(), ConsumeError> {
+                Err(ConsumeError::invalid("no such build"))
+            }
+        }
+        #[derive(Default)]
+        struct Keep(Mutex<Vec<Message>>);
+        #[async_trait]
+        impl Consumer for Keep {
+            async fn consume(&self, _cx: &Context, msg: &Message) -> Result<(), ConsumeError> {
+                self.0.lock().unwrap().push(msg.clone());
+                Ok(())
+            }
+        }
+        let mem = Arc::new(MemoryBackend::new());
+        let keep = Arc::new(Keep::default());
+        let spec = |name: &str, topic: &str, dead_letter| ConsumerSpec {
+            name: name.into(),
+            backend: "mem".into(),
+            patterns: vec![Pattern::new(topic).unwrap()],
+            options: ConsumerOptions {
+                retry: Some(RetryPolicy::default()),
+                ..ConsumerOptions::default()
+            },
+            dead_letter,
+        };
+        let running = EngineBuilder::new("h")
+            .backend("mem", Arc::clone(&mem) as Arc<dyn Backend>)
+            .consumer(
+                spec(
+                    "strict",
+                    "work.#",
+                    Some(DeadLetterTarget::Topic {
+                        topic: "dead.work".into(),
+                        backend: None,
+                    }),
+                ),
+                Arc::new(Strict),
+            )
+            .consumer(
+                spec("dead", "dead.#", None),
+                Arc::clone(&keep) as Arc<dyn Consumer>,
+            )
+            .build()
+            .unwrap()
+            .start()
+            .await
+            .unwrap();
+        let sent = Message::new("work.build", json!({"id": 7}));
+        // The memory backend takes messages once it runs.
+        for _ in 0..500 {
+            if running.readiness().ready {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        running
+            .publisher("mem")
+            .unwrap()
+            .publish(sent.clone())
+            .await
+            .unwrap();
+        for _ in 0..500 {
+            if !keep.0.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let got = keep.0.lock().unwrap().clone();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].topic(), "dead.work");
+        let letter: DeadLetter = got[0].decode().unwrap();
+        assert_eq!(letter.consumer, "strict");
+        assert_eq!(letter.hub, "h");
+        assert_eq!(letter.backend, "mem");
+        assert_eq!(letter.attempts, 1);
+        assert!(letter.reason.contains("no such build"), "{}", letter.reason);
+        let original = letter.to_message().unwrap();
+        assert_eq!(original.id(), sent.id());
+        assert_eq!(original.body(), &json!({"id": 7}));
+        assert_eq!(
+            running
+                .metrics()
+                .sample(r#"hub_consumer_dead_letters_total{consumer="strict",sink="topic"}"#),
+            Some(1.0)
+        );
+        running.shutdown(Duration::from_secs(5)).await;
     }
 }

@@ -72,6 +72,16 @@ pub const CONSUMER_DROPPED: &str = "hub_consumer_dropped_messages_total";
 pub const CONSUMER_DURATION: &str = "hub_consumer_processing_duration_seconds";
 /// `hub_consumer_queue_wait_seconds`
 pub const CONSUMER_QUEUE_WAIT: &str = "hub_consumer_queue_wait_seconds";
+/// `hub_consumer_retries_total`
+pub const CONSUMER_RETRIES: &str = "hub_consumer_retries_total";
+/// `hub_consumer_retry_waiting_messages`
+pub const CONSUMER_RETRY_WAITING: &str = "hub_consumer_retry_waiting_messages";
+/// `hub_consumer_throttled_seconds_total`
+pub const CONSUMER_THROTTLED: &str = "hub_consumer_throttled_seconds_total";
+/// `hub_consumer_dead_letters_total`
+pub const CONSUMER_DEAD_LETTERS: &str = "hub_consumer_dead_letters_total";
+/// `hub_consumer_dead_letter_failures_total`
+pub const CONSUMER_DEAD_LETTER_FAILURES: &str = "hub_consumer_dead_letter_failures_total";
 /// `hub_backend_received_messages_total`
 pub const BACKEND_RECEIVED: &str = "hub_backend_received_messages_total";
 /// `hub_backend_published_messages_total`
@@ -152,6 +162,26 @@ const HELP: &[(&str, Kind, &str)] = &[
         CONSUMER_DROPPED,
         Kind::Counter,
         "Messages dropped: the consumer's queue was full, or shutdown cut them off.",
+    ),
+    (
+        CONSUMER_RETRIES,
+        Kind::Counter,
+        "Failed messages given back to the consumer for another attempt (by the hub; AMQP's broker retries are in hub_amqp_*).",
+    ),
+    (
+        CONSUMER_RETRY_WAITING,
+        Kind::Gauge,
+        "Failed messages waiting out their retry delay (each holds its place in the queue).",
+    ),
+    (
+        CONSUMER_DEAD_LETTERS,
+        Kind::Counter,
+        "Messages dead-lettered by the hub, by sink (file, topic, or log when none is configured or it failed at shutdown).",
+    ),
+    (
+        CONSUMER_DEAD_LETTER_FAILURES,
+        Kind::Counter,
+        "Writes to the consumer's dead-letter sink that failed (each tried again).",
     ),
     (
         BACKEND_RECEIVED,
@@ -340,6 +370,50 @@ pub(crate) struct ConsumerMetrics {
     pub panic: Counter,
     pub dropped: Counter,
     pub dropped_shutdown: Counter,
+    pub retries: Counter,
+    pub retry_waiting: Gauge,
+    pub dead_letter_failures: Counter,
+}
+
+/// One consumer's dead-letter counts: into its sink, and logged (no sink, or a sink that still
+/// failed at shutdown).
+pub(crate) struct DeadLetterCounters {
+    pub stored: Option<Counter>,
+    pub logged: Counter,
+}
+
+impl DeadLetterCounters {
+    /// Registers `consumer`'s dead-letter series: `sink="log"`, and `sink=<kind>` if it has one.
+    pub fn register(registry: &Registry, consumer: &str, sink: Option<&'static str>) -> Self {
+        let m = registry.register(|| Self {
+            stored: sink.map(|kind| counter!(CONSUMER_DEAD_LETTERS, "consumer" => consumer.to_owned(), "sink" => kind)),
+            logged: counter!(CONSUMER_DEAD_LETTERS, "consumer" => consumer.to_owned(), "sink" => "log"),
+        });
+        for c in m.stored.iter().chain([&m.logged]) {
+            c.increment(0);
+        }
+        m
+    }
+}
+
+/// Renders `name` as a counter of seconds with fractions (the recorder's counters are whole
+/// numbers): `values` are `(consumer, seconds)`.
+pub(crate) fn render_seconds_counter(out: &mut String, values: &[(&str, f64)]) {
+    use std::fmt::Write as _;
+    if values.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {CONSUMER_THROTTLED} Time the consumer's messages waited for its rate limit.\n# TYPE {CONSUMER_THROTTLED} counter"
+    );
+    for (consumer, seconds) in values {
+        let _ = writeln!(
+            out,
+            "{CONSUMER_THROTTLED}{{consumer=\"{}\"}} {seconds}",
+            escape_label(consumer)
+        );
+    }
 }
 
 impl ConsumerMetrics {
@@ -360,10 +434,19 @@ impl ConsumerMetrics {
                 panic: processed("panic"),
                 dropped: counter!(CONSUMER_DROPPED, "consumer" => consumer.to_owned(), "reason" => "queue_full"),
                 dropped_shutdown: counter!(CONSUMER_DROPPED, "consumer" => consumer.to_owned(), "reason" => "shutdown"),
+                retries: counter!(CONSUMER_RETRIES, "consumer" => consumer.to_owned()),
+                retry_waiting: gauge!(CONSUMER_RETRY_WAITING, "consumer" => consumer.to_owned()),
+                dead_letter_failures: counter!(CONSUMER_DEAD_LETTER_FAILURES, "consumer" => consumer.to_owned()),
             }
         });
         // Series appear only once they hold a value: show every consumer from the start.
-        for g in [&m.backlog, &m.in_flight, &m.oldest_age, &m.catch_up] {
+        for g in [
+            &m.backlog,
+            &m.in_flight,
+            &m.oldest_age,
+            &m.catch_up,
+            &m.retry_waiting,
+        ] {
             g.set(0.0);
         }
         for c in [
@@ -375,6 +458,8 @@ impl ConsumerMetrics {
             &m.panic,
             &m.dropped,
             &m.dropped_shutdown,
+            &m.retries,
+            &m.dead_letter_failures,
         ] {
             c.increment(0);
         }

@@ -19,9 +19,6 @@ use crate::ExecConfig;
 /// The exit code that asks for a retry (`EX_TEMPFAIL` from `sysexits.h`).
 pub const EX_TEMPFAIL: i32 = 75;
 
-/// The header that carries a delivery's attempt number, where the backend counts attempts.
-const ATTEMPTS_HEADER: &str = "x-hub-attempts";
-
 /// Longest stderr line kept as a reject reason (longer ones are cut).
 const REASON_LIMIT: usize = 500;
 
@@ -45,12 +42,10 @@ impl PerMessage {
     }
 }
 
-/// The attempt number: the backend's count (`x-hub-attempts`) where it keeps one, else 1.
+/// The attempt number ([`Message::attempt`]: 1, then counted up by every retry, on every
+/// backend).
 pub(crate) fn attempt(msg: &Message) -> u64 {
-    msg.header(ATTEMPTS_HEADER)
-        .and_then(hub_core::Value::as_u64)
-        .unwrap_or(1)
-        .max(1)
+    u64::from(msg.attempt())
 }
 
 #[async_trait]

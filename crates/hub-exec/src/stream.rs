@@ -321,16 +321,17 @@ impl Consumer for Stream {
         match answer.kind {
             Verdict::Ack => Ok(()),
             Verdict::Retry => {
-                // The message goes back after the delay the program asked for (holding one of
-                // the consumer's `concurrency` slots meanwhile).
-                if let Some(delay) = answer.delay {
-                    tokio::time::sleep(delay.min(DELAY_MAX)).await;
-                }
-                Err(ConsumeError::transient(if reason.is_empty() {
+                let e = ConsumeError::transient(if reason.is_empty() {
                     "the program asked for a retry".to_owned()
                 } else {
                     reason
-                }))
+                });
+                // The hub waits at least the delay the program asked for before the retry,
+                // without holding one of the consumer's `concurrency` slots.
+                Err(match answer.delay {
+                    Some(delay) => e.with_retry_after(delay.min(DELAY_MAX)),
+                    None => e,
+                })
             }
             Verdict::Reject => Err(ConsumeError::invalid(if reason.is_empty() {
                 "rejected by the program".to_owned()

@@ -50,6 +50,7 @@ async fn start(
         backend: "rabbit".into(),
         patterns: vec![Pattern::new(topic).unwrap()],
         options,
+        dead_letter: None,
     };
     let running = EngineBuilder::new(hub)
         .backend("rabbit", Arc::clone(&backend))

@@ -83,7 +83,7 @@ async fn a_callback_runs_unchanged_with_fedora_messaging_outcomes() {
         .send_message(msg("m3", json!({"do": "nack-once"})))
         .await;
     assert!(
-        matches!(&v, Verdict::Retry { reason } if reason.contains("nacked by callback")),
+        matches!(&v, Verdict::Retry { reason, .. } if reason.contains("nacked by callback")),
         "{v:?}"
     );
     assert_eq!(
@@ -100,20 +100,20 @@ async fn a_callback_runs_unchanged_with_fedora_messaging_outcomes() {
 
     let v = hub.send_message(msg("m5", json!({"do": "fail"}))).await;
     assert!(
-        matches!(&v, Verdict::Retry { reason } if reason.contains("RuntimeError: boom")),
+        matches!(&v, Verdict::Retry { reason, .. } if reason.contains("RuntimeError: boom")),
         "{v:?}"
     );
 
     // HaltConsumer(requeue=True): retried, the adapter exits, and the hub starts it again.
     let v = hub.send_message(msg("m6", json!({"do": "halt"}))).await;
     assert!(
-        matches!(&v, Verdict::Retry { reason } if reason.contains("consumer halted")),
+        matches!(&v, Verdict::Retry { reason, .. } if reason.contains("consumer halted")),
         "{v:?}"
     );
     // The next message may reach the adapter while it exits (then it is retried, as any
     // message a program did not answer); the one after reaches the new adapter.
     let mut v = hub.send_message(msg("m7", json!({}))).await;
-    if matches!(&v, Verdict::Retry { reason } if reason.contains("ended before answering")) {
+    if matches!(&v, Verdict::Retry { reason, .. } if reason.contains("ended before answering")) {
         v = hub.send_message(msg("m7", json!({}))).await;
     }
     assert_eq!(v, Verdict::Ack);

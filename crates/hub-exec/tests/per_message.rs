@@ -50,7 +50,7 @@ esac"#,
         .build();
     let v = hub.send_message(later).await;
     assert!(
-        matches!(&v, Verdict::Retry { reason } if reason.contains("exit 75 (retry): database down")),
+        matches!(&v, Verdict::Retry { reason, .. } if reason.contains("exit 75 (retry): database down")),
         "{v:?}"
     );
     let bad = Message::builder("a.bad", json!({})).id("m-bad").build();
@@ -98,7 +98,7 @@ async fn the_timeout_kills_the_process() {
         .await;
     let v = hub.send("a.b", json!({})).await;
     assert!(
-        matches!(&v, Verdict::Retry { reason } if reason.contains("timed out")),
+        matches!(&v, Verdict::Retry { reason, .. } if reason.contains("timed out")),
         "{v:?}"
     );
     assert_eq!(hub.handled("hang")[0].failure(), Some(Failure::Timeout));

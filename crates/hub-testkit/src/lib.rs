@@ -171,7 +171,14 @@ pub struct TestHubBuilder {
 }
 
 impl TestHubBuilder {
-    /// Adds a consumer with default options (concurrency 1, `block`).
+    /// Adds a consumer with default options (concurrency 1, `block`, no `retry`).
+    ///
+    /// A consumer with no `retry` policy (here, or `retry: None` in
+    /// [`TestHubBuilder::consumer_with`]) is not retried by the test hub: [`TestHub::send`]
+    /// returns its own verdict (`Retry` for a transient failure, `Reject` for an invalid one), as
+    /// a broker would receive it. Give a [`hub_core::RetryPolicy`] to test the hub's retries and
+    /// dead letters instead (the attempt number is on the context: `cx.attempt()`); `send` then
+    /// returns the final verdict.
     ///
     /// # Panics
     /// On an invalid topic pattern.
@@ -201,6 +208,7 @@ impl TestHubBuilder {
             backend: BACKEND.to_owned(),
             patterns,
             options,
+            dead_letter: None,
         };
         self.engine = self.engine.consumer(
             spec,
@@ -349,6 +357,7 @@ impl TestHub {
         let backend = Arc::new(MemoryBackend::recording());
         TestHubBuilder {
             engine: EngineBuilder::new("test")
+                .verdicts_to_backend(true)
                 .backend(BACKEND, Arc::clone(&backend) as Arc<dyn hub_core::Backend>),
             resources: Resources::new(),
             logs: HashMap::new(),

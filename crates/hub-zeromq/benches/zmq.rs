@@ -352,6 +352,7 @@ async fn hub(pad: usize, consumers: usize) -> Run {
             backend: "z".into(),
             patterns: vec![Pattern::new("org.fedoraproject.#").unwrap()],
             options: options.clone(),
+            dead_letter: None,
         };
         b = b.consumer(spec, Arc::new(Noop(c.clone(), epoch)));
     }
@@ -368,6 +369,7 @@ async fn hub(pad: usize, consumers: usize) -> Run {
         backend: "z".into(),
         patterns: vec![Pattern::new("warm.up").unwrap()],
         options,
+        dead_letter: None,
     };
     b = b.consumer(spec, Arc::new(Warm(warm.clone(), epoch)));
     let running = b.build().unwrap().start().await.unwrap();
@@ -408,6 +410,7 @@ async fn round_trip() -> (Duration, Duration, Duration) {
         backend: "z".into(),
         patterns: vec![Pattern::new("rt.go").unwrap()],
         options: ConsumerOptions::default(),
+        dead_letter: None,
     };
     let running: RunningEngine = EngineBuilder::new("rt")
         .backend("z", Arc::new(ZeroMqBackend::new("z", cfg)))

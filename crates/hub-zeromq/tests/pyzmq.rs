@@ -116,6 +116,7 @@ async fn a_fedmsg_publisher_on_libzmq_is_consumed_completely() {
                 backend: "py".into(),
                 patterns: vec![Pattern::new("#").unwrap()],
                 options,
+                dead_letter: None,
             },
             Arc::new(Count(tally.clone())),
         )

@@ -70,6 +70,7 @@ impl Hub {
                         queue_capacity: 100_000,
                         ..Default::default()
                     },
+                    dead_letter: None,
                 };
                 b = b.consumer(spec, Arc::new(Rec(seen)));
             }
@@ -361,6 +362,7 @@ async fn the_hub_publishes_fedmsg_envelopes_and_counts_gaps() {
                     backend: "z".into(),
                     patterns: vec![Pattern::new("#").unwrap()],
                     options: ConsumerOptions::default(),
+                    dead_letter: None,
                 },
                 Arc::new(Rec(all.clone())),
             )
@@ -467,6 +469,7 @@ async fn what_a_consumer_publishes_while_handling_carries_the_correlation_id() {
                 backend: "z".into(),
                 patterns: vec![Pattern::new("org.in").unwrap()],
                 options: ConsumerOptions::default(),
+                dead_letter: None,
             },
             Arc::new(Relay("org.relayed")),
         )

@@ -110,6 +110,7 @@ pub async fn start_with(
             backend: "rabbit".into(),
             patterns: topics.iter().map(|t| Pattern::new(t).unwrap()).collect(),
             options,
+            dead_letter: None,
         };
         b = b.consumer(spec, consumer);
     }

@@ -16,6 +16,9 @@ pub struct ConsumerState {
     pub backlog: usize,
     /// Being handled (never more than the consumer's concurrency).
     pub in_flight: usize,
+    /// Failed, waiting out their retry delay (kept by the hub; each holds a place in the
+    /// queue).
+    pub retry_waiting: usize,
     /// Finished (any outcome).
     pub completed: u64,
     /// Age of the oldest queued message.
@@ -38,7 +41,8 @@ impl Slot {
     /// The queue's counts and the workers' totals, read under the queue's lock: no message
     /// is queued or taken meanwhile, and each worker has at most one message in hand, so
     /// `in_flight` is between 0 and the concurrency and
-    /// `received = processed + dropped + shutdown_dropped + backlog + in_flight` holds exactly.
+    /// `received + retried = processed + dropped + shutdown_dropped + backlog + in_flight +
+    /// retry_waiting` holds exactly (each attempt is processed once; a retry is taken again).
     pub(super) fn counts(&self) -> Counts {
         let (queue, (totals, cut_off)) = self.queue.snapshot_with(|| {
             let totals = Totals::of(&self.workers);
@@ -79,11 +83,13 @@ impl Dispatcher {
                 (&m.panic, panic),
                 (&m.dropped, counts.queue.dropped),
                 (&m.dropped_shutdown, counts.shutdown_dropped),
+                (&m.retries, counts.queue.retried),
             ] {
                 counter.absolute(count);
             }
             m.backlog.set(state.backlog as f64);
             m.in_flight.set(state.in_flight as f64);
+            m.retry_waiting.set(state.retry_waiting as f64);
             m.oldest_age.set(state.oldest_age.as_secs_f64());
             m.catch_up.set(state.catch_up_seconds);
         }
@@ -103,6 +109,17 @@ impl Dispatcher {
             })
             .collect();
         crate::metrics::render_histograms(out, &parts);
+        let throttled: Vec<(&str, f64)> = self
+            .shared
+            .slots
+            .iter()
+            .filter(|s| s.throttle.is_some())
+            .map(|s| {
+                let ns = s.throttled_ns.load(std::sync::atomic::Ordering::Relaxed);
+                (&*s.name, Duration::from_nanos(ns).as_secs_f64())
+            })
+            .collect();
+        crate::metrics::render_seconds_counter(out, &throttled);
     }
 
     /// Every consumer's state now.
@@ -136,12 +153,13 @@ impl Dispatcher {
             name: slot.name.to_string(),
             backlog: counts.queue.len,
             in_flight: usize::try_from(counts.in_flight).unwrap_or(usize::MAX),
+            retry_waiting: counts.queue.delayed,
             completed,
             oldest_age: counts.queue.oldest_ns.map_or(Duration::ZERO, |t| {
                 Duration::from_nanos(now_ns.saturating_sub(t))
             }),
             catch_up_seconds: catch_up::catch_up_seconds(
-                counts.queue.len,
+                counts.queue.len + counts.queue.delayed,
                 slot.options.concurrency,
                 mean,
                 stalled_for,

@@ -78,11 +78,13 @@ impl Dispatcher {
         let mut report = DrainReport::default();
         for slot in &self.shared.slots {
             let state = self.state_of(slot).0;
-            if state.backlog > 0 || state.in_flight > 0 {
-                warn!(consumer = %slot.name, queued = state.backlog, in_flight = state.in_flight, "Shutdown grace expired; cutting off unfinished messages.");
+            // A retry still waiting counts as queued: it never started again.
+            let queued = state.backlog + state.retry_waiting;
+            if queued > 0 || state.in_flight > 0 {
+                warn!(consumer = %slot.name, queued, in_flight = state.in_flight, "Shutdown grace expired; cutting off unfinished messages.");
                 report
                     .unfinished
-                    .push((slot.name.to_string(), state.backlog, state.in_flight));
+                    .push((slot.name.to_string(), queued, state.in_flight));
             }
         }
         for handle in &pending {

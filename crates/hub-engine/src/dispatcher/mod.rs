@@ -8,12 +8,15 @@
 //!   parts those use.
 
 mod catch_up;
+mod failures;
 mod gauges;
 mod intake;
 mod lifecycle;
 mod queue;
+mod redeliver;
 mod route_cache;
 mod stats;
+mod throttle;
 mod ticket;
 mod worker;
 
@@ -25,15 +28,19 @@ use tokio::task::JoinHandle;
 #[cfg(test)]
 use tokio::time::Instant;
 
-use crate::metrics::{BackendCounters, ConsumerMetrics, Registry};
+use crate::dead_letter::DeadLetterSink;
+use crate::metrics::{BackendCounters, ConsumerMetrics, DeadLetterCounters, Registry};
+use failures::Failures;
 use hub_core::topic::PatternSet;
 use hub_core::{Consumer, ConsumerOptions, Context, Pattern, Subscription, SubscriptionId};
 use queue::Queue;
 use stats::WorkerStats;
+use throttle::Throttle;
 
 pub use gauges::ConsumerState;
 pub use intake::Intake;
 pub use lifecycle::DrainReport;
+pub use redeliver::RedeliverError;
 
 /// Index of a backend registered with a [`DispatcherBuilder`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +50,12 @@ pub struct BackendIndex(usize);
 pub struct DispatcherBuilder {
     registry: Registry,
     backends: Vec<BackendCounters>,
+    /// Per backend: its id, and whether it redelivers failed messages itself.
+    backend_ids: Vec<(Arc<str>, bool)>,
+    hub_name: Arc<str>,
+    /// Consumers with no `retry` of their own hand every verdict to their backend, even one
+    /// that does not redeliver (a test kit's choice).
+    verdicts_to_backend: bool,
     slots: Vec<Slot>,
 }
 
@@ -52,7 +65,41 @@ impl DispatcherBuilder {
     pub fn backend(&mut self, id: &str) -> BackendIndex {
         self.backends
             .push(BackendCounters::register(&self.registry, id));
+        self.backend_ids.push((id.into(), false));
         BackendIndex(self.backends.len() - 1)
+    }
+
+    /// Says that `backend` redelivers failed messages and dead-letters rejected ones itself
+    /// ([`Backend::redelivers`](hub_core::Backend::redelivers)); otherwise the hub does.
+    ///
+    /// # Panics
+    /// If `backend` did not come from this builder.
+    pub fn backend_redelivers(&mut self, backend: BackendIndex, redelivers: bool) {
+        self.backend_ids[backend.0].1 = redelivers;
+    }
+
+    /// Consumers configured with no `retry` (`ConsumerOptions::retry` = `None`) hand each
+    /// verdict to their backend as it is, as on a broker backend, even when the backend does not
+    /// redeliver: what a test kit wants, to show a consumer's own verdict. Off by default.
+    pub fn verdicts_to_backend(&mut self, on: bool) {
+        self.verdicts_to_backend = on;
+    }
+
+    /// The hub's name, written into its dead letters.
+    pub fn hub_name(&mut self, name: &str) {
+        self.hub_name = name.into();
+    }
+
+    /// Where consumer `id`'s dead letters go (when the hub keeps them: its backend does not
+    /// redeliver). Without one they are logged, whole, at error level.
+    ///
+    /// # Panics
+    /// If `id` did not come from this builder.
+    pub fn dead_letters(&mut self, id: SubscriptionId, sink: Arc<dyn DeadLetterSink>) {
+        let slot = &mut self.slots[id.index()];
+        slot.failures.counters =
+            DeadLetterCounters::register(&self.registry, &slot.name, Some(sink.kind()));
+        slot.failures.sink = Some(sink);
     }
 
     /// The metric handles of a backend registered here, as handed to it in its context.
@@ -93,7 +140,18 @@ impl DispatcherBuilder {
         options.concurrency = options.concurrency.max(1);
         options.queue_capacity = options.queue_capacity.max(1);
         let name: Arc<str> = cx.name().into();
+        let failures = Failures {
+            policy: options.retry.unwrap_or_default(),
+            local: true,
+            sink: None,
+            counters: DeadLetterCounters::register(&self.registry, &name, None),
+            hub: Arc::clone(&self.hub_name),
+            backend: Arc::clone(&self.backend_ids[backend.0].0),
+        };
         self.slots.push(Slot {
+            throttle: options.rate_limit.as_ref().map(Throttle::new),
+            throttled_ns: AtomicU64::new(0),
+            failures,
             metrics: ConsumerMetrics::register(&self.registry, &name),
             queue: Queue::new(options.queue_capacity, options.concurrency),
             name,
@@ -111,7 +169,12 @@ impl DispatcherBuilder {
     }
 
     /// Finishes the routing table. Nothing runs until [`Dispatcher::start`].
-    pub fn build(self) -> Dispatcher {
+    pub fn build(mut self) -> Dispatcher {
+        for slot in &mut self.slots {
+            let passed_on = self.verdicts_to_backend && slot.options.retry.is_none();
+            slot.failures.local = !self.backend_ids[slot.backend].1 && !passed_on;
+            slot.failures.hub = Arc::clone(&self.hub_name);
+        }
         let clock = quanta::Clock::new();
         let mut routes = vec![PatternSet::new(); self.backends.len()];
         for (i, slot) in self.slots.iter().enumerate() {
@@ -148,6 +211,12 @@ pub(crate) struct Slot {
     workers: Box<[WorkerStats]>,
     /// Messages in flight when the shutdown grace expired and their worker was stopped.
     cut_off: AtomicU64,
+    /// The rate limit, if any.
+    throttle: Option<Throttle>,
+    /// Time its workers waited for the rate limit, in nanoseconds.
+    throttled_ns: AtomicU64,
+    /// Retries and dead letters.
+    failures: Failures,
 }
 
 /// Consumer indices matched by one delivery, deduplicated; on the stack up to 256 consumers.
@@ -252,6 +321,9 @@ impl Dispatcher {
         DispatcherBuilder {
             registry,
             backends: Vec::new(),
+            backend_ids: Vec::new(),
+            hub_name: "hub".into(),
+            verdicts_to_backend: false,
             slots: Vec::new(),
         }
     }

@@ -36,6 +36,14 @@ struct State {
     taken: u64,
     /// Messages removed unstarted when the shutdown grace expired.
     cleared: u64,
+    /// Messages that failed and wait for their retry outside the queue: each still holds its
+    /// place (counted against the capacity), so a consumer whose every message fails pushes
+    /// back on its producers instead of piling retries up.
+    delayed: usize,
+    /// Retries given back (each a message taken again).
+    retried: u64,
+    /// Cleared at the end of shutdown: a retry given back now is dropped (counted as cleared).
+    drained: bool,
     /// Producers waiting for room under `block`.
     blocked: usize,
     /// Of those, how many were woken by a pop and have not yet come back for their room: a
@@ -62,6 +70,9 @@ pub(crate) struct Snapshot {
     pub dropped: u64,
     pub taken: u64,
     pub cleared: u64,
+    /// Waiting for their retry.
+    pub delayed: usize,
+    pub retried: u64,
 }
 
 pub(crate) struct Queue {
@@ -111,7 +122,7 @@ impl Drop for Blocked<'_> {
         // there is room.
         let mut st = self.queue.lock();
         st.unblock();
-        let pass_on = st.blocked > st.woken && st.items.len() < self.queue.capacity;
+        let pass_on = st.blocked > st.woken && st.items.len() + st.delayed < self.queue.capacity;
         st.woken += usize::from(pass_on);
         drop(st);
         if pass_on {
@@ -130,6 +141,9 @@ impl Queue {
                 dropped: 0,
                 taken: 0,
                 cleared: 0,
+                delayed: 0,
+                retried: 0,
+                drained: false,
                 blocked: 0,
                 woken: 0,
             }),
@@ -150,7 +164,7 @@ impl Queue {
     pub fn try_push(&self, item: Queued, policy: WhenFull) -> Result<Offer, Queued> {
         let mut st = self.lock();
         // The common case first, with no detour (the hot path of every single delivery).
-        if !st.closed && st.items.len() < self.capacity {
+        if !st.closed && st.items.len() + st.delayed < self.capacity {
             st.received += 1;
             let was_empty = st.items.is_empty();
             st.items.push_back(item);
@@ -172,7 +186,7 @@ impl Queue {
         if st.closed {
             return TryPush::Done(Offer::Closed(Box::new(item)));
         }
-        if st.items.len() < self.capacity {
+        if st.items.len() + st.delayed < self.capacity {
             st.received += 1;
             st.items.push_back(item);
             return TryPush::Done(Offer::Accepted);
@@ -186,14 +200,15 @@ impl Queue {
             }
             WhenFull::DropOldest => {
                 st.received += 1;
-                let oldest = st.items.pop_front();
-                st.items.push_back(item);
-                match oldest {
+                st.dropped += 1;
+                match st.items.pop_front() {
                     Some(old) => {
-                        st.dropped += 1;
+                        st.items.push_back(item);
                         TryPush::Done(Offer::Dropped(Box::new(old)))
                     }
-                    None => TryPush::Done(Offer::Accepted),
+                    // Every place is held by a message waiting for its retry (not in the queue,
+                    // so not droppable): the new one is dropped.
+                    None => TryPush::Done(Offer::Dropped(Box::new(item))),
                 }
             }
         }
@@ -209,7 +224,7 @@ impl Queue {
         let was_empty = st.items.is_empty();
         while let Some(item) = items.pop_front() {
             // The common case first, with no detour.
-            if !st.closed && st.items.len() < self.capacity {
+            if !st.closed && st.items.len() + st.delayed < self.capacity {
                 st.received += 1;
                 st.items.push_back(item);
                 continue;
@@ -289,16 +304,21 @@ impl Queue {
                 let wake_producer = st.blocked > st.woken;
                 st.woken += usize::from(wake_producer);
                 let more = !st.items.is_empty();
+                // The last message of a closed queue: the other workers may end now.
+                let last = !more && st.closed && st.delayed == 0;
                 drop(st);
                 if wake_producer {
                     self.not_full.notify_one();
                 }
                 if more && self.chain_wakeups {
                     self.not_empty.notify_one();
+                } else if last {
+                    self.not_empty.notify_waiters();
                 }
                 TryPop::Item(item)
             }
-            None if st.closed => TryPop::Closed,
+            // Closed, and no retry will come back: the workers may end.
+            None if st.closed && st.delayed == 0 => TryPop::Closed,
             None => TryPop::Empty,
         }
     }
@@ -314,6 +334,78 @@ impl Queue {
                 TryPop::Closed => return None,
                 TryPop::Empty => notified.await,
             }
+        }
+    }
+
+    /// A message that failed leaves the worker to wait for its retry outside the queue; it
+    /// keeps its place. `finish` (the worker counting the attempt as finished) runs under the
+    /// queue's lock, so a snapshot never sees the message both in flight and waiting, or
+    /// neither.
+    pub fn set_aside(&self, finish: impl FnOnce()) {
+        let mut st = self.lock();
+        st.delayed += 1;
+        finish();
+    }
+
+    /// A message set aside comes back for its retry, at the back of the queue (even when
+    /// closed: it belongs to the shutdown drain). After the final clear it is dropped, settled
+    /// as a requeue, and counted as cleared.
+    pub fn give_back(&self, item: Queued) {
+        let mut st = self.lock();
+        st.delayed = st.delayed.saturating_sub(1);
+        if st.drained {
+            st.cleared += 1;
+            let last = st.closed && st.items.is_empty() && st.delayed == 0;
+            drop(st);
+            drop(item);
+            if last {
+                self.not_empty.notify_waiters();
+            }
+            return;
+        }
+        st.retried += 1;
+        let was_empty = st.items.is_empty();
+        st.items.push_back(item);
+        drop(st);
+        if was_empty {
+            self.not_empty.notify_one();
+        }
+    }
+
+    /// A message set aside by the worker that keeps it (a retry in order) is taken again.
+    pub fn take_back(&self) {
+        let mut st = self.lock();
+        st.delayed = st.delayed.saturating_sub(1);
+        st.retried += 1;
+        st.taken += 1;
+        let last = st.closed && st.items.is_empty() && st.delayed == 0;
+        drop(st);
+        if last {
+            self.not_empty.notify_waiters();
+        }
+    }
+
+    /// Waits until a message is queued (without taking it), or returns false once the queue is
+    /// closed, empty and awaits no retry.
+    pub async fn ready(&self) -> bool {
+        loop {
+            let mut notified = pin!(self.not_empty.notified());
+            notified.as_mut().enable();
+            {
+                let st = self.lock();
+                if !st.items.is_empty() {
+                    drop(st);
+                    // The wake-up this waiter may have consumed goes on to the next one.
+                    if self.chain_wakeups {
+                        self.not_empty.notify_one();
+                    }
+                    return true;
+                }
+                if st.closed && st.delayed == 0 {
+                    return false;
+                }
+            }
+            notified.await;
         }
     }
 
@@ -336,6 +428,8 @@ impl Queue {
             dropped: st.dropped,
             taken: st.taken,
             cleared: st.cleared,
+            delayed: st.delayed,
+            retried: st.retried,
         };
         let more = read_more();
         drop(st);
@@ -353,6 +447,7 @@ impl Queue {
     pub fn clear(&self) -> usize {
         let items = {
             let mut st = self.lock();
+            st.drained = true;
             st.cleared += st.items.len() as u64;
             std::mem::take(&mut st.items)
         };

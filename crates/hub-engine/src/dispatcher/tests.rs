@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 
 mod catch_up_scenarios;
+mod failures;
 mod races;
 use std::time::Duration;
 
@@ -77,11 +78,19 @@ fn rig(consumers: Vec<(&str, &[&str], ConsumerOptions, Arc<Probe>)>) -> Rig {
 /// A consumer for [`rig_of`]: name, patterns, options, the consumer.
 type Spec<'a> = (&'a str, &'a [&'a str], ConsumerOptions, Arc<dyn Consumer>);
 
-/// [`rig`] with consumers of any type.
+/// [`rig`] with consumers of any type, on a backend that redelivers itself (as AMQP does): the
+/// acker of each delivery sees the consumer's verdict as it is.
 fn rig_of(consumers: Vec<Spec<'_>>) -> Rig {
+    rig_with(consumers, true)
+}
+
+/// [`rig_of`], on a backend that redelivers (`true`, the acker sees each verdict) or not (the
+/// hub keeps retries and dead letters; the acker sees the final verdict).
+fn rig_with(consumers: Vec<Spec<'_>>, redelivers: bool) -> Rig {
     let registry = Registry::new();
     let mut b = Dispatcher::builder(registry.clone());
     let backend = b.backend("mem");
+    b.backend_redelivers(backend, redelivers);
     let mem: Arc<dyn hub_core::Backend> = Arc::new(MemoryBackend::new());
     for (name, patterns, options, consumer) in consumers {
         let cx = Context::new(
@@ -514,7 +523,7 @@ async fn error_timeout_and_panic_are_counted_and_the_consumer_keeps_going() {
     }
     assert_eq!(got[0], Verdict::Ack);
     assert!(
-        matches!(&got[1], Verdict::Retry { reason } if reason.contains("database down")),
+        matches!(&got[1], Verdict::Retry { reason, .. } if reason.contains("database down")),
         "{:?}",
         got[1]
     );
@@ -524,12 +533,12 @@ async fn error_timeout_and_panic_are_counted_and_the_consumer_keeps_going() {
         got[2]
     );
     assert!(
-        matches!(&got[3], Verdict::Retry { reason } if reason.contains("panicked: consumer bug")),
+        matches!(&got[3], Verdict::Retry { reason, .. } if reason.contains("panicked: consumer bug")),
         "{:?}",
         got[3]
     );
     assert!(
-        matches!(&got[4], Verdict::Retry { reason } if reason.contains("timed out")),
+        matches!(&got[4], Verdict::Retry { reason, .. } if reason.contains("timed out")),
         "{:?}",
         got[4]
     );

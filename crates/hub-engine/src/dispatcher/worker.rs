@@ -14,6 +14,7 @@ use futures_util::future::Either;
 use tokio::task::coop;
 use tracing::{Instrument, debug_span, error, warn};
 
+use super::failures::{self, After};
 use super::queue::{Queued, TryPop};
 use super::stats::{Outcome, WorkerStats};
 use super::ticket::panic_text;
@@ -38,21 +39,45 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize, worker: usize) {
     }
 }
 
-async fn run_loop(shared: &Shared, index: usize, worker: usize) {
+async fn run_loop(shared: &Arc<Shared>, index: usize, worker: usize) {
     let slot = &shared.slots[index];
     let stats = &slot.workers[worker];
     // The worker's own context: set to each message it handles (no shared state touched).
     let mut cx = slot.cx.clone();
     let mut last_end: Option<u64> = None;
+    // A failed message this worker retries before anything else (`retry.in_order`).
+    let mut held: Option<Queued> = None;
     loop {
+        if let Some(throttle) = &slot.throttle {
+            // Wait for work without taking it, then for the rate limit: while throttled, the
+            // message stays in the queue (backlog, oldest age and catch-up show the wait).
+            if held.is_none() && !slot.queue.ready().await {
+                break;
+            }
+            let waited = throttle.acquire().await;
+            if !waited.is_zero() {
+                slot.throttled_ns.fetch_add(
+                    u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                last_end = None;
+            }
+        }
         // The common case under load takes the next message without building a future.
-        let (item, waited) = match slot.queue.try_pop() {
-            TryPop::Item(item) => (item, false),
-            TryPop::Closed => break,
-            TryPop::Empty => match slot.queue.pop().await {
-                Some(item) => (item, true),
-                None => break,
-            },
+        let (item, waited) = if let Some(item) = held.take() {
+            slot.queue.take_back();
+            (item, true)
+        } else {
+            match slot.queue.try_pop() {
+                TryPop::Item(item) => (item, false),
+                TryPop::Closed => break,
+                // Throttled: another worker took it; wait for the next with a token of its own.
+                TryPop::Empty if slot.throttle.is_some() => continue,
+                TryPop::Empty => match slot.queue.pop().await {
+                    Some(item) => (item, true),
+                    None => break,
+                },
+            }
         };
         // Taken without waiting: this message starts where the previous one ended (saves a
         // clock read per message under load).
@@ -69,7 +94,18 @@ async fn run_loop(shared: &Shared, index: usize, worker: usize) {
             started,
             done: false,
         };
-        last_end = Some(process(shared, slot, &mut cx, stats, item, started, guard).await);
+        match process(shared, index, &mut cx, stats, item, started, guard).await {
+            After::Done(ended) => last_end = Some(ended),
+            After::Hold(item, wait) => {
+                // Shutdown cuts the wait short: the retry runs in the drain.
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = slot.cx.shutdown().cancelled() => {}
+                }
+                held = Some(item);
+                last_end = None;
+            }
+        }
         // A consumer that never waits, on a queue that never empties, would otherwise keep its
         // runtime thread forever (other consumers, the HTTP server): yield once tokio's
         // cooperative budget is spent. After a yield the next message does not start where
@@ -82,7 +118,7 @@ async fn run_loop(shared: &Shared, index: usize, worker: usize) {
 }
 
 /// A message between being taken and being counted as finished.
-struct InFlight<'a> {
+pub(super) struct InFlight<'a> {
     slot: &'a Slot,
     stats: &'a WorkerStats,
     shared: &'a Shared,
@@ -94,7 +130,7 @@ struct InFlight<'a> {
 impl InFlight<'_> {
     /// Counts it as finished with `outcome` at `at_ns`, with its duration (histogram and mean
     /// service time) recorded at the same moment.
-    fn finish(mut self, outcome: Outcome, at_ns: u64) {
+    pub(super) fn finish(mut self, outcome: Outcome, at_ns: u64) {
         let took = at_ns.saturating_sub(self.started);
         self.stats.duration.record(took);
         self.stats.finish(outcome, at_ns, took);
@@ -122,16 +158,18 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Handles one message; returns when it ended (nanoseconds after the epoch).
+/// Handles one message; returns when it ended (nanoseconds after the epoch), or a retry the
+/// worker must make before anything else.
 async fn process(
-    shared: &Shared,
-    slot: &Slot,
+    shared: &Arc<Shared>,
+    index: usize,
     cx: &mut Context,
     stats: &WorkerStats,
     item: Queued,
     started: u64,
     guard: InFlight<'_>,
-) -> u64 {
+) -> After {
+    let slot = &shared.slots[index];
     let Queued {
         message,
         settle,
@@ -171,7 +209,13 @@ async fn process(
             warn!(consumer = %slot.name, message_id = %message.id(), topic = %message.topic(), kind = %e.kind(), error = %e, "Consumer failed a message.");
             let reason = format!("consumer {} ({} error): {e}", slot.name, e.kind());
             match e.kind() {
-                ErrorKind::Transient => (Outcome::Transient, Verdict::Retry { reason }),
+                ErrorKind::Transient => (
+                    Outcome::Transient,
+                    Verdict::Retry {
+                        reason,
+                        delay: e.retry_after(),
+                    },
+                ),
                 ErrorKind::Invalid => (Outcome::Invalid, Verdict::Reject { reason }),
             }
         }
@@ -180,6 +224,7 @@ async fn process(
             error!(consumer = %slot.name, message_id = %message.id(), topic = %message.topic(), panic = %what, "Consumer panicked; it keeps running.");
             let verdict = Verdict::Retry {
                 reason: format!("consumer {} panicked: {what}", slot.name),
+                delay: None,
             };
             (Outcome::Panic, verdict)
         }
@@ -188,12 +233,19 @@ async fn process(
             warn!(consumer = %slot.name, message_id = %message.id(), topic = %message.topic(), timeout = ?limit, "Consumer timed out on a message.");
             let verdict = Verdict::Retry {
                 reason: format!("consumer {} timed out after {limit:?}", slot.name),
+                delay: None,
             };
             (Outcome::Timeout, verdict)
         }
     };
     cx.set_handled(None);
-    guard.finish(outcome, ended);
-    settle.finish(verdict);
-    ended
+    if verdict == Verdict::Ack {
+        guard.finish(outcome, ended);
+        settle.finish(verdict);
+        return After::Done(ended);
+    }
+    failures::after_failure(
+        shared, index, message, settle, outcome, verdict, guard, ended,
+    )
+    .await
 }

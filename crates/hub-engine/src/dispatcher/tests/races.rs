@@ -302,7 +302,7 @@ async fn a_consume_that_panics_before_returning_its_future_is_caught() {
         );
     }
     assert!(
-        matches!(&got[1], Verdict::Retry { reason } if reason.contains("panicked: hand-written consume panics")),
+        matches!(&got[1], Verdict::Retry { reason, .. } if reason.contains("panicked: hand-written consume panics")),
         "{got:?}"
     );
     assert_eq!(got.iter().filter(|v| **v == Verdict::Ack).count(), 4);
