@@ -378,6 +378,55 @@ fn broken_configs_exit_2_and_name_the_key() {
             "[consumers.d]\ntype = \"echo\"\ntopics = [\"#\"]\nwhen_full = \"drop_all\"\n",
             &["key `consumers.d.when_full`", "drop_oldest"],
         ),
+        (
+            "no attempts",
+            "[consumers.d]\ntype = \"echo\"\ntopics = [\"#\"]\nretry = { max_attempts = 0 }\n",
+            &["key `consumers.d.retry.max_attempts`", "at least 1"],
+        ),
+        (
+            "retry typo",
+            "[consumers.d]\ntype = \"echo\"\ntopics = [\"#\"]\nretry = { max_attempt = 2 }\n",
+            &[
+                "key `consumers.d.retry.max_attempt`",
+                "did you mean `max_attempts`",
+            ],
+        ),
+        (
+            "max_delay below delay",
+            "[consumers.d]\ntype = \"echo\"\ntopics = [\"#\"]\nretry = { delay = \"10s\", max_delay = \"1s\" }\n",
+            &["key `consumers.d.retry.max_delay`", "at least `delay`"],
+        ),
+        (
+            "zero rate",
+            "[consumers.d]\ntype = \"echo\"\ntopics = [\"#\"]\nrate_limit = { rate = 0 }\n",
+            &["key `consumers.d.rate_limit.rate`", "at least 1"],
+        ),
+        (
+            "two dead-letter sinks",
+            "[consumers.d]\ntype = \"echo\"\ntopics = [\"#\"]\ndead_letter = { file = \"/tmp/x\", topic = \"t\" }\n",
+            &["key `consumers.d.dead_letter`", "either `file` or `topic`"],
+        ),
+        (
+            "dead-letter topic on an unknown backend",
+            "[consumers.d]\ntype = \"echo\"\ntopics = [\"#\"]\ndead_letter = { topic = \"t\", backend = \"nope\" }\n",
+            &[
+                "key `consumers.d.dead_letter.backend`",
+                "unknown backend \"nope\"",
+            ],
+        ),
+        (
+            "dead letters on amqp",
+            "[backends.rabbit]\ntype = \"amqp\"\nurl = \"amqp://127.0.0.1\"\n[consumers.d]\ntype = \"echo\"\nbackend = \"rabbit\"\ntopics = [\"#\"]\ndead_letter = { file = \"/tmp/x\" }\n",
+            &[
+                "key `consumers.d.dead_letter`",
+                "keeps its own dead letters",
+            ],
+        ),
+        (
+            "batch_delay without batches",
+            "[consumers.d]\ntype = \"echo\"\ntopics = [\"#\"]\nbatch_delay = \"50ms\"\n",
+            &["key `consumers.d.batch_delay`", "set batch_size above 1"],
+        ),
     ];
     for (what, extra, needles) in cases {
         let dir = tempfile::tempdir().unwrap();

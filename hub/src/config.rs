@@ -123,6 +123,10 @@ struct RawConsumer {
     #[serde(default)]
     rate_limit: Option<RawRateLimit>,
     #[serde(default)]
+    batch_size: Option<usize>,
+    #[serde(default, with = "hub_core::duration::option")]
+    batch_delay: Option<Duration>,
+    #[serde(default)]
     dead_letter: Option<RawDeadLetter>,
     #[serde(default)]
     #[allow(dead_code, reason = "read separately, with its own key path")]
@@ -739,7 +743,21 @@ impl Loader<'_> {
             queue: raw.queue.clone(),
             retry: None,
             rate_limit: None,
+            batch_size: raw.batch_size.unwrap_or(defaults.batch_size),
+            batch_delay: raw.batch_delay.unwrap_or(defaults.batch_delay),
         };
+        if options.batch_size == 0 {
+            self.issue(
+                &format!("{key}.batch_size"),
+                "must be at least 1 (1: one message at a time)",
+            );
+        }
+        if raw.batch_delay.is_some() && options.batch_size <= 1 {
+            self.issue(
+                &format!("{key}.batch_delay"),
+                "applies to batches only: set batch_size above 1",
+            );
+        }
         let mut options = options;
         let inherited = backend
             .and_then(|b| self.backend_failures.get(b))

@@ -681,9 +681,17 @@ fn summarize(c: &Config) -> String {
                 )
             }
         };
+        let batch = if cs.options.batch_size > 1 {
+            format!(
+                "; batch_size: {} batch_delay: {:?}",
+                cs.options.batch_size, cs.options.batch_delay
+            )
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "         {:<16} retry: {retry}; rate_limit: {rate}; dead letters: {dead}",
+            "         {:<16} retry: {retry}; rate_limit: {rate}; dead letters: {dead}{batch}",
             ""
         );
     }

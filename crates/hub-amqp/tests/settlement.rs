@@ -198,6 +198,19 @@ async fn drain_queue(ch: &Channel, queue: &str) -> Vec<(Vec<u8>, serde_json::Map
 }
 
 /// Ready plus unacknowledged messages in a queue (`rabbitmqctl`), or `None` if it is gone.
+/// The dead letters in `dlq`, drained, once there is at least one (10 s at most).
+async fn dead_letters(ch: &Channel, dlq: &str) -> Vec<(Vec<u8>, serde_json::Map<String, Value>)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let dead = drain_queue(ch, dlq).await;
+        if !dead.is_empty() {
+            return dead;
+        }
+        assert!(Instant::now() < deadline, "no dead letter");
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn queue_depth(queue: &str) -> Option<u64> {
     let out = std::process::Command::new("rabbitmqctl")
         .args(["-q", "list_queues", "name", "messages"])
@@ -393,15 +406,7 @@ async fn a_retried_message_keeps_its_topic_and_so_does_its_dead_letter() {
         "the same topic on every attempt"
     );
     let dlq = format!("{hub}.dead-letters");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let dead = loop {
-        let dead = drain_queue(&ch, &dlq).await;
-        if !dead.is_empty() {
-            break dead;
-        }
-        assert!(Instant::now() < deadline, "no dead letter");
-        sleep(Duration::from_millis(100)).await;
-    };
+    let dead = dead_letters(&ch, &dlq).await;
     assert_eq!(dead.len(), 1);
     let h = &dead[0].1;
     assert_eq!(h["x-hub-topic"], json!(format!("k{u}.build.lost")), "{h:?}");
@@ -675,15 +680,7 @@ async fn a_consumers_own_retry_overrides_the_backend_keys_and_in_order_retries_i
         let always = publish(&ch, &format!("r{u}.x"), json!({"fail": 99})).await;
         eventually("two attempts", || s.count() == 2).await;
         let dlq = format!("{hub}.dead-letters");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let dead = loop {
-            let dead = drain_queue(&ch, &dlq).await;
-            if !dead.is_empty() {
-                break dead;
-            }
-            assert!(Instant::now() < deadline, "no dead letter");
-            sleep(Duration::from_millis(100)).await;
-        };
+        let dead = dead_letters(&ch, &dlq).await;
         assert_eq!(dead.len(), 1);
         let h = &dead[0].1;
         let attempts: Vec<u64> = s

@@ -36,6 +36,38 @@ pub trait Consumer: Send + Sync + 'static {
     /// `tokio::task::spawn_blocking(..).await`, whose await the timeout does cover.
     async fn consume(&self, cx: &Context, msg: &Message) -> Result<(), ConsumeError>;
 
+    /// Handles several messages at once: what the hub calls instead of [`consume`](Self::consume)
+    /// for a consumer configured with `batch_size` > 1 (a store committing a group of rows in one
+    /// transaction, a notifier sending a digest). Returns one result per message, in the order
+    /// of `batch`: each message is acknowledged, retried or dead-lettered on its own. A result
+    /// missing from the end counts as a transient failure; extra results are ignored. A panic,
+    /// or the consumer's `timeout` (which applies to the whole call), fails every message of the
+    /// batch.
+    ///
+    /// `cx` handles no single message here: to publish in reply to one, use
+    /// `cx.handling(msg.clone()).publish(..)`. Each message's own attempt is
+    /// [`Message::attempt`].
+    ///
+    /// The default calls [`consume`](Self::consume) for each message in turn.
+    async fn consume_batch(
+        &self,
+        cx: &Context,
+        batch: &[Message],
+    ) -> Vec<Result<(), ConsumeError>> {
+        let mut out = Vec::with_capacity(batch.len());
+        for msg in batch {
+            out.push(self.consume(&cx.handling(msg.clone()), msg).await);
+        }
+        out
+    }
+
+    /// How many of the `queued` messages (at least 1) the next batch takes, at most
+    /// `batch_size`; the rest stay in the queue. The default takes as many as it may. A
+    /// notifier that sends a digest only when a burst is queued takes 1 while few are waiting.
+    fn batch_take(&self, queued: usize, batch_size: usize) -> usize {
+        queued.min(batch_size)
+    }
+
     /// Runs once after the last message, during shutdown.
     async fn stop(&self, _cx: &Context) {}
 }
@@ -51,6 +83,18 @@ impl<C: Consumer + ?Sized> Consumer for std::sync::Arc<C> {
 
     async fn consume(&self, cx: &Context, msg: &Message) -> Result<(), ConsumeError> {
         (**self).consume(cx, msg).await
+    }
+
+    async fn consume_batch(
+        &self,
+        cx: &Context,
+        batch: &[Message],
+    ) -> Vec<Result<(), ConsumeError>> {
+        (**self).consume_batch(cx, batch).await
+    }
+
+    fn batch_take(&self, queued: usize, batch_size: usize) -> usize {
+        (**self).batch_take(queued, batch_size)
     }
 
     async fn stop(&self, cx: &Context) {
@@ -94,8 +138,15 @@ pub struct ConsumerOptions {
     /// applies it with its own redelivery; for the others the hub keeps the message and gives it
     /// back itself.
     pub retry: Option<RetryPolicy>,
-    /// At most this many calls to `consume` per period (default: no limit).
+    /// At most this many calls to `consume` (or `consume_batch`) per period (default: no
+    /// limit).
     pub rate_limit: Option<RateLimit>,
+    /// Messages handed over at once, to [`Consumer::consume_batch`] (default 1: one at a time,
+    /// to [`Consumer::consume`]). `concurrency` then counts batches in flight.
+    pub batch_size: usize,
+    /// With `batch_size` > 1: how long a batch may wait for more messages to fill it, counted
+    /// from its first (default 0: take what is queued now).
+    pub batch_delay: Duration,
 }
 
 /// How a consumer's failed messages (transient error, timeout, panic) are retried.
@@ -175,6 +226,8 @@ impl Default for ConsumerOptions {
             queue: None,
             retry: None,
             rate_limit: None,
+            batch_size: 1,
+            batch_delay: Duration::ZERO,
         }
     }
 }

@@ -38,8 +38,18 @@ impl Dispatcher {
             for w in 0..slot.workers.len() {
                 let shared = Arc::clone(&self.shared);
                 let span = tracing::info_span!("consumer", consumer = %slot.name);
-                let task = tracing::Instrument::instrument(worker::run(shared, i, w), span);
-                workers.push(tokio::spawn(task));
+                let task = if slot.options.batch_size > 1 {
+                    tokio::spawn(tracing::Instrument::instrument(
+                        worker::run_batches(shared, i, w),
+                        span,
+                    ))
+                } else {
+                    tokio::spawn(tracing::Instrument::instrument(
+                        worker::run(shared, i, w),
+                        span,
+                    ))
+                };
+                workers.push(task);
             }
         }
     }

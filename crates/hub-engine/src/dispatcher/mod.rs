@@ -7,6 +7,7 @@
 //! - `queue.rs`, `worker.rs`, `ticket.rs`, `stats.rs`, `catch_up.rs`, `route_cache.rs`: the
 //!   parts those use.
 
+mod batch;
 mod catch_up;
 mod failures;
 mod gauges;
@@ -139,6 +140,7 @@ impl DispatcherBuilder {
         assert!(backend.0 < self.backends.len(), "unknown backend index");
         options.concurrency = options.concurrency.max(1);
         options.queue_capacity = options.queue_capacity.max(1);
+        options.batch_size = options.batch_size.max(1);
         let name: Arc<str> = cx.name().into();
         let failures = Failures {
             policy: options.retry.unwrap_or_default(),
@@ -153,7 +155,11 @@ impl DispatcherBuilder {
             throttled_ns: AtomicU64::new(0),
             failures,
             metrics: ConsumerMetrics::register(&self.registry, &name),
-            queue: Queue::new(options.queue_capacity, options.concurrency),
+            queue: Queue::new(
+                options.queue_capacity,
+                options.concurrency,
+                options.batch_size,
+            ),
             name,
             backend: backend.0,
             patterns: patterns.into(),

@@ -82,6 +82,10 @@ pub(crate) struct Queue {
     chain_wakeups: bool,
     not_empty: Notify,
     not_full: Notify,
+    /// A batch consumer's `batch_size` (0 otherwise): a push that brings the queue to this
+    /// length wakes the workers waiting for a full batch.
+    want: usize,
+    filled: Notify,
 }
 
 /// What became of an offered message.
@@ -132,7 +136,7 @@ impl Drop for Blocked<'_> {
 }
 
 impl Queue {
-    pub fn new(capacity: usize, workers: usize) -> Self {
+    pub fn new(capacity: usize, workers: usize, batch_size: usize) -> Self {
         Self {
             state: Mutex::new(State {
                 items: VecDeque::with_capacity(capacity.min(4096)),
@@ -151,6 +155,8 @@ impl Queue {
             chain_wakeups: workers > 1,
             not_empty: Notify::new(),
             not_full: Notify::new(),
+            want: if batch_size > 1 { batch_size } else { 0 },
+            filled: Notify::new(),
         }
     }
 
@@ -168,9 +174,13 @@ impl Queue {
             st.received += 1;
             let was_empty = st.items.is_empty();
             st.items.push_back(item);
+            let filled = st.items.len() == self.want;
             drop(st);
             if was_empty {
                 self.not_empty.notify_one();
+            }
+            if filled {
+                self.filled.notify_waiters();
             }
             return Ok(Offer::Accepted);
         }
@@ -239,9 +249,13 @@ impl Queue {
             }
         }
         let wake = was_empty && !st.items.is_empty();
+        let filled = self.want > 0 && st.items.len() >= self.want;
         drop(st);
         if wake {
             self.not_empty.notify_one();
+        }
+        if filled {
+            self.filled.notify_waiters();
         }
         outcomes
     }
@@ -273,9 +287,13 @@ impl Queue {
                             blocked.registered = false;
                         }
                         let wake = was_empty && !st.items.is_empty();
+                        let filled = self.want > 0 && st.items.len() >= self.want;
                         drop(st);
                         if wake {
                             self.not_empty.notify_one();
+                        }
+                        if filled {
+                            self.filled.notify_waiters();
                         }
                         return offer;
                     }
@@ -366,10 +384,59 @@ impl Queue {
         st.retried += 1;
         let was_empty = st.items.is_empty();
         st.items.push_back(item);
+        let filled = st.items.len() == self.want;
         drop(st);
         if was_empty {
             self.not_empty.notify_one();
         }
+        if filled {
+            self.filled.notify_waiters();
+        }
+    }
+
+    /// Messages queued now.
+    pub fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    /// Waits until the queue holds a full batch (`batch_size`), or it closes, or `until`.
+    pub async fn wait_filled(&self, until: tokio::time::Instant) {
+        loop {
+            let mut notified = pin!(self.filled.notified());
+            notified.as_mut().enable();
+            {
+                let st = self.lock();
+                if st.items.len() >= self.want || st.closed {
+                    return;
+                }
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Takes up to `max` of the oldest messages at once, without waiting (a batch).
+    pub fn pop_many(&self, max: usize) -> Vec<Queued> {
+        let mut st = self.lock();
+        let n = max.min(st.items.len());
+        let items: Vec<Queued> = st.items.drain(..n).collect();
+        st.taken += n as u64;
+        // Each message taken made room: wake as many registered producers, not woken yet.
+        let wake_producers = n.min(st.blocked.saturating_sub(st.woken));
+        st.woken += wake_producers;
+        let more = !st.items.is_empty();
+        let last = !more && st.closed && st.delayed == 0;
+        drop(st);
+        for _ in 0..wake_producers {
+            self.not_full.notify_one();
+        }
+        if more && self.chain_wakeups {
+            self.not_empty.notify_one();
+        } else if last {
+            self.not_empty.notify_waiters();
+        }
+        items
     }
 
     /// A message set aside by the worker that keeps it (a retry in order) is taken again.
@@ -414,6 +481,7 @@ impl Queue {
         self.lock().closed = true;
         self.not_empty.notify_waiters();
         self.not_full.notify_waiters();
+        self.filled.notify_waiters();
     }
 
     /// Length, oldest enqueue time and counts, read together, and `read_more` run under the same

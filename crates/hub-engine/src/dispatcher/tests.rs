@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 
+mod batches;
 mod catch_up_scenarios;
 mod failures;
 mod races;

@@ -70,6 +70,7 @@ impl Settle {
     }
 
     /// This consumer's verdict (the delivery settles once every consumer gave one).
+    #[inline]
     pub fn finish(mut self, verdict: Verdict) {
         if let Some(t) = self.0.take() {
             t.finish(verdict);

@@ -19,7 +19,7 @@ use super::queue::{Queued, TryPop};
 use super::stats::{Outcome, WorkerStats};
 use super::ticket::panic_text;
 use super::{Shared, Slot};
-use hub_core::{Context, ErrorKind, Verdict};
+use hub_core::{ConsumeError, Context, ErrorKind, Message, Verdict};
 
 /// One worker (`worker` of the consumer's `concurrency`); a consumer with `concurrency` N has N
 /// of them on one queue, each with its own stats block. Returns once the queue is closed and
@@ -31,12 +31,29 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize, worker: usize) {
             .await
         {
             Ok(()) => return,
-            Err(panic) => {
-                let slot = &shared.slots[index];
-                error!(consumer = %slot.name, worker, panic = %panic_text(&*panic), "A consumer worker panicked outside the consumer; it starts again.");
-            }
+            Err(panic) => restarted(&shared, index, worker, &*panic),
         }
     }
+}
+
+/// [`run`] for a batch consumer (a future of its own type: the one-message loop is not made
+/// bigger or slower by the batch loop's state).
+pub(super) async fn run_batches(shared: Arc<Shared>, index: usize, worker: usize) {
+    loop {
+        match AssertUnwindSafe(super::batch::run_loop(&shared, index, worker))
+            .catch_unwind()
+            .await
+        {
+            Ok(()) => return,
+            Err(panic) => restarted(&shared, index, worker, &*panic),
+        }
+    }
+}
+
+/// A worker loop panicked outside the consumer: logged; the loop starts again.
+fn restarted(shared: &Shared, index: usize, worker: usize, panic: &(dyn std::any::Any + Send)) {
+    let slot = &shared.slots[index];
+    error!(consumer = %slot.name, worker, panic = %panic_text(panic), "A consumer worker panicked outside the consumer; it starts again.");
 }
 
 async fn run_loop(shared: &Arc<Shared>, index: usize, worker: usize) {
@@ -87,13 +104,7 @@ async fn run_loop(shared: &Arc<Shared>, index: usize, worker: usize) {
         };
         // Until it is finished, a message taken is in flight: if this future is dropped
         // (shutdown cut it off) or unwinds, the guard says so in the counts.
-        let guard = InFlight {
-            slot,
-            stats,
-            shared,
-            started,
-            done: false,
-        };
+        let guard = InFlight::new(slot, stats, shared, started);
         match process(shared, index, &mut cx, stats, item, started, guard).await {
             After::Done(ended) => last_end = Some(ended),
             After::Hold(item, wait) => {
@@ -123,13 +134,30 @@ pub(super) struct InFlight<'a> {
     stats: &'a WorkerStats,
     shared: &'a Shared,
     /// When it started (nanoseconds after the epoch).
-    started: u64,
+    pub(super) started: u64,
     done: bool,
 }
 
-impl InFlight<'_> {
+impl<'a> InFlight<'a> {
+    /// A message of `slot` taken by the worker with `stats`, started at `started`.
+    pub(super) fn new(
+        slot: &'a Slot,
+        stats: &'a WorkerStats,
+        shared: &'a Shared,
+        started: u64,
+    ) -> Self {
+        Self {
+            slot,
+            stats,
+            shared,
+            started,
+            done: false,
+        }
+    }
+
     /// Counts it as finished with `outcome` at `at_ns`, with its duration (histogram and mean
     /// service time) recorded at the same moment.
+    #[inline]
     pub(super) fn finish(mut self, outcome: Outcome, at_ns: u64) {
         let took = at_ns.saturating_sub(self.started);
         self.stats.duration.record(took);
@@ -203,7 +231,32 @@ async fn process(
     };
     let ended = shared.now_ns();
 
-    let (outcome, verdict) = match result {
+    cx.set_handled(None);
+    // The common case first, without building a verdict to compare.
+    if let Some(Ok(Ok(()))) = result {
+        guard.finish(Outcome::Ok, ended);
+        settle.finish(Verdict::Ack);
+        return After::Done(ended);
+    }
+    let (outcome, verdict) = judge(slot, &message, result);
+    failures::after_failure(
+        shared, index, message, settle, outcome, verdict, guard, ended,
+    )
+    .await
+}
+
+/// What one call ended in, for one message: `Some(Ok(result))` returned, `Some(Err(panic))`
+/// panicked, `None` timed out.
+pub(super) type Ended<T> = Option<Result<T, Box<dyn std::any::Any + Send>>>;
+
+/// The outcome and verdict of `message` from the end of its call (logged when it failed).
+#[cold]
+pub(super) fn judge(
+    slot: &Slot,
+    message: &Message,
+    result: Ended<Result<(), ConsumeError>>,
+) -> (Outcome, Verdict) {
+    match result {
         Some(Ok(Ok(()))) => (Outcome::Ok, Verdict::Ack),
         Some(Ok(Err(e))) => {
             warn!(consumer = %slot.name, message_id = %message.id(), topic = %message.topic(), kind = %e.kind(), error = %e, "Consumer failed a message.");
@@ -237,15 +290,5 @@ async fn process(
             };
             (Outcome::Timeout, verdict)
         }
-    };
-    cx.set_handled(None);
-    if verdict == Verdict::Ack {
-        guard.finish(outcome, ended);
-        settle.finish(verdict);
-        return After::Done(ended);
     }
-    failures::after_failure(
-        shared, index, message, settle, outcome, verdict, guard, ended,
-    )
-    .await
 }

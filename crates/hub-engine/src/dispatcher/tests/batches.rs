@@ -1,0 +1,247 @@
+//! Batch consumers (`batch_size` > 1), on tokio's paused clock where time matters.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::super::*;
+use super::{acker, opts, rig_with};
+use crate::metrics::sample;
+use hub_core::{ConsumeError, Delivery, Message, Verdict};
+
+/// Records each batch (the `i` of its messages, and when it started); fails messages whose body
+/// says so; takes at most `take` when set.
+#[derive(Default)]
+struct Batcher {
+    batches: Mutex<Vec<(Vec<u64>, Instant)>>,
+    take: Option<usize>,
+    panic: bool,
+}
+
+#[async_trait]
+impl Consumer for Batcher {
+    async fn consume(&self, _cx: &Context, _msg: &Message) -> Result<(), ConsumeError> {
+        unreachable!("a batch consumer is given batches")
+    }
+
+    async fn consume_batch(
+        &self,
+        _cx: &Context,
+        batch: &[Message],
+    ) -> Vec<Result<(), ConsumeError>> {
+        let ids = batch
+            .iter()
+            .map(|m| m.body()["i"].as_u64().unwrap())
+            .collect();
+        self.batches.lock().unwrap().push((ids, Instant::now()));
+        assert!(!self.panic, "batch consumer bug");
+        batch
+            .iter()
+            .map(|m| match m.body().get("do").and_then(Value::as_str) {
+                Some("invalid") => Err(ConsumeError::invalid("bad row")),
+                Some("fail") => Err(ConsumeError::transient("db down")),
+                _ => Ok(()),
+            })
+            .collect()
+    }
+
+    fn batch_take(&self, queued: usize, batch_size: usize) -> usize {
+        self.take.unwrap_or(queued).min(batch_size)
+    }
+}
+
+fn m(i: u64) -> Message {
+    Message::new("org.test.event", json!({ "i": i }))
+}
+
+fn batch_opts(size: usize, delay_ms: u64) -> ConsumerOptions {
+    opts(|o| {
+        o.batch_size = size;
+        o.batch_delay = Duration::from_millis(delay_ms);
+    })
+}
+
+fn rig1(options: ConsumerOptions, c: Arc<Batcher>, redelivers: bool) -> super::Rig {
+    rig_with(
+        vec![("batch", &["#"][..], options, c as Arc<dyn Consumer>)],
+        redelivers,
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn batches_fill_up_to_their_size_or_wait_their_delay_and_the_wait_shows_as_backlog() {
+    let c = Arc::new(Batcher::default());
+    let r = rig1(batch_opts(10, 100), Arc::clone(&c), false);
+    let t0 = Instant::now();
+    // 25 at once: two full batches at once, and the rest after the delay.
+    r.intake
+        .deliver_many((0..25).map(|i| Delivery::new(m(i))))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        sample(
+            &r.render(),
+            r#"hub_consumer_backlog_messages{consumer="batch"}"#
+        ),
+        Some(5.0),
+        "the last five wait in the queue for their batch to fill"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let batches = c.batches.lock().unwrap().clone();
+    let sizes: Vec<usize> = batches.iter().map(|b| b.0.len()).collect();
+    assert_eq!(sizes, [10, 10, 5]);
+    assert_eq!(batches[0].1.duration_since(t0), Duration::ZERO);
+    assert_eq!(batches[2].1.duration_since(t0), Duration::from_millis(100));
+    // 3, then 2 more 50 ms later: one batch of 5 when the delay is up (counted from the first).
+    let t1 = Instant::now();
+    r.intake
+        .deliver_many((100..103).map(|i| Delivery::new(m(i))))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    r.intake
+        .deliver_many((103..105).map(|i| Delivery::new(m(i))))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let batches = c.batches.lock().unwrap().clone();
+    assert_eq!(batches.len(), 4);
+    assert_eq!(batches[3].0, [100, 101, 102, 103, 104]);
+    assert_eq!(batches[3].1.duration_since(t1), Duration::from_millis(100));
+    // A full batch does not wait for the delay.
+    let t2 = Instant::now();
+    r.intake
+        .deliver_many((200..210).map(|i| Delivery::new(m(i))))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let batches = c.batches.lock().unwrap().clone();
+    assert_eq!(batches.len(), 5);
+    assert_eq!(batches[4].1.duration_since(t2), Duration::ZERO);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_message_of_a_batch_gets_its_own_verdict() {
+    let c = Arc::new(Batcher::default());
+    let r = rig1(batch_opts(5, 200), Arc::clone(&c), true);
+    let mut verdicts = Vec::new();
+    for (i, body) in [
+        json!({"i": 0}),
+        json!({"i": 1, "do": "invalid"}),
+        json!({"i": 2, "do": "fail"}),
+        json!({"i": 3}),
+        json!({"i": 4}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (a, rx) = acker();
+        let _ = i;
+        r.intake
+            .deliver(Delivery::with_acker(Message::new("t", body), a))
+            .await
+            .unwrap();
+        verdicts.push(rx);
+    }
+    let mut got = Vec::new();
+    for rx in verdicts {
+        got.push(rx.await.unwrap());
+    }
+    assert_eq!(c.batches.lock().unwrap().len(), 1, "one batch of five");
+    assert_eq!(got[0], Verdict::Ack);
+    assert!(
+        matches!(&got[1], Verdict::Reject { reason } if reason.contains("bad row")),
+        "{got:?}"
+    );
+    assert!(
+        matches!(&got[2], Verdict::Retry { reason, .. } if reason.contains("db down")),
+        "{got:?}"
+    );
+    assert_eq!(got[3], Verdict::Ack);
+    assert_eq!(got[4], Verdict::Ack);
+    let text = r.render();
+    let outcome = |o: &str| {
+        sample(
+            &text,
+            &format!(r#"hub_consumer_processed_messages_total{{consumer="batch",outcome="{o}"}}"#),
+        )
+    };
+    assert_eq!(outcome("ok"), Some(3.0));
+    assert_eq!(outcome("invalid"), Some(1.0));
+    assert_eq!(outcome("transient"), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_batch_fails_every_message_and_the_worker_goes_on() {
+    let c = Arc::new(Batcher {
+        panic: true,
+        ..Batcher::default()
+    });
+    let r = rig1(batch_opts(3, 100), Arc::clone(&c), true);
+    let mut verdicts = Vec::new();
+    for i in 0..6 {
+        let (a, rx) = acker();
+        r.intake
+            .deliver(Delivery::with_acker(m(i), a))
+            .await
+            .unwrap();
+        verdicts.push(rx);
+    }
+    for rx in verdicts {
+        let v = tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(&v, Verdict::Retry { reason, .. } if reason.contains("batch consumer bug")),
+            "{v:?}"
+        );
+    }
+    assert_eq!(
+        c.batches.lock().unwrap().len(),
+        2,
+        "the worker survived the first panic"
+    );
+    assert_eq!(
+        sample(
+            &r.render(),
+            r#"hub_consumer_processed_messages_total{consumer="batch",outcome="panic"}"#
+        ),
+        Some(6.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_is_kept_at_concurrency_one_and_batch_take_is_honoured() {
+    let c = Arc::new(Batcher {
+        take: Some(7),
+        ..Batcher::default()
+    });
+    let r = rig1(batch_opts(50, 0), Arc::clone(&c), false);
+    for chunk in (0..2000u64).collect::<Vec<_>>().chunks(100) {
+        r.intake
+            .deliver_many(chunk.iter().map(|&i| Delivery::new(m(i))))
+            .await
+            .unwrap();
+    }
+    for _ in 0..500 {
+        let done: usize = c.batches.lock().unwrap().iter().map(|b| b.0.len()).sum();
+        if done == 2000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let batches = c.batches.lock().unwrap().clone();
+    let all: Vec<u64> = batches.iter().flat_map(|b| b.0.clone()).collect();
+    assert_eq!(all, (0..2000).collect::<Vec<_>>(), "in order, each once");
+    assert!(batches.iter().all(|b| b.0.len() <= 7), "batch_take said 7");
+    let state = r.dispatcher.states()[0].clone();
+    assert_eq!(
+        (state.backlog, state.in_flight, state.completed),
+        (0, 0, 2000)
+    );
+}
