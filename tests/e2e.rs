@@ -339,7 +339,7 @@ fn broken_configs_exit_2_and_name_the_key() {
             "[consumers.d]\ntype = \"ech\"\ntopics = [\"#\"]\n",
             &[
                 "key `consumers.d.type`",
-                "unknown consumer type `ech` (did you mean `echo`?); known: delay, echo, exec, http, reply",
+                "unknown consumer type `ech` (did you mean `echo`?); known: delay, echo, exec, http, notify, postgres, reply",
             ],
         ),
         (

@@ -112,15 +112,18 @@ type ResourceHook = Box<
 >;
 
 impl HubBuilder {
-    /// Registers the stock types: consumers `echo`, `delay`, `reply`, `exec`, `http`; resource
-    /// `http_client`; producer `ticker`; backends `zeromq` and `amqp` (`memory` is always
+    /// Registers the stock types: consumers `echo`, `delay`, `reply`, `exec`, `http`,
+    /// `notify`, `postgres`; resources `http_client`, `postgres_pool`; producer `ticker`; backends `zeromq` and `amqp` (`memory` is always
     /// there).
     pub fn stock(self) -> Self {
         self.backend::<hub_zeromq::ZeroMqConfig>()
             .backend::<hub_amqp::AmqpConfig>()
             .consumer::<hub_exec::ExecConfig>()
             .consumer::<hub_http::HttpConfig>()
+            .consumer::<hub_notify::NotifyConfig>()
             .resource_type::<hub_http::HttpClientConfig>()
+            .consumer::<hub_postgres::PostgresStoreConfig>()
+            .resource_type::<hub_postgres::PgPoolConfig>()
             .consumer::<stock::EchoConfig>()
             .consumer::<stock::DelayConfig>()
             .consumer::<stock::ReplyConfig>()

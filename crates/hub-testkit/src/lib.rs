@@ -133,22 +133,12 @@ impl Consumer for Recording {
             Ok(r) => {
                 self.log.push(match &r {
                     Ok(()) => Handled::Ok(msg.clone()),
-                    Err(e) => {
-                        let kind = match e.kind() {
-                            ErrorKind::Transient => Failure::Transient,
-                            ErrorKind::Invalid => Failure::Invalid,
-                        };
-                        Handled::Failed(msg.clone(), kind, e.to_string())
-                    }
+                    Err(e) => Handled::Failed(msg.clone(), failure_of(e), e.to_string()),
                 });
                 r
             }
             Err(panic) => {
-                let text = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "(a panic with a non-string payload)".into());
+                let text = panic_text(&*panic);
                 self.log
                     .push(Handled::Failed(msg.clone(), Failure::Panic, text));
                 // The hub catches it too, and counts it as `outcome="panic"`.
@@ -157,9 +147,77 @@ impl Consumer for Recording {
         }
     }
 
+    /// A batch (`batch_size` > 1): the consumer's own `consume_batch`, each message recorded
+    /// with its result (a panic or a cut-off call recorded for every message of the batch).
+    async fn consume_batch(
+        &self,
+        cx: &Context,
+        batch: &[Message],
+    ) -> Vec<Result<(), ConsumeError>> {
+        let mut pending: Vec<Unfinished<'_>> = batch
+            .iter()
+            .map(|msg| Unfinished {
+                log: &self.log,
+                msg,
+                done: false,
+            })
+            .collect();
+        let call =
+            AssertUnwindSafe(async { self.inner.consume_batch(cx, batch).await }).catch_unwind();
+        let r = call.await;
+        for p in &mut pending {
+            p.done = true;
+        }
+        match r {
+            Ok(results) => {
+                for (i, msg) in batch.iter().enumerate() {
+                    self.log.push(match results.get(i) {
+                        Some(Ok(())) => Handled::Ok(msg.clone()),
+                        Some(Err(e)) => Handled::Failed(msg.clone(), failure_of(e), e.to_string()),
+                        None => Handled::Failed(
+                            msg.clone(),
+                            Failure::Transient,
+                            "consume_batch returned no result for this message".into(),
+                        ),
+                    });
+                }
+                results
+            }
+            Err(panic) => {
+                let text = panic_text(&*panic);
+                for msg in batch {
+                    self.log
+                        .push(Handled::Failed(msg.clone(), Failure::Panic, text.clone()));
+                }
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+
+    fn batch_take(&self, queued: usize, batch_size: usize) -> usize {
+        self.inner.batch_take(queued, batch_size)
+    }
+
     async fn stop(&self, cx: &Context) {
         self.inner.stop(cx).await;
     }
+}
+
+/// How a consumer's error is counted.
+fn failure_of(e: &ConsumeError) -> Failure {
+    match e.kind() {
+        ErrorKind::Transient => Failure::Transient,
+        ErrorKind::Invalid => Failure::Invalid,
+    }
+}
+
+/// The text of a caught panic's payload.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(a panic with a non-string payload)".into())
 }
 
 /// Collects consumers for a [`TestHub`].
@@ -458,6 +516,52 @@ mod tests {
         async fn consume(&self, _: &Context, _: &Message) -> Result<(), ConsumeError> {
             Ok(())
         }
+    }
+
+    /// Rejects messages whose body says `"bad": true`, in batches.
+    struct Rows;
+
+    #[async_trait]
+    impl Consumer for Rows {
+        async fn consume(&self, _: &Context, _: &Message) -> Result<(), ConsumeError> {
+            unreachable!("given batches")
+        }
+
+        async fn consume_batch(
+            &self,
+            _: &Context,
+            batch: &[Message],
+        ) -> Vec<Result<(), ConsumeError>> {
+            batch
+                .iter()
+                .map(|m| match m.body()["bad"].as_bool() {
+                    Some(true) => Err(ConsumeError::invalid("bad row")),
+                    _ => Ok(()),
+                })
+                .collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_consumer_is_given_batches_and_each_message_is_recorded() {
+        let options = ConsumerOptions {
+            batch_size: 10,
+            ..ConsumerOptions::default()
+        };
+        let hub = TestHub::builder()
+            .consumer_with("rows", &["#"], options, Rows)
+            .start()
+            .await;
+        assert_eq!(hub.send("a", json!({})).await, Verdict::Ack);
+        assert!(matches!(
+            hub.send("a", json!({"bad": true})).await,
+            Verdict::Reject { .. }
+        ));
+        let handled = hub.handled("rows");
+        assert_eq!(handled.len(), 2);
+        assert_eq!(handled[0].failure(), None);
+        assert_eq!(handled[1].failure(), Some(Failure::Invalid));
+        hub.shutdown().await;
     }
 
     #[tokio::test]

@@ -30,44 +30,13 @@ use hub_core::{
 };
 use serde::Deserialize;
 
-/// `[resources.<id>]` with `type = "postgres_pool"`: a pool that connects on first use.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PgPoolConfig {
-    /// A libpq-style connection string. Default `host=127.0.0.1 user=postgres dbname=test`.
-    #[serde(default = "default_url")]
-    pub url: String,
-    /// Connections at most. Default 8.
-    #[serde(default = "default_max_size")]
-    pub max_size: usize,
-}
+/// `[resources.<id>]` with `type = "postgres_pool"`: a pool that connects on first use. The
+/// type is hub-postgres's (registered by `HubBuilder::stock`), re-exported here: the resource is
+/// a `deadpool_postgres::Pool`, which this consumer takes by id.
+pub use hub_postgres::PgPoolConfig;
 
 fn default_url() -> String {
     "host=127.0.0.1 user=postgres dbname=test".into()
-}
-
-fn default_max_size() -> usize {
-    8
-}
-
-impl ResourceConfig for PgPoolConfig {
-    const TYPE: &'static str = "postgres_pool";
-    const DESCRIPTION: &'static str = "a PostgreSQL connection pool (deadpool-postgres)";
-    type Resource = Pool;
-
-    fn build(self, _id: &str) -> Result<Pool, BoxError> {
-        // Never log the connection string: it may hold a password.
-        let config: deadpool_postgres::tokio_postgres::Config = self
-            .url
-            .parse()
-            .map_err(|e| format!("url: not a PostgreSQL connection string: {e}"))?;
-        if self.max_size == 0 {
-            return Err("max_size: must be at least 1".into());
-        }
-        let manager =
-            deadpool_postgres::Manager::new(config, deadpool_postgres::tokio_postgres::NoTls);
-        Ok(Pool::builder(manager).max_size(self.max_size).build()?)
-    }
 }
 
 /// `[consumers.<id>.settings]` for `type = "topic_count"`.
@@ -174,11 +143,7 @@ impl Consumer for Crash {
 /// # Errors
 /// A pool that cannot be made, or a database that does not answer.
 pub async fn pool() -> Result<Pool, BoxError> {
-    let pool = PgPoolConfig {
-        url: default_url(),
-        max_size: default_max_size(),
-    }
-    .build("main")?;
+    let pool = PgPoolConfig::new(default_url()).max_size(8).build("main")?;
     // Fail at set-up, not at the first message, when the database is not there.
     drop(pool.get().await?);
     Ok(pool)

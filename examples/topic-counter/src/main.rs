@@ -1,5 +1,5 @@
-//! A hub binary in the program's own tokio runtime (`run_cli_async`), with a PostgreSQL pool
-//! type for `[resources.<id>]`.
+//! A hub binary in the program's own tokio runtime (`run_cli_async`); `stock()` brings the
+//! PostgreSQL pool type for `[resources.<id>]` (`postgres_pool`, from hub-postgres).
 
 use std::process::ExitCode;
 
@@ -12,7 +12,6 @@ async fn main() -> ExitCode {
         .stock()
         .consumer::<topic_counter::TopicCountConfig>()
         .consumer::<topic_counter::CrashConfig>()
-        .resource_type::<topic_counter::PgPoolConfig>()
         .run_cli_async()
         .await
 }

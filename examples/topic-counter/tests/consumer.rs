@@ -8,12 +8,10 @@ use topic_counter::{PgPoolConfig, TopicCountConfig};
 
 /// A `[resources.main]` pool as the hub builds it (connecting on first use).
 fn pools() -> Resources {
-    let pool = PgPoolConfig {
-        url: "host=127.0.0.1 user=postgres dbname=test".into(),
-        max_size: 2,
-    }
-    .build("main")
-    .unwrap();
+    let pool = PgPoolConfig::new("host=127.0.0.1 user=postgres dbname=test")
+        .max_size(2)
+        .build("main")
+        .unwrap();
     Resources::new().with_named("main", pool)
 }
 
