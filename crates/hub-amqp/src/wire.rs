@@ -162,10 +162,7 @@ fn decode_parts(
     // dead-lettered here, not handed to consumers as `null`.
     let body = JsonText::new(text).ok_or_else(|| Malformed {
         id: id.clone(),
-        reason: match serde_json::from_str::<Value>(text) {
-            Err(e) => format!("body is not JSON: {e}"),
-            Ok(_) => "body is not JSON".into(),
-        },
+        reason: format!("body is {}", JsonText::refusal(text)),
     })?;
     let mut headers = properties
         .headers()

@@ -20,6 +20,98 @@ use serde_json::value::RawValue;
 /// Containers nested deeper than this are left to `serde_json` (whose own limit is 128).
 pub const MAX_DEPTH: u32 = 100;
 
+/// serde_json's private marker for a raw value (with its `raw_value` feature, which this
+/// workspace enables): an object whose *first* key is this is read into a [`Value`] as the
+/// JSON text in its value (a string), or refused, never as the object that was sent
+/// (`{"$serde_json::private::RawValue":0}` reads back as `null` through a `RawValue`). Such an
+/// object is refused here, at any depth and however its key is escaped.
+pub const RAW_VALUE_MARKER: &str = "$serde_json::private::RawValue";
+
+/// The error [`Strict`] gives for an object led by [`RAW_VALUE_MARKER`].
+const MARKER_REFUSAL: &str = "an object whose first key is serde_json's private raw-value marker";
+
+/// What serde_json reads into a [`Value`] (the same numbers, strings, nesting limit), except an
+/// object whose first key is [`RAW_VALUE_MARKER`]: the slow path's judge. Keys are read as plain
+/// strings, so serde_json's marker handling never applies.
+struct Strict;
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Strict;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+
+    fn visit_unit<E>(self) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+        while seq.next_element::<Strict>()?.is_some() {}
+        Ok(Strict)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+        let mut first = true;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if first && key == RAW_VALUE_MARKER {
+                return Err(serde::de::Error::custom(MARKER_REFUSAL));
+            }
+            first = false;
+            map.next_value::<Strict>()?;
+        }
+        Ok(Strict)
+    }
+}
+
+/// An object's first key at `i` (its opening quote) is not [`RAW_VALUE_MARKER`]: at a glance
+/// when it starts with anything but `$` or an escape; otherwise the key is read (rare).
+#[inline(always)]
+fn not_the_marker(b: &[u8], i: usize) -> bool {
+    !matches!(b.get(i + 1), Some(b'$' | b'\\')) || !is_marker(b, i)
+}
+
+/// The string at `i` reads as [`RAW_VALUE_MARKER`] (or cannot be read: then the fast reader is
+/// not sure either way).
+#[cold]
+#[inline(never)]
+fn is_marker(b: &[u8], i: usize) -> bool {
+    let Some(end) = string(b, i, &mut false) else {
+        return true;
+    };
+    b.get(i..end)
+        .and_then(|k| serde_json::from_slice::<Cow<'_, str>>(k).ok())
+        .is_none_or(|k| k == RAW_VALUE_MARKER)
+}
+
 /// Text that is exactly one JSON value, with no whitespace around it, that serde_json reads into
 /// a [`Value`]: numbers within `f64`'s range, nesting under 128 levels. (A [`RawValue`] may hold
 /// more: `1e400`, or deeper nesting, which no `Value` can hold.)
@@ -55,11 +147,25 @@ impl<'a> JsonText<'a> {
     /// The text of `raw`, if serde_json reads it into a [`Value`] (a `RawValue` is only
     /// checked as JSON). Parses it: for slow paths.
     pub fn from_raw(raw: &'a RawValue) -> Option<Self> {
-        serde_json::from_str::<Value>(raw.get()).ok()?;
+        serde_json::from_str::<Strict>(raw.get()).ok()?;
         Some(Self {
             text: raw.get(),
             unescaped: false,
         })
+    }
+
+    /// Why [`JsonText::new`] refused `text`: serde_json's error, or the raw-value marker (see
+    /// [`RAW_VALUE_MARKER`]). For error messages; `text` is parsed again.
+    pub fn refusal(text: &str) -> String {
+        match serde_json::from_str::<Strict>(text) {
+            Err(e) if e.to_string().contains(MARKER_REFUSAL) => {
+                format!("refused: {e} (it would not read back as sent)")
+            }
+            _ => match serde_json::from_str::<Value>(text) {
+                Err(e) => format!("not JSON: {e}"),
+                Ok(_) => "not one JSON value".to_owned(),
+            },
+        }
     }
 
     /// The JSON text.
@@ -177,6 +283,9 @@ pub fn object_members<'a>(
     if b.get(i) == Some(&b'}') {
         i += 1;
     } else {
+        if !not_the_marker(b, i) {
+            return None;
+        }
         loop {
             if b.get(i) != Some(&b'"') {
                 return None;
@@ -438,6 +547,9 @@ fn value(b: &[u8], mut i: usize, escapes: &mut bool) -> Option<usize> {
                     i += 1;
                 } else {
                     if depth == MAX_DEPTH {
+                        return None;
+                    }
+                    if !not_the_marker(b, i) {
                         return None;
                     }
                     objects |= 1 << depth;

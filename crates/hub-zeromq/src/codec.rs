@@ -71,9 +71,7 @@ pub fn decode_with_seq(
             let raw = match JsonText::new(text) {
                 Some(raw) => raw,
                 None => {
-                    let e = serde_json::from_str::<Value>(text).err();
-                    let e = e.map_or_else(|| "not one JSON value".to_owned(), |e| e.to_string());
-                    return Err(Invalid::new(format!("body is not JSON: {e}")));
+                    return Err(Invalid::new(format!("body is {}", JsonText::refusal(text))));
                 }
             };
             Ok((
@@ -198,6 +196,26 @@ impl<'a> Envelope<'a> {
     /// as a `Value` first, as the fast reader requires of it (numbers in `f64`'s range, paired
     /// surrogate escapes, nesting under 128).
     fn read_serde(text: &'a str) -> Result<Self, Invalid> {
+        // What serde_json does not read as it was sent (its raw-value marker, at any depth):
+        // refused whole, never read with a field missing or turned into `null`.
+        if JsonText::new(text).is_none() {
+            #[derive(serde::Deserialize)]
+            struct IdOnly {
+                msg_id: Option<String>,
+            }
+            let id = serde_json::from_str::<IdOnly>(text)
+                .ok()
+                .and_then(|e| e.msg_id);
+            let reason = JsonText::refusal(text);
+            return Err(Invalid {
+                id,
+                reason: if reason.starts_with("not JSON") {
+                    format!("body is {reason}")
+                } else {
+                    format!("fedmsg envelope {reason}")
+                },
+            });
+        }
         let whole: Value = serde_json::from_str(text)
             .map_err(|e| Invalid::new(format!("body is not JSON: {e}")))?;
         let env: SerdeEnvelope<'_> = serde_json::from_str(text).map_err(|e| {
@@ -580,6 +598,39 @@ mod tests {
         assert_eq!((m.topic(), m.body()), ("x.y", &json!({"k": true})));
         let [t, b] = encode(Format::Raw, &m, 1, "u");
         assert_eq!((&t[..], &b[..]), (&b"x.y"[..], &br#"{"k":true}"#[..]));
+    }
+
+    /// serde_json's raw-value marker as an object's first key (a differential fuzz run found it):
+    /// accepted before and read back as `null` (a `msg`), or made every header disappear (in
+    /// `headers`); now each shape is refused as malformed, with the reason, never half-read.
+    #[test]
+    fn the_raw_value_marker_is_refused_in_msg_headers_and_raw_bodies() {
+        let marker = "$serde_json::private::RawValue";
+        let shapes = [
+            format!(r#"{{"topic": "a.b", "msg_id": "m1", "msg": {{"{marker}": 0}}}}"#),
+            format!(
+                r#"{{"topic": "a.b", "msg_id": "m1", "msg": {{"\u0024serde_json::private::RawValue": 0}}}}"#
+            ),
+            format!(r#"{{"topic": "a.b", "msg_id": "m1", "msg": {{"k": [{{"{marker}": "1"}}]}}}}"#),
+            format!(
+                r#"{{"topic": "a.b", "msg_id": "m1", "msg": {{}}, "headers": {{"{marker}": "{{}}"}}}}"#
+            ),
+            format!(r#"{{"{marker}": "{{}}", "topic": "a.b", "msg": {{}}}}"#),
+        ];
+        for text in &shapes {
+            let err = decode(Format::Fedmsg, &frames(b"a.b", text)).unwrap_err();
+            assert!(err.reason.contains("raw-value marker"), "{text}: {err:?}");
+            if text.contains("m1") {
+                assert_eq!(err.id.as_deref(), Some("m1"), "{text}");
+            }
+        }
+        let raw = format!(r#"{{"{marker}": "1e400"}}"#);
+        let err = decode(Format::Raw, &frames(b"x.y", &raw)).unwrap_err();
+        assert!(err.reason.contains("raw-value marker"), "{err:?}");
+        // Not first, it is an ordinary key, read back as sent.
+        let later = format!(r#"{{"topic": "a.b", "msg": {{"a": 1, "{marker}": 2}}}}"#);
+        let m = decode(Format::Fedmsg, &frames(b"a.b", &later)).unwrap();
+        assert_eq!(m.body(), &json!({"a": 1, marker: 2}));
     }
 
     /// Envelope fields as they come: any fedmsg field or another, any JSON value, repeats

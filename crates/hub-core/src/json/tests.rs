@@ -13,9 +13,12 @@ fn fast(text: &str) -> Option<&str> {
     (ws(b, end) == b.len()).then(|| &text[start..end])
 }
 
-/// The judge: serde_json reads `text` into a `Value`; then the span its `RawValue` gives.
+/// The judge: serde_json reads `text` into a `Value` (and not through its raw-value marker,
+/// which `Strict` refuses: see [`RAW_VALUE_MARKER`] and its own tests below); then the span its
+/// `RawValue` gives.
 fn serde(text: &str) -> Option<&str> {
     serde_json::from_str::<Value>(text).ok()?;
+    serde_json::from_str::<Strict>(text).ok()?;
     serde_json::from_str::<&RawValue>(text)
         .ok()
         .map(RawValue::get)
@@ -386,5 +389,42 @@ proptest! {
         });
         prop_assert_eq!(done, Some(()));
         prop_assert_eq!(read, want);
+    }
+}
+
+/// serde_json's raw-value marker as an object's first key: serde_json (with `raw_value`) reads
+/// such an object as something else than was sent (a number or a body turned into `null`, or
+/// the text in its string), so it is refused, at any depth, however the key is escaped; as any
+/// other key, or as a later key, it is an ordinary key.
+#[test]
+fn the_raw_value_marker_as_a_first_key_is_refused_everywhere() {
+    let refused = [
+        r#"{"$serde_json::private::RawValue":0}"#,
+        r#"{"\u0024serde_json::private::RawValue":0}"#,
+        r#"{"$serde_json::private::RawValue":"1e400"}"#,
+        r#"{"$serde_json::private::RawValue":"{\"a\":1}"}"#,
+        r#"[1,{"$serde_json::private::RawValue":"2"}]"#,
+        r#"{"a":{"$serde_json::private::RawValue":"true"}}"#,
+        r#" { "$serde_json::private::RawValue" : "null" } "#,
+    ];
+    for text in refused {
+        assert!(JsonText::new(text).is_none(), "accepted {text}");
+        assert!(
+            JsonText::refusal(text).contains("raw-value marker"),
+            "{text}: {}",
+            JsonText::refusal(text)
+        );
+        assert_eq!(object_members(text, |_, _| true), None, "{text}");
+    }
+    let accepted = [
+        r#"{"a":1,"$serde_json::private::RawValue":2}"#,
+        r#"{"$other":1}"#,
+        r#"{"\u0024x":[1,2]}"#,
+        r#"{"$serde_json::private::RawValueX":3}"#,
+    ];
+    for text in accepted {
+        let j = JsonText::new(text).unwrap_or_else(|| panic!("refused {text}"));
+        let v: Value = serde_json::from_str(j.get()).unwrap();
+        assert!(v.is_object(), "{text} reads back as an object: {v}");
     }
 }
