@@ -608,9 +608,7 @@ mod tests {
         let marker = "$serde_json::private::RawValue";
         let shapes = [
             format!(r#"{{"topic": "a.b", "msg_id": "m1", "msg": {{"{marker}": 0}}}}"#),
-            format!(
-                r#"{{"topic": "a.b", "msg_id": "m1", "msg": {{"\u0024serde_json::private::RawValue": 0}}}}"#
-            ),
+            r#"{"topic": "a.b", "msg_id": "m1", "msg": {"\u0024serde_json::private::RawValue": 0}}"#.to_owned(),
             format!(r#"{{"topic": "a.b", "msg_id": "m1", "msg": {{"k": [{{"{marker}": "1"}}]}}}}"#),
             format!(
                 r#"{{"topic": "a.b", "msg_id": "m1", "msg": {{}}, "headers": {{"{marker}": "{{}}"}}}}"#
