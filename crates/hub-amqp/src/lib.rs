@@ -14,6 +14,7 @@
 
 pub use lapin;
 
+mod connect;
 mod consume;
 pub mod dead_letters;
 mod publisher;
@@ -37,6 +38,7 @@ use serde::Deserialize;
 use tokio::sync::{Mutex, mpsc};
 use tracing::{info, warn};
 
+use connect::Dialer;
 use consume::Subscriber;
 use hub_core::metrics::Gauge;
 use hub_engine::metrics::{self as hub_metrics, RepublishKind};
@@ -188,6 +190,7 @@ impl BackendConfig for AmqpConfig {
             live: Mutex::new(None),
             settlers: Mutex::new(Vec::new()),
             closing: hub_core::CancellationToken::new(),
+            dialer: Dialer::new(),
         }))
     }
 }
@@ -202,6 +205,8 @@ pub struct AmqpBackend {
     settlers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Cancelled when `close` begins: republishes still failing then give up (requeue).
     closing: hub_core::CancellationToken,
+    /// Opens the connections; stops and awaits lapin's threads at close.
+    dialer: Dialer,
 }
 
 struct Live {
@@ -226,7 +231,9 @@ impl AmqpBackend {
         }
     }
 
-    /// Connects (retrying with backoff until shutdown); `None` once shutdown has begun.
+    /// Connects (retrying with backoff until shutdown); `None` once shutdown has begun. Each
+    /// failed attempt is logged at once, with what failed and why (the OS's or the broker's
+    /// words: refused, unknown host, TLS, credentials, vhost).
     async fn connect(&self, cx: &BackendContext, role: Role) -> Option<Connection> {
         let mut backoff = Duration::from_millis(200);
         let name = match role {
@@ -237,31 +244,18 @@ impl AmqpBackend {
             let props = ConnectionProperties::default()
                 .with_connection_name(format!("hub {} {} {name}", cx.hub_name, cx.id).into())
                 .enable_auto_recover();
-            let connect = async {
-                match self.config.tls() {
-                    Ok(Some(tls)) => {
-                        Connection::connect_with_config(
-                            &self.config.url,
-                            props,
-                            tls,
-                            lapin::runtime::default_runtime()?,
-                        )
-                        .await
-                    }
-                    _ => Connection::connect(&self.config.url, props).await,
-                }
+            let attempt = async {
+                let tls = self.config.tls()?.unwrap_or_default();
+                self.dialer.open(&self.config.url, tls, props).await
             };
             let attempt = tokio::select! {
                 () = cx.shutdown.cancelled() => return None,
-                r = tokio::time::timeout(Duration::from_secs(15), connect) => r,
+                r = attempt => r,
             };
             match attempt {
-                Ok(Ok(c)) => return Some(c),
-                Ok(Err(e)) => {
-                    warn!(backend = %self.id, connection = name, url = %redact(&self.config.url), error = %e, "Cannot connect; retrying.")
-                }
-                Err(_) => {
-                    warn!(backend = %self.id, connection = name, url = %redact(&self.config.url), "Connect timed out; retrying.")
+                Ok(c) => return Some(c),
+                Err(e) => {
+                    warn!(backend = %self.id, connection = name, url = %redact(&self.config.url), error = %e, retry_in = ?backoff, "Cannot connect; retrying.");
                 }
             }
             tokio::select! {
@@ -558,6 +552,7 @@ impl Backend for AmqpBackend {
             }
         }
         let Some(live) = self.live.lock().await.take() else {
+            self.stop_connecting().await;
             return;
         };
         // The publishing task ends once its last confirms are in.
@@ -570,6 +565,19 @@ impl Backend for AmqpBackend {
         }
         let _ = live.consume.close(200, "hub shutting down".into()).await;
         let _ = live.publish.close(200, "hub shutting down".into()).await;
+        drop((live.consume, live.publish));
+        self.stop_connecting().await;
+    }
+}
+
+impl AmqpBackend {
+    /// No more reconnects; waits (briefly) for lapin's connection threads to end, those of
+    /// attempts given up included, so none is left to run into the runtime's shutdown.
+    async fn stop_connecting(&self) {
+        self.dialer.stop();
+        if !self.dialer.finished(Duration::from_secs(2)).await {
+            warn!(backend = %self.id, "A connection thread is still running at close.");
+        }
     }
 }
 
