@@ -1459,3 +1459,85 @@ settings = {{ path = "{seen}" }}
     signal(&hub_proc, "-TERM");
     assert!(wait_exit(&mut hub_proc, Duration::from_secs(15)).success());
 }
+
+/// `/ready` says which backend is down and why, at once, in the OS's or broker's words; and a
+/// hub stopped in any backend state (AMQP connecting to a closed port, AMQP connected, ZeroMQ
+/// with an unreachable endpoint) exits 0 with no panic text on stderr, and no password there.
+#[test]
+fn ready_says_why_a_backend_is_down_and_stopping_in_any_state_prints_no_panic() {
+    let closed = free_port();
+    let cases = [
+        (
+            "amqp connecting",
+            format!(
+                "[backends.rabbit]\ntype = \"amqp\"\nurl = \"amqp://guest:s3cret-pw@127.0.0.1:{closed}/%2f\"\n"
+            ),
+            Some(("rabbit", "refused")),
+        ),
+        (
+            "amqp connected",
+            "[backends.rabbit]\ntype = \"amqp\"\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\n"
+                .to_owned(),
+            None,
+        ),
+        (
+            "zeromq unreachable",
+            format!(
+                "[backends.bus]\ntype = \"zeromq\"\nsubscribe = [\"tcp://127.0.0.1:{closed}\"]\n"
+            ),
+            Some(("bus", "127.0.0.1")),
+        ),
+    ];
+    for (what, backend, down) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = write_config(
+            dir.path(),
+            &format!(
+                "[http]\nlisten = \"127.0.0.1:{port}\"\n{backend}[consumers.c]\ntype = \"delay\"\ntopics = [\"x.#\"]\nsettings = {{ delay = \"1ms\" }}\n"
+            ),
+        );
+        let mut p = spawn(
+            hub(&["run", "--config", config.to_str().unwrap()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let body = loop {
+            if let Some((status, body)) = http_get(port, "/ready") {
+                let settled = match down {
+                    Some((id, needle)) => {
+                        status == 503 && body.contains(id) && body.contains(needle)
+                    }
+                    None => status == 200,
+                };
+                if settled {
+                    break body;
+                }
+            }
+            assert!(Instant::now() < deadline, "{what}: /ready never settled");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        if let Some((id, _)) = down {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert!(v["why"][id].is_string(), "{what}: {body}");
+            assert!(!body.contains("s3cret-pw"), "{what}: {body}");
+        }
+        signal(&p, "-TERM");
+        assert!(
+            wait_exit(&mut p, Duration::from_secs(20)).success(),
+            "{what}"
+        );
+        let mut stderr = String::new();
+        p.stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(!stderr.contains("panic"), "{what}: {stderr}");
+        assert!(
+            !stderr.contains("s3cret-pw"),
+            "{what}: a password in the logs"
+        );
+    }
+}

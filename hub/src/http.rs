@@ -40,9 +40,15 @@ async fn live() -> &'static str {
 
 async fn ready(State(s): State<AppState>) -> Response {
     let r = s.readiness.readiness();
+    let why: serde_json::Map<String, serde_json::Value> = r
+        .down_reasons
+        .into_iter()
+        .map(|(id, reason)| (id, serde_json::Value::String(reason)))
+        .collect();
     let body = axum::Json(json!({
         "ready": r.ready,
         "backends_down": r.backends_down,
+        "why": why,
         "consumers_started": r.consumers_started,
     }));
     let status = if r.ready {

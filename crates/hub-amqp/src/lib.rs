@@ -256,6 +256,10 @@ impl AmqpBackend {
                 Ok(c) => return Some(c),
                 Err(e) => {
                     warn!(backend = %self.id, connection = name, url = %redact(&self.config.url), error = %e, retry_in = ?backoff, "Cannot connect; retrying.");
+                    cx.metrics.set_down_reason(format!(
+                        "{} ({name} connection): {e}",
+                        redact(&self.config.url)
+                    ));
                 }
             }
             tokio::select! {

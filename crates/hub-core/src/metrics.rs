@@ -23,6 +23,8 @@ pub struct BackendMetrics(Arc<Inner>);
 
 struct Inner {
     connected: AtomicBool,
+    /// Why the backend is not connected, as its last failed attempt said.
+    down_reason: std::sync::Mutex<Option<String>>,
     series: BackendSeries,
     registry: Arc<dyn Recorder + Send + Sync>,
 }
@@ -33,6 +35,7 @@ impl BackendMetrics {
     pub fn new(series: BackendSeries, registry: Arc<dyn Recorder + Send + Sync>) -> Self {
         Self(Arc::new(Inner {
             connected: AtomicBool::new(false),
+            down_reason: std::sync::Mutex::new(None),
             series,
             registry,
         }))
@@ -49,10 +52,39 @@ impl BackendMetrics {
         )
     }
 
-    /// Records whether the backend is connected (gauge and readiness).
+    /// Records whether the backend is connected (gauge and readiness). Connected clears the
+    /// reason given by [`BackendMetrics::set_down_reason`].
     pub fn set_connected(&self, up: bool) {
+        if up && self.0.connected.load(Ordering::Relaxed) != up {
+            *self
+                .0
+                .down_reason
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        }
         self.0.connected.store(up, Ordering::Relaxed);
         self.0.series.connected.set(if up { 1.0 } else { 0.0 });
+    }
+
+    /// Why the backend cannot connect, in words an operator can act on (the OS's or the
+    /// broker's, with the redacted address; never a secret): shown by `/ready` while it is
+    /// down. Call it at each failed attempt; connecting clears it.
+    pub fn set_down_reason(&self, reason: impl Into<String>) {
+        *self
+            .0
+            .down_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason.into());
+    }
+
+    /// The reason given by [`BackendMetrics::set_down_reason`] since the backend last
+    /// connected, if any.
+    pub fn down_reason(&self) -> Option<String> {
+        self.0
+            .down_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Whether the backend last said it was connected.

@@ -385,6 +385,8 @@ pub struct Readiness {
     pub ready: bool,
     /// Backend ids not connected now.
     pub backends_down: Vec<String>,
+    /// For those of them that said why (their last failed attempt): id and reason.
+    pub down_reasons: Vec<(String, String)>,
     /// False until consumers have started (and again once shutdown begins).
     pub consumers_started: bool,
 }
@@ -527,9 +529,16 @@ impl ReadinessProbe {
             .map(|(id, _)| id.clone())
             .collect();
         let consumers_started = !self.shutdown.is_cancelled();
+        let down_reasons = self
+            .backends
+            .iter()
+            .filter(|(_, m)| !m.is_connected())
+            .filter_map(|(id, m)| Some((id.clone(), m.down_reason()?)))
+            .collect();
         Readiness {
             ready: backends_down.is_empty() && consumers_started,
             backends_down,
+            down_reasons,
             consumers_started,
         }
     }

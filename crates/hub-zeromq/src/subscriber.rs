@@ -152,6 +152,8 @@ pub(crate) async fn run(ep: Endpoint) {
                 if failures == 1 || failures.is_multiple_of(30) {
                     warn!(backend = %ep.backend, endpoint = %name, attempts = failures, error = %why, "Cannot connect; retrying.");
                 }
+                ep.metrics
+                    .set_down_reason(format!("{name}: {why} ({failures} attempts)"));
                 tokio::select! {
                     () = ep.shutdown.cancelled() => return,
                     () = tokio::time::sleep(backoff) => {}
