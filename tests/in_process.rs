@@ -448,3 +448,67 @@ async fn an_async_resource_is_made_before_the_configuration_is_checked() {
     let prepared = builder().prepare().await.unwrap();
     prepared.check(&config).unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// The HTTP server's bounds: at most `max_connections` served at once (an idle flood waits, the
+/// hub answers again once one closes), and a request body over `max_body_bytes` gets 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_server_bounds_connections_and_body_sizes() {
+    let hub = Running::start(
+        r#"
+[http]
+max_connections = 2
+max_body_bytes = 64
+[backends.mem]
+type = "memory"
+[consumers.c]
+type = "delay"
+topics = ["x.#"]
+settings = { delay = "0ms" }
+"#,
+    )
+    .await;
+    // Two idle connections hold both places.
+    let a = TcpStream::connect(hub.addr).await.unwrap();
+    let b = TcpStream::connect(hub.addr).await.unwrap();
+    sleep(Duration::from_millis(200)).await;
+    let waiting = tokio::spawn({
+        let addr = hub.addr;
+        async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /live HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                .await
+                .unwrap();
+            let mut text = String::new();
+            s.read_to_string(&mut text).await.unwrap();
+            text
+        }
+    });
+    sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "a third connection was served");
+    drop(a);
+    let text = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("served once a place was free")
+        .unwrap();
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    drop(b);
+    // A body over the limit.
+    let mut s = TcpStream::connect(hub.addr).await.unwrap();
+    let body = "x".repeat(1000);
+    s.write_all(
+        format!(
+            "POST /dead-letters/requeue HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut text))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(text.starts_with("HTTP/1.0 413"), "{text}");
+    hub.stop().await;
+}

@@ -68,6 +68,20 @@ pub struct HttpSection {
     /// Address for `/metrics`, `/live`, `/ready`. Default `127.0.0.1:9898` (loopback).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Connections served at once; further ones wait to be accepted. Default 256.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// The largest request body (`POST /dead-letters/requeue`); larger ones get 413. Default
+    /// 1 MiB.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+fn default_max_connections() -> usize {
+    256
+}
+fn default_max_body_bytes() -> usize {
+    1 << 20
 }
 
 fn default_name() -> String {
@@ -93,6 +107,8 @@ impl Default for HttpSection {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            max_connections: default_max_connections(),
+            max_body_bytes: default_max_body_bytes(),
         }
     }
 }

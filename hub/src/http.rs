@@ -2,9 +2,15 @@
 //! loopback only) for `hub dead requeue`.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -66,7 +72,7 @@ async fn ready(State(s): State<AppState>) -> Response {
 /// operator's act on the hub's own machine, and `/metrics` may be exposed wider.
 async fn requeue(
     State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     body: String,
 ) -> Response {
     let fail = |status: StatusCode, error: String| {
@@ -105,9 +111,92 @@ async fn requeue(
     }
 }
 
+/// The server's bounds (`[http] max_connections`, `max_body_bytes`). Header sizes are hyper's
+/// (at most 100 headers, about 400 KiB of head).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub connections: usize,
+    pub body_bytes: usize,
+}
+
+/// Accepts a connection only while fewer than the limit are open: each holds a permit until it
+/// closes, so a flood of idle connections waits in the kernel's backlog instead of costing the
+/// hub memory and tasks.
+struct Bounded {
+    inner: TcpListener,
+    permits: Arc<Semaphore>,
+}
+
+impl axum::serve::Listener for Bounded {
+    type Io = Permitted;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Permitted, SocketAddr) {
+        // The semaphore is never closed.
+        let permit = Arc::clone(&self.permits).acquire_owned().await.ok();
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        (
+            Permitted {
+                stream,
+                _permit: permit,
+            },
+            addr,
+        )
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A client's address, as the routes see it.
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Bounded>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Bounded>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+/// A connection and its permit (released when the connection is dropped).
+struct Permitted {
+    stream: tokio::net::TcpStream,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl AsyncRead for Permitted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Permitted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 /// Serves until `stop` is cancelled.
 pub(crate) async fn serve(
     listener: TcpListener,
+    limits: Limits,
     metrics: MetricsHandle,
     readiness: ReadinessProbe,
     dispatcher: Dispatcher,
@@ -118,15 +207,17 @@ pub(crate) async fn serve(
         .route("/live", get(live))
         .route("/ready", get(ready))
         .route("/dead-letters/requeue", post(requeue))
+        .layer(DefaultBodyLimit::max(limits.body_bytes))
         .with_state(AppState {
             metrics,
             readiness,
             dispatcher,
         });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { stop.cancelled().await })
-    .await
+    let listener = Bounded {
+        inner: listener,
+        permits: Arc::new(Semaphore::new(limits.connections)),
+    };
+    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
 }

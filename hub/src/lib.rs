@@ -291,6 +291,10 @@ impl HubBuilder {
     ) -> Result<ShutdownReport, RunError> {
         let grace = config.hub.shutdown_grace;
         let source = config.source.to_string();
+        let limits = http::Limits {
+            connections: config.http.max_connections.max(1),
+            body_bytes: config.http.max_body_bytes,
+        };
         let listen = listener.local_addr().map_err(|source| RunError::Listen {
             context: "reading the listener's address".into(),
             source,
@@ -301,6 +305,7 @@ impl HubBuilder {
         let stop_http = CancellationToken::new();
         let server = tokio::spawn(http::serve(
             listener,
+            limits,
             metrics,
             running.readiness_probe(),
             running.dispatcher().clone(),
