@@ -423,6 +423,14 @@ fn broken_configs_exit_2_and_name_the_key() {
             ],
         ),
         (
+            "own dead letters back to itself",
+            "[consumers.d]\ntype = \"echo\"\ntopics = [\"#\"]\ndead_letter = { topic = \"dead.d\" }\n",
+            &[
+                "key `consumers.d.dead_letter.topic`",
+                "would come back to it",
+            ],
+        ),
+        (
             "batch_delay without batches",
             "[consumers.d]\ntype = \"echo\"\ntopics = [\"#\"]\nbatch_delay = \"50ms\"\n",
             &["key `consumers.d.batch_delay`", "set batch_size above 1"],

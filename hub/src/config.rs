@@ -637,6 +637,22 @@ impl Loader<'_> {
         }
         let options = self.consumer_options(kinds, key, &raw, backend.as_deref());
         let dead_letter = self.dead_letter(kinds, key, &raw, backend.as_deref());
+        if let Some(DeadLetterTarget::Topic {
+            topic,
+            backend: sink_backend,
+        }) = &dead_letter
+            && (sink_backend.is_none() || sink_backend.as_deref() == backend.as_deref())
+            && let Some(p) = topics.iter().find(|p| p.matches(topic))
+        {
+            // Its own dead letters would come back to it, each wrapping the last.
+            self.issue(
+                &format!("{key}.dead_letter.topic"),
+                format!(
+                    "{topic:?} matches this consumer's own pattern {:?} on the same backend: its dead letters would come back to it",
+                    p.as_str()
+                ),
+            );
+        }
         let registry = self.registry;
         let Some(k) = registry.consumers.get(raw.kind.as_str()) else {
             let known = known(&registry.consumers);

@@ -438,6 +438,14 @@ fn remove_lines(path: &Path, done: &mut Vec<String>) -> Result<(), String> {
     let tmp = PathBuf::from(tmp_name);
     {
         let mut f = std::fs::File::create(&tmp).map_err(fail)?;
+        // The rewritten file keeps the original's mode and (where allowed) owner: the hub must
+        // still be able to append, and a private file stays private.
+        let meta = std::fs::metadata(path).map_err(fail)?;
+        f.set_permissions(meta.permissions()).map_err(fail)?;
+        {
+            use std::os::unix::fs::MetadataExt;
+            let _ = std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()));
+        }
         f.write_all(kept.as_bytes()).map_err(fail)?;
         f.sync_all().map_err(fail)?;
     }

@@ -73,12 +73,18 @@ async fn ready(State(s): State<AppState>) -> Response {
 async fn requeue(
     State(s): State<AppState>,
     ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: axum::http::HeaderMap,
     body: String,
 ) -> Response {
     let fail = |status: StatusCode, error: String| {
         (status, axum::Json(json!({ "error": error }))).into_response()
     };
-    if !peer.ip().is_loopback() {
+    // Behind a local reverse proxy every request comes from loopback: one that says it was
+    // forwarded is refused too.
+    let forwarded = ["forwarded", "x-forwarded-for", "x-real-ip"]
+        .iter()
+        .any(|h| headers.contains_key(*h));
+    if !peer.ip().is_loopback() || forwarded {
         return fail(
             StatusCode::FORBIDDEN,
             "dead letters can be requeued from the hub's own machine only".into(),

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use hub_core::BoxError;
-use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
@@ -172,8 +172,23 @@ async fn move_letters(
     select: &Selection,
     progress: &mut impl FnMut(&QueuedDeadLetter),
 ) -> Result<usize, BoxError> {
+    // Only the letters there when the requeue began: one that fails again comes back into the
+    // queue at once, and would otherwise be requeued again and again.
+    let present = get
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?
+        .message_count() as usize;
     let mut moved = 0;
-    while select.limit.is_none_or(|l| moved < l) {
+    let mut fetched = 0;
+    while select.limit.is_none_or(|l| moved < l) && fetched < present {
+        fetched += 1;
         let Some(got) = get
             .basic_get(queue.into(), BasicGetOptions { no_ack: false })
             .await?

@@ -441,7 +441,8 @@ fn attempts(p: &BasicProperties) -> u32 {
             AMQPValue::LongUInt(i) => Some(i),
             _ => None,
         })
-        .unwrap_or(1)
+        // 0 (or absent) is the first attempt, as `Message::attempt` reads it.
+        .map_or(1, |n| n.max(1))
 }
 
 fn with_headers(p: &BasicProperties, extra: &[(&str, AMQPValue)]) -> BasicProperties {

@@ -182,7 +182,9 @@ impl RetryPolicy {
     /// `id`: `delay` doubled per attempt up to `max_delay`, plus a jitter of 0 to 20 % taken
     /// from the id, so messages that failed together do not all come back at once, and the
     /// configured delay is never shortened. At least `asked` (the consumer's own
-    /// [`ConsumeError::retry_after`](crate::ConsumeError::retry_after)), if given.
+    /// [`ConsumeError::retry_after`](crate::ConsumeError::retry_after)), if given, up to
+    /// `max_delay`: a peer's `Retry-After: 3600` does not hold a message (and, on AMQP, its
+    /// unacknowledged delivery) longer than the consumer allows.
     pub fn delay_after(&self, attempt: u32, id: &str, asked: Option<Duration>) -> Duration {
         let factor = 1u32 << attempt.saturating_sub(1).min(20);
         let base = self.delay.saturating_mul(factor).min(self.max_delay);
@@ -193,7 +195,7 @@ impl RetryPolicy {
         }
         let jitter = base.mul_f64((h % 1000) as f64 / 5000.0);
         let with_jitter = base.saturating_add(jitter);
-        asked.map_or(with_jitter, |a| with_jitter.max(a))
+        asked.map_or(with_jitter, |a| with_jitter.max(a.min(self.max_delay)))
     }
 }
 

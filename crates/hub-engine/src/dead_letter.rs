@@ -159,8 +159,16 @@ pub fn append_lines(path: &Path, lines: &[String]) -> std::io::Result<()> {
         text.push_str(line);
         text.push('\n');
     }
-    file.write_all(text.as_bytes())?;
-    file.sync_data()
+    let before = file.metadata()?.len();
+    let written = file
+        .write_all(text.as_bytes())
+        .and_then(|()| file.sync_data());
+    if written.is_err() {
+        // A partial line (a full disk) would join the next letter into one unreadable line:
+        // the file goes back to what it was.
+        let _ = file.set_len(before);
+    }
+    written
 }
 
 #[async_trait]

@@ -166,7 +166,7 @@ const HELP: &[(&str, Kind, &str)] = &[
     (
         CONSUMER_RETRIES,
         Kind::Counter,
-        "Failed messages given back to the consumer for another attempt (by the hub; AMQP's broker retries are in hub_amqp_*).",
+        "Failed messages set aside for another attempt by the hub (counted when decided; AMQP's broker retries are not counted here).",
     ),
     (
         CONSUMER_RETRY_WAITING,

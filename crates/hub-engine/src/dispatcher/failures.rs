@@ -69,8 +69,17 @@ pub(super) async fn after_failure(
         return After::Done(ended);
     }
     let attempt = message.attempt();
+    // Shutting down: a failure is not retried again in the drain (that would spend every
+    // attempt back to back). A broker backend gets the verdict as it is (it redelivers); the
+    // hub's own retries end in the dead-letter sink, whence `hub dead requeue` brings them back.
+    let stopping = slot.cx.shutdown().is_cancelled();
+    if stopping && !f.local && matches!(verdict, Verdict::Retry { .. }) {
+        guard.finish(outcome, ended);
+        settle.finish(verdict);
+        return After::Done(ended);
+    }
     let reason = match verdict {
-        Verdict::Retry { reason, delay } if attempt < f.policy.max_attempts => {
+        Verdict::Retry { reason, delay } if attempt < f.policy.max_attempts && !stopping => {
             let wait = f.policy.delay_after(attempt, message.id(), delay);
             debug!(consumer = %slot.name, message_id = %message.id(), attempt, next_in = ?wait, %reason, "Message will be retried.");
             let next = Queued {
@@ -84,6 +93,9 @@ pub(super) async fn after_failure(
             }
             retry_later(Arc::clone(shared), index, next, wait);
             return After::Done(ended);
+        }
+        Verdict::Retry { reason, .. } if stopping => {
+            format!("{reason} (attempt {attempt}; not retried: the hub is shutting down)")
         }
         Verdict::Retry { reason, .. } => format!("{reason} (gave up after {attempt} attempts)"),
         Verdict::Reject { reason } => reason,

@@ -362,6 +362,9 @@ impl Queue {
     pub fn set_aside(&self, finish: impl FnOnce()) {
         let mut st = self.lock();
         st.delayed += 1;
+        // Counted as a retry when decided: the attempt it ended is processed, and the message is
+        // waiting, so `received + retries = processed + ... + retry_waiting` holds meanwhile.
+        st.retried += 1;
         finish();
     }
 
@@ -381,7 +384,6 @@ impl Queue {
             }
             return;
         }
-        st.retried += 1;
         let was_empty = st.items.is_empty();
         st.items.push_back(item);
         let filled = st.items.len() == self.want;
@@ -443,10 +445,15 @@ impl Queue {
     pub fn take_back(&self) {
         let mut st = self.lock();
         st.delayed = st.delayed.saturating_sub(1);
-        st.retried += 1;
         st.taken += 1;
+        // Its place is free again (in flight is not counted against the capacity).
+        let wake_producer = st.blocked > st.woken;
+        st.woken += usize::from(wake_producer);
         let last = st.closed && st.items.is_empty() && st.delayed == 0;
         drop(st);
+        if wake_producer {
+            self.not_full.notify_one();
+        }
         if last {
             self.not_empty.notify_waiters();
         }

@@ -1,13 +1,15 @@
 //! Handing one message to one consumer again, outside its backend: what `hub dead requeue`
 //! asks of a running hub for dead letters the hub kept itself (a file).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use tokio::sync::oneshot;
 
-use super::{Dispatcher, Intake};
+use super::Dispatcher;
+use super::queue::{Offer, Queued};
+use super::ticket::{Settle, Ticket};
 use hub_core::message::ATTEMPTS_HEADER;
-use hub_core::{Delivery, Message, SubscriptionId, Verdict};
+use hub_core::{Message, Verdict, WhenFull};
 
 /// Why a message could not be handed back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,6 +22,11 @@ pub enum RedeliverError {
         "consumer {0:?} is fed by a backend that keeps its own dead letters; requeue them from that backend"
     )]
     BrokerKept(String),
+    /// The consumer has no dead-letter sink: a message that failed again would only be logged.
+    #[error(
+        "consumer {0:?} has no dead-letter sink; a message that failed again would only be logged, so it is not requeued"
+    )]
+    NoSink(String),
     /// The hub is shutting down, or stopped before the consumer finished the message.
     #[error("the hub is shutting down; the message was not handled")]
     ShuttingDown,
@@ -47,6 +54,9 @@ impl Dispatcher {
         if !slot.failures.local {
             return Err(RedeliverError::BrokerKept(consumer.to_owned()));
         }
+        if slot.failures.sink.is_none() {
+            return Err(RedeliverError::NoSink(consumer.to_owned()));
+        }
         let (tx, rx) = oneshot::channel();
         let tx = Mutex::new(Some(tx));
         let acker = move |v: Verdict| {
@@ -59,13 +69,20 @@ impl Dispatcher {
             }
         };
         let message = message.with_header_set(ATTEMPTS_HEADER, serde_json::json!(1));
-        let delivery = Delivery::with_acker(message, Box::new(acker))
-            .for_subscription(SubscriptionId::new(index));
-        let intake = Intake::new(Arc::clone(sh), slot.backend);
-        intake
-            .deliver(delivery)
-            .await
-            .map_err(|_| RedeliverError::ShuttingDown)?;
+        // Queued whatever the consumer's `when_full` (waiting for room, never dropped): a
+        // requeued letter leaves its file only once handled or stored again.
+        let panics = &sh.backends[slot.backend].settle_panics;
+        let ticket = Ticket::new(Box::new(acker), 1, panics);
+        sh.backends[slot.backend].count_received(1);
+        let item = Queued {
+            message,
+            settle: Settle::of(&ticket),
+            enqueued_ns: sh.now_ns(),
+        };
+        match slot.queue.push(item, WhenFull::Block, || sh.now_ns()).await {
+            Offer::Accepted => {}
+            Offer::Closed(_) | Offer::Dropped(_) => return Err(RedeliverError::ShuttingDown),
+        }
         match rx.await {
             Ok(Verdict::Requeue) | Err(_) => Err(RedeliverError::ShuttingDown),
             Ok(v) => Ok(v),

@@ -576,3 +576,48 @@ async fn concurrent_producers_with_retries_holding_places_in_a_full_queue() {
         0.0
     );
 }
+
+/// A retry in order takes its message back from its place in the queue: a producer blocked on
+/// that place is woken (it hung before: the place was freed without a wake-up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_order_retry_wakes_a_producer_blocked_on_its_place() {
+    let flaky = Arc::new(Flaky::default());
+    let r = local(vec![(
+        "flaky",
+        {
+            let mut o = retry(3, 20, true);
+            o.queue_capacity = 1;
+            o
+        },
+        Arc::clone(&flaky),
+    )]);
+    let mut verdicts = Vec::new();
+    for (i, body) in [(0, json!({"fail": 1})), (1, json!({})), (2, json!({}))] {
+        let (a, rx) = acker();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            r.intake.deliver(Delivery::with_acker(m(i, body), a)),
+        )
+        .await
+        .expect("the producer was woken")
+        .unwrap();
+        verdicts.push(rx);
+    }
+    for rx in verdicts {
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(5), rx)
+                .await
+                .unwrap()
+                .unwrap(),
+            Verdict::Ack
+        );
+    }
+    let order: Vec<(u64, u32)> = flaky
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| (c.0, c.1))
+        .collect();
+    assert_eq!(order, [(0, 1), (0, 2), (1, 1), (2, 1)]);
+}
