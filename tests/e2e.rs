@@ -1549,3 +1549,48 @@ fn ready_says_why_a_backend_is_down_and_stopping_in_any_state_prints_no_panic() 
         );
     }
 }
+
+/// A consumer's `retry` keys override its backend's one by one; on AMQP the backend's own keys
+/// (`max_attempts`, `retry_delay`, `retry_delay_max`) are the base (`hub check` shows the result).
+#[test]
+fn retry_keys_merge_key_by_key_over_the_amqp_backend_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        r##"
+[backends.rabbit]
+type = "amqp"
+url = "amqp://guest:guest@127.0.0.1/%2f"
+max_attempts = 7
+retry_delay = "3s"
+[consumers.a]
+type = "echo"
+topics = ["#"]
+retry = { max_attempts = 2 }
+[consumers.b]
+type = "echo"
+topics = ["#"]
+"##,
+    );
+    let out = check(&config);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let retry_of = |c: &str| {
+        let mut lines = text
+            .lines()
+            .skip_while(|l| !l.starts_with(&format!("consumer {c} ")));
+        lines.nth(1).unwrap_or_default().to_owned()
+    };
+    assert!(
+        retry_of("a").contains("retry: max_attempts=2 delay=3s max_delay=60s"),
+        "{text}"
+    );
+    assert!(
+        retry_of("b").contains("retry: max_attempts=7 delay=3s max_delay=60s"),
+        "{text}"
+    );
+}

@@ -710,6 +710,25 @@ impl Loader<'_> {
                 out.dead_letter = Some(raw);
             }
         }
+        if broker_queues {
+            // AMQP's own keys (`max_attempts`, `retry_delay`, `retry_delay_max`, left for the
+            // backend to read) are the base its `retry` table and its consumers' `retry` keys
+            // are merged over, key by key. Bad values are the backend's to report.
+            let legacy = RawRetry::from_parts(
+                dict.get("max_attempts")
+                    .and_then(|v| v.deserialize::<u32>().ok()),
+                dict.get("retry_delay")
+                    .and_then(|v| v.as_str())
+                    .and_then(|t| hub_core::duration::parse(t).ok()),
+                dict.get("retry_delay_max")
+                    .and_then(|v| v.as_str())
+                    .and_then(|t| hub_core::duration::parse(t).ok()),
+            );
+            out.retry = Some(match out.retry.take() {
+                Some(own) => own.over(&legacy),
+                None => legacy,
+            });
+        }
         out
     }
 

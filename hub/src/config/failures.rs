@@ -24,8 +24,22 @@ pub(crate) struct RawRetry {
 }
 
 impl RawRetry {
+    /// The given keys, the others unset.
+    pub(crate) fn from_parts(
+        max_attempts: Option<u32>,
+        delay: Option<Duration>,
+        max_delay: Option<Duration>,
+    ) -> Self {
+        Self {
+            max_attempts,
+            delay,
+            max_delay,
+            in_order: None,
+        }
+    }
+
     /// `self` over `defaults`, key by key.
-    fn over(&self, defaults: &RawRetry) -> RawRetry {
+    pub(crate) fn over(&self, defaults: &RawRetry) -> RawRetry {
         RawRetry {
             max_attempts: self.max_attempts.or(defaults.max_attempts),
             delay: self.delay.or(defaults.delay),
