@@ -509,8 +509,8 @@ fn number(b: &[u8], start: usize) -> Option<usize> {
     }
 }
 
-/// A number's text reads as a finite `f64`, as serde_json reads it (which is not always as
-/// `str::parse` rounds at the edge of the range: `1.7976931348623158e308` is out for it).
+/// A number's text reads as a finite `f64`, as serde_json reads it (correctly rounded, as
+/// `str::parse` does: hub-core enables its `float_roundtrip` feature).
 #[cold]
 #[inline(never)]
 fn in_range(number: &[u8]) -> bool {
