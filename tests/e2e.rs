@@ -1,121 +1,13 @@
 //! End-to-end tests: the real `hub` binary on configs in a temp dir, on free loopback ports.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const HUB: &str = env!("CARGO_BIN_EXE_hub");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
-}
-
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-fn write_config(dir: &Path, body: &str) -> PathBuf {
-    let p = dir.join("hub.toml");
-    std::fs::write(&p, body).unwrap();
-    p
-}
-
-/// A child process killed when the test ends, even by a failed assertion.
-struct Proc(Child);
-
-impl std::ops::Deref for Proc {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Proc {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(cmd: &mut Command) -> Proc {
-    Proc(cmd.spawn().unwrap())
-}
-
-fn hub(args: &[&str]) -> Command {
-    let mut c = Command::new(HUB);
-    c.args(args)
-        .env_remove("HUB_CONFIG")
-        .env("RUST_LOG", "info");
-    c
-}
-
-fn check(config: &Path) -> Output {
-    hub(&["check", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap()
-}
-
-fn signal(child: &Proc, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-}
-
-fn wait_exit(child: &mut Proc, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("hub did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_ready(port: u16, child: &mut Proc) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some((200, body)) = http_get(port, "/ready") {
-            assert!(body.contains("\"ready\":true"), "{body}");
-            return;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("hub exited early: {status}");
-        }
-        assert!(Instant::now() < deadline, "hub never became ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+mod common;
+use common::*;
 
 /// The binary's own part of a run: SIGTERM drains and exits 0, with plain-text logs. What flows
 /// and what the metrics say is checked in process (`in_process.rs`).

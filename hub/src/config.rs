@@ -59,6 +59,15 @@ pub struct HubSection {
     /// How long shutdown waits for queued and in-flight messages. Default `"10s"`.
     #[serde(default = "default_grace", with = "hub_core::duration")]
     pub shutdown_grace: Duration,
+    /// The most bytes of messages queued over every consumer (each copy counted). Once
+    /// reached, a consumer's queue that is not empty counts as full and its `when_full`
+    /// applies. Default 1 GiB.
+    #[serde(default = "default_max_queued_bytes")]
+    pub max_queued_bytes: usize,
+}
+
+fn default_max_queued_bytes() -> usize {
+    hub_engine::DEFAULT_MAX_QUEUED_BYTES
 }
 
 /// `[http]`
@@ -99,6 +108,7 @@ impl Default for HubSection {
         Self {
             name: default_name(),
             shutdown_grace: default_grace(),
+            max_queued_bytes: default_max_queued_bytes(),
         }
     }
 }
@@ -126,6 +136,8 @@ struct RawConsumer {
     concurrency: Option<usize>,
     #[serde(default)]
     queue_capacity: Option<usize>,
+    #[serde(default)]
+    queue_max_bytes: Option<usize>,
     #[serde(default)]
     when_full: Option<WhenFull>,
     #[serde(default, with = "hub_core::duration::option")]
@@ -788,6 +800,7 @@ impl Loader<'_> {
         let options = ConsumerOptions {
             concurrency: raw.concurrency.unwrap_or(defaults.concurrency),
             queue_capacity: raw.queue_capacity.unwrap_or(defaults.queue_capacity),
+            queue_max_bytes: raw.queue_max_bytes,
             when_full: raw.when_full.unwrap_or(defaults.when_full),
             timeout: raw.timeout,
             durable: raw.durable.unwrap_or(false),
@@ -856,6 +869,12 @@ impl Loader<'_> {
         }
         if options.queue_capacity == 0 {
             self.issue(&format!("{key}.queue_capacity"), "must be at least 1");
+        }
+        if options.queue_max_bytes == Some(0) {
+            self.issue(
+                &format!("{key}.queue_max_bytes"),
+                "must be at least 1 (leave it out for no limit of its own)",
+            );
         }
         if options.timeout == Some(Duration::ZERO) {
             self.issue(

@@ -239,7 +239,9 @@ impl HubBuilder {
                 }
             }
         }
-        let mut engine = EngineBuilder::new(config.hub.name.clone()).resources(resources.clone());
+        let mut engine = EngineBuilder::new(config.hub.name.clone())
+            .max_queued_bytes(config.hub.max_queued_bytes)
+            .resources(resources.clone());
         for b in config.backends {
             match (b.build)(&b.id) {
                 Ok(backend) => engine = engine.backend(b.id, backend),

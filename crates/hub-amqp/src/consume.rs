@@ -11,6 +11,8 @@ use lapin::options::BasicCancelOptions;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use hub_engine::log_throttle::LogThrottle;
+
 use crate::settle::{AmqpAcker, Cmd, Original, Tag};
 use crate::wire;
 
@@ -26,6 +28,10 @@ pub(crate) struct Subscriber {
     pub metrics: BackendMetrics,
     pub shutdown: CancellationToken,
     pub settle: mpsc::UnboundedSender<Cmd>,
+    /// The backend's `max_message_bytes`.
+    pub max_message_bytes: usize,
+    /// Lines about malformed or oversized messages: at most one a second.
+    pub refused_log: std::sync::Mutex<LogThrottle>,
 }
 
 impl Subscriber {
@@ -97,7 +103,21 @@ impl Subscriber {
         };
         let _ = self.settle.send(Cmd::Register(tag, acker));
         let topic = wire::topic(exchange.as_str(), routing_key.as_str(), &properties).to_owned();
-        let decoded = wire::decode_delivery(&topic, redelivered, &properties, &data);
+        let size = data.len();
+        let decoded = if size > self.max_message_bytes {
+            self.metrics.oversized();
+            Err(wire::Malformed {
+                id: properties.message_id().as_ref().map(|id| id.to_string()),
+                reason: format!(
+                    "body of {size} bytes is over max_message_bytes ({})",
+                    self.max_message_bytes
+                ),
+            })
+        } else {
+            wire::decode_delivery(&topic, redelivered, &properties, &data).inspect_err(|_| {
+                self.metrics.invalid();
+            })
+        };
         let original = Arc::new(Original {
             topic,
             properties,
@@ -115,8 +135,14 @@ impl Subscriber {
                 .await
                 .is_ok(),
             Err(bad) => {
-                self.metrics.invalid();
-                warn!(backend = %self.backend, consumer = %self.sub.consumer, message_id = bad.id.as_deref().unwrap_or("-"), reason = %bad.reason, "Malformed message; dead-lettering it.");
+                let held = self
+                    .refused_log
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .allow();
+                if let Some(held) = held {
+                    warn!(backend = %self.backend, consumer = %self.sub.consumer, topic = %acker.original.topic, message_id = bad.id.as_deref().unwrap_or("-"), size, reason = %bad.reason, similar_not_logged = held, "Refused a message; dead-lettering it.");
+                }
                 acker.settle(Verdict::Reject {
                     reason: format!("malformed: {}", bad.reason),
                 });

@@ -83,6 +83,17 @@ pub struct AmqpConfig {
     /// PEM (PKCS#8) private key of `cert_file`.
     #[serde(default)]
     pub key_file: Option<std::path::PathBuf>,
+    /// The largest message body, in bytes (default 16 MiB,
+    /// [`hub_core::DEFAULT_MAX_MESSAGE_BYTES`], RabbitMQ 4's own `max_message_size`). A larger
+    /// one is counted, logged with its size and dead-lettered with the reason, never
+    /// redelivered. lapin reads a body whole before the hub sees it: the broker's own
+    /// `max_message_size` is what bounds that.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+fn default_max_message_bytes() -> usize {
+    hub_core::DEFAULT_MAX_MESSAGE_BYTES
 }
 
 impl AmqpConfig {
@@ -392,6 +403,8 @@ impl AmqpBackend {
             metrics: cx.metrics.clone(),
             shutdown: cx.shutdown.clone(),
             settle: tx,
+            max_message_bytes: self.config.max_message_bytes,
+            refused_log: std::sync::Mutex::new(hub_engine::log_throttle::LogThrottle::new()),
         };
         tasks.spawn(subscriber.run(q.consumer));
         Ok(q.queue)

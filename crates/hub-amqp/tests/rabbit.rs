@@ -66,6 +66,89 @@ async fn routes_by_pattern_into_per_consumer_queues_and_transient_queues_go_away
     );
 }
 
+/// A body over `max_message_bytes` is counted as oversized, never handed to the consumer,
+/// and dead-lettered once (not redelivered) with its size in the reason; the next message flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_max_message_bytes_is_dead_lettered_with_its_size() {
+    let u = uid();
+    let hub = format!("hub{u}");
+    let probe = Arc::new(Probe::default());
+    let topic = format!("big{u}.x");
+    let mut cfg = fast_retries();
+    cfg.max_message_bytes = 64 * 1024;
+    let (running, _backend) = start(
+        &hub,
+        cfg,
+        vec![(
+            "worker",
+            &[topic.as_str()],
+            ConsumerOptions::default(),
+            probe.clone(),
+        )],
+    )
+    .await;
+    let conn = raw().await;
+    let ch = conn.create_channel().await.unwrap();
+    let huge = format!("{{\"pad\": \"{}\"}}", "x".repeat(1 << 20));
+    for (id, body) in [("huge", huge.as_bytes()), ("small", &br#"{"ok": 1}"#[..])] {
+        ch.basic_publish(
+            "amq.topic".into(),
+            topic.as_str().into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default().with_message_id(id.into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    eventually("the small message consumed", || {
+        probe.calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let dlq = format!("{hub}.dead-letters");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let dead = loop {
+        assert!(Instant::now() < deadline, "no dead letter");
+        if let Some(msg) = ch
+            .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            break msg;
+        }
+        sleep(Duration::from_millis(50)).await;
+    };
+    let h = hub_amqp::wire::table_to_json(dead.delivery.properties.headers().as_ref().unwrap());
+    let reason = h["x-hub-reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("body of {} bytes", huge.len()))
+            && reason.contains("max_message_bytes (65536)"),
+        "{reason}"
+    );
+    assert_eq!(dead.delivery.data.len(), huge.len());
+    assert_eq!(
+        running
+            .metrics()
+            .sample(r#"hub_backend_oversized_messages_total{backend="rabbit"}"#),
+        Some(1.0)
+    );
+    assert_eq!(probe.calls.load(Ordering::SeqCst), 1, "never handed over");
+    sleep(Duration::from_millis(300)).await;
+    assert!(
+        ch.basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .is_none(),
+        "dead-lettered once"
+    );
+    running.shutdown(Duration::from_secs(5)).await;
+    let _ = ch
+        .queue_delete(dlq.as_str().into(), Default::default())
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_retried_then_dead_lettered_with_the_reason_and_malformed_bodies_too() {
     let u = uid();

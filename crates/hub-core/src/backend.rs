@@ -9,6 +9,12 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::BackendMetrics;
 use crate::{BackendError, ConsumerOptions, Message, Pattern, PublishError, Sink};
 
+/// The default `max_message_bytes` of the stock backends: 16 MiB, RabbitMQ 4's own default
+/// `max_message_size`. A larger message is refused (counted in
+/// `hub_backend_oversized_messages_total`, logged with its size and source) before it is
+/// decoded, and on a broker dead-lettered with the reason.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
 /// A transport: delivers messages into the hub and publishes messages out.
 ///
 /// A backend owns its connection and its reconnects: [`run`](Backend::run) returns `Ok` when

@@ -122,6 +122,11 @@ pub struct ConsumerOptions {
     pub concurrency: usize,
     /// Messages that may wait in this consumer's queue (default 1024).
     pub queue_capacity: usize,
+    /// Bytes of messages ([`Message::byte_size`](crate::Message::byte_size)) that may wait
+    /// in this consumer's queue (default `None`: no limit of its own, only the hub-wide
+    /// `max_queued_bytes`). Whichever of this and `queue_capacity` is reached first makes
+    /// the queue full; a queue that is empty always takes one message, whatever its size.
+    pub queue_max_bytes: Option<usize>,
     /// Policy when the queue is full (default `block`).
     pub when_full: WhenFull,
     /// Longest time one message may take; `None` (default) means no limit. Enforced at the
@@ -222,6 +227,7 @@ impl Default for ConsumerOptions {
         Self {
             concurrency: 1,
             queue_capacity: 1024,
+            queue_max_bytes: None,
             when_full: WhenFull::Block,
             timeout: None,
             durable: false,

@@ -59,7 +59,8 @@ pub mod topic;
 pub use crate::metrics::BackendMetrics;
 pub use async_trait::async_trait;
 pub use backend::{
-    Acker, Backend, BackendContext, Delivery, Subscription, SubscriptionId, Verdict,
+    Acker, Backend, BackendContext, DEFAULT_MAX_MESSAGE_BYTES, Delivery, Subscription,
+    SubscriptionId, Verdict,
 };
 pub use config::duration;
 pub use config::{BackendConfig, ConsumerConfig, ProducerConfig, ResourceConfig};

@@ -40,6 +40,8 @@ struct Inner {
     timestamp: Timestamp,
     headers: HeaderStore,
     body: Body,
+    /// [`Message::byte_size`], computed once.
+    size: usize,
 }
 
 impl Inner {
@@ -58,6 +60,35 @@ impl Inner {
     fn body(&self) -> &Value {
         self.body.value(&self.text)
     }
+}
+
+impl Inner {
+    /// The part of `size` that a header map accounts for (text-held headers are in the text).
+    fn headers_size(&self) -> usize {
+        match &self.headers {
+            HeaderStore::Map(m) => map_size(m),
+            HeaderStore::Raw { .. } | HeaderStore::Envelope { .. } => 0,
+        }
+    }
+}
+
+/// About the bytes `v` takes as JSON text (for a message's size when it holds a parsed value;
+/// exact for strings, 8 for a number or a literal).
+fn json_size(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
+        Value::String(s) => s.len() + 2,
+        Value::Array(a) => 2 + a.iter().map(|e| json_size(e) + 1).sum::<usize>(),
+        Value::Object(o) => map_size(o),
+    }
+}
+
+/// About the bytes a JSON object takes as text.
+fn map_size(m: &Headers) -> usize {
+    2 + m
+        .iter()
+        .map(|(k, v)| k.len() + 4 + json_size(v))
+        .sum::<usize>()
 }
 
 impl PartialEq for Inner {
@@ -285,6 +316,7 @@ impl Message {
         Message(Arc::new(Inner {
             id_at: 0..id.len(),
             topic_at: id.len()..id.len() + topic.len(),
+            size: text.len(),
             text: text.into_boxed_str(),
             timestamp,
             headers,
@@ -312,6 +344,7 @@ impl Message {
         let id_at = span_in(envelope, id)?;
         let body_at = span_in(envelope, body.get())?;
         Some(Message(Arc::new(Inner {
+            size: envelope.len(),
             text: envelope.into(),
             id_at,
             topic_at,
@@ -325,6 +358,13 @@ impl Message {
                 parsed: OnceLock::new(),
             },
         })))
+    }
+
+    /// About how many bytes the message holds (its text: id, topic, body and headers as
+    /// received; a body or headers held as parsed values are estimated as JSON text). What
+    /// the queues' byte limits (`queue_max_bytes`, `[hub] max_queued_bytes`) count.
+    pub fn byte_size(&self) -> usize {
+        self.0.size
     }
 
     /// The message id (fedmsg `msg_id`, AMQP `message_id`).
@@ -417,6 +457,7 @@ impl Message {
             id_at: inner.id_at.clone(),
             topic_at: inner.topic_at.clone(),
             timestamp: inner.timestamp,
+            size: inner.size - inner.headers_size() + map_size(&headers),
             headers: HeaderStore::Map(headers),
             body: match &inner.body {
                 Body::Value(v) => Body::Value(v.clone()),
@@ -545,9 +586,14 @@ impl MessageBuilder {
         text.push_str(&self.topic);
         let body_at = text.len()..text.len() + body_text.len();
         text.push_str(body_text);
+        let value_size = match &self.body {
+            BodyIn::Value(v) => json_size(v),
+            BodyIn::Text(_) => 0,
+        };
         Inner {
             id_at: 0..id.len(),
             topic_at: id.len()..id.len() + self.topic.len(),
+            size: text.len() + value_size + map_size(&self.headers),
             text: text.into_boxed_str(),
             timestamp: self.timestamp.unwrap_or_else(Timestamp::now),
             headers: HeaderStore::Map(self.headers),

@@ -14,6 +14,8 @@ pub struct BackendSeries {
     pub connected: Gauge,
     /// `hub_backend_invalid_messages_total`.
     pub invalid: Counter,
+    /// `hub_backend_oversized_messages_total`.
+    pub oversized: Counter,
 }
 
 /// One backend's connection state and counters, given in
@@ -47,6 +49,7 @@ impl BackendMetrics {
             BackendSeries {
                 connected: Gauge::noop(),
                 invalid: Counter::noop(),
+                oversized: Counter::noop(),
             },
             Arc::new(metrics::NoopRecorder),
         )
@@ -95,6 +98,13 @@ impl BackendMetrics {
     /// Counts one malformed message the backend rejected.
     pub fn invalid(&self) {
         self.0.series.invalid.increment(1);
+    }
+
+    /// Counts one message refused for its size (over the backend's `max_message_bytes`): it
+    /// counts as invalid too.
+    pub fn oversized(&self) {
+        self.0.series.invalid.increment(1);
+        self.0.series.oversized.increment(1);
     }
 
     /// The hub's recorder: pass it to the engine's metrics module to register a backend's own

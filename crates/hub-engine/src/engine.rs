@@ -71,6 +71,7 @@ pub enum EngineError {
 /// Collects the parts of a hub.
 pub struct EngineBuilder {
     verdicts_to_backend: bool,
+    max_queued_bytes: usize,
     name: String,
     registry: Registry,
     resources: Resources,
@@ -84,6 +85,7 @@ impl EngineBuilder {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             verdicts_to_backend: false,
+            max_queued_bytes: crate::DEFAULT_MAX_QUEUED_BYTES,
             name: name.into(),
             registry: Registry::new(),
             resources: Resources::new(),
@@ -99,6 +101,14 @@ impl EngineBuilder {
     /// Off by default.
     pub fn verdicts_to_backend(mut self, on: bool) -> Self {
         self.verdicts_to_backend = on;
+        self
+    }
+
+    /// The most bytes queued over every consumer (`[hub] max_queued_bytes`, default
+    /// [`DEFAULT_MAX_QUEUED_BYTES`](crate::DEFAULT_MAX_QUEUED_BYTES), 1 GiB); see
+    /// [`DispatcherBuilder::max_queued_bytes`](crate::DispatcherBuilder::max_queued_bytes).
+    pub fn max_queued_bytes(mut self, limit: usize) -> Self {
+        self.max_queued_bytes = limit;
         self
     }
 
@@ -147,6 +157,7 @@ impl EngineBuilder {
         let mut builder = Dispatcher::builder(self.registry.clone());
         builder.hub_name(&self.name);
         builder.verdicts_to_backend(self.verdicts_to_backend);
+        builder.max_queued_bytes(self.max_queued_bytes);
         let mut backends = Vec::new();
         for (id, backend) in self.backends {
             if !seen.insert(("backend", id.clone())) {

@@ -21,12 +21,14 @@
 pub mod dead_letter;
 mod dispatcher;
 mod engine;
+pub mod log_throttle;
 pub mod memory;
 pub mod metrics;
 pub mod settings;
 
 pub use dispatcher::{
-    BackendIndex, ConsumerState, Dispatcher, DispatcherBuilder, DrainReport, Intake, RedeliverError,
+    BackendIndex, ConsumerState, DEFAULT_MAX_QUEUED_BYTES, Dispatcher, DispatcherBuilder,
+    DrainReport, Intake, RedeliverError,
 };
 pub use engine::{
     ConsumerSpec, Engine, EngineBuilder, EngineError, Readiness, ReadinessProbe, RunningEngine,

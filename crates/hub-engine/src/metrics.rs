@@ -11,6 +11,7 @@
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
 //! | `hub_consumer_backlog_messages` | gauge | `consumer` | queued, not yet started |
+//! | `hub_consumer_backlog_bytes` | gauge | `consumer` | bytes of those messages (`Message::byte_size`) |
 //! | `hub_consumer_in_flight_messages` | gauge | `consumer` | being handled now |
 //! | `hub_consumer_oldest_message_age_seconds` | gauge | `consumer` | how long the oldest queued message has waited; 0 when empty |
 //! | `hub_consumer_catch_up_seconds` | gauge | `consumer` | backlog × recent mean service time / concurrency; 0 when empty; `+Inf` while there is a backlog and nothing completes for max(3 × the mean service time, 1 s) |
@@ -23,9 +24,11 @@
 //! | `hub_backend_published_messages_total` | counter | `backend` | messages published through it |
 //! | `hub_backend_publish_failures_total` | counter | `backend` | publishes that failed (unavailable, unroutable, unconfirmed) |
 //! | `hub_backend_invalid_messages_total` | counter | `backend` | malformed input rejected by it |
+//! | `hub_backend_oversized_messages_total` | counter | `backend` | of those, refused for their size (over `max_message_bytes`) |
 //! | `hub_backend_connected` | gauge | `backend` | 1 when connected, else 0 |
 //! | `hub_backend_settle_panics_total` | counter | `backend` | the backend's acknowledgement (`Acker::settle`) panicked (caught) |
 //! | `hub_dispatcher_unrouted_messages_total` | counter | — | messages no consumer matched |
+//! | `hub_dispatcher_queued_bytes` | gauge | — | bytes queued over every consumer (each copy counted), held under `[hub] max_queued_bytes` |
 //! | `hub_zeromq_endpoint_connected` | gauge | `backend`, `endpoint` | 1 while the ZeroMQ endpoint is connected |
 //! | `hub_zeromq_gaps_total` | counter | `backend`, `endpoint` | messages missed, from gaps in fedmsg sequence numbers |
 //! | `hub_exec_restarts_total` | counter | `consumer` | an exec program started again (it ended, or a message timed out) |
@@ -56,6 +59,8 @@ use crate::Dispatcher;
 
 /// `hub_consumer_backlog_messages`
 pub const CONSUMER_BACKLOG: &str = "hub_consumer_backlog_messages";
+/// `hub_consumer_backlog_bytes`
+pub const CONSUMER_BACKLOG_BYTES: &str = "hub_consumer_backlog_bytes";
 /// `hub_consumer_in_flight_messages`
 pub const CONSUMER_IN_FLIGHT: &str = "hub_consumer_in_flight_messages";
 /// `hub_consumer_oldest_message_age_seconds`
@@ -90,12 +95,16 @@ pub const BACKEND_PUBLISHED: &str = "hub_backend_published_messages_total";
 pub const BACKEND_PUBLISH_FAILURES: &str = "hub_backend_publish_failures_total";
 /// `hub_backend_invalid_messages_total`
 pub const BACKEND_INVALID: &str = "hub_backend_invalid_messages_total";
+/// `hub_backend_oversized_messages_total`
+pub const BACKEND_OVERSIZED: &str = "hub_backend_oversized_messages_total";
 /// `hub_backend_connected`
 pub const BACKEND_CONNECTED: &str = "hub_backend_connected";
 /// `hub_backend_settle_panics_total`
 pub const BACKEND_SETTLE_PANICS: &str = "hub_backend_settle_panics_total";
 /// `hub_dispatcher_unrouted_messages_total`
 pub const DISPATCHER_UNROUTED: &str = "hub_dispatcher_unrouted_messages_total";
+/// `hub_dispatcher_queued_bytes`
+pub const DISPATCHER_QUEUED_BYTES: &str = "hub_dispatcher_queued_bytes";
 /// `hub_zeromq_endpoint_connected`
 pub const ZEROMQ_ENDPOINT_CONNECTED: &str = "hub_zeromq_endpoint_connected";
 /// `hub_zeromq_gaps_total`
@@ -132,6 +141,16 @@ const HELP: &[(&str, Kind, &str)] = &[
         CONSUMER_BACKLOG,
         Kind::Gauge,
         "Messages queued for the consumer, not yet started.",
+    ),
+    (
+        CONSUMER_BACKLOG_BYTES,
+        Kind::Gauge,
+        "Bytes of the messages queued for the consumer.",
+    ),
+    (
+        DISPATCHER_QUEUED_BYTES,
+        Kind::Gauge,
+        "Bytes queued over every consumer (each copy counted), held under [hub] max_queued_bytes.",
     ),
     (
         CONSUMER_IN_FLIGHT,
@@ -202,6 +221,11 @@ const HELP: &[(&str, Kind, &str)] = &[
         BACKEND_INVALID,
         Kind::Counter,
         "Malformed messages the backend rejected.",
+    ),
+    (
+        BACKEND_OVERSIZED,
+        Kind::Counter,
+        "Messages the backend refused for their size (over max_message_bytes); also counted as invalid.",
     ),
     (
         BACKEND_CONNECTED,
@@ -359,6 +383,7 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
 /// One consumer's series.
 pub(crate) struct ConsumerMetrics {
     pub backlog: Gauge,
+    pub backlog_bytes: Gauge,
     pub in_flight: Gauge,
     pub oldest_age: Gauge,
     pub catch_up: Gauge,
@@ -423,6 +448,7 @@ impl ConsumerMetrics {
             let processed = |outcome: &'static str| counter!(CONSUMER_PROCESSED, "consumer" => consumer.to_owned(), "outcome" => outcome);
             Self {
                 backlog: gauge!(CONSUMER_BACKLOG, "consumer" => consumer.to_owned()),
+                backlog_bytes: gauge!(CONSUMER_BACKLOG_BYTES, "consumer" => consumer.to_owned()),
                 in_flight: gauge!(CONSUMER_IN_FLIGHT, "consumer" => consumer.to_owned()),
                 oldest_age: gauge!(CONSUMER_OLDEST_AGE, "consumer" => consumer.to_owned()),
                 catch_up: gauge!(CONSUMER_CATCH_UP, "consumer" => consumer.to_owned()),
@@ -442,6 +468,7 @@ impl ConsumerMetrics {
         // Series appear only once they hold a value: show every consumer from the start.
         for g in [
             &m.backlog,
+            &m.backlog_bytes,
             &m.in_flight,
             &m.oldest_age,
             &m.catch_up,
@@ -488,8 +515,10 @@ impl BackendCounters {
             let series = BackendSeries {
                 connected: gauge!(BACKEND_CONNECTED, "backend" => backend()),
                 invalid: counter!(BACKEND_INVALID, "backend" => backend()),
+                oversized: counter!(BACKEND_OVERSIZED, "backend" => backend()),
             };
             series.invalid.increment(0);
+            series.oversized.increment(0);
             Self {
                 shared: BackendMetrics::new(series, registry.recorder()),
                 received: counter!(BACKEND_RECEIVED, "backend" => backend()),
@@ -529,6 +558,13 @@ impl BackendCounters {
         self.received
             .absolute(self.received_count.load(Ordering::Relaxed));
     }
+}
+
+/// `hub_dispatcher_queued_bytes`, registered at 0.
+pub(crate) fn queued_bytes(registry: &Registry) -> Gauge {
+    let g = registry.register(|| gauge!(DISPATCHER_QUEUED_BYTES));
+    g.set(0.0);
+    g
 }
 
 /// The series of one ZeroMQ endpoint (`hub-zeromq`).

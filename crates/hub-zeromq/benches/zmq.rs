@@ -335,6 +335,7 @@ async fn hub(pad: usize, consumers: usize) -> Run {
         publish: None,
         format: Format::Fedmsg,
         username: None,
+        max_message_bytes: hub_core::DEFAULT_MAX_MESSAGE_BYTES,
     };
     let epoch = Instant::now();
     let counters: Vec<Arc<Arrivals>> = (0..consumers)
@@ -404,6 +405,7 @@ async fn round_trip() -> (Duration, Duration, Duration) {
         publish: Some(out.clone()),
         format: Format::Fedmsg,
         username: None,
+        max_message_bytes: hub_core::DEFAULT_MAX_MESSAGE_BYTES,
     };
     let spec = ConsumerSpec {
         name: "reply".into(),

@@ -26,12 +26,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use hub_core::{
-    Backend, BackendConfig, BackendContext, BackendError, BoxError, Message, Pattern, PublishError,
+    Backend, BackendConfig, BackendContext, BackendError, BoxError, DEFAULT_MAX_MESSAGE_BYTES,
+    Message, Pattern, PublishError,
 };
 use serde::Deserialize;
 use tokio::sync::Mutex;
 use tracing::info;
-use zeromq::{PubSocket, Socket, SocketSend, ZmqMessage};
+use zeromq::{PubSocket, Socket, SocketOptions, SocketSend, ZmqMessage};
 
 pub use codec::Format;
 use subscriber::EndpointStats;
@@ -52,6 +53,16 @@ pub struct ZeroMqConfig {
     /// `username` written into outgoing fedmsg envelopes (default: `$USER`, else `"hub"`).
     #[serde(default)]
     pub username: Option<String>,
+    /// The largest message (all frames, in bytes) a publisher may send (default 16 MiB,
+    /// [`DEFAULT_MAX_MESSAGE_BYTES`]). A larger one is refused as its frame header arrives,
+    /// before its body is read, as libzmq's `ZMQ_MAXMSGSIZE` does: the publisher is
+    /// disconnected (and reconnected to), the message counted and logged with its size.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+fn default_max_message_bytes() -> usize {
+    DEFAULT_MAX_MESSAGE_BYTES
 }
 
 fn check_endpoint(e: &str) -> Result<(), String> {
@@ -74,6 +85,9 @@ impl BackendConfig for ZeroMqConfig {
         }
         for e in self.subscribe.iter().chain(&self.publish) {
             check_endpoint(e)?;
+        }
+        if self.max_message_bytes == 0 {
+            return Err("max_message_bytes: must be at least 1".into());
         }
         Ok(Arc::new(ZeroMqBackend::new(id, self)))
     }
@@ -145,7 +159,11 @@ pub fn prefixes<'a>(patterns: impl IntoIterator<Item = &'a Pattern>) -> Vec<Stri
 impl Backend for ZeroMqBackend {
     async fn run(&self, cx: BackendContext) -> Result<(), BackendError> {
         if let Some(endpoint) = &self.config.publish {
-            let mut socket = PubSocket::new();
+            // Subscribers send only subscriptions: the same bound keeps a peer from filling
+            // this socket's memory with one huge "subscription".
+            let mut options = SocketOptions::default();
+            options.max_message_size(self.config.max_message_bytes);
+            let mut socket = PubSocket::with_options(options);
             let bound = socket.bind(endpoint).await.map_err(|e| BackendError {
                 backend: self.id.clone(),
                 message: format!("cannot bind PUB socket on {endpoint} (`publish`): {e}"),
@@ -167,6 +185,7 @@ impl Backend for ZeroMqBackend {
                     stats: Arc::clone(stats),
                     prefixes: prefixes.clone(),
                     format: self.config.format,
+                    max_message_bytes: self.config.max_message_bytes,
                     sink: cx.sink.clone(),
                     metrics: cx.metrics.clone(),
                     readiness: readiness.clone(),
@@ -241,6 +260,7 @@ mod tests {
             publish: None,
             format: Format::Fedmsg,
             username: None,
+            max_message_bytes: hub_core::DEFAULT_MAX_MESSAGE_BYTES,
         };
         let err = cfg.build("z").err().unwrap().to_string();
         assert!(err.contains("\"tcp//nowhere\""), "{err}");
@@ -249,6 +269,7 @@ mod tests {
             publish: None,
             format: Format::Fedmsg,
             username: None,
+            max_message_bytes: hub_core::DEFAULT_MAX_MESSAGE_BYTES,
         };
         assert!(
             none.build("z")

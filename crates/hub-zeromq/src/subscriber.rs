@@ -8,10 +8,10 @@ use std::time::Duration;
 use futures_util::{FutureExt, StreamExt};
 use hub_core::metrics::Recorder;
 use hub_core::{BackendMetrics, CancellationToken, Delivery, Sink};
+use hub_engine::log_throttle::LogThrottle;
 use hub_engine::metrics::{ZeroMqEndpointSeries, zeromq_endpoint};
-use tokio::time::Instant;
 use tracing::{debug, info, warn};
-use zeromq::{Socket, SocketEvent, SocketOptions, SocketRecv, SubSocket};
+use zeromq::{CodecError, Socket, SocketEvent, SocketOptions, SocketRecv, SubSocket};
 
 use crate::codec::{self, Format};
 
@@ -84,41 +84,12 @@ impl Readiness {
     }
 }
 
-/// Logs at most once a second, saying how many it held back.
-struct Throttle {
-    last: Option<Instant>,
-    held: u64,
-}
-
-impl Throttle {
-    fn new() -> Self {
-        Self {
-            last: None,
-            held: 0,
-        }
-    }
-
-    /// `Some(held back since the last line)` when a line may be written now.
-    fn allow(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        match self.last {
-            Some(t) if now.duration_since(t) < Duration::from_secs(1) => {
-                self.held += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.held))
-            }
-        }
-    }
-}
-
 pub(crate) struct Endpoint {
     pub backend: String,
     pub stats: Arc<EndpointStats>,
     pub prefixes: Vec<String>,
     pub format: Format,
+    pub max_message_bytes: usize,
     pub sink: Sink,
     pub metrics: BackendMetrics,
     pub readiness: Readiness,
@@ -134,6 +105,7 @@ pub(crate) async fn run(ep: Endpoint) {
     loop {
         let mut options = SocketOptions::default();
         options.connect_timeout(CONNECT_TIMEOUT);
+        options.max_message_size(ep.max_message_bytes);
         let mut socket = SubSocket::with_options(options);
         let mut monitor = socket.monitor().boxed();
         let attempt = tokio::select! {
@@ -197,8 +169,8 @@ const BATCH: usize = 64;
 /// (rate-limited) what is malformed, log receive errors.
 struct Decoder<'a> {
     ep: &'a Endpoint,
-    invalid_log: Throttle,
-    error_log: Throttle,
+    invalid_log: LogThrottle,
+    error_log: LogThrottle,
     last_i: Option<u64>,
 }
 
@@ -208,6 +180,15 @@ impl Decoder<'_> {
         let name = &ep.stats.endpoint;
         let frames = match received {
             Ok(frames) => frames.into_vec(),
+            Err(zeromq::ZmqError::Codec(CodecError::MessageTooLarge { size, limit })) => {
+                // Refused by the socket when its frame header arrived, unread: the publisher
+                // is disconnected (libzmq's ZMQ_MAXMSGSIZE); the socket reconnects by itself.
+                ep.metrics.oversized();
+                if let Some(held) = self.invalid_log.allow() {
+                    warn!(backend = %ep.backend, endpoint = %name, size_at_least = size, max_message_bytes = limit, similar_not_logged = held, "Refused a message over max_message_bytes; the publisher is disconnected and reconnected to.");
+                }
+                return;
+            }
             Err(e) => {
                 if let Some(held) = self.error_log.allow() {
                     warn!(backend = %ep.backend, endpoint = %name, error = %e, similar_not_logged = held, "Receive error; going on.");
@@ -249,8 +230,8 @@ async fn read(
     let name = &ep.stats.endpoint;
     let mut decoder = Decoder {
         ep,
-        invalid_log: Throttle::new(),
-        error_log: Throttle::new(),
+        invalid_log: LogThrottle::new(),
+        error_log: LogThrottle::new(),
         last_i: None,
     };
     let mut monitor_open = true;

@@ -101,6 +101,7 @@ async fn a_fedmsg_publisher_on_libzmq_is_consumed_completely() {
         publish: None,
         format: Format::Fedmsg,
         username: None,
+        max_message_bytes: hub_core::DEFAULT_MAX_MESSAGE_BYTES,
     };
     let zmq = Arc::new(ZeroMqBackend::new("py", cfg));
     let options = ConsumerOptions {
@@ -190,6 +191,7 @@ async fn what_the_hub_publishes_is_a_valid_fedmsg_envelope_for_libzmq() {
         publish: Some(ep.clone()),
         format: Format::Fedmsg,
         username: Some("hub".into()),
+        max_message_bytes: hub_core::DEFAULT_MAX_MESSAGE_BYTES,
     };
     let engine = EngineBuilder::new("t")
         .backend("out", Arc::new(ZeroMqBackend::new("out", cfg)))

@@ -14,6 +14,8 @@ pub struct ConsumerState {
     pub name: String,
     /// Queued, not started.
     pub backlog: usize,
+    /// Bytes of those messages.
+    pub backlog_bytes: usize,
     /// Being handled (never more than the consumer's concurrency).
     pub in_flight: usize,
     /// Failed, waiting out their retry delay (kept by the hub; each holds a place in the
@@ -70,6 +72,9 @@ impl Dispatcher {
         for b in &self.shared.backends {
             b.flush();
         }
+        self.shared
+            .queued_bytes
+            .set(self.shared.budget.used() as f64);
         for slot in &self.shared.slots {
             let (state, counts) = self.state_of(slot);
             let m = &slot.metrics;
@@ -88,6 +93,7 @@ impl Dispatcher {
                 counter.absolute(count);
             }
             m.backlog.set(state.backlog as f64);
+            m.backlog_bytes.set(state.backlog_bytes as f64);
             m.in_flight.set(state.in_flight as f64);
             m.retry_waiting.set(state.retry_waiting as f64);
             m.oldest_age.set(state.oldest_age.as_secs_f64());
@@ -152,6 +158,7 @@ impl Dispatcher {
         let state = ConsumerState {
             name: slot.name.to_string(),
             backlog: counts.queue.len,
+            backlog_bytes: counts.queue.bytes,
             in_flight: usize::try_from(counts.in_flight).unwrap_or(usize::MAX),
             retry_waiting: counts.queue.delayed,
             completed,

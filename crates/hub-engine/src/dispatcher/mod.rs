@@ -34,7 +34,7 @@ use crate::metrics::{BackendCounters, ConsumerMetrics, DeadLetterCounters, Regis
 use failures::Failures;
 use hub_core::topic::PatternSet;
 use hub_core::{Consumer, ConsumerOptions, Context, Pattern, Subscription, SubscriptionId};
-use queue::Queue;
+use queue::{ByteBudget, Queue};
 use stats::WorkerStats;
 use throttle::Throttle;
 
@@ -42,6 +42,9 @@ pub use gauges::ConsumerState;
 pub use intake::Intake;
 pub use lifecycle::DrainReport;
 pub use redeliver::RedeliverError;
+
+/// The default `[hub] max_queued_bytes`: 1 GiB.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 1 << 30;
 
 /// Index of a backend registered with a [`DispatcherBuilder`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +61,8 @@ pub struct DispatcherBuilder {
     /// that does not redeliver (a test kit's choice).
     verdicts_to_backend: bool,
     slots: Vec<Slot>,
+    /// `[hub] max_queued_bytes`, shared by every consumer's queue.
+    budget: Arc<ByteBudget>,
 }
 
 impl DispatcherBuilder {
@@ -84,6 +89,14 @@ impl DispatcherBuilder {
     /// redeliver: what a test kit wants, to show a consumer's own verdict. Off by default.
     pub fn verdicts_to_backend(&mut self, on: bool) {
         self.verdicts_to_backend = on;
+    }
+
+    /// The most bytes queued in all (`[hub] max_queued_bytes`; default
+    /// [`DEFAULT_MAX_QUEUED_BYTES`]): the sum of [`Message::byte_size`](hub_core::Message::byte_size)
+    /// over every consumer's queue (each copy counted). Once reached, a queue that is not empty
+    /// counts as full (its consumer's `when_full` applies) until the total falls below it.
+    pub fn max_queued_bytes(&mut self, limit: usize) {
+        self.budget.set_limit(limit);
     }
 
     /// The hub's name, written into its dead letters.
@@ -157,6 +170,8 @@ impl DispatcherBuilder {
             metrics: ConsumerMetrics::register(&self.registry, &name),
             queue: Queue::new(
                 options.queue_capacity,
+                options.queue_max_bytes.unwrap_or(usize::MAX),
+                Arc::clone(&self.budget),
                 options.concurrency,
                 options.batch_size,
             ),
@@ -194,6 +209,8 @@ impl DispatcherBuilder {
                 routes,
                 backends: self.backends,
                 unrouted: BackendCounters::unrouted(&self.registry),
+                queued_bytes: crate::metrics::queued_bytes(&self.registry),
+                budget: self.budget,
                 epoch: clock.raw(),
                 clock,
                 #[cfg(test)]
@@ -286,6 +303,9 @@ pub(crate) struct Shared {
     routes: Vec<PatternSet>,
     backends: Vec<BackendCounters>,
     unrouted: Counter,
+    /// `hub_dispatcher_queued_bytes`, set at scrape time from `budget`.
+    queued_bytes: metrics::Gauge,
+    budget: Arc<ByteBudget>,
     /// The dispatcher's clock: times on the hot path are nanoseconds after `epoch`, a `u64`
     /// subtracted without `Instant` arithmetic. The TSC where the CPU has an invariant one
     /// (12 ns a read on this project's 2 vCPU VM, against 34 ns for `Instant::now`; every
@@ -331,6 +351,7 @@ impl Dispatcher {
             hub_name: "hub".into(),
             verdicts_to_backend: false,
             slots: Vec::new(),
+            budget: Arc::new(ByteBudget::new(DEFAULT_MAX_QUEUED_BYTES)),
         }
     }
 

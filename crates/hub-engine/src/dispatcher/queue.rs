@@ -8,7 +8,8 @@
 
 use std::collections::VecDeque;
 use std::pin::pin;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
 
@@ -25,8 +26,53 @@ pub(crate) struct Queued {
     pub enqueued_ns: u64,
 }
 
+/// The hub-wide ceiling on queued bytes (`[hub] max_queued_bytes`), shared by every queue:
+/// the sum of [`Message::byte_size`] over every queued copy (a message queued for two
+/// consumers counts twice, so the sum never understates the memory held).
+#[derive(Debug)]
+pub(crate) struct ByteBudget {
+    used: AtomicUsize,
+    limit: AtomicUsize,
+}
+
+impl ByteBudget {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            limit: AtomicUsize::new(limit),
+        }
+    }
+
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// Bytes queued now, over every queue.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn fits(&self, more: usize) -> bool {
+        self.used().saturating_add(more) <= self.limit.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, n: usize) {
+        if n > 0 {
+            self.used.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn sub(&self, n: usize) {
+        if n > 0 {
+            self.used.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+}
+
 struct State {
     items: VecDeque<Queued>,
+    /// Bytes of `items` ([`Message::byte_size`]).
+    bytes: usize,
     closed: bool,
     /// Messages accepted (counted here, under the lock the push takes anyway).
     received: u64,
@@ -64,6 +110,8 @@ impl State {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Snapshot {
     pub len: usize,
+    /// Bytes queued.
+    pub bytes: usize,
     /// Enqueue time of the oldest message (nanoseconds after the dispatcher's epoch).
     pub oldest_ns: Option<u64>,
     pub received: u64,
@@ -78,6 +126,9 @@ pub(crate) struct Snapshot {
 pub(crate) struct Queue {
     state: Mutex<State>,
     capacity: usize,
+    /// `queue_max_bytes` (`usize::MAX`: none).
+    max_bytes: usize,
+    budget: Arc<ByteBudget>,
     /// More than one worker takes from this queue: pass wake-ups along.
     chain_wakeups: bool,
     not_empty: Notify,
@@ -126,7 +177,7 @@ impl Drop for Blocked<'_> {
         // there is room.
         let mut st = self.queue.lock();
         st.unblock();
-        let pass_on = st.blocked > st.woken && st.items.len() + st.delayed < self.queue.capacity;
+        let pass_on = st.blocked > st.woken && self.queue.room(&st, 0);
         st.woken += usize::from(pass_on);
         drop(st);
         if pass_on {
@@ -136,10 +187,17 @@ impl Drop for Blocked<'_> {
 }
 
 impl Queue {
-    pub fn new(capacity: usize, workers: usize, batch_size: usize) -> Self {
+    pub fn new(
+        capacity: usize,
+        max_bytes: usize,
+        budget: Arc<ByteBudget>,
+        workers: usize,
+        batch_size: usize,
+    ) -> Self {
         Self {
             state: Mutex::new(State {
                 items: VecDeque::with_capacity(capacity.min(4096)),
+                bytes: 0,
                 closed: false,
                 received: 0,
                 dropped: 0,
@@ -152,12 +210,30 @@ impl Queue {
                 woken: 0,
             }),
             capacity,
+            max_bytes,
+            budget,
             chain_wakeups: workers > 1,
             not_empty: Notify::new(),
             not_full: Notify::new(),
             want: if batch_size > 1 { batch_size } else { 0 },
             filled: Notify::new(),
         }
+    }
+
+    /// Room for a message of `size` bytes: a place under `queue_capacity` and, unless the
+    /// queue is empty (a message larger than the byte limits must still get through, one at a
+    /// time), its bytes under `queue_max_bytes` and the hub-wide `max_queued_bytes`.
+    #[inline]
+    fn room(&self, st: &State, size: usize) -> bool {
+        st.items.len() + st.delayed < self.capacity
+            && (st.items.is_empty()
+                || (st.bytes + size <= self.max_bytes && self.budget.fits(size)))
+    }
+
+    /// `item` joins the queue's bytes (the caller adds to the budget).
+    fn enter(st: &mut State, item: Queued) {
+        st.bytes += item.message.byte_size();
+        st.items.push_back(item);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -168,14 +244,16 @@ impl Queue {
     /// Offers one message without waiting: `Err` gives it back when the queue is full under
     /// `block`.
     pub fn try_push(&self, item: Queued, policy: WhenFull) -> Result<Offer, Queued> {
+        let size = item.message.byte_size();
         let mut st = self.lock();
         // The common case first, with no detour (the hot path of every single delivery).
-        if !st.closed && st.items.len() + st.delayed < self.capacity {
+        if !st.closed && self.room(&st, size) {
             st.received += 1;
             let was_empty = st.items.is_empty();
-            st.items.push_back(item);
+            Self::enter(&mut st, item);
             let filled = st.items.len() == self.want;
             drop(st);
+            self.budget.add(size);
             if was_empty {
                 self.not_empty.notify_one();
             }
@@ -196,9 +274,11 @@ impl Queue {
         if st.closed {
             return TryPush::Done(Offer::Closed(Box::new(item)));
         }
-        if st.items.len() + st.delayed < self.capacity {
+        let size = item.message.byte_size();
+        if self.room(st, size) {
             st.received += 1;
-            st.items.push_back(item);
+            Self::enter(st, item);
+            self.budget.add(size);
             return TryPush::Done(Offer::Accepted);
         }
         match policy {
@@ -213,7 +293,11 @@ impl Queue {
                 st.dropped += 1;
                 match st.items.pop_front() {
                     Some(old) => {
-                        st.items.push_back(item);
+                        let old_size = old.message.byte_size();
+                        st.bytes -= old_size;
+                        Self::enter(st, item);
+                        self.budget.add(size);
+                        self.budget.sub(old_size);
                         TryPush::Done(Offer::Dropped(Box::new(old)))
                     }
                     // Every place is held by a message waiting for its retry (not in the queue,
@@ -232,13 +316,23 @@ impl Queue {
         let mut outcomes = Vec::new();
         let mut st = self.lock();
         let was_empty = st.items.is_empty();
+        // Added to the budget once, at the end: the fits check counts it meanwhile.
+        let mut added = 0;
         while let Some(item) = items.pop_front() {
             // The common case first, with no detour.
-            if !st.closed && st.items.len() + st.delayed < self.capacity {
+            let size = item.message.byte_size();
+            if !st.closed
+                && st.items.len() + st.delayed < self.capacity
+                && (st.items.is_empty()
+                    || (st.bytes + size <= self.max_bytes && self.budget.fits(added + size)))
+            {
                 st.received += 1;
-                st.items.push_back(item);
+                Self::enter(&mut st, item);
+                added += size;
                 continue;
             }
+            // The slow path checks the budget itself: it must see what this batch added.
+            self.budget.add(std::mem::take(&mut added));
             match self.push_locked(&mut st, item, policy) {
                 TryPush::Done(Offer::Accepted) => {}
                 TryPush::Done(other) => outcomes.push(other),
@@ -251,6 +345,7 @@ impl Queue {
         let wake = was_empty && !st.items.is_empty();
         let filled = self.want > 0 && st.items.len() >= self.want;
         drop(st);
+        self.budget.add(added);
         if wake {
             self.not_empty.notify_one();
         }
@@ -318,6 +413,8 @@ impl Queue {
         let mut st = self.lock();
         match st.items.pop_front() {
             Some(item) => {
+                let size = item.message.byte_size();
+                st.bytes -= size;
                 st.taken += 1;
                 let wake_producer = st.blocked > st.woken;
                 st.woken += usize::from(wake_producer);
@@ -325,6 +422,7 @@ impl Queue {
                 // The last message of a closed queue: the other workers may end now.
                 let last = !more && st.closed && st.delayed == 0;
                 drop(st);
+                self.budget.sub(size);
                 if wake_producer {
                     self.not_full.notify_one();
                 }
@@ -385,9 +483,11 @@ impl Queue {
             return;
         }
         let was_empty = st.items.is_empty();
-        st.items.push_back(item);
+        let size = item.message.byte_size();
+        Self::enter(&mut st, item);
         let filled = st.items.len() == self.want;
         drop(st);
+        self.budget.add(size);
         if was_empty {
             self.not_empty.notify_one();
         }
@@ -423,6 +523,8 @@ impl Queue {
         let mut st = self.lock();
         let n = max.min(st.items.len());
         let items: Vec<Queued> = st.items.drain(..n).collect();
+        let size: usize = items.iter().map(|q| q.message.byte_size()).sum();
+        st.bytes -= size;
         st.taken += n as u64;
         // Each message taken made room: wake as many registered producers, not woken yet.
         let wake_producers = n.min(st.blocked.saturating_sub(st.woken));
@@ -430,6 +532,7 @@ impl Queue {
         let more = !st.items.is_empty();
         let last = !more && st.closed && st.delayed == 0;
         drop(st);
+        self.budget.sub(size);
         for _ in 0..wake_producers {
             self.not_full.notify_one();
         }
@@ -498,6 +601,7 @@ impl Queue {
         let st = self.lock();
         let snapshot = Snapshot {
             len: st.items.len(),
+            bytes: st.bytes,
             oldest_ns: st.items.front().map(|q| q.enqueued_ns),
             received: st.received,
             dropped: st.dropped,
@@ -524,6 +628,7 @@ impl Queue {
             let mut st = self.lock();
             st.drained = true;
             st.cleared += st.items.len() as u64;
+            self.budget.sub(std::mem::take(&mut st.bytes));
             std::mem::take(&mut st.items)
         };
         items.len()

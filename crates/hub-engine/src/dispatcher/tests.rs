@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 
 mod batches;
+mod bytes;
 mod catch_up_scenarios;
 mod failures;
 mod races;
@@ -88,8 +89,20 @@ fn rig_of(consumers: Vec<Spec<'_>>) -> Rig {
 /// [`rig_of`], on a backend that redelivers (`true`, the acker sees each verdict) or not (the
 /// hub keeps retries and dead letters; the acker sees the final verdict).
 fn rig_with(consumers: Vec<Spec<'_>>, redelivers: bool) -> Rig {
+    rig_with_ceiling(consumers, redelivers, None)
+}
+
+/// [`rig_with`], with `max_queued_bytes` set when given.
+fn rig_with_ceiling(
+    consumers: Vec<Spec<'_>>,
+    redelivers: bool,
+    max_queued_bytes: Option<usize>,
+) -> Rig {
     let registry = Registry::new();
     let mut b = Dispatcher::builder(registry.clone());
+    if let Some(limit) = max_queued_bytes {
+        b.max_queued_bytes(limit);
+    }
     let backend = b.backend("mem");
     b.backend_redelivers(backend, redelivers);
     let mem: Arc<dyn hub_core::Backend> = Arc::new(MemoryBackend::new());

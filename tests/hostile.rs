@@ -1,0 +1,259 @@
+//! Hostile input against the `hub` binary, with its resident memory measured: a 200 MB ZeroMQ
+//! frame from a libzmq (pyzmq) publisher is refused unread; a publisher at full speed into a
+//! stuck consumer leaves the hub under its `max_queued_bytes` ceiling plus the documented
+//! overhead.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::*;
+
+fn python() -> Option<PathBuf> {
+    let path = std::env::var_os("HUB_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../target/pyzmq-venv/bin/python"
+            ))
+        });
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "no Python with pyzmq at {}: scripts/test creates it",
+        path.display()
+    );
+    eprintln!("skipped: no Python with pyzmq (run scripts/test to create it)");
+    None
+}
+
+/// Peak resident memory of a process, in MiB (`VmHWM`).
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
+/// Metrics page of the hub on `port`.
+fn metrics(port: u16) -> String {
+    http_get(port, "/metrics")
+        .map(|(_, b)| b)
+        .unwrap_or_default()
+}
+
+fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A pyzmq PUB bound on `endpoint` running `body` (Python; `sock` and `send(topic, msg)` given).
+fn publisher(py: &PathBuf, endpoint: &str, body: &str) -> Proc {
+    let script = format!(
+        r#"
+import json, sys, time, uuid, select
+import zmq
+ctx = zmq.Context()
+sock = ctx.socket(zmq.PUB)
+sock.setsockopt(zmq.SNDHWM, 1000)
+sock.setsockopt(zmq.LINGER, 0)
+sock.bind({endpoint:?})
+i = 0
+def send(topic, msg):
+    global i
+    i += 1
+    env = {{"topic": topic, "msg": msg, "msg_id": str(uuid.uuid4()), "timestamp": int(time.time()), "i": i, "username": "t"}}
+    sock.send_multipart([topic.encode(), json.dumps(env).encode()])
+def stdin_line():
+    return select.select([sys.stdin], [], [], 0)[0] and sys.stdin.readline()
+{body}
+"#
+    );
+    spawn(
+        Command::new(py)
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null()),
+    )
+}
+
+fn start_hub(dir: &std::path::Path, config: &str) -> (Proc, u16) {
+    let port = free_port();
+    let cfg = write_config(
+        dir,
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n{config}"),
+    );
+    let mut child = spawn(
+        hub(&["run", "--config", cfg.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    wait_ready(port, &mut child);
+    (child, port)
+}
+
+#[test]
+fn a_200_mb_zeromq_frame_is_refused_unread_and_memory_stays_flat() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ep = format!("tcp://127.0.0.1:{}", free_port());
+    // Small messages until told, then one of 200 MB, then small ones again until killed.
+    let mut publisher = publisher(
+        &py,
+        &ep,
+        r#"
+while not stdin_line():
+    send("warm.up", {})
+    time.sleep(0.01)
+sock.send_multipart([b"huge.one", b"x" * (200 * 1024 * 1024)])
+while True:
+    send("after.it", {})
+    time.sleep(0.01)
+"#,
+    );
+    let (hub, port) = start_hub(
+        dir.path(),
+        &format!(
+            r##"
+[backends.z]
+type = "zeromq"
+subscribe = ["{ep}"]
+max_message_bytes = 1048576
+
+[consumers.all]
+type = "echo"
+topics = ["#"]
+when_full = "drop_oldest"
+"##
+        ),
+    );
+    let received = |topic_count: &str| {
+        sample(
+            &metrics(port),
+            &format!(r#"hub_consumer_received_messages_total{{consumer="{topic_count}"}}"#),
+        )
+        .unwrap_or(0.0)
+    };
+    wait_until("warm-up messages", Duration::from_secs(20), || {
+        received("all") > 0.0
+    });
+    let before = peak_rss_mib(hub.id());
+    writeln!(publisher.stdin.as_mut().unwrap()).unwrap();
+    wait_until("the frame refused", Duration::from_secs(30), || {
+        sample(
+            &metrics(port),
+            r#"hub_backend_oversized_messages_total{backend="z"}"#,
+        ) == Some(1.0)
+    });
+    let at_refusal = received("all");
+    wait_until(
+        "messages again after the reconnect",
+        Duration::from_secs(30),
+        || received("all") > at_refusal + 5.0,
+    );
+    let peak = peak_rss_mib(hub.id());
+    eprintln!("hub peak RSS: {before:.1} MiB before the 200 MB frame, {peak:.1} MiB after");
+    assert!(
+        peak < before + 32.0,
+        "the hub's peak RSS went from {before:.1} to {peak:.1} MiB"
+    );
+    let text = metrics(port);
+    assert_eq!(
+        sample(&text, r#"hub_backend_invalid_messages_total{backend="z"}"#),
+        Some(1.0)
+    );
+    drop(publisher);
+    let mut hub = hub;
+    signal(&hub, "-TERM");
+    assert!(wait_exit(&mut hub, Duration::from_secs(15)).success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(hub.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("max_message_bytes"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_publisher_at_full_speed_into_a_stuck_consumer_stays_under_the_byte_ceiling() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ep = format!("tcp://127.0.0.1:{}", free_port());
+    // 10 KB bodies as fast as libzmq sends them, until killed.
+    let _publisher = publisher(
+        &py,
+        &ep,
+        r#"
+pad = "x" * 10000
+while True:
+    send("load.n", {"pad": pad})
+"#,
+    );
+    const CEILING_MIB: f64 = 40.0;
+    let (hub, port) = start_hub(
+        dir.path(),
+        &format!(
+            r##"
+[hub]
+max_queued_bytes = {}
+
+[backends.z]
+type = "zeromq"
+subscribe = ["{ep}"]
+
+[consumers.stuck]
+type = "delay"
+topics = ["#"]
+queue_capacity = 10000000
+when_full = "drop_oldest"
+[consumers.stuck.settings]
+delay = "1h"
+"##,
+            (CEILING_MIB * 1024.0 * 1024.0) as u64
+        ),
+    );
+    let baseline = peak_rss_mib(hub.id());
+    // Without the ceiling, 10 million places of 10 KB: the hub would grow without bound.
+    wait_until(
+        "the ceiling reached and messages dropped",
+        Duration::from_secs(60),
+        || {
+            sample(
+                &metrics(port),
+                r#"hub_consumer_dropped_messages_total{consumer="stuck",reason="queue_full"}"#,
+            )
+            .unwrap_or(0.0)
+                > 20_000.0
+        },
+    );
+    let text = metrics(port);
+    let queued = sample(&text, "hub_dispatcher_queued_bytes").unwrap();
+    let received = sample(
+        &text,
+        r#"hub_consumer_received_messages_total{consumer="stuck"}"#,
+    )
+    .unwrap();
+    let peak = peak_rss_mib(hub.id());
+    eprintln!(
+        "received {received}, queued {:.1} MiB, peak RSS {peak:.1} MiB (baseline {baseline:.1}, ceiling {CEILING_MIB})",
+        queued / 1048576.0
+    );
+    assert!(queued <= CEILING_MIB * 1048576.0, "{queued}");
+    // The documented overhead: the process itself, a read buffer, one message per consumer
+    // and what the allocator keeps.
+    assert!(
+        peak < baseline + CEILING_MIB + 48.0,
+        "peak RSS {peak:.1} MiB, baseline {baseline:.1} MiB, ceiling {CEILING_MIB} MiB"
+    );
+}
