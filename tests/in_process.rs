@@ -382,6 +382,38 @@ settings = {{ delay = "1ms" }}
         out.status.success() && said.trim().is_empty(),
         "promtool: {said}\n{text}"
     );
+    // The rate limit end to end: over a second, the throttled consumer's waiting time grows and
+    // it takes at most its 20 a second (plus the burst of 1), while `on_mem`, on the same
+    // stream (100 a second), is not slowed: its queue stays empty and it takes them all.
+    let read = |text: &str, series: &str, c: &str| {
+        sample(text, &format!(r#"{series}{{consumer="{c}"}}"#)).unwrap_or(f64::NAN)
+    };
+    let before = hub.metrics().await;
+    let t0 = Instant::now();
+    sleep(Duration::from_millis(1500)).await;
+    let after = hub.metrics().await;
+    let secs = t0.elapsed().as_secs_f64();
+    let grew = |series: &str, c: &str| read(&after, series, c) - read(&before, series, c);
+    let throttled = grew("hub_consumer_throttled_seconds_total", "throttled");
+    let free = grew("hub_consumer_received_messages_total", "on_mem");
+    assert!(throttled > 0.5, "throttled time grew by {throttled}s");
+    assert!(
+        read(&after, "hub_consumer_backlog_messages", "throttled") > 0.0,
+        "the throttled consumer's messages wait in its queue"
+    );
+    let done = sample(
+        &after,
+        r#"hub_consumer_processed_messages_total{consumer="throttled",outcome="ok"}"#,
+    )
+    .unwrap_or(f64::NAN)
+        - sample(
+            &before,
+            r#"hub_consumer_processed_messages_total{consumer="throttled",outcome="ok"}"#,
+        )
+        .unwrap_or(f64::NAN);
+    assert!(done <= 20.0 * secs + 2.0, "{done} in {secs:.2}s at 20/s");
+    assert!(free >= 60.0 * secs, "on_mem took {free} in {secs:.2}s");
+    assert_eq!(read(&after, "hub_consumer_backlog_messages", "on_mem"), 0.0);
     hub.stop().await;
 }
 

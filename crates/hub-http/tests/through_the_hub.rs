@@ -125,3 +125,60 @@ async fn service_answers_drive_retries_retry_after_and_dead_letters() {
     );
     hub.shutdown().await;
 }
+
+/// `concurrency = N` through the hub's dispatcher: N requests are in flight at once (the
+/// server holds each until all N are there), never more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_n_in_the_hub_means_n_requests_in_flight() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    /// The barrier, and (in flight now, most in flight at once).
+    type Shared = (Arc<tokio::sync::Barrier>, Arc<(AtomicUsize, AtomicUsize)>);
+    const N: usize = 6;
+    let barrier = Arc::new(tokio::sync::Barrier::new(N));
+    let counts = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(|State((barrier, counts)): State<Shared>| async move {
+                let now = counts.0.fetch_add(1, Ordering::SeqCst) + 1;
+                counts.1.fetch_max(now, Ordering::SeqCst);
+                let all_here = tokio::time::timeout(Duration::from_secs(5), barrier.wait())
+                    .await
+                    .is_ok();
+                counts.0.fetch_sub(1, Ordering::SeqCst);
+                if all_here {
+                    StatusCode::OK
+                } else {
+                    StatusCode::NOT_FOUND
+                }
+            }),
+        )
+        .with_state((barrier, Arc::clone(&counts)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let consumer = build_consumer::<HttpConfig>(
+        &format!("url = \"http://{addr}/hook\""),
+        &Default::default(),
+    )
+    .unwrap();
+    let options = ConsumerOptions {
+        concurrency: N,
+        ..ConsumerOptions::default()
+    };
+    let hub = TestHub::builder()
+        .consumer_with("hook", &["t.#"], options, consumer)
+        .start()
+        .await;
+    // Twice N messages at once: two rounds of exactly N in flight.
+    let sends = (0..2 * N).map(|i| hub.send("t.hook", json!({ "i": i })));
+    let verdicts = tokio::time::timeout(
+        Duration::from_secs(15),
+        futures_util::future::join_all(sends),
+    )
+    .await
+    .unwrap();
+    assert!(verdicts.iter().all(|v| *v == Verdict::Ack), "{verdicts:?}");
+    assert_eq!(counts.1.load(Ordering::SeqCst), N);
+    hub.shutdown().await;
+}

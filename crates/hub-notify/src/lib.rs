@@ -86,8 +86,9 @@ pub struct NotifyConfig {
     #[serde(default)]
     pub template: Option<String>,
     /// A call with more messages than this sends one digest line per topic instead of one
-    /// line per message; the consumer takes a burst at once only when more than this are
-    /// queued. Default 5; at least 1.
+    /// line per message, at most this many lines (the last counting the remaining topics);
+    /// the consumer takes a burst at once only when more than this are queued. Default 5; at
+    /// least 1.
     #[serde(default = "default_digest_after")]
     pub digest_after: usize,
     /// The longest line: IRC in bytes (default 400), webhook in characters (default 4000).
@@ -481,9 +482,17 @@ impl Notifier {
     }
 
     /// A burst: one line per topic, in order of first appearance (a topic with one message
-    /// gets that message's own line). Every message gets the outcome of the send.
+    /// gets that message's own line), at most `digest_after` lines: past that, the last line
+    /// counts the rest ("and 40 more on 12 other topics"), so a burst over many topics is
+    /// never a flood. Every message gets the outcome of the send.
     async fn digest(&self, batch: &[Message]) -> Vec<Result<(), ConsumeError>> {
-        let lines: Vec<String> = by_topic(batch)
+        let runs = by_topic(batch);
+        let shown = if runs.len() > self.digest_after {
+            self.digest_after.saturating_sub(1)
+        } else {
+            runs.len()
+        };
+        let mut lines: Vec<String> = runs[..shown]
             .iter()
             .map(|run| {
                 if run.count == 1
@@ -495,6 +504,15 @@ impl Notifier {
             })
             .filter(|l| !l.is_empty())
             .collect();
+        if let Some(rest) = runs.get(shown..).filter(|r| !r.is_empty()) {
+            let messages: usize = rest.iter().map(|r| r.count).sum();
+            let more = if shown == 0 { "" } else { "more " };
+            let other = if shown == 0 { "" } else { "other " };
+            lines.push(self.fit(&format!(
+                "and {messages} {more}on {} {other}topics",
+                rest.len()
+            )));
+        }
         match self.send(&lines).await {
             Ok(()) => batch.iter().map(|_| Ok(())).collect(),
             Err(e) => {

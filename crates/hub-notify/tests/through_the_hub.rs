@@ -2,9 +2,8 @@
 //! settings: `batch_size = 500` and a rate limit of 10 lines a second. Messages arriving
 //! slowly become one line each, paced by the rate limit; a burst becomes a few digest lines.
 //!
-//! The engine is built here directly rather than with `hub_testkit::TestHub`: the test kit's
-//! recording wrapper forwards `consume` only, not `consume_batch` and `batch_take`, so the
-//! notifier's digests would not be reached through it.
+//! The engine is built here directly (not with `hub_testkit::TestHub`) to set the rate limit
+//! and batch options exactly as a configuration file would.
 
 #![allow(clippy::unwrap_used)]
 

@@ -194,3 +194,27 @@ async fn the_url_may_come_from_a_file_or_the_environment_and_is_never_shown() {
         format!("url: environment variable {var} is not set")
     );
 }
+
+/// A burst over more topics than `digest_after` says at most `digest_after` lines: the first
+/// topics one line each, then one line counting the rest.
+#[tokio::test]
+async fn a_burst_over_many_topics_is_at_most_digest_after_lines() {
+    let (addr, log) = server().await;
+    let n = notifier(json!({"url": format!("http://{addr}/ok"), "digest_after": 3}));
+    let cx = context();
+    n.start(&cx).await.unwrap();
+    // 12 topics, 5 messages each.
+    let batch: Vec<Message> = (0..60)
+        .map(|i| Message::new(format!("org.example.t{}", i % 12), json!({ "i": i })))
+        .collect();
+    let verdicts = n.consume_batch(&cx, &batch).await;
+    assert!(verdicts.iter().all(Result::is_ok));
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.len(), 1, "one request for the call");
+    let text = log[0].2["text"].as_str().unwrap().to_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].starts_with("5 more on org.example.t0 "), "{text}");
+    assert!(lines[1].starts_with("5 more on org.example.t1 "), "{text}");
+    assert_eq!(lines[2], "and 50 more on 10 other topics");
+}

@@ -129,18 +129,14 @@ async fn each_message_of_a_batch_gets_its_own_verdict() {
     let c = Arc::new(Batcher::default());
     let r = rig1(batch_opts(5, 200), Arc::clone(&c), true);
     let mut verdicts = Vec::new();
-    for (i, body) in [
+    for body in [
         json!({"i": 0}),
         json!({"i": 1, "do": "invalid"}),
         json!({"i": 2, "do": "fail"}),
         json!({"i": 3}),
         json!({"i": 4}),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    ] {
         let (a, rx) = acker();
-        let _ = i;
         r.intake
             .deliver(Delivery::with_acker(Message::new("t", body), a))
             .await
