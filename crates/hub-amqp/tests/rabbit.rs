@@ -66,6 +66,23 @@ async fn routes_by_pattern_into_per_consumer_queues_and_transient_queues_go_away
     );
 }
 
+/// Publishes `(message id, body)` pairs straight to `amq.topic` on `topic`, each confirmed.
+async fn publish_raw(ch: &lapin::Channel, topic: &str, messages: &[(&str, &[u8])]) {
+    for (id, body) in messages {
+        ch.basic_publish(
+            "amq.topic".into(),
+            topic.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default().with_message_id((*id).into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+}
+
 /// A body over `max_message_bytes` is counted as oversized, never handed to the consumer,
 /// and dead-lettered once (not redelivered) with its size in the reason; the next message flows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,19 +107,12 @@ async fn a_body_over_max_message_bytes_is_dead_lettered_with_its_size() {
     let conn = raw().await;
     let ch = conn.create_channel().await.unwrap();
     let huge = format!("{{\"pad\": \"{}\"}}", "x".repeat(1 << 20));
-    for (id, body) in [("huge", huge.as_bytes()), ("small", &br#"{"ok": 1}"#[..])] {
-        ch.basic_publish(
-            "amq.topic".into(),
-            topic.as_str().into(),
-            BasicPublishOptions::default(),
-            body,
-            BasicProperties::default().with_message_id(id.into()),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    }
+    publish_raw(
+        &ch,
+        &topic,
+        &[("huge", huge.as_bytes()), ("small", br#"{"ok": 1}"#)],
+    )
+    .await;
     eventually("the small message consumed", || {
         probe.calls.load(Ordering::SeqCst) == 1
     })
@@ -177,19 +187,12 @@ async fn failures_are_retried_then_dead_lettered_with_the_reason_and_malformed_b
     // published straight to the exchange.
     let conn = raw().await;
     let ch = conn.create_channel().await.unwrap();
-    for (id, body) in [("bad-1", &b"<not json>"[..]), ("bad-2", br#"{"n": 1e400}"#)] {
-        ch.basic_publish(
-            "amq.topic".into(),
-            topic.as_str().into(),
-            BasicPublishOptions::default(),
-            body,
-            BasicProperties::default().with_message_id(id.into()),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    }
+    publish_raw(
+        &ch,
+        &topic,
+        &[("bad-1", b"<not json>"), ("bad-2", br#"{"n": 1e400}"#)],
+    )
+    .await;
     let dlq = format!("{hub}.dead-letters");
     let mut dead = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(15);
