@@ -177,7 +177,7 @@ impl Drop for Blocked<'_> {
         // there is room.
         let mut st = self.queue.lock();
         st.unblock();
-        let pass_on = st.blocked > st.woken && self.queue.room(&st, 0);
+        let pass_on = st.blocked > st.woken && self.queue.room(&st, 0, 0);
         st.woken += usize::from(pass_on);
         drop(st);
         if pass_on {
@@ -222,17 +222,18 @@ impl Queue {
 
     /// Room for a message of `size` bytes: a place under `queue_capacity` and, unless the
     /// queue is empty (a message larger than the byte limits must still get through, one at a
-    /// time), its bytes under `queue_max_bytes` and the hub-wide `max_queued_bytes`.
+    /// time), its bytes under `queue_max_bytes` and the hub-wide `max_queued_bytes`, counting
+    /// `pending` bytes queued but not yet added to the budget.
     #[inline]
-    fn room(&self, st: &State, size: usize) -> bool {
+    fn room(&self, st: &State, size: usize, pending: usize) -> bool {
         st.items.len() + st.delayed < self.capacity
             && (st.items.is_empty()
-                || (st.bytes + size <= self.max_bytes && self.budget.fits(size)))
+                || (st.bytes + size <= self.max_bytes && self.budget.fits(pending + size)))
     }
 
-    /// `item` joins the queue's bytes (the caller adds to the budget).
-    fn enter(st: &mut State, item: Queued) {
-        st.bytes += item.message.byte_size();
+    /// `item`, of `size` bytes, joins the queue (the caller adds to the budget).
+    fn enter(st: &mut State, item: Queued, size: usize) {
+        st.bytes += size;
         st.items.push_back(item);
     }
 
@@ -247,10 +248,10 @@ impl Queue {
         let size = item.message.byte_size();
         let mut st = self.lock();
         // The common case first, with no detour (the hot path of every single delivery).
-        if !st.closed && self.room(&st, size) {
+        if !st.closed && self.room(&st, size, 0) {
             st.received += 1;
             let was_empty = st.items.is_empty();
-            Self::enter(&mut st, item);
+            Self::enter(&mut st, item, size);
             let filled = st.items.len() == self.want;
             drop(st);
             self.budget.add(size);
@@ -275,9 +276,9 @@ impl Queue {
             return TryPush::Done(Offer::Closed(Box::new(item)));
         }
         let size = item.message.byte_size();
-        if self.room(st, size) {
+        if self.room(st, size, 0) {
             st.received += 1;
-            Self::enter(st, item);
+            Self::enter(st, item, size);
             self.budget.add(size);
             return TryPush::Done(Offer::Accepted);
         }
@@ -295,7 +296,7 @@ impl Queue {
                     Some(old) => {
                         let old_size = old.message.byte_size();
                         st.bytes -= old_size;
-                        Self::enter(st, item);
+                        Self::enter(st, item, size);
                         self.budget.add(size);
                         self.budget.sub(old_size);
                         TryPush::Done(Offer::Dropped(Box::new(old)))
@@ -321,13 +322,9 @@ impl Queue {
         while let Some(item) = items.pop_front() {
             // The common case first, with no detour.
             let size = item.message.byte_size();
-            if !st.closed
-                && st.items.len() + st.delayed < self.capacity
-                && (st.items.is_empty()
-                    || (st.bytes + size <= self.max_bytes && self.budget.fits(added + size)))
-            {
+            if !st.closed && self.room(&st, size, added) {
                 st.received += 1;
-                Self::enter(&mut st, item);
+                Self::enter(&mut st, item, size);
                 added += size;
                 continue;
             }
@@ -484,7 +481,7 @@ impl Queue {
         }
         let was_empty = st.items.is_empty();
         let size = item.message.byte_size();
-        Self::enter(&mut st, item);
+        Self::enter(&mut st, item, size);
         let filled = st.items.len() == self.want;
         drop(st);
         self.budget.add(size);
