@@ -14,6 +14,7 @@ use hub_core::{
     BackendConfig, ConsumeError, Consumer, ConsumerOptions, Context, Message, Pattern, async_trait,
 };
 use hub_engine::{ConsumerSpec, EngineBuilder};
+use hub_testkit::TcpProxy;
 use serde_json::json;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -328,51 +329,6 @@ fn a_failed_tls_handshake_is_reported_at_once() {
     });
 }
 
-/// A TCP proxy to the broker that can be cut (listener and every connection gone: the port
-/// refuses) and brought back on the same port.
-struct Proxy {
-    port: u16,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Proxy {
-    async fn start() -> Self {
-        let mut p = Self {
-            port: 0,
-            task: None,
-        };
-        p.up().await;
-        p
-    }
-
-    async fn up(&mut self) {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
-            .await
-            .unwrap();
-        self.port = listener.local_addr().unwrap().port();
-        let upstream = broker();
-        self.task = Some(tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            while let Ok((mut down, _)) = listener.accept().await {
-                let upstream = upstream.clone();
-                conns.spawn(async move {
-                    if let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                    }
-                });
-            }
-        }));
-    }
-
-    /// Aborting the task drops the listener and (with its `JoinSet`) every connection.
-    async fn cut(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-            let _ = t.await;
-        }
-    }
-}
-
 #[derive(Default)]
 struct Seen(Mutex<Vec<Message>>);
 
@@ -397,9 +353,9 @@ fn recovery_reconnects_and_a_shutdown_during_recovery_is_clean() {
     let watch = Watch::start();
     let rt = Watch::runtime();
     rt.block_on(async {
-        let mut proxy = Proxy::start().await;
+        let mut proxy = TcpProxy::start(broker()).await;
         // A name, so lapin's reconnects resolve it (on lapin's thread) and try each address.
-        let url = format!("amqp://guest:guest@localhost:{}/%2f", proxy.port);
+        let url = format!("amqp://guest:guest@localhost:{}/%2f", proxy.port());
         let u = uuid::Uuid::new_v4().simple().to_string();
         let topic = format!("t{}.recovery", &u[..8]);
         let seen = Arc::new(Seen::default());

@@ -125,6 +125,11 @@ impl Resolved {
     }
 }
 
+/// `"schema"."name"` of a resolved table, for `to_regclass`.
+fn table_sql(at: &Resolved) -> String {
+    format!("\"{}\".\"{}\"", at.schema, at.name)
+}
+
 /// The schema an unqualified table would be created in or found in.
 async fn resolve(client: &impl GenericClient, table: &TableName) -> Result<Resolved, String> {
     if let Some(schema) = &table.schema {
@@ -159,8 +164,10 @@ async fn resolve(client: &impl GenericClient, table: &TableName) -> Result<Resol
 }
 
 /// Creates the table and its indexes if absent, as migration version 1, recorded in
-/// `<schema>.hub_schema_migrations`: in one transaction, under an advisory lock. Returns the
-/// versions applied now (empty when the table was up to date).
+/// `<schema>.hub_schema_migrations`: in one transaction, under an advisory lock, which also
+/// [`check`]s the table before it commits (a table someone else made that does not fit records
+/// nothing). A table recorded once and dropped since is created again. Returns the versions
+/// applied now (empty when the table was up to date).
 ///
 /// # Errors
 /// What the database said, in words.
@@ -213,7 +220,22 @@ pub async fn migrate(
         )
         .await
         .map_err(fail)?;
-    let current: i32 = row.get(0);
+    let mut current: i32 = row.get(0);
+    let exists: bool = tx
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table_sql(&at)])
+        .await
+        .map_err(fail)?
+        .get(0);
+    if current > 0 && !exists {
+        // Recorded, then dropped by hand: the record is stale; create it again from version 1.
+        tx.execute(
+            &format!("DELETE FROM {migrations} WHERE table_name = $1"),
+            &[&qualified],
+        )
+        .await
+        .map_err(fail)?;
+        current = 0;
+    }
     let target = TableName {
         schema: Some(at.schema.clone()),
         name: at.name.clone(),
@@ -231,6 +253,9 @@ pub async fn migrate(
         .map_err(fail)?;
         applied.push(version);
     }
+    // A table that was there before (made by someone else) and does not fit: nothing is
+    // recorded (the transaction is rolled back when `tx` drops).
+    check(&tx, table).await?;
     tx.commit().await.map_err(fail)?;
     Ok(applied)
 }
@@ -300,7 +325,7 @@ pub async fn check(client: &impl GenericClient, table: &TableName) -> Result<(),
                      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
                     WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indnkeyatts = 1
                       AND i.indpred IS NULL AND a.attname = 'id')",
-                &[&format!("\"{}\".\"{}\"", at.schema, at.name)],
+                &[&table_sql(&at)],
             )
             .await
             .map_err(|e| format!("table {table}: {}", describe_pg_error(&e)))?;

@@ -72,6 +72,18 @@ pub struct PostgresStore {
     insert_many: String,
     /// One row (the row-by-row redo, and a batch of one).
     insert_one: String,
+    /// Set once the table was migrated (with `create_schema`), checked and the statements
+    /// prepared: at start, or, when PostgreSQL could not be reached then, before the first batch
+    /// that reaches it.
+    ready: tokio::sync::OnceCell<()>,
+}
+
+/// Why the table could not be set up.
+enum Setup {
+    /// No connection (PostgreSQL down, refused, too slow): try again later.
+    Unreachable(String),
+    /// The table does not fit, or the database refused to create it: a configuration error.
+    Table(String),
 }
 
 impl PostgresStore {
@@ -94,7 +106,42 @@ impl PostgresStore {
             pool_id,
             table,
             create_schema,
+            ready: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// Migrates (with `create_schema`) and checks the table, and prepares the statements.
+    /// `who` starts the error messages (`consumer ID` at start).
+    async fn set_up(&self, who: &str) -> Result<(), Setup> {
+        let mut client = self.pool.get().await.map_err(|e| {
+            Setup::Unreachable(format!(
+                "{who}: cannot reach PostgreSQL: {}",
+                self.pool_error(&e)
+            ))
+        })?;
+        if self.create_schema {
+            let applied = schema::migrate(&mut client, &self.table)
+                .await
+                .map_err(Setup::Table)?;
+            for version in applied {
+                tracing::info!(
+                    store = who,
+                    table = %self.table,
+                    version,
+                    "store schema migrated"
+                );
+            }
+        } else {
+            schema::check(&client, &self.table)
+                .await
+                .map_err(Setup::Table)?;
+        }
+        for sql in [&self.insert_many, &self.insert_one] {
+            client.prepare_cached(sql).await.map_err(|e| {
+                Setup::Table(format!("table {}: {}", self.table, describe_pg_error(&e)))
+            })?;
+        }
+        Ok(())
     }
 
     /// Stores `batch` and gives one result per message, in order: all `Ok` once the
@@ -103,6 +150,18 @@ impl PostgresStore {
     pub async fn store(&self, batch: &[Message]) -> Vec<Result<(), ConsumeError>> {
         if batch.is_empty() {
             return Vec::new();
+        }
+        if self.ready.get().is_none() {
+            // PostgreSQL was down at start: set the table up now, once, before storing.
+            let set_up = self.ready.get_or_try_init(|| async {
+                self.set_up(&format!("postgres store {}", self.table)).await
+            });
+            if let Err(Setup::Unreachable(why) | Setup::Table(why)) = set_up.await {
+                return batch
+                    .iter()
+                    .map(|_| Err(ConsumeError::transient(why.clone())))
+                    .collect();
+            }
         }
         match self.try_store(batch).await {
             Ok(rows) => rows
@@ -337,32 +396,24 @@ pub(crate) fn describe_pg_error(e: &tokio_postgres::Error) -> String {
 #[async_trait]
 impl Consumer for PostgresStore {
     async fn start(&self, cx: &Context) -> Result<(), BoxError> {
-        let mut client = self.pool.get().await.map_err(|e| {
-            format!(
-                "consumer {}: cannot reach PostgreSQL: {}",
-                cx.name(),
-                self.pool_error(&e)
-            )
-        })?;
-        if self.create_schema {
-            let applied = schema::migrate(&mut client, &self.table).await?;
-            for version in applied {
-                tracing::info!(
+        match self.set_up(&format!("consumer {}", cx.name())).await {
+            Ok(()) => {
+                let _ = self.ready.set(());
+                Ok(())
+            }
+            Err(Setup::Unreachable(why)) => {
+                // Not a reason to stay down: messages wait in the queue (its backlog shows) and
+                // each batch tries again, with the consumer's retries, until PostgreSQL answers.
+                tracing::warn!(
                     consumer = cx.name(),
                     table = %self.table,
-                    version,
-                    "store schema migrated"
+                    error = %why,
+                    "PostgreSQL unreachable at start; the table is checked when it answers"
                 );
+                Ok(())
             }
+            Err(Setup::Table(why)) => Err(why.into()),
         }
-        schema::check(&client, &self.table).await?;
-        for sql in [&self.insert_many, &self.insert_one] {
-            client
-                .prepare_cached(sql)
-                .await
-                .map_err(|e| format!("table {}: {}", self.table, describe_pg_error(&e)))?;
-        }
-        Ok(())
     }
 
     async fn consume(&self, _cx: &Context, msg: &Message) -> Result<(), ConsumeError> {

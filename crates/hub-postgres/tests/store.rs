@@ -312,6 +312,31 @@ async fn a_table_that_does_not_fit_is_a_start_error_naming_table_and_column() {
             err.contains("column `body` is text, expected jsonb"),
             "{err}"
         );
+        // ... and records no migration for a table it did not make.
+        let recorded: i64 = client
+            .query_one(
+                &format!("SELECT count(*) FROM {schema}.hub_schema_migrations"),
+                &[],
+            )
+            .await
+            .map_or(0, |r| r.get(0));
+        assert_eq!(
+            recorded, 0,
+            "a migration recorded for a table that does not fit"
+        );
+
+        // A table the store made, dropped by hand since: made again at the next start.
+        let made = make_store(
+            &pool,
+            &format!("pool = \"main\"\ntable = \"{schema}.made\"\ncreate_schema = true"),
+        );
+        made.start(&cx).await.unwrap();
+        client
+            .batch_execute(&format!("DROP TABLE {schema}.made"))
+            .await
+            .unwrap();
+        made.start(&cx).await.unwrap();
+        assert_eq!(count(&client, &format!("{schema}.made")).await, 0);
 
         client
             .batch_execute(&format!(
@@ -620,6 +645,143 @@ async fn a_thousand_messages_through_the_hub_in_batches() {
             (10..=500).contains(&batches),
             "{batches} batches for 1 000 rows"
         );
+    })
+    .await;
+}
+
+/// Through the hub, PostgreSQL behind a proxy: down when the hub starts (the hub starts anyway,
+/// messages wait, nothing is acknowledged), up (the table is created and everything stored),
+/// then cut in the middle of a stream and brought back: every message stored exactly once,
+/// each acknowledged only once its row is there, with no help from outside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_at_start_then_cut_mid_stream_loses_nothing_and_resumes_by_itself() {
+    with_schema(|schema, app| async move {
+        let mut proxy = hub_testkit::TcpProxy::start("127.0.0.1:5432").await;
+        proxy.cut().await;
+        let pool = PgPoolConfig::new(format!(
+            "host=127.0.0.1 port={} user=postgres dbname=test application_name={app}",
+            proxy.port()
+        ))
+        .max_size(2)
+        .connect_timeout(Duration::from_secs(1))
+        .build("main")
+        .unwrap();
+        let table = format!("{schema}.messages");
+        let consumer = make_store(
+            &pool,
+            &format!("pool = \"main\"\ntable = \"{table}\"\ncreate_schema = true"),
+        );
+        let options = hub_core::ConsumerOptions {
+            batch_size: 50,
+            batch_delay: Duration::from_millis(20),
+            retry: Some(hub_core::RetryPolicy {
+                max_attempts: 10_000,
+                delay: Duration::from_millis(50),
+                max_delay: Duration::from_millis(200),
+                ..hub_core::RetryPolicy::default()
+            }),
+            ..hub_core::ConsumerOptions::default()
+        };
+        // Starts although PostgreSQL cannot be reached.
+        let hub = hub_testkit::TestHub::builder()
+            .consumer_with("store", &["org.#"], options, consumer)
+            .start()
+            .await;
+        let metric = |name: &str| {
+            hub.metric(&format!("{name}{{consumer=\"store\"}}"))
+                .unwrap_or(0.0)
+        };
+        let within = Duration::from_secs(60);
+        let send_all = |batch: Vec<Message>| {
+            futures_util::future::join_all(
+                batch
+                    .into_iter()
+                    .map(|m| hub.send_message_within(m, within)),
+            )
+        };
+        let client = admin().await;
+
+        // 1. Down at start: nothing acknowledged while it stays down; the backlog shows.
+        let first = messages("down", 300);
+        let (verdicts, ()) = tokio::join!(send_all(first.clone()), async {
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            let waiting = metric("hub_consumer_backlog_messages")
+                + metric("hub_consumer_retry_waiting_messages")
+                + metric("hub_consumer_in_flight_messages");
+            assert_eq!(waiting, 300.0, "every message waits, none lost or acked");
+            assert!(metric("hub_consumer_retries_total") > 0.0);
+            let exists: bool = client
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+                .await
+                .unwrap()
+                .get(0);
+            assert!(!exists, "no table while PostgreSQL is unreachable");
+            proxy.up().await;
+        });
+        assert!(verdicts.iter().all(|v| *v == hub_core::Verdict::Ack));
+        assert_eq!(count(&client, &table).await, 300);
+
+        // 2. Cut mid-stream, for a second, then back.
+        let second = messages("cut", 3_000);
+        let acked_before_up = AtomicUsize::new(0);
+        let stored_at_cut = AtomicUsize::new(0);
+        let sends = async {
+            futures_util::future::join_all(second.iter().map(|m| async {
+                let v = hub.send_message_within(m.clone(), within).await;
+                acked_before_up.fetch_add(1, Ordering::SeqCst);
+                v
+            }))
+            .await
+        };
+        let (verdicts, ()) = tokio::join!(sends, async {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let n = count(&client, &table).await;
+                if n >= 600 {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "stuck at {n} rows");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            proxy.cut().await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let acked = acked_before_up.load(Ordering::SeqCst);
+            let rows = count(&client, &table).await;
+            stored_at_cut.store(usize::try_from(rows).unwrap(), Ordering::SeqCst);
+            // Acknowledged means stored (the first 300 and this stream's).
+            assert!(
+                acked + 300 <= usize::try_from(rows).unwrap(),
+                "{acked} acknowledged, {rows} rows: acknowledged before stored"
+            );
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let rows_down = count(&client, &table).await;
+            assert_eq!(rows, rows_down, "nothing stored while cut");
+            proxy.up().await;
+        });
+        assert!(verdicts.iter().all(|v| *v == hub_core::Verdict::Ack));
+        let stored = stored_at_cut.load(Ordering::SeqCst);
+        assert!(
+            stored < 3_300,
+            "the cut came after the stream was stored ({stored} rows): no outage was tested"
+        );
+        hub.shutdown().await;
+        assert_eq!(
+            count(&client, &table).await,
+            3_300,
+            "each message exactly once"
+        );
+        let ids: HashSet<String> = client
+            .query(&format!("SELECT id FROM {table}"), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(
+            first.iter().chain(&second).all(|m| ids.contains(m.id())),
+            "every message stored"
+        );
+        eprintln!("cut at {stored} of 3 300 rows; resumed by itself");
     })
     .await;
 }

@@ -35,6 +35,9 @@ use hub_engine::{
 };
 use serde_json::Value;
 
+mod proxy;
+pub use proxy::TcpProxy;
+
 const BACKEND: &str = "memory";
 
 /// What a consumer did with one message.
@@ -437,14 +440,23 @@ impl TestHub {
     /// # Panics
     /// When no verdict comes within 10 s.
     pub async fn send_message(&self, msg: Message) -> Verdict {
+        self.send_message_within(msg, Duration::from_secs(10)).await
+    }
+
+    /// Sends a prepared message and waits up to `within` for its verdict (a test of an outage
+    /// waits longer than [`TestHub::send`]'s 10 s).
+    ///
+    /// # Panics
+    /// When no verdict comes within `within`.
+    pub async fn send_message_within(&self, msg: Message, within: Duration) -> Verdict {
         let rx = self
             .backend
             .send_acked(msg)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        tokio::time::timeout(Duration::from_secs(10), rx)
+        tokio::time::timeout(within, rx)
             .await
-            .unwrap_or_else(|_| panic!("no verdict within 10 s"))
+            .unwrap_or_else(|_| panic!("no verdict within {within:?}"))
             .unwrap_or_else(|e| panic!("{e}"))
     }
 

@@ -1,6 +1,7 @@
 //! Batch consumers (`batch_size` > 1), on tokio's paused clock where time matters.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,6 +20,13 @@ struct Batcher {
     batches: Mutex<Vec<(Vec<u64>, Instant)>>,
     take: Option<usize>,
     panic: bool,
+    /// Each batch takes this long.
+    slow: Option<Duration>,
+    /// Each batch waits for a permit (never given back) before it ends.
+    gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// Batches inside `consume_batch` now, and at most at once.
+    running: AtomicUsize,
+    max_running: AtomicUsize,
 }
 
 #[async_trait]
@@ -38,6 +46,15 @@ impl Consumer for Batcher {
             .collect();
         self.batches.lock().unwrap().push((ids, Instant::now()));
         assert!(!self.panic, "batch consumer bug");
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_running.fetch_max(now, Ordering::SeqCst);
+        if let Some(d) = self.slow {
+            tokio::time::sleep(d).await;
+        }
+        if let Some(gate) = &self.gate {
+            gate.acquire().await.unwrap().forget();
+        }
+        self.running.fetch_sub(1, Ordering::SeqCst);
         batch
             .iter()
             .map(|m| match m.body().get("do").and_then(Value::as_str) {
@@ -240,4 +257,83 @@ async fn order_is_kept_at_concurrency_one_and_batch_take_is_honoured() {
         (state.backlog, state.in_flight, state.completed),
         (0, 0, 2000)
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_past_its_timeout_times_out_every_message_and_the_next_batch_runs() {
+    let c = Arc::new(Batcher {
+        slow: Some(Duration::from_millis(500)),
+        ..Batcher::default()
+    });
+    let mut options = batch_opts(4, 10);
+    options.timeout = Some(Duration::from_millis(100));
+    let r = rig1(options, Arc::clone(&c), true);
+    let t0 = Instant::now();
+    let mut verdicts = Vec::new();
+    for i in 0..8 {
+        let (a, rx) = acker();
+        r.intake
+            .deliver(Delivery::with_acker(m(i), a))
+            .await
+            .unwrap();
+        verdicts.push(rx);
+    }
+    let mut ends = Vec::new();
+    for rx in verdicts {
+        let v = rx.await.unwrap();
+        assert!(
+            matches!(&v, Verdict::Retry { reason, .. } if reason.contains("timed out after 100ms")),
+            "{v:?}"
+        );
+        ends.push(Instant::now().duration_since(t0));
+    }
+    // Two batches of four, one after the other (concurrency 1), each cut at 100 ms: the
+    // timeout applies to the whole call, not per message (4 x 100 ms).
+    let batches = c.batches.lock().unwrap().clone();
+    assert_eq!(
+        batches.iter().map(|b| b.0.clone()).collect::<Vec<_>>(),
+        [vec![0, 1, 2, 3], vec![4, 5, 6, 7]]
+    );
+    assert_eq!(ends[..4], [Duration::from_millis(100); 4]);
+    assert_eq!(ends[4..], [Duration::from_millis(200); 4]);
+    assert_eq!(
+        sample(
+            &r.render(),
+            r#"hub_consumer_processed_messages_total{consumer="batch",outcome="timeout"}"#
+        ),
+        Some(8.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_counts_batches_in_flight() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let c = Arc::new(Batcher {
+        gate: Some(Arc::clone(&gate)),
+        ..Batcher::default()
+    });
+    let mut options = batch_opts(5, 0);
+    options.concurrency = 3;
+    let r = rig1(options, Arc::clone(&c), false);
+    r.intake
+        .deliver_many((0..30).map(|i| Delivery::new(m(i))))
+        .await
+        .unwrap();
+    // Three batches of five are taken and held; the other fifteen stay queued.
+    super::wait_for("three batches in flight", || {
+        c.running.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(c.running.load(Ordering::SeqCst), 3, "no fourth batch");
+    let state = r.dispatcher.states()[0].clone();
+    assert_eq!((state.in_flight, state.backlog), (15, 15));
+    gate.add_permits(30);
+    super::wait_for("all done", || r.dispatcher.states()[0].completed == 30).await;
+    let batches = c.batches.lock().unwrap().clone();
+    assert!(batches.iter().all(|b| b.0.len() == 5), "{batches:?}");
+    let mut all: Vec<u64> = batches.iter().flat_map(|b| b.0.clone()).collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..30).collect::<Vec<_>>(), "each once");
+    assert_eq!(c.max_running.load(Ordering::SeqCst), 3);
 }
