@@ -1177,18 +1177,20 @@ greeting = "hi"
 fn zeromq_retries_dead_letters_and_hub_dead_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (port, inp) = (free_port(), free_port());
-    let (out, seen, dead, fixed) = (
+    let (out, seen, dead, fixed, tries) = (
         dir.path().join("out.txt"),
         dir.path().join("seen.jsonl"),
         dir.path().join("dead/letters.jsonl"),
         dir.path().join("fixed"),
+        dir.path().join("tries.txt"),
     );
-    // Fails (exit 75: retry) until the attempt given in `fail_until`; `always` fails until the
-    // file `fixed` exists; `invalid` is rejected (exit 65).
+    // Notes each attempt and when it began; fails (exit 75: retry) until the attempt given in
+    // `fail_until`; `always` fails until the file `fixed` exists; `invalid` is rejected (exit 65).
     let script = format!(
-        r#"import json, os, sys
+        r#"import json, os, sys, time
 m = json.load(sys.stdin)
 b, a = m["body"], int(os.environ["HUB_ATTEMPT"])
+open({tries:?}, "a").write("%s %d %.4f\n" % (b["name"], a, time.time()))
 if b.get("invalid"): sys.exit(65)
 if a < b.get("fail_until", 0): sys.exit(75)
 if b.get("always") and not os.path.exists({fixed:?}): sys.exit(75)
@@ -1196,6 +1198,7 @@ open({out:?}, "a").write("%s %d\n" % (b["name"], a))
 "#,
         fixed = fixed.to_str().unwrap(),
         out = out.to_str().unwrap(),
+        tries = tries.to_str().unwrap(),
     );
     let script_path = dir.path().join("flaky.py");
     std::fs::write(&script_path, script).unwrap();
@@ -1243,6 +1246,7 @@ settings = {{ path = "{seen}" }}
         r#"{"name": "a", "fail_until": 3}"#,
         r#"{"name": "b", "always": true}"#,
         r#"{"name": "c", "invalid": true}"#,
+        r#"{"name": "d", "always": true}"#,
     ] {
         let sent = hub(&[
             "publish",
@@ -1267,15 +1271,40 @@ settings = {{ path = "{seen}" }}
             .collect::<Vec<_>>()
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while lines(&dead).len() < 2 && Instant::now() < deadline {
+    while lines(&dead).len() < 3 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(lines(&out), ["a 3"], "a succeeded on its third attempt");
     assert_eq!(
         lines(&seen).len(),
-        3,
+        4,
         "the steady consumer saw each message once"
     );
+    // The backoff: 300 ms after the first attempt, doubled after the second (jitter adds at most
+    // 20 %; the upper bounds leave room for a loaded host).
+    let started = |name: &str| -> Vec<f64> {
+        lines(&tries)
+            .iter()
+            .filter_map(|l| {
+                let mut f = l.split(' ');
+                (f.next() == Some(name)).then(|| f.nth(1).unwrap().parse().unwrap())
+            })
+            .collect()
+    };
+    for name in ["a", "b", "d"] {
+        let t = started(name);
+        assert_eq!(t.len(), 3, "{name}: three attempts: {t:?}");
+        let (first, second) = (t[1] - t[0], t[2] - t[1]);
+        assert!(
+            (0.3..2.0).contains(&first),
+            "{name}: first wait {first:.3} s"
+        );
+        assert!(
+            (0.6..3.0).contains(&second),
+            "{name}: second wait {second:.3} s"
+        );
+    }
+    assert_eq!(started("c").len(), 1, "an invalid message is not retried");
     let letters: Vec<serde_json::Value> = lines(&dead)
         .iter()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -1296,21 +1325,21 @@ settings = {{ path = "{seen}" }}
     let text = loop {
         let (_, text) = http_get(port, "/metrics").unwrap();
         let series = r#"hub_consumer_dead_letters_total{consumer="flaky",sink="file"}"#;
-        if sample(&text, series) == Some(2.0) || Instant::now() > deadline {
+        if sample(&text, series) == Some(3.0) || Instant::now() > deadline {
             break text;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(
         sample(&text, r#"hub_consumer_retries_total{consumer="flaky"}"#),
-        Some(4.0)
+        Some(6.0)
     );
     assert_eq!(
         sample(
             &text,
             r#"hub_consumer_dead_letters_total{consumer="flaky",sink="file"}"#
         ),
-        Some(2.0)
+        Some(3.0)
     );
     signal(&hub_proc, "-TERM");
     assert!(wait_exit(&mut hub_proc, Duration::from_secs(15)).success());
@@ -1322,38 +1351,72 @@ settings = {{ path = "{seen}" }}
     let listed_text = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.status.success(), "{listed_text}");
     assert!(
-        listed_text.starts_with("2 dead letters from"),
+        listed_text.starts_with("3 dead letters from"),
         "{listed_text}"
     );
     assert!(listed_text.contains("      1  flaky"), "{listed_text}");
+    assert!(listed_text.contains("      2  flaky"), "{listed_text}");
     assert!(listed_text.contains("exit 65"), "{listed_text}");
 
-    // Fixed, restarted: requeue (by consumer id, through the config) gets both consumed again:
-    // b now succeeds; c is invalid again and goes back to the file.
+    // Fixed, restarted: requeue (by consumer id, through the config) gets them consumed again,
+    // first a selection, then the rest: b and d now succeed; c is invalid again and goes back
+    // to the file.
     std::fs::write(&fixed, "").unwrap();
     let mut hub_proc = run();
-    let requeued = hub(&["dead", "requeue", "flaky", "--config", cfg])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&requeued.stdout);
+    let requeue = |filter: &[&str]| {
+        let mut args = vec!["dead", "requeue", "flaky", "--config", cfg];
+        args.extend_from_slice(filter);
+        let requeued = hub(&args).output().unwrap();
+        let said = String::from_utf8_lossy(&requeued.stdout).into_owned();
+        assert!(
+            requeued.status.success(),
+            "{said}{}",
+            String::from_utf8_lossy(&requeued.stderr)
+        );
+        said
+    };
+    let names = |p: &Path| {
+        let mut n: Vec<String> = lines(p)
+            .iter()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["message"]["body"]["name"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        n.sort();
+        n
+    };
+    // Another consumer's letters: none.
+    let said = requeue(&["--consumer", "steady"]);
+    assert!(said.contains("0 dead letter(s) requeued"), "{said}");
+    assert_eq!(names(&dead), ["b", "c", "d"]);
+    // Reason "exit 75", at most one: one of b and d.
+    let said = requeue(&["--reason", "exit 75", "--limit", "1"]);
     assert!(
-        requeued.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&requeued.stderr)
+        said.contains("1 dead letter(s) requeued") && said.contains("1 handled"),
+        "{said}"
     );
+    let left = names(&dead);
+    assert!(left == ["b", "c"] || left == ["c", "d"], "{left:?}");
+    // The rest, with the consumer named: the other one handled, c dead-lettered again.
+    let said = requeue(&["--consumer", "flaky"]);
     assert!(
         said.contains("2 dead letter(s) requeued")
             && said.contains("1 handled")
             && said.contains("1 dead-lettered again"),
         "{said}"
     );
-    assert_eq!(lines(&out), ["a 3", "b 1"], "b handled, as a first attempt");
-    let left = lines(&dead);
-    assert_eq!(left.len(), 1, "{left:?}");
-    assert!(left[0].contains(r#""name":"c""#), "{left:?}");
+    let mut handled = lines(&out);
+    handled.sort();
+    assert_eq!(
+        handled,
+        ["a 3", "b 1", "d 1"],
+        "handled, as a first attempt"
+    );
+    assert_eq!(names(&dead), ["c"]);
     assert_eq!(
         lines(&seen).len(),
-        3,
+        4,
         "the other consumer was not given the requeued messages"
     );
     signal(&hub_proc, "-TERM");

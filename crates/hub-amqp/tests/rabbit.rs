@@ -635,3 +635,126 @@ async fn what_a_consumer_publishes_while_handling_carries_the_correlation_id() {
     let _ = conn.close(200, "bye".into()).await;
     delete_queues(&[format!("hub{u}.dead-letters")]).await;
 }
+
+/// `hub dead requeue` on an AMQP dead-letter queue with `--consumer`, `--reason` and `--limit`:
+/// only the selected letters move (to their own consumer's queue, dead-letter headers gone,
+/// topic kept), the others stay in the dead-letter queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeue_moves_only_the_selected_dead_letters() {
+    use hub_amqp::dead_letters::{Selection, requeue};
+    use lapin::types::{AMQPValue, ShortString};
+
+    let u = uid();
+    let (dead, q1, q2) = (
+        format!("hub{u}.dead-letters"),
+        format!("hub{u}.one"),
+        format!("hub{u}.two"),
+    );
+    let conn = raw().await;
+    let ch = conn.create_channel().await.unwrap();
+    for q in [&dead, &q1, &q2] {
+        ch.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
+    // (id, consumer, reason, its queue), oldest first.
+    let letters = [
+        ("m1", "one", "exit 75: try later", &q1),
+        ("m2", "one", "exit 65: bad input", &q1),
+        ("m3", "two", "exit 75: try later", &q2),
+        ("m4", "one", "exit 75: try later", &q1),
+        ("m5", "two", "timed out", &q2),
+    ];
+    for (id, consumer, reason, queue) in &letters {
+        let mut h = FieldTable::default();
+        let text = |s: &str| AMQPValue::LongString(s.as_bytes().into());
+        h.insert(ShortString::from("x-hub-consumer"), text(consumer));
+        h.insert(ShortString::from("x-hub-reason"), text(reason));
+        h.insert(ShortString::from("x-hub-queue"), text(queue));
+        h.insert(ShortString::from("x-hub-topic"), text("org.t.x"));
+        h.insert(ShortString::from("x-hub-attempts"), AMQPValue::LongUInt(3));
+        ch.basic_publish(
+            "".into(),
+            dead.as_str().into(),
+            BasicPublishOptions::default(),
+            b"{}",
+            BasicProperties::default()
+                .with_message_id((*id).into())
+                .with_headers(h),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let ids_in = |q: String| async move {
+        let conn = raw().await;
+        let ch = conn.create_channel().await.unwrap();
+        let mut ids = Vec::new();
+        let mut headers = Vec::new();
+        while let Some(got) = ch
+            .basic_get(q.as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .unwrap()
+        {
+            let p = &got.delivery.properties;
+            ids.push(p.message_id().as_ref().unwrap().to_string());
+            headers.push(p.headers().clone().unwrap_or_default());
+        }
+        // Not acknowledged: all back in the queue when the connection closes.
+        let _ = conn.close(200, "bye".into()).await;
+        (ids, headers)
+    };
+    let select = |consumer: Option<&str>, reason: Option<&str>, limit: Option<usize>| Selection {
+        consumer: consumer.map(str::to_owned),
+        reason: reason.map(str::to_owned),
+        limit,
+    };
+    let moved = |s: Selection| {
+        let (url, dead) = (url(), dead.clone());
+        async move {
+            let mut said = Vec::new();
+            let n = requeue(&url, &dead, &s, |l| said.push(l.id.clone()))
+                .await
+                .unwrap();
+            assert_eq!(n, said.len());
+            said
+        }
+    };
+
+    // Consumer `one`, reason "exit 75", at most 1: the oldest such, m1.
+    assert_eq!(
+        moved(select(Some("one"), Some("exit 75"), Some(1))).await,
+        ["m1"]
+    );
+    // Consumer `two`, any reason: m3 and m5, to queue two.
+    assert_eq!(moved(select(Some("two"), None, None)).await, ["m3", "m5"]);
+    // Nothing matches: nothing moves.
+    assert!(moved(select(Some("three"), None, None)).await.is_empty());
+    let (left, _) = ids_in(dead.clone()).await;
+    assert_eq!(left, ["m2", "m4"], "the unselected stay, in order");
+    let (one, one_headers) = ids_in(q1.clone()).await;
+    assert_eq!(one, ["m1"]);
+    let (two, _) = ids_in(q2.clone()).await;
+    assert_eq!(two, ["m3", "m5"]);
+    let h = one_headers[0].inner();
+    assert!(
+        !h.contains_key("x-hub-reason") && !h.contains_key("x-hub-consumer"),
+        "{h:?}"
+    );
+    assert!(!h.contains_key("x-hub-attempts"), "attempts start again");
+    assert_eq!(
+        h.get("x-hub-topic"),
+        Some(&AMQPValue::LongString("org.t.x".as_bytes().into()))
+    );
+    // By reason only: m2.
+    assert_eq!(moved(select(None, Some("exit 65"), None)).await, ["m2"]);
+    let (left, _) = ids_in(dead.clone()).await;
+    assert_eq!(left, ["m4"]);
+    let _ = conn.close(200, "bye".into()).await;
+    delete_queues(&[dead, q1, q2]).await;
+}

@@ -681,3 +681,134 @@ fn secret_child() {
     println!("secret child: done ({} bytes of logs)", logs.len());
     std::io::stdout().flush().unwrap();
 }
+
+/// Accepts TCP connections on 127.0.0.1 and completes a TLS handshake (ALPN `h2`, then
+/// `http/1.1`) before handing each to axum; a failed handshake is dropped.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.tls.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// An HTTPS server for `localhost` (certificate from a private CA) answering 204 and noting the
+/// HTTP version of each request in `versions`; its port and the CA file.
+async fn serve_https(
+    dir: &std::path::Path,
+    versions: Arc<Mutex<Vec<axum::http::Version>>>,
+) -> (u16, std::path::PathBuf) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let pki = hub_testkit::localhost_pki(dir);
+    let certs = CertificateDer::pem_file_iter(&pki.cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&pki.key).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let listener = TlsListener {
+        tcp,
+        tls: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+    };
+    let router = Router::new()
+        .route(
+            "/hook",
+            any(
+                |State(versions): State<Arc<Mutex<Vec<axum::http::Version>>>>,
+                 version: axum::http::Version| async move {
+                    versions.lock().unwrap().push(version);
+                    StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .with_state(versions);
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (port, pki.ca)
+}
+
+/// HTTPS with the CA given in `ca_file`: the request goes through, over HTTP/2 (offered by the
+/// server through ALPN), or HTTP/1.1 through a shared client that says `http1_only`; without
+/// the CA, the server's certificate is refused and the message is transient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_private_ca_speaks_http2_when_offered() {
+    let versions: Arc<Mutex<Vec<axum::http::Version>>> = Arc::default();
+    let dir = tempfile::tempdir().unwrap();
+    let (port, ca) = serve_https(dir.path(), Arc::clone(&versions)).await;
+    let url = format!("https://localhost:{port}/hook");
+    let ca_toml = format!("{:?}", ca.display().to_string());
+    let cx = context(1);
+    let msg = message();
+
+    let trusted = consumer(
+        &format!("url = \"{url}\"\nca_file = {ca_toml}"),
+        &Resources::new(),
+        &cx,
+    )
+    .await;
+    trusted
+        .consume(&cx.handling(msg.clone()), &msg)
+        .await
+        .unwrap();
+
+    let h1 = HttpClientConfig {
+        ca_file: Some(ca.clone()),
+        http1_only: true,
+        ..HttpClientConfig::default()
+    }
+    .build("h1")
+    .unwrap();
+    let resources = Resources::new().with_named("h1", h1);
+    let via_h1 = consumer(
+        &format!("url = \"{url}\"\nclient = \"h1\""),
+        &resources,
+        &cx,
+    )
+    .await;
+    via_h1
+        .consume(&cx.handling(msg.clone()), &msg)
+        .await
+        .unwrap();
+    assert_eq!(
+        *versions.lock().unwrap(),
+        [axum::http::Version::HTTP_2, axum::http::Version::HTTP_11]
+    );
+
+    // Without the CA: not trusted, transient, the reason says why.
+    let untrusted = consumer(&format!("url = \"{url}\""), &Resources::new(), &cx).await;
+    let e = failure(untrusted.consume(&cx.handling(msg.clone()), &msg).await);
+    assert_eq!(e.kind(), ErrorKind::Transient, "{e}");
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    assert_eq!(
+        versions.lock().unwrap().len(),
+        2,
+        "nothing reached the server"
+    );
+}

@@ -219,100 +219,25 @@ async fn a_taken_nick_gets_an_underscore_and_settings_read_from_toml() {
     consumer.stop(&cx).await;
 }
 
-/// Runs `openssl` with `args` in `dir`.
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run openssl ({e}): install it (apt-get install -y openssl)")
-        });
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lines_arrive_over_tls_with_a_private_ca() {
     // A CA and a certificate for "localhost" signed by it.
-    let pki = tempfile::tempdir().unwrap();
-    let dir = pki.path();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca-key.pem",
-            "-out",
-            "ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=hub test CA",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "req.pem",
-            "-subj",
-            "/CN=localhost",
-        ],
-    );
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "req.pem",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca-key.pem",
-            "-CAcreateserial",
-            "-out",
-            "cert.pem",
-            "-days",
-            "1",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
-
+    let dir = tempfile::tempdir().unwrap();
+    let pki = hub_testkit::localhost_pki(dir.path());
     let tls_port = common::free_port();
     let ircd = Ircd::start_with(
         common::free_port(),
         &format!(
             "[SSL]\nCertFile = {}\nKeyFile = {}\nPorts = {tls_port}\n",
-            dir.join("cert.pem").display(),
-            dir.join("key.pem").display()
+            pki.cert.display(),
+            pki.key.display()
         ),
     )
     .await;
     let listener = Listener::join(ircd.port, "listener", CHANNEL).await;
     let n = notifier(
         tls_port,
-        json!({"server": "localhost", "tls": true, "ca_file": dir.join("ca.pem")}),
+        json!({"server": "localhost", "tls": true, "ca_file": pki.ca}),
     );
     let cx = context();
     n.start(&cx).await.unwrap();

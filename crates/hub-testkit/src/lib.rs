@@ -35,7 +35,9 @@ use hub_engine::{
 };
 use serde_json::Value;
 
+mod pki;
 mod proxy;
+pub use pki::{TestPki, localhost_pki};
 pub use proxy::TcpProxy;
 
 const BACKEND: &str = "memory";
