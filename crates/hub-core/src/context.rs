@@ -20,6 +20,15 @@ pub struct Context {
     handling: Option<Message>,
     concurrency: usize,
     registry: Option<Arc<dyn crate::metrics::Recorder + Send + Sync>>,
+    pacer: Option<Arc<dyn Pacer>>,
+}
+
+/// A consumer's `rate_limit` as the hub applies it, for a call that sends several things (a
+/// notifier's digest of several lines) to pay for the extra ones: see [`Context::pace`].
+#[async_trait::async_trait]
+pub trait Pacer: Send + Sync + 'static {
+    /// Waits until `n` more sends are allowed and takes them (the wait counts as throttled).
+    async fn take(&self, n: u32);
 }
 
 /// What [`Context::metrics_registry`] gives outside a hub: records nothing.
@@ -50,6 +59,25 @@ impl Context {
             handling: None,
             concurrency: 1,
             registry: None,
+            pacer: None,
+        }
+    }
+
+    /// This context with its consumer's rate limit (the engine sets it when `rate_limit` is
+    /// configured).
+    pub fn with_pacer(mut self, pacer: Arc<dyn Pacer>) -> Self {
+        self.pacer = Some(pacer);
+        self
+    }
+
+    /// Takes `n` more tokens from this consumer's `rate_limit`, waiting as long as it says (the
+    /// wait counts in `hub_consumer_throttled_seconds_total`); returns at once when the consumer
+    /// has no rate limit. The hub takes one token before each call; a call that sends more than
+    /// one thing (a digest of five lines) paces the rest with this, so the limit holds per thing
+    /// sent, not per call.
+    pub async fn pace(&self, n: u32) {
+        if let (Some(p), true) = (&self.pacer, n > 0) {
+            p.take(n).await;
         }
     }
 
@@ -93,6 +121,7 @@ impl Context {
             handling: Some(msg),
             concurrency: self.concurrency,
             registry: self.registry.clone(),
+            pacer: self.pacer.clone(),
         }
     }
 

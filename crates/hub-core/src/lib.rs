@@ -65,7 +65,7 @@ pub use backend::{
 pub use config::duration;
 pub use config::{BackendConfig, ConsumerConfig, ProducerConfig, ResourceConfig};
 pub use consumer::{Consumer, ConsumerOptions, RateLimit, RetryPolicy, WhenFull};
-pub use context::{Context, MissingResource, Publisher, Resources};
+pub use context::{Context, MissingResource, Pacer, Publisher, Resources};
 pub use error::{BackendError, BoxError, ConsumeError, ErrorKind, PublishError, ResultExt};
 /// The timestamp type of [`Message::timestamp`] (a UTC instant), re-exported so that a consumer
 /// crate needs no `jiff` dependency of its own.

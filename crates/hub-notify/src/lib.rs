@@ -465,14 +465,18 @@ impl Notifier {
             .map_err(|e| ConsumeError::invalid(format!("message {}: {e}", msg.id())))
     }
 
-    /// Sends lines: one PRIVMSG each, or one webhook request for all.
-    async fn send(&self, lines: &[String]) -> Result<(), ConsumeError> {
+    /// Sends lines: one PRIVMSG each (each after the first paced by the consumer's
+    /// `rate_limit`, as the hub paced the call itself), or one webhook request for all.
+    async fn send(&self, cx: &Context, lines: &[String]) -> Result<(), ConsumeError> {
         if lines.is_empty() {
             return Ok(());
         }
         match &self.sink {
             Sink::Irc(irc) => {
-                for line in lines {
+                for (i, line) in lines.iter().enumerate() {
+                    if i > 0 {
+                        cx.pace(1).await;
+                    }
                     irc.send(line).await?;
                 }
                 Ok(())
@@ -485,7 +489,7 @@ impl Notifier {
     /// gets that message's own line), at most `digest_after` lines: past that, the last line
     /// counts the rest ("and 40 more on 12 other topics"), so a burst over many topics is
     /// never a flood. Every message gets the outcome of the send.
-    async fn digest(&self, batch: &[Message]) -> Vec<Result<(), ConsumeError>> {
+    async fn digest(&self, cx: &Context, batch: &[Message]) -> Vec<Result<(), ConsumeError>> {
         let runs = by_topic(batch);
         let shown = if runs.len() > self.digest_after {
             self.digest_after.saturating_sub(1)
@@ -513,7 +517,7 @@ impl Notifier {
                 rest.len()
             )));
         }
-        match self.send(&lines).await {
+        match self.send(cx, &lines).await {
             Ok(()) => batch.iter().map(|_| Ok(())).collect(),
             Err(e) => {
                 tracing::debug!(error = %e, messages = batch.len(), "digest not sent");
@@ -535,22 +539,23 @@ impl Consumer for Notifier {
         Ok(())
     }
 
-    async fn consume(&self, _cx: &Context, msg: &Message) -> Result<(), ConsumeError> {
+    async fn consume(&self, cx: &Context, msg: &Message) -> Result<(), ConsumeError> {
         let line = self.line(msg)?;
         if line.is_empty() {
             return Ok(());
         }
-        self.send(&[line]).await
+        self.send(cx, &[line]).await
     }
 
     async fn consume_batch(
         &self,
-        _cx: &Context,
+        cx: &Context,
         batch: &[Message],
     ) -> Vec<Result<(), ConsumeError>> {
         if batch.len() > self.digest_after {
-            return self.digest(batch).await;
+            return self.digest(cx, batch).await;
         }
+        let mut sent_one = false;
         // One line per message; once the sink failed, the rest are not tried.
         let mut out = Vec::with_capacity(batch.len());
         let mut failed: Option<ConsumeError> = None;
@@ -570,7 +575,12 @@ impl Consumer for Notifier {
                 out.push(Ok(()));
                 continue;
             }
-            let sent = self.send(&[line]).await;
+            // The hub paced the call; each send after the first is paced here.
+            if sent_one {
+                cx.pace(1).await;
+            }
+            sent_one = true;
+            let sent = self.send(cx, &[line]).await;
             if let Err(e) = &sent
                 && e.kind() == ErrorKind::Transient
             {

@@ -103,6 +103,7 @@ async fn slow_messages_are_paced_lines_and_a_burst_becomes_digests() {
 
     // 500 at once over 3 topics: a few digest lines, not 500 lines.
     let topics = ["org.example.a", "org.example.b", "org.example.c"];
+    let burst_sent = Instant::now();
     for i in 0..500 {
         let msg = Message::new(topics[i % 3], json!({"i": i}));
         verdicts.push(backend.send_acked(msg).await.unwrap());
@@ -116,10 +117,18 @@ async fn slow_messages_are_paced_lines_and_a_burst_becomes_digests() {
     }
     // Every verdict is in: every line was sent. Give the server a moment to relay them.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let burst: Vec<String> = listener.heard()[20..]
-        .iter()
-        .map(|(t, _)| t.clone())
-        .collect();
+    let heard_burst = listener.heard()[20..].to_vec();
+    let burst: Vec<String> = heard_burst.iter().map(|(t, _)| t.clone()).collect();
+    // The lines of a digest are paced too (one token each, as the call's own): line k of the
+    // burst no sooner than k tokens after it was sent.
+    for (k, (text, at)) in heard_burst.iter().enumerate() {
+        let earliest = Duration::from_millis(100) * u32::try_from(k).unwrap();
+        let after = at.duration_since(burst_sent);
+        assert!(
+            after + Duration::from_millis(5) >= earliest,
+            "burst line {k} {text:?} said {after:?} after the burst, before {earliest:?}"
+        );
+    }
     // Usually 4: the first message alone (a token was ready), then one line per topic; a
     // loaded machine may split the burst over a few calls.
     assert!(

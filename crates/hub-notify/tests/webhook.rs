@@ -112,6 +112,44 @@ async fn a_500_is_transient_with_its_retry_after_then_a_200_is_done() {
     assert_eq!(log[1].2, json!({"text": "hello"}));
 }
 
+/// Through the hub: a 500 is retried by the hub (after the longer of its backoff and
+/// `Retry-After`, capped at `max_delay`), and the retry is posted and acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_hub_a_500_is_retried_after_its_delay() {
+    let (addr, log) = server().await;
+    let n = notifier(json!({"url": format!("http://{addr}/flaky"), "template": "{{ body.text }}"}));
+    let options = hub_core::ConsumerOptions {
+        retry: Some(hub_core::RetryPolicy {
+            max_attempts: 3,
+            delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(400),
+            in_order: false,
+        }),
+        ..hub_core::ConsumerOptions::default()
+    };
+    let hub = hub_testkit::TestHub::builder()
+        .consumer_with("notify", &["#"], options, n)
+        .start()
+        .await;
+    let started = std::time::Instant::now();
+    let verdict = hub.send("t", json!({"text": "hello"})).await;
+    let took = started.elapsed();
+    assert_eq!(verdict, hub_core::Verdict::Ack);
+    // Retry-After: 3 asked for 3 s; max_delay (400 ms) caps it; the backoff alone is 20 ms.
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.len(), 2, "posted twice: {log:?}");
+    assert_eq!(log[1].2, json!({"text": "hello"}));
+    assert_eq!(
+        hub.metric(r#"hub_consumer_retries_total{consumer="notify"}"#),
+        Some(1.0)
+    );
+    hub.shutdown().await;
+}
+
 #[tokio::test]
 async fn answers_map_to_verdicts() {
     let (addr, _log) = server().await;

@@ -3,7 +3,7 @@
 //! `postgres`, database `test`; works in a schema of its own (`hub_bench_<uuid>`), dropped at
 //! the end.
 //!
-//! - **hub**: N messages (`HUB_BENCH_MESSAGES`, default 100 000; bodies of about 200 bytes of
+//! - **hub**: N messages (`HUB_BENCH_MESSAGES`, default 100 000; bodies of 200 bytes of
 //!   JSON) published on the memory backend into a `postgres` store consumer with
 //!   `batch_size = 500` (`batch_delay` 20 ms, concurrency 1): rows per second from the first
 //!   publish until the consumer has stored N (counted OK by a thin wrapper that forwards
@@ -52,15 +52,16 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// `n` messages with bodies of about 200 bytes of JSON, ids starting with `prefix`.
+/// `n` messages with bodies of 200 bytes of JSON, ids starting with `prefix`.
 fn messages(prefix: &str, n: usize) -> Vec<Message> {
-    let text = "the quick brown fox jumps over the lazy dog; ".repeat(4);
+    let text = "the quick brown fox jumps over the lazy dog; ".repeat(5);
     (0..n)
         .map(|i| {
-            Message::builder(
-                format!("org.example.bench.t{}", i % 16),
-                json!({"i": i, "user": "bench", "text": &text[..160]}),
-            )
+            // `{"i":N,"user":"bench","text":"..."}`, the text filling it to 200 bytes.
+            let frame = format!(r#"{{"i":{i},"user":"bench","text":""}}"#).len();
+            let body = json!({"i": i, "user": "bench", "text": &text[..200 - frame]});
+            debug_assert_eq!(body.to_string().len(), 200);
+            Message::builder(format!("org.example.bench.t{}", i % 16), body)
             .id(format!("{prefix}-{i:08}"))
             .build()
         })

@@ -611,16 +611,39 @@ async fn a_thousand_messages_through_the_hub_in_batches() {
             }),
             ..hub_core::ConsumerOptions::default()
         };
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join("dead.jsonl");
         let hub = hub_testkit::TestHub::builder()
+            .dead_letter_file(&dead)
             .consumer_with("store", &["org.#"], options, consumer)
             .start()
             .await;
-        let batch = messages("hub", 1_000);
+        let mut batch = messages("hub", 1_000);
+        // One row PostgreSQL refuses, in the middle: dead-lettered with the database's reason,
+        // its batch neighbours stored.
+        batch[500] = Message::builder("org.example.bad", json!({"text": "nul \u{0000} here"}))
+            .id("hub-nul")
+            .build();
         let verdicts =
             futures_util::future::join_all(batch.iter().map(|m| hub.send_message(m.clone()))).await;
+        let rejected: Vec<usize> = verdicts
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v != hub_core::Verdict::Ack)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(rejected, [500], "{verdicts:?}");
+        let letters = std::fs::read_to_string(&dead).unwrap();
+        let letters: Vec<serde_json::Value> = letters
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        assert_eq!(letters[0]["message"]["id"], "hub-nul");
+        assert_eq!(letters[0]["attempts"], 1, "never retried");
         assert!(
-            verdicts.iter().all(|v| *v == hub_core::Verdict::Ack),
-            "{verdicts:?}"
+            letters[0]["reason"].as_str().unwrap().contains("22P05"),
+            "{letters:?}"
         );
         // The same messages again (a redelivery): acknowledged, still one row each.
         let again = futures_util::future::join_all(
@@ -630,7 +653,7 @@ async fn a_thousand_messages_through_the_hub_in_batches() {
         assert!(again.iter().all(|v| *v == hub_core::Verdict::Ack));
         hub.shutdown().await;
         let client = admin().await;
-        assert_eq!(count(&client, &table).await, 1_000);
+        assert_eq!(count(&client, &table).await, 999);
         // A batch's rows share their `received_at` (when the batch was handed over): the hub
         // handed them over in batches, not one by one.
         let batches: i64 = client

@@ -231,6 +231,7 @@ pub struct TestHubBuilder {
     resources: Resources,
     logs: HashMap<String, Arc<Log>>,
     backend: Arc<MemoryBackend>,
+    dead_letters: Option<std::path::PathBuf>,
 }
 
 impl TestHubBuilder {
@@ -247,6 +248,15 @@ impl TestHubBuilder {
     /// On an invalid topic pattern.
     pub fn consumer(self, name: &str, topics: &[&str], consumer: impl Consumer) -> Self {
         self.consumer_with(name, topics, ConsumerOptions::default(), consumer)
+    }
+
+    /// Sends the dead letters of the consumers added after this call to the JSON-lines file
+    /// `path` (as `dead_letter = { file = "..." }` does), where a test can read them; without
+    /// it, a dead letter is logged and counted only.
+    #[must_use]
+    pub fn dead_letter_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.dead_letters = Some(path.into());
+        self
     }
 
     /// Adds a consumer with chosen options.
@@ -271,7 +281,10 @@ impl TestHubBuilder {
             backend: BACKEND.to_owned(),
             patterns,
             options,
-            dead_letter: None,
+            dead_letter: self
+                .dead_letters
+                .clone()
+                .map(hub_engine::dead_letter::DeadLetterTarget::File),
         };
         self.engine = self.engine.consumer(
             spec,
@@ -425,6 +438,7 @@ impl TestHub {
             resources: Resources::new(),
             logs: HashMap::new(),
             backend,
+            dead_letters: None,
         }
     }
 

@@ -78,13 +78,7 @@ pub(super) async fn run_loop(shared: &Arc<Shared>, index: usize, worker: usize) 
 /// Waits for the consumer's rate limit, if any (one token per batch), and counts the wait.
 async fn throttle(slot: &Slot) {
     if let Some(t) = &slot.throttle {
-        let waited = t.acquire().await;
-        if !waited.is_zero() {
-            slot.throttled_ns.fetch_add(
-                u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-        }
+        t.acquire().await;
     }
 }
 

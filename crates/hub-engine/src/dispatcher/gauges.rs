@@ -119,11 +119,7 @@ impl Dispatcher {
             .shared
             .slots
             .iter()
-            .filter(|s| s.throttle.is_some())
-            .map(|s| {
-                let ns = s.throttled_ns.load(std::sync::atomic::Ordering::Relaxed);
-                (&*s.name, Duration::from_nanos(ns).as_secs_f64())
-            })
+            .filter_map(|s| Some((&*s.name, s.throttle.as_ref()?.waited().as_secs_f64())))
             .collect();
         crate::metrics::render_seconds_counter(out, &throttled);
     }

@@ -163,9 +163,16 @@ impl DispatcherBuilder {
             hub: Arc::clone(&self.hub_name),
             backend: Arc::clone(&self.backend_ids[backend.0].0),
         };
+        let throttle = options
+            .rate_limit
+            .as_ref()
+            .map(|l| Arc::new(Throttle::new(l)));
+        let cx = match &throttle {
+            Some(t) => cx.with_pacer(Arc::clone(t) as Arc<dyn hub_core::Pacer>),
+            None => cx,
+        };
         self.slots.push(Slot {
-            throttle: options.rate_limit.as_ref().map(Throttle::new),
-            throttled_ns: AtomicU64::new(0),
+            throttle,
             failures,
             metrics: ConsumerMetrics::register(&self.registry, &name),
             queue: Queue::new(
@@ -234,10 +241,8 @@ pub(crate) struct Slot {
     workers: Box<[WorkerStats]>,
     /// Messages in flight when the shutdown grace expired and their worker was stopped.
     cut_off: AtomicU64,
-    /// The rate limit, if any.
-    throttle: Option<Throttle>,
-    /// Time its workers waited for the rate limit, in nanoseconds.
-    throttled_ns: AtomicU64,
+    /// The rate limit, if any (also the context's pacer), with the time waited for it.
+    throttle: Option<Arc<Throttle>>,
     /// Retries and dead letters.
     failures: Failures,
 }

@@ -98,6 +98,21 @@ fn rig_with_ceiling(
     redelivers: bool,
     max_queued_bytes: Option<usize>,
 ) -> Rig {
+    rig_full(consumers, redelivers, max_queued_bytes, None)
+}
+
+/// [`rig_with`] on a backend that does not redeliver, every consumer's dead letters going to
+/// the JSON-lines file `dead_letters`.
+fn rig_with_dead_letters(consumers: Vec<Spec<'_>>, dead_letters: &std::path::Path) -> Rig {
+    rig_full(consumers, false, None, Some(dead_letters))
+}
+
+fn rig_full(
+    consumers: Vec<Spec<'_>>,
+    redelivers: bool,
+    max_queued_bytes: Option<usize>,
+    dead_letters: Option<&std::path::Path>,
+) -> Rig {
     let registry = Registry::new();
     let mut b = Dispatcher::builder(registry.clone());
     if let Some(limit) = max_queued_bytes {
@@ -114,7 +129,10 @@ fn rig_with_ceiling(
             CancellationToken::new(),
         );
         let patterns = patterns.iter().map(|p| Pattern::new(p).unwrap()).collect();
-        b.consumer(backend, patterns, options, consumer, cx);
+        let id = b.consumer(backend, patterns, options, consumer, cx);
+        if let Some(path) = dead_letters {
+            b.dead_letters(id, Arc::new(crate::dead_letter::FileSink::new(path)));
+        }
     }
     let dispatcher = b.build();
     let intake = dispatcher.intake(backend);

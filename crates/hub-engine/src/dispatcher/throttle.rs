@@ -7,6 +7,7 @@
 //! runtime's timer wheel is the only timer.
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::clock::Clock;
@@ -36,6 +37,9 @@ impl Clock for TokioClock {
 pub(crate) struct Throttle {
     limiter: RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>,
     clock: TokioClock,
+    /// Time waited for it, in nanoseconds (before calls, and inside them through
+    /// [`hub_core::Context::pace`]).
+    waited_ns: AtomicU64,
 }
 
 impl Throttle {
@@ -53,21 +57,45 @@ impl Throttle {
         Self {
             limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
             clock,
+            waited_ns: AtomicU64::new(0),
         }
     }
 
-    /// Waits until one more call is allowed and takes it; returns how long it waited.
+    /// Waits until one more call is allowed and takes it; returns how long it waited (also
+    /// added to [`Throttle::waited`]).
     pub async fn acquire(&self) -> Duration {
         let mut waited = Duration::ZERO;
         loop {
             match self.limiter.check() {
-                Ok(()) => return waited,
+                Ok(()) => break,
                 Err(not_until) => {
                     let wait = not_until.wait_time_from(self.clock.now());
                     tokio::time::sleep(wait).await;
                     waited += wait;
                 }
             }
+        }
+        if !waited.is_zero() {
+            self.waited_ns.fetch_add(
+                u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+        }
+        waited
+    }
+
+    /// Time waited for it so far.
+    pub fn waited(&self) -> Duration {
+        Duration::from_nanos(self.waited_ns.load(Ordering::Relaxed))
+    }
+}
+
+/// What a consumer's [`hub_core::Context::pace`] takes from.
+#[async_trait::async_trait]
+impl hub_core::Pacer for Throttle {
+    async fn take(&self, n: u32) {
+        for _ in 0..n {
+            self.acquire().await;
         }
     }
 }

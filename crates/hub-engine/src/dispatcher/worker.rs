@@ -71,12 +71,7 @@ async fn run_loop(shared: &Arc<Shared>, index: usize, worker: usize) {
             if held.is_none() && !slot.queue.ready().await {
                 break;
             }
-            let waited = throttle.acquire().await;
-            if !waited.is_zero() {
-                slot.throttled_ns.fetch_add(
-                    u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX),
-                    std::sync::atomic::Ordering::Relaxed,
-                );
+            if !throttle.acquire().await.is_zero() {
                 last_end = None;
             }
         }

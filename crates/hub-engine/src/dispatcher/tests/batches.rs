@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::super::*;
-use super::{acker, opts, rig_with};
+use super::{acker, opts, rig_with, rig_with_dead_letters};
 use crate::metrics::sample;
 use hub_core::{ConsumeError, Delivery, Message, Verdict};
 
@@ -24,6 +24,8 @@ struct Batcher {
     slow: Option<Duration>,
     /// Each batch waits for a permit (never given back) before it ends.
     gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// Each message handed over: its `i` and attempt, in order.
+    attempts: Mutex<Vec<(u64, u32)>>,
     /// Batches inside `consume_batch` now, and at most at once.
     running: AtomicUsize,
     max_running: AtomicUsize,
@@ -45,6 +47,11 @@ impl Consumer for Batcher {
             .map(|m| m.body()["i"].as_u64().unwrap())
             .collect();
         self.batches.lock().unwrap().push((ids, Instant::now()));
+        self.attempts.lock().unwrap().extend(
+            batch
+                .iter()
+                .map(|m| (m.body()["i"].as_u64().unwrap(), m.attempt())),
+        );
         assert!(!self.panic, "batch consumer bug");
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_running.fetch_max(now, Ordering::SeqCst);
@@ -60,6 +67,9 @@ impl Consumer for Batcher {
             .map(|m| match m.body().get("do").and_then(Value::as_str) {
                 Some("invalid") => Err(ConsumeError::invalid("bad row")),
                 Some("fail") => Err(ConsumeError::transient("db down")),
+                Some("fail_first") if m.attempt() == 1 => {
+                    Err(ConsumeError::transient("db restarting"))
+                }
                 _ => Ok(()),
             })
             .collect()
@@ -336,4 +346,111 @@ async fn concurrency_counts_batches_in_flight() {
     all.sort_unstable();
     assert_eq!(all, (0..30).collect::<Vec<_>>(), "each once");
     assert_eq!(c.max_running.load(Ordering::SeqCst), 3);
+}
+
+/// On a backend that does not redeliver, the hub keeps a batch's failed messages and retries
+/// them (each with its own attempt count; the others of the batch are not handed over again),
+/// dead-letters one that runs out of attempts, and, with `in_order`, holds them at the head of
+/// the queue (set aside otherwise: newer messages go first).
+#[tokio::test(start_paused = true)]
+async fn a_batch_s_failures_are_retried_alone_then_dead_lettered_in_or_out_of_order() {
+    for in_order in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead.jsonl");
+        let c = Arc::new(Batcher::default());
+        let mut options = batch_opts(3, 0);
+        options.retry = Some(hub_core::RetryPolicy {
+            max_attempts: 3,
+            delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(60),
+            in_order,
+        });
+        let r = rig_with_dead_letters(
+            vec![(
+                "batch",
+                &["#"][..],
+                options,
+                Arc::clone(&c) as Arc<dyn Consumer>,
+            )],
+            &path,
+        );
+        let mut verdicts = Vec::new();
+        for body in [
+            json!({"i": 0, "do": "fail_first"}),
+            json!({"i": 1}),
+            json!({"i": 2, "do": "fail"}),
+        ] {
+            let (a, rx) = acker();
+            r.intake
+                .deliver(Delivery::with_acker(Message::new("t", body), a))
+                .await
+                .unwrap();
+            verdicts.push(rx);
+        }
+        // Two newer messages while the retries wait.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        for i in [3, 4] {
+            let (a, rx) = acker();
+            r.intake
+                .deliver(Delivery::with_acker(m(i), a))
+                .await
+                .unwrap();
+            verdicts.push(rx);
+        }
+        let mut got = Vec::new();
+        for rx in verdicts {
+            got.push(rx.await.unwrap());
+        }
+        assert_eq!(got[0], Verdict::Ack, "{got:?}");
+        assert_eq!(got[1], Verdict::Ack);
+        assert!(
+            matches!(&got[2], Verdict::Reject { reason } if reason.contains("gave up after 3 attempts")),
+            "{got:?}"
+        );
+        assert_eq!(got[3..], [Verdict::Ack, Verdict::Ack]);
+        let attempts = c.attempts.lock().unwrap().clone();
+        // 1 was handed over once; 0 twice; 2 three times; each at its own attempt number.
+        let of = |i: u64| -> Vec<u32> {
+            attempts
+                .iter()
+                .filter(|(j, _)| *j == i)
+                .map(|(_, a)| *a)
+                .collect()
+        };
+        assert_eq!(
+            (of(0), of(1), of(2), of(3), of(4)),
+            (vec![1, 2], vec![1], vec![1, 2, 3], vec![1], vec![1]),
+            "{attempts:?}"
+        );
+        let pos = |i: u64, a: u32| attempts.iter().position(|x| *x == (i, a)).unwrap();
+        if in_order {
+            assert!(
+                pos(2, 3) < pos(3, 1),
+                "held at the head: the retries before the newer: {attempts:?}"
+            );
+        } else {
+            assert!(
+                pos(3, 1) < pos(0, 2),
+                "set aside: the newer before the retries: {attempts:?}"
+            );
+        }
+        let letters: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        assert_eq!(letters[0]["message"]["body"]["i"], 2);
+        assert_eq!(letters[0]["attempts"], 3);
+        assert_eq!(letters[0]["consumer"], "batch");
+        assert!(letters[0]["reason"].as_str().unwrap().contains("db down"));
+        assert_eq!(
+            sample(
+                &r.render(),
+                r#"hub_consumer_retries_total{consumer="batch"}"#
+            ),
+            Some(3.0),
+            "0 once, 2 twice"
+        );
+    }
 }

@@ -110,6 +110,72 @@ async fn until(what: &str, cond: impl Fn() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// Sends `lines` things per message, pacing all but the first with `Context::pace`; records
+/// when each is sent.
+struct Sender {
+    lines: u32,
+    sent: Mutex<Vec<Instant>>,
+}
+
+#[async_trait]
+impl Consumer for Sender {
+    async fn consume(&self, cx: &Context, _msg: &Message) -> Result<(), ConsumeError> {
+        for k in 0..self.lines {
+            if k > 0 {
+                cx.pace(1).await;
+            }
+            self.sent.lock().unwrap().push(Instant::now());
+        }
+        Ok(())
+    }
+}
+
+/// A call that sends several things pays for the extra ones: the rate limit holds per thing
+/// sent, and the waits inside the call count as throttled time.
+#[tokio::test(start_paused = true)]
+async fn pace_inside_a_call_takes_from_the_same_rate_limit() {
+    let sender = Arc::new(Sender {
+        lines: 3,
+        sent: Mutex::new(Vec::new()),
+    });
+    let r = rig_with(
+        vec![(
+            "sender",
+            &["#"][..],
+            opts(|o| {
+                o.rate_limit = Some(RateLimit {
+                    rate: 10,
+                    per: Duration::from_secs(1),
+                    burst: 1,
+                });
+            }),
+            Arc::clone(&sender) as Arc<dyn Consumer>,
+        )],
+        false,
+    );
+    let t0 = Instant::now();
+    r.intake
+        .deliver_many((0..3).map(|i| Delivery::new(m(i, json!({})))))
+        .await
+        .unwrap();
+    until("nine sends", || sender.sent.lock().unwrap().len() == 9).await;
+    let at: Vec<Duration> = sender
+        .sent
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| t.duration_since(t0))
+        .collect();
+    let expected: Vec<Duration> = (0..9).map(|k| Duration::from_millis(100 * k)).collect();
+    assert_eq!(at, expected, "one send per 100 ms, across and inside calls");
+    let throttled = sample(
+        &r.render(),
+        r#"hub_consumer_throttled_seconds_total{consumer="sender"}"#,
+    )
+    .unwrap();
+    assert!((throttled - 0.8).abs() < 1e-6, "throttled {throttled}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn rate_limited_starts_are_spaced_as_configured_and_others_are_not_slowed() {
     let limited = Arc::new(Flaky::default());
