@@ -518,8 +518,6 @@ mod amqp {
     use hub_amqp::lapin::{BasicProperties, Connection, ConnectionProperties};
     use std::collections::BTreeSet;
 
-    const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
     fn ids(path: &Path) -> Vec<u64> {
         std::fs::read_to_string(path)
             .unwrap_or_default()
@@ -567,36 +565,6 @@ settings = {{ delay = "20ms" }}
         );
         wait_ready(port, &mut p);
         (p, port, out)
-    }
-
-    async fn publish(topic: &str, range: std::ops::Range<u64>, mut each: impl FnMut(u64)) {
-        let conn = Connection::connect(URL, ConnectionProperties::default())
-            .await
-            .expect("RabbitMQ at 127.0.0.1:5672");
-        let ch = conn.create_channel().await.unwrap();
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
-        for i in range {
-            let body = serde_json::to_vec(&serde_json::json!({ "i": i })).unwrap();
-            let props = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type("application/json".into());
-            ch.basic_publish(
-                "amq.topic".into(),
-                topic.into(),
-                BasicPublishOptions::default(),
-                &body,
-                props,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-            each(i);
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let _ = conn.close(200, "done".into()).await;
     }
 
     /// Every message id in `queue`, left there (never acknowledged; the channel closes).
@@ -836,7 +804,7 @@ durable = true
         let rt = tokio::runtime::Runtime::new().unwrap();
 
         // Both up: every message consumed exactly once in total.
-        rt.block_on(publish(&topic, 0..300, |_| {}));
+        rt.block_on(amqp_publish(&topic, 0..300, |_| {}));
         let (union, total) = wait_union(&[&out_a, &out_b], 300);
         assert_eq!(union.len(), 300, "every message consumed");
         assert_eq!(total, 300, "exactly once in total while both run");
@@ -847,7 +815,7 @@ durable = true
 
         // Kill -9 one mid-stream: the other finishes; duplicates only for what was in flight.
         let pid = b.id().to_string();
-        rt.block_on(publish(&topic, 300..900, |i| {
+        rt.block_on(amqp_publish(&topic, 300..900, |i| {
             if i == 500 {
                 assert!(
                     Command::new("kill")

@@ -185,6 +185,16 @@ impl HubBuilder {
         self
     }
 
+    /// Reads and validates a configuration against the registered types (the TOML, every
+    /// section and key, each part's settings read into its type) without building any part:
+    /// what [`HubBuilder::check`] does first.
+    ///
+    /// # Errors
+    /// Every problem found, at once.
+    pub fn load(&self, source: &ConfigSource) -> Result<Config, ConfigErrors> {
+        config::load(source, &self.registry, self.env_overrides)
+    }
+
     /// Reads and validates a configuration, and builds every part of it, as `hub check` and
     /// [`HubBuilder::run`] do (each `build` runs, with this builder's resources; nothing
     /// connects). A settings value that only `build` refuses fails here too.

@@ -116,3 +116,97 @@ pub fn wait_ready(port: u16, child: &mut Proc) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The shared RabbitMQ of the AMQP tests.
+pub const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Publishes `{"i": i}` for each `i` of `range` on `topic` through `amq.topic` (persistent,
+/// confirmed one by one, 2 ms apart), calling `each(i)` after each confirm.
+pub async fn amqp_publish(topic: &str, range: std::ops::Range<u64>, mut each: impl FnMut(u64)) {
+    use hub_amqp::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use hub_amqp::lapin::{BasicProperties, Connection, ConnectionProperties};
+    let conn = Connection::connect(URL, ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ at 127.0.0.1:5672");
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for i in range {
+        let body = serde_json::to_vec(&serde_json::json!({ "i": i })).unwrap();
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        ch.basic_publish(
+            "amq.topic".into(),
+            topic.into(),
+            BasicPublishOptions::default(),
+            &body,
+            props,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+        each(i);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+/// Deletes queues on the shared RabbitMQ (best effort).
+pub async fn amqp_delete_queues(names: &[String]) {
+    use hub_amqp::lapin::{Connection, ConnectionProperties};
+    let Ok(conn) = Connection::connect(URL, ConnectionProperties::default()).await else {
+        return;
+    };
+    if let Ok(ch) = conn.create_channel().await {
+        for q in names {
+            let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+        }
+    }
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+/// Checks a consumer's books in a metrics page: `received + retries = processed (every
+/// outcome) + dropped + backlog + in_flight + retry_waiting`; returns `received`.
+pub fn assert_balanced(metrics: &str, consumer: &str) -> f64 {
+    let get =
+        |name: &str| sample(metrics, &format!("{name}{{consumer=\"{consumer}\"}}")).unwrap_or(0.0);
+    let processed: f64 = ["ok", "transient", "invalid", "timeout", "panic"]
+        .iter()
+        .map(|o| {
+            sample(
+                metrics,
+                &format!(
+                    "hub_consumer_processed_messages_total{{consumer=\"{consumer}\",outcome=\"{o}\"}}"
+                ),
+            )
+            .unwrap_or(0.0)
+        })
+        .sum();
+    let received = get("hub_consumer_received_messages_total");
+    let retries = get("hub_consumer_retries_total");
+    let dropped: f64 = ["queue_full", "shutdown"]
+        .iter()
+        .map(|r| {
+            sample(
+                metrics,
+                &format!(
+                    "hub_consumer_dropped_messages_total{{consumer=\"{consumer}\",reason=\"{r}\"}}"
+                ),
+            )
+            .unwrap_or(0.0)
+        })
+        .sum();
+    let backlog = get("hub_consumer_backlog_messages");
+    let in_flight = get("hub_consumer_in_flight_messages");
+    let waiting = get("hub_consumer_retry_waiting_messages");
+    assert_eq!(
+        received + retries,
+        processed + dropped + backlog + in_flight + waiting,
+        "{consumer}: received {received} + retries {retries} = processed {processed} + dropped \
+         {dropped} + backlog {backlog} + in flight {in_flight} + retry waiting {waiting}"
+    );
+    received
+}

@@ -276,6 +276,121 @@ async fn consuming_and_publishing_resume_after_a_broker_restart() {
     running.shutdown(Duration::from_secs(5)).await;
 }
 
+/// For each message, publishes a reply `reply.<i>` through its context and succeeds only once
+/// the reply was accepted (a failed publish is a transient error: the hub retries the message).
+struct Replier {
+    done: Arc<Mutex<BTreeSet<u64>>>,
+    calls: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait]
+impl Consumer for Replier {
+    async fn consume(&self, cx: &Context, msg: &Message) -> Result<(), ConsumeError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let i = msg.body()["i"].as_u64().unwrap();
+        sleep(Duration::from_millis(20)).await;
+        cx.publish_json(&format!("reply.{i}"), json!({"i": i}))
+            .await
+            .map_err(ConsumeError::transient)?;
+        self.done.lock().unwrap().insert(i);
+        Ok(())
+    }
+}
+
+/// Fault suite: the broker restarted while a consumer is publishing replies. Every request is
+/// handled and every reply arrives (duplicates allowed: at least once), on durable queues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_while_consumers_publish_replies_loses_no_reply() {
+    let _one_at_a_time = NODE_LOCK.lock().await;
+    tokio::task::spawn_blocking(start_node).await.unwrap();
+    let _node = Node;
+    let cfg: AmqpConfig = serde_json::from_value(json!({
+        "url": "amqp://guest:guest@127.0.0.1:5673/%2f",
+        "max_attempts": 1000, "retry_delay": "50ms", "retry_delay_max": "500ms"
+    }))
+    .unwrap();
+    let backend = cfg.build("r").unwrap();
+    let done = Arc::new(Mutex::new(BTreeSet::new()));
+    let replies = Arc::new(Mutex::new(BTreeSet::new()));
+    let replier = Arc::new(Replier {
+        done: Arc::clone(&done),
+        calls: std::sync::atomic::AtomicU64::new(0),
+    });
+    let durable = |name: &str, pattern: &str| ConsumerSpec {
+        name: name.into(),
+        backend: "r".into(),
+        patterns: vec![Pattern::new(pattern).unwrap()],
+        options: ConsumerOptions {
+            durable: true,
+            concurrency: 4,
+            ..ConsumerOptions::default()
+        },
+        dead_letter: None,
+    };
+    let running = EngineBuilder::new("hubreplies")
+        .backend("r", Arc::clone(&backend))
+        .consumer(
+            durable("replier", "ask.#"),
+            Arc::clone(&replier) as Arc<dyn Consumer>,
+        )
+        .consumer(
+            durable("collector", "reply.#"),
+            Arc::new(Keep(Arc::clone(&replies))),
+        )
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    until("ready", Duration::from_secs(30), || {
+        running.readiness().ready
+    })
+    .await;
+    const N: u64 = 600;
+    for i in 0..N {
+        backend
+            .publish(&Message::new("ask.q", json!({"i": i})))
+            .await
+            .unwrap();
+    }
+    // Mid-stream (4 at a time, 20 ms each: about 3 s of work), the broker goes away and back.
+    until("replies flowing", Duration::from_secs(20), || {
+        replies.lock().unwrap().len() >= 50
+    })
+    .await;
+    assert!(
+        tokio::task::spawn_blocking(|| ctl(&["stop_app"]))
+            .await
+            .unwrap()
+    );
+    let at_restart = done.lock().unwrap().len();
+    sleep(Duration::from_millis(500)).await;
+    assert!(
+        tokio::task::spawn_blocking(|| ctl(&["start_app"]))
+            .await
+            .unwrap()
+    );
+    until("every reply", Duration::from_secs(90), || {
+        replies.lock().unwrap().len() as u64 == N
+    })
+    .await;
+    let handled = done.lock().unwrap().clone();
+    assert_eq!(
+        handled,
+        (0..N).collect::<BTreeSet<_>>(),
+        "every request handled"
+    );
+    let calls = replier.calls.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!(
+        "{at_restart} of {N} handled when the broker had stopped; {calls} calls for {N} requests"
+    );
+    assert!(
+        (at_restart as u64) < N,
+        "the restart came after the stream: nothing was tested"
+    );
+    running.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connects_over_mutual_tls_with_a_client_certificate() {
     let _one_at_a_time = NODE_LOCK.lock().await;

@@ -62,8 +62,8 @@ fn messages(prefix: &str, n: usize) -> Vec<Message> {
             let body = json!({"i": i, "user": "bench", "text": &text[..200 - frame]});
             debug_assert_eq!(body.to_string().len(), 200);
             Message::builder(format!("org.example.bench.t{}", i % 16), body)
-            .id(format!("{prefix}-{i:08}"))
-            .build()
+                .id(format!("{prefix}-{i:08}"))
+                .build()
         })
         .collect()
 }

@@ -22,7 +22,8 @@ enum Sink {
     Stdout,
     File {
         path: PathBuf,
-        file: Mutex<Option<tokio::fs::File>>,
+        /// The file, and its length after the last whole line written.
+        file: Mutex<Option<(tokio::fs::File, u64)>>,
     },
 }
 
@@ -54,7 +55,12 @@ impl Consumer for Echo {
                 .open(path)
                 .await
                 .map_err(|e| format!("cannot open {} for appending: {e}", path.display()))?;
-            *file.lock().await = Some(f);
+            let end = f
+                .metadata()
+                .await
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                .len();
+            *file.lock().await = Some((f, end));
         }
         Ok(())
     }
@@ -70,18 +76,40 @@ impl Consumer for Echo {
             }
             Sink::File { path, file } => {
                 let mut guard = file.lock().await;
-                let f = guard.as_mut().ok_or_else(|| {
+                let (f, end) = guard.as_mut().ok_or_else(|| {
                     ConsumeError::transient(format!("{} is not open", path.display()))
                 })?;
-                // One write per line, unbuffered: a line is on disk once the message counts as done.
-                f.write_all(line.as_bytes()).await.transient()
+                // One write per line, flushed (tokio's `File` reports a failed write only at the
+                // next operation): a line is in the file once the message counts as done. A write
+                // that failed part-way (a full disk) is cut off again, so the retry's line is
+                // never glued to a torn one.
+                let written = match f.write_all(line.as_bytes()).await {
+                    Ok(()) => f.flush().await,
+                    Err(e) => Err(e),
+                };
+                match written {
+                    Ok(()) => {
+                        *end += line.len() as u64;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let cut = f.set_len(*end).await;
+                        Err(ConsumeError::transient(match cut {
+                            Ok(()) => format!("writing to {}: {e}", path.display()),
+                            Err(c) => format!(
+                                "writing to {}: {e}; cutting the torn line off failed too: {c}",
+                                path.display()
+                            ),
+                        }))
+                    }
+                }
             }
         }
     }
 
     async fn stop(&self, _cx: &Context) {
         if let Sink::File { file, .. } = &self.0
-            && let Some(f) = file.lock().await.as_mut()
+            && let Some((f, _)) = file.lock().await.as_mut()
         {
             let _ = f.sync_all().await;
         }

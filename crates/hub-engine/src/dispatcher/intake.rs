@@ -260,16 +260,49 @@ fn settled(slot: &Slot, offer: Offer) -> Result<(), IntakeClosed> {
 }
 
 /// Under `block`, the copies that found their queue full wait for room, one at a time, in
-/// order. Each is stamped again when it enters its queue (its queue wait starts then).
-async fn wait_for_room(sh: &Shared, waiting: Vec<(usize, Queued)>) -> Result<(), IntakeClosed> {
+/// order. Each is stamped again when it enters its queue (its queue wait starts then). A wait
+/// abandoned part-way (its future dropped: a producer stopped at shutdown) queues the copies
+/// still waiting past their queues' limits, since their deliveries' other copies are queued
+/// already: a consumer never misses a message another consumer of it got.
+async fn wait_for_room(
+    sh: &Arc<Shared>,
+    waiting: Vec<(usize, Queued)>,
+) -> Result<(), IntakeClosed> {
+    let mut left = Abandoned {
+        shared: Arc::clone(sh),
+        current: None,
+        waiting: waiting.into(),
+    };
     let mut closed = Ok(());
-    for (i, item) in waiting {
+    while let Some((i, item)) = left.waiting.pop_front() {
         let slot = &sh.slots[i];
+        let held = left.current.insert((i, Some(item)));
         let pushed = slot
             .queue
-            .push(item, slot.options.when_full, || sh.now_ns())
+            .push_held(&mut held.1, slot.options.when_full, || sh.now_ns())
             .await;
+        left.current = None;
         closed = closed.and(settled(slot, pushed));
     }
     closed
+}
+
+/// The copies a wait for room still holds (the one being pushed, then the rest); queued past
+/// their limits if the wait is dropped.
+struct Abandoned {
+    shared: Arc<Shared>,
+    current: Option<(usize, Option<Queued>)>,
+    waiting: VecDeque<(usize, Queued)>,
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        let current = self.current.take().and_then(|(i, item)| Some((i, item?)));
+        for (i, mut item) in current.into_iter().chain(self.waiting.drain(..)) {
+            let slot = &self.shared.slots[i];
+            item.enqueued_ns = self.shared.now_ns();
+            // Closed: the copy settles as a requeue when dropped, as before.
+            let _ = settled(slot, slot.queue.push_past_limits(item));
+        }
+    }
 }

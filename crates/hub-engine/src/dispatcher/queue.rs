@@ -270,6 +270,31 @@ impl Queue {
         }
     }
 
+    /// Queues `item` whatever the room (count and bytes may go over their limits by it):
+    /// for a copy whose delivery's other copies are already queued and whose wait for room was
+    /// abandoned (its producer stopped at shutdown), so no consumer misses a message another one
+    /// got. Refused only once the queue is closed.
+    pub fn push_past_limits(&self, item: Queued) -> Offer {
+        let size = item.message.byte_size();
+        let mut st = self.lock();
+        if st.closed {
+            return Offer::Closed(Box::new(item));
+        }
+        st.received += 1;
+        let was_empty = st.items.is_empty();
+        Self::enter(&mut st, item, size);
+        let filled = self.want > 0 && st.items.len() >= self.want;
+        drop(st);
+        self.budget.add(size);
+        if was_empty {
+            self.not_empty.notify_one();
+        }
+        if filled {
+            self.filled.notify_waiters();
+        }
+        Offer::Accepted
+    }
+
     /// One push under the caller's lock; the caller wakes the worker.
     fn push_locked(&self, st: &mut State, item: Queued, policy: WhenFull) -> TryPush {
         if st.closed {
@@ -355,13 +380,29 @@ impl Queue {
     /// Offers a message; under `block` waits for room (or for the queue to close). A message
     /// that had to wait is stamped with `now()` when it enters the queue, so its queue wait does
     /// not include the time its producer was blocked.
-    pub async fn push(&self, mut item: Queued, policy: WhenFull, now: impl Fn() -> u64) -> Offer {
+    pub async fn push(&self, item: Queued, policy: WhenFull, now: impl Fn() -> u64) -> Offer {
+        let mut held = Some(item);
+        self.push_held(&mut held, policy, now).await
+    }
+
+    /// [`Queue::push`] of the message in `held`, which stays there (stamped with each new
+    /// wait's `now()`) while it waits: a caller whose wait is dropped still has it.
+    pub async fn push_held(
+        &self,
+        held: &mut Option<Queued>,
+        policy: WhenFull,
+        now: impl Fn() -> u64,
+    ) -> Offer {
         let mut blocked = Blocked {
             queue: self,
             registered: false,
         };
         let mut waited = false;
         loop {
+            let Some(item) = held.take() else {
+                // Nothing to push (a caller's bug): nothing was refused either.
+                return Offer::Accepted;
+            };
             let mut notified = pin!(self.not_full.notified());
             notified.as_mut().enable();
             // In a block of its own: the guard must not live across the wait.
@@ -398,10 +439,12 @@ impl Queue {
                     }
                 }
             };
-            item = back;
+            *held = Some(back);
             notified.await;
             waited = true;
-            item.enqueued_ns = now();
+            if let Some(item) = held.as_mut() {
+                item.enqueued_ns = now();
+            }
         }
     }
 
