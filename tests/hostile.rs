@@ -257,3 +257,218 @@ delay = "1h"
         "peak RSS {peak:.1} MiB, baseline {baseline:.1} MiB, ceiling {CEILING_MIB} MiB"
     );
 }
+
+/// A tiny HTTP server on 127.0.0.1 answering every request with `status` (no body), counting
+/// the requests; runs until the test ends.
+fn http_server(status: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&hits);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let counted = std::sync::Arc::clone(&counted);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                let mut seen = Vec::new();
+                // One request per connection: read to the end of the headers and the body.
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&seen);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if seen.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = conn.write_all(
+                    format!(
+                        "HTTP/1.1 {status} Oops\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    )
+                    .as_bytes(),
+                );
+            });
+        }
+    });
+    (port, hits)
+}
+
+/// Security: a whole run with secrets everywhere a configuration may hold one (an AMQP
+/// password, HTTP header tokens and an HMAC secret from the environment, a token in a webhook
+/// URL's query and one in a chat webhook's path, a PostgreSQL password, an IRC password), each
+/// part failing so it logs its errors (a refused broker, a refused database, a 500 webhook, an
+/// unreachable IRC server) at debug level: no secret in `hub check`'s output, any log line,
+/// `/ready`, `/metrics`, or the dead letters.
+#[test]
+fn no_secret_reaches_logs_check_output_or_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = free_port();
+    let (hook_port, hits) = http_server(500);
+    let port = free_port();
+    let dead = dir.path().join("dead.jsonl");
+    let secrets = [
+        "S3cretAmqpPw",
+        "tok-Secret-123",
+        "hmac-Secret-456",
+        "UrlQuerySecret789",
+        "WebhookPathSecret",
+        "PgSecret321",
+        "IrcSecret654",
+    ];
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r##"
+[hub]
+shutdown_grace = "3s"
+[http]
+listen = "127.0.0.1:{port}"
+[backends.mem]
+type = "memory"
+[backends.rabbit]
+type = "amqp"
+url = "amqp://guest:S3cretAmqpPw@127.0.0.1:{closed}/%2f"
+[resources.pg]
+type = "postgres_pool"
+url = "host=127.0.0.1 port={closed} user=postgres password=PgSecret321 dbname=test"
+connect_timeout = "1s"
+[producers.tick]
+type = "ticker"
+backend = "mem"
+[producers.tick.settings]
+topic = "org.secret.tick"
+rate = 20.0
+[consumers.hook]
+type = "http"
+backend = "mem"
+topics = ["org.secret.#"]
+retry = {{ max_attempts = 2, delay = "100ms" }}
+dead_letter = {{ file = "{dead}" }}
+[consumers.hook.settings]
+url = "http://127.0.0.1:{hook_port}/hook?token=UrlQuerySecret789"
+headers = {{ Authorization = {{ env = "HUB_TEST_TOKEN" }} }}
+secret = {{ env = "HUB_TEST_HMAC" }}
+[consumers.chat]
+type = "notify"
+backend = "mem"
+topics = ["org.secret.#"]
+retry = {{ max_attempts = 2, delay = "100ms" }}
+dead_letter = {{ file = "{dead}" }}
+[consumers.chat.settings]
+sink = "webhook"
+url = "http://127.0.0.1:{hook_port}/hooks/WebhookPathSecret"
+[consumers.irc]
+type = "notify"
+backend = "mem"
+topics = ["org.secret.#"]
+retry = {{ max_attempts = 2, delay = "100ms" }}
+dead_letter = {{ file = "{dead}" }}
+[consumers.irc.settings]
+sink = "irc"
+server = "127.0.0.1"
+port = {closed}
+nick = "secretbot"
+channel = "#secret"
+password = {{ env = "HUB_TEST_IRC" }}
+reconnect_delay = "100ms"
+[consumers.store]
+type = "postgres"
+backend = "mem"
+topics = ["org.secret.#"]
+retry = {{ max_attempts = 2, delay = "100ms" }}
+dead_letter = {{ file = "{dead}" }}
+[consumers.store.settings]
+pool = "pg"
+[consumers.broker]
+type = "delay"
+backend = "rabbit"
+topics = ["org.secret.#"]
+settings = {{ delay = "1ms" }}
+"##,
+            dead = dead.display(),
+        ),
+    );
+    let cfg = config.to_str().unwrap();
+    let with_env = |c: &mut Command| {
+        c.env("HUB_TEST_TOKEN", "Bearer tok-Secret-123")
+            .env("HUB_TEST_HMAC", "hmac-Secret-456")
+            .env("HUB_TEST_IRC", "IrcSecret654")
+            .env("RUST_LOG", "debug");
+    };
+    let mut text = String::new();
+    for args in [
+        vec!["check", "--config", cfg],
+        vec!["consumers", "--config", cfg],
+    ] {
+        let mut c = hub(&args);
+        with_env(&mut c);
+        let out = c.output().unwrap();
+        text.push_str(&String::from_utf8_lossy(&out.stdout));
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    let mut c = hub(&["run", "--config", cfg]);
+    with_env(&mut c);
+    let log_path = dir.path().join("run.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let mut p = spawn(
+        c.stdout(Stdio::from(log_file.try_clone().unwrap()))
+            .stderr(Stdio::from(log_file)),
+    );
+    wait_until("the hub serves", Duration::from_secs(20), || {
+        http_get(port, "/live").is_some()
+    });
+    // Long enough for every part to fail a few times and dead letters to be written.
+    wait_until(
+        "webhook calls and dead letters",
+        Duration::from_secs(20),
+        || {
+            hits.load(std::sync::atomic::Ordering::SeqCst) >= 10
+                && std::fs::read_to_string(&dead).is_ok_and(|d| d.lines().count() >= 4)
+        },
+    );
+    for path in ["/ready", "/metrics", "/live"] {
+        if let Some((_, body)) = http_get(port, path) {
+            text.push_str(&body);
+        }
+    }
+    signal(&p, "-TERM");
+    let _ = wait_exit(&mut p, Duration::from_secs(20));
+    text.push_str(&std::fs::read_to_string(&log_path).unwrap());
+    text.push_str(&std::fs::read_to_string(&dead).unwrap_or_default());
+    assert!(text.lines().count() > 100, "a run that logged: {text}");
+    // Each part did fail (so its error text is in what was searched).
+    for (what, needle) in [
+        ("the broker", "rabbit"),
+        ("the webhook", "500"),
+        ("PostgreSQL", "PostgreSQL"),
+        ("IRC", "irc"),
+    ] {
+        assert!(text.contains(needle), "no sign of {what} in the run");
+    }
+    eprintln!(
+        "searched {} lines of check output, logs, pages and dead letters",
+        text.lines().count()
+    );
+    for secret in secrets {
+        let at: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(secret))
+            .take(3)
+            .collect();
+        assert!(at.is_empty(), "{secret} leaked: {at:?}");
+    }
+}
