@@ -110,13 +110,16 @@ impl DeliverySink for Intake {
         sh.backends[self.backend].count_received(1);
         let mut closed = Ok(());
         let mut waiting = Vec::new();
+        // The copies' bytes go to the hub-wide budget once, after the last copy.
+        let mut pending = 0;
         self.copies(delivery, sh.now_ns(), |i, item| {
             let slot = &sh.slots[i];
-            match slot.queue.try_push(item, slot.options.when_full) {
+            match slot.queue.try_push(item, slot.options.when_full, &mut pending) {
                 Ok(offer) => closed = closed.and(settled(slot, offer)),
                 Err(full) => waiting.push((i, full)),
             }
         });
+        sh.budget.add(pending);
         self.admission(closed, waiting)
     }
 

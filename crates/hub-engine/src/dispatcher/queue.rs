@@ -56,7 +56,8 @@ impl ByteBudget {
         self.used().saturating_add(more) <= self.limit.load(Ordering::Relaxed)
     }
 
-    fn add(&self, n: usize) {
+    /// Counts `n` more bytes queued.
+    pub fn add(&self, n: usize) {
         if n > 0 {
             self.used.fetch_add(n, Ordering::Relaxed);
         }
@@ -243,18 +244,25 @@ impl Queue {
     }
 
     /// Offers one message without waiting: `Err` gives it back when the queue is full under
-    /// `block`.
-    pub fn try_push(&self, item: Queued, policy: WhenFull) -> Result<Offer, Queued> {
+    /// `block`. The bytes it queues on the fast path are added to `pending`, for the caller to
+    /// add to the hub-wide budget ([`ByteBudget::add`]) once for all the copies of a delivery;
+    /// the room check counts them meanwhile.
+    pub fn try_push(
+        &self,
+        item: Queued,
+        policy: WhenFull,
+        pending: &mut usize,
+    ) -> Result<Offer, Queued> {
         let size = item.message.byte_size();
         let mut st = self.lock();
         // The common case first, with no detour (the hot path of every single delivery).
-        if !st.closed && self.room(&st, size, 0) {
+        if !st.closed && self.room(&st, size, *pending) {
             st.received += 1;
             let was_empty = st.items.is_empty();
             Self::enter(&mut st, item, size);
             let filled = st.items.len() == self.want;
             drop(st);
-            self.budget.add(size);
+            *pending += size;
             if was_empty {
                 self.not_empty.notify_one();
             }
@@ -263,7 +271,9 @@ impl Queue {
             }
             return Ok(Offer::Accepted);
         }
-        // Closed or full: nothing was queued, so there is nobody new to wake.
+        // Closed or full: nothing was queued, so there is nobody new to wake. The slow path
+        // checks the budget itself: it must see what was queued before.
+        self.budget.add(std::mem::take(pending));
         match self.push_locked(&mut st, item, policy) {
             TryPush::Done(offer) => Ok(offer),
             TryPush::Full(back) => Err(back),
