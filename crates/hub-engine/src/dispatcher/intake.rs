@@ -114,7 +114,10 @@ impl DeliverySink for Intake {
         let mut pending = 0;
         self.copies(delivery, sh.now_ns(), |i, item| {
             let slot = &sh.slots[i];
-            match slot.queue.try_push(item, slot.options.when_full, &mut pending) {
+            match slot
+                .queue
+                .try_push(item, slot.options.when_full, &mut pending)
+            {
                 Ok(offer) => closed = closed.and(settled(slot, offer)),
                 Err(full) => waiting.push((i, full)),
             }

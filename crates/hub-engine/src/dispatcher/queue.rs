@@ -243,10 +243,12 @@ impl Queue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Offers one message without waiting: `Err` gives it back when the queue is full under
-    /// `block`. The bytes it queues on the fast path are added to `pending`, for the caller to
-    /// add to the hub-wide budget ([`ByteBudget::add`]) once for all the copies of a delivery;
-    /// the room check counts them meanwhile.
+    /// Offers one copy of a delivery without waiting: `Err` gives it back when the queue is
+    /// full under `block`. The bytes it queues on the fast path are added to `pending`, for
+    /// the caller to add to the hub-wide budget ([`ByteBudget::add`]) once for all the copies;
+    /// the room check counts them meanwhile. Inlined into the intake's loop over the copies:
+    /// the call's frame cost more than the byte accounting itself (BENCHMARKS.md).
+    #[inline]
     pub fn try_push(
         &self,
         item: Queued,
