@@ -482,7 +482,8 @@ async fn an_async_resource_is_made_before_the_configuration_is_checked() {
 }
 
 /// The HTTP server's bounds: at most `max_connections` served at once (an idle flood waits, the
-/// hub answers again once one closes), and a request body over `max_body_bytes` gets 413.
+/// hub answers again once one closes), a request body over `max_body_bytes` gets 413, and a
+/// head over hyper's bounds (100 headers, about 400 KiB) is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_server_bounds_connections_and_body_sizes() {
     let hub = Running::start(
@@ -542,5 +543,39 @@ settings = { delay = "0ms" }
         .unwrap()
         .unwrap();
     assert!(text.starts_with("HTTP/1.0 413"), "{text}");
+    // Headers: more than 100, or a head of more than about 400 KiB, is refused (hyper's
+    // bounds): 431, or the connection closed, never served and never buffered without end.
+    let refused = |request: String| async move {
+        let mut s = TcpStream::connect(hub.addr).await.unwrap();
+        // The server may answer and close before it read everything: a write error is fine.
+        let _ = s.write_all(request.as_bytes()).await;
+        let mut text = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut text))
+            .await
+            .expect("answered or closed at once");
+        String::from_utf8_lossy(&text).into_owned()
+    };
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let text = refused(format!(
+        "GET /live HTTP/1.1\r\nHost: localhost\r\n{many}\r\n"
+    ))
+    .await;
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 431"),
+        "200 headers: {text}"
+    );
+    let huge = "y".repeat(1 << 20);
+    let text = refused(format!(
+        "GET /live HTTP/1.1\r\nHost: localhost\r\nX-Big: {huge}\r\n\r\n"
+    ))
+    .await;
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 431"),
+        "a 1 MiB header: {}",
+        &text[..text.len().min(200)]
+    );
+    // And the server still answers.
+    let text = refused("GET /live HTTP/1.0\r\nHost: localhost\r\n\r\n".into()).await;
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
     hub.stop().await;
 }
