@@ -82,6 +82,30 @@ impl Running {
         Some((status, body))
     }
 
+    /// `POST path` with `Authorization: Bearer token` when given; (status, JSON body).
+    async fn post(&self, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+        let mut s = TcpStream::connect(self.addr).await.unwrap();
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        s.write_all(
+            format!("POST {path} HTTP/1.0\r\nHost: localhost\r\n{auth}Content-Length: 0\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (status, serde_json::from_str(body).unwrap_or_default())
+    }
+
+    /// `GET path` as JSON (200 expected).
+    async fn json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.get(path).await.expect("answers");
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
     async fn metrics(&self) -> String {
         let (status, body) = self.get("/metrics").await.expect("/metrics answers");
         assert_eq!(status, 200);
@@ -578,4 +602,138 @@ settings = { delay = "0ms" }
     let text = refused("GET /live HTTP/1.0\r\nHost: localhost\r\n\r\n".into()).await;
     assert!(text.starts_with("HTTP/1.0 200"), "{text}");
     hub.stop().await;
+}
+
+/// The JSON API: the status and history shapes, pause and resume with the admin token (a
+/// paused consumer's count stops while its queue fills; resume goes on), writes refused
+/// without it (401) and on a hub without one (403).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_api_shows_status_and_history_and_pauses_with_the_token() {
+    let hub = Running::start(
+        r#"
+[hub]
+name = "apitest"
+shutdown_grace = "1s"
+[http]
+admin_token = "tok-Api-123"
+[backends.mem]
+type = "memory"
+[producers.tick]
+type = "ticker"
+[producers.tick.settings]
+topic = "org.api.tick"
+rate = 100.0
+[consumers.fast]
+type = "delay"
+topics = ["org.api.#"]
+queue_capacity = 100000
+settings = { delay = "0ms" }
+[consumers.slow]
+type = "delay"
+topics = ["org.api.#"]
+queue_capacity = 100000
+settings = { delay = "50ms" }
+"#,
+    )
+    .await;
+    sleep(Duration::from_millis(2500)).await;
+    let status = hub.json("/api/v1/status").await;
+    assert_eq!(status["api"], "v1");
+    assert_eq!(status["hub"]["name"], "apitest");
+    assert_eq!(status["hub"]["writable"], true);
+    assert_eq!(status["backends"][0]["id"], "mem");
+    assert_eq!(status["backends"][0]["connected"], true);
+    let consumers = status["consumers"].as_array().unwrap();
+    assert_eq!(consumers.len(), 2);
+    let by = |v: &serde_json::Value, id: &str| -> serde_json::Value {
+        v["consumers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let fast = by(&status, "fast");
+    assert_eq!(fast["type"], "delay");
+    assert_eq!(fast["topics"], serde_json::json!(["org.api.#"]));
+    assert_eq!(fast["state"], "running");
+    assert_eq!(fast["backlog"], 0);
+    assert!(fast["outcomes"]["ok"].as_u64().unwrap() > 100, "{fast}");
+    assert!(fast["in_per_s"].as_f64().unwrap() > 0.0, "{fast}");
+    let slow = by(&status, "slow");
+    assert!(
+        slow["backlog"].as_u64().unwrap() > 50,
+        "the slow one falls behind: {slow}"
+    );
+    assert!(slow["oldest_age_s"].as_f64().unwrap() > 0.5, "{slow}");
+    // History: one sample a second so far.
+    let one = hub.json("/api/v1/consumers/slow").await;
+    let fine = one["history"]["fine"]["samples"].as_array().unwrap();
+    assert!(fine.len() >= 2, "{one}");
+    assert!(fine.last().unwrap()["backlog"].as_u64().unwrap() > 0);
+    assert_eq!(one["history"]["coarse"]["resolution_s"], 10);
+    assert_eq!(hub.get("/api/v1/consumers/nobody").await.unwrap().0, 404);
+
+    // Writes need the token.
+    let (code, body) = hub.post("/api/v1/consumers/fast/pause", None).await;
+    assert_eq!(code, 401, "{body}");
+    let (code, _) = hub
+        .post("/api/v1/consumers/fast/pause", Some("wrong"))
+        .await;
+    assert_eq!(code, 401);
+    let (code, body) = hub
+        .post("/api/v1/consumers/fast/pause", Some("tok-Api-123"))
+        .await;
+    assert_eq!(
+        (code, &body["paused"]),
+        (200, &serde_json::json!(true)),
+        "{body}"
+    );
+    sleep(Duration::from_millis(300)).await;
+    let ok_at = |v: &serde_json::Value| by(v, "fast")["outcomes"]["ok"].as_u64().unwrap();
+    let a = hub.json("/api/v1/status").await;
+    sleep(Duration::from_millis(700)).await;
+    let b = hub.json("/api/v1/status").await;
+    assert_eq!(ok_at(&a), ok_at(&b), "a paused consumer finishes nothing");
+    assert_eq!(by(&b, "fast")["state"], "paused");
+    assert!(
+        by(&b, "fast")["backlog"].as_u64().unwrap() > by(&a, "fast")["backlog"].as_u64().unwrap()
+    );
+    let metrics = hub.metrics().await;
+    assert!(
+        metrics.contains("hub_consumer_paused{consumer=\"fast\"} 1"),
+        "{metrics}"
+    );
+    let (code, _) = hub
+        .post("/api/v1/consumers/fast/resume", Some("tok-Api-123"))
+        .await;
+    assert_eq!(code, 200);
+    sleep(Duration::from_millis(500)).await;
+    let c = hub.json("/api/v1/status").await;
+    assert!(ok_at(&c) > ok_at(&b), "resumed");
+    assert_eq!(by(&c, "fast")["state"], "running");
+    let (code, _) = hub
+        .post("/api/v1/consumers/nobody/pause", Some("tok-Api-123"))
+        .await;
+    assert_eq!(code, 404);
+    hub.stop().await;
+
+    // A hub without a token is read-only.
+    let ro = Running::start(
+        r#"
+[backends.mem]
+type = "memory"
+[consumers.c]
+type = "delay"
+topics = ["x.#"]
+settings = { delay = "0ms" }
+"#,
+    )
+    .await;
+    let (code, body) = ro.post("/api/v1/consumers/c/pause", Some("anything")).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("admin_token"));
+    assert_eq!(ro.json("/api/v1/status").await["hub"]["writable"], false);
+    ro.stop().await;
 }

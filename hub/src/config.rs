@@ -84,6 +84,11 @@ pub struct HttpSection {
     /// 1 MiB.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// The token the JSON API's writes (pause, resume) need, in an `Authorization: Bearer`
+    /// header: a string, `{ env = "VAR" }` or `{ file = "/path" }`; never logged. Unset (the
+    /// default): the API and the page are read-only.
+    #[serde(default)]
+    pub admin_token: Option<hub_http::SecretSource>,
 }
 
 fn default_max_connections() -> usize {
@@ -119,6 +124,7 @@ impl Default for HttpSection {
             listen: default_listen(),
             max_connections: default_max_connections(),
             max_body_bytes: default_max_body_bytes(),
+            admin_token: None,
         }
     }
 }
@@ -924,6 +930,18 @@ pub(crate) fn load_partial(
     }
     let hub: HubSection = l.section("hub");
     let http: HttpSection = l.section("http");
+    if let Some(token) = &http.admin_token {
+        match token.resolve() {
+            Ok(t) if t.expose().trim().is_empty() => {
+                l.issue(
+                    "http.admin_token",
+                    "is empty: give a token, or leave the key out",
+                );
+            }
+            Ok(_) => {}
+            Err(e) => l.issue("http.admin_token", e),
+        }
+    }
     if hub.name.is_empty() {
         l.issue("hub.name", "must not be empty");
     }

@@ -1,5 +1,5 @@
-//! The one HTTP server: `/metrics`, `/live`, `/ready`, and `POST /dead-letters/requeue` (from
-//! loopback only) for `hub dead requeue`.
+//! The one HTTP server: `/metrics`, `/live`, `/ready`, the JSON API under `/api/v1/`
+//! (`api.rs`), and `POST /dead-letters/requeue` (from loopback only) for `hub dead requeue`.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -203,22 +203,26 @@ impl AsyncWrite for Permitted {
 pub(crate) async fn serve(
     listener: TcpListener,
     limits: Limits,
-    metrics: MetricsHandle,
-    readiness: ReadinessProbe,
-    dispatcher: Dispatcher,
+    api: crate::api::Api,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
+    let api_routes = Router::new()
+        .route("/api/v1/status", get(crate::api::status))
+        .route("/api/v1/consumers/{id}", get(crate::api::consumer))
+        .route("/api/v1/consumers/{id}/{action}", post(crate::api::control))
+        .with_state(api.clone());
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/live", get(live))
         .route("/ready", get(ready))
         .route("/dead-letters/requeue", post(requeue))
-        .layer(DefaultBodyLimit::max(limits.body_bytes))
         .with_state(AppState {
-            metrics,
-            readiness,
-            dispatcher,
-        });
+            metrics: api.metrics,
+            readiness: api.readiness,
+            dispatcher: api.dispatcher,
+        })
+        .merge(api_routes)
+        .layer(DefaultBodyLimit::max(limits.body_bytes));
     let listener = Bounded {
         inner: listener,
         permits: Arc::new(Semaphore::new(limits.connections)),

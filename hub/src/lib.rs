@@ -18,6 +18,7 @@
 //! - `stock`: `echo`, `delay`, `reply`, `ticker`.
 //! - `telemetry`: logs (metrics are `hub_engine::metrics`).
 
+mod api;
 mod cli_tools;
 pub mod config;
 mod dead;
@@ -311,19 +312,48 @@ impl HubBuilder {
             context: "reading the listener's address".into(),
             source,
         })?;
+        let catalog = api::Catalog {
+            name: config.hub.name.clone(),
+            config: source.clone(),
+            started: std::time::Instant::now(),
+            started_at: hub_core::Timestamp::now(),
+            backends: config
+                .backends
+                .iter()
+                .map(|b| (b.id.clone(), b.kind.clone()))
+                .collect(),
+            consumers: config
+                .consumers
+                .iter()
+                .map(|c| {
+                    let topics = c.topics.iter().map(|p| p.as_str().to_owned()).collect();
+                    (c.id.clone(), c.kind.clone(), c.backend.clone(), topics)
+                })
+                .collect(),
+            // Read (and checked) when the configuration was loaded.
+            admin_token: config
+                .http
+                .admin_token
+                .as_ref()
+                .and_then(|t| t.resolve().ok()),
+        };
         let engine = self.assemble(config)?.build()?;
         let metrics = engine.metrics();
         let mut running = engine.start().await?;
         let stop_http = CancellationToken::new();
+        let writable = catalog.admin_token.is_some();
         let server = tokio::spawn(http::serve(
             listener,
             limits,
-            metrics,
-            running.readiness_probe(),
-            running.dispatcher().clone(),
+            api::Api {
+                catalog: std::sync::Arc::new(catalog),
+                dispatcher: running.dispatcher().clone(),
+                readiness: running.readiness_probe(),
+                metrics,
+            },
             stop_http.clone(),
         ));
-        info!(config = %source, %listen, "Serving /metrics, /live, /ready and (from loopback) /dead-letters/requeue.");
+        info!(config = %source, %listen, api_writable = writable, "Serving /metrics, /live, /ready, the JSON API under /api/v1/ and (from loopback) /dead-letters/requeue.");
         let fatal = tokio::select! {
             () = shutdown => None,
             e = running.fatal() => e,

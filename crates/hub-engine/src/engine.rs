@@ -341,6 +341,7 @@ impl Engine {
             loop {
                 tick.tick().await;
                 dispatcher.refresh_gauges();
+                dispatcher.record_history();
             }
         });
         info!(hub = %self.name, backends = self.backends.len(), producers = self.producers.len(), "Hub started.");

@@ -27,8 +27,9 @@ pub mod metrics;
 pub mod settings;
 
 pub use dispatcher::{
-    BackendIndex, ConsumerState, DEFAULT_MAX_QUEUED_BYTES, Dispatcher, DispatcherBuilder,
-    DrainReport, Intake, RedeliverError,
+    BackendIndex, COARSE_EVERY, COARSE_SAMPLES, ConsumerState, ConsumerStatus,
+    DEFAULT_MAX_QUEUED_BYTES, Dispatcher, DispatcherBuilder, DrainReport, FINE_SAMPLES, History,
+    Intake, LastError, Outcomes, RedeliverError, RunState, Sample, UnknownConsumer,
 };
 pub use engine::{
     ConsumerSpec, Engine, EngineBuilder, EngineError, Readiness, ReadinessProbe, RunningEngine,

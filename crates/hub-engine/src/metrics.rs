@@ -81,6 +81,8 @@ pub const CONSUMER_QUEUE_WAIT: &str = "hub_consumer_queue_wait_seconds";
 pub const CONSUMER_RETRIES: &str = "hub_consumer_retries_total";
 /// `hub_consumer_retry_waiting_messages`
 pub const CONSUMER_RETRY_WAITING: &str = "hub_consumer_retry_waiting_messages";
+/// `hub_consumer_paused`
+pub const CONSUMER_PAUSED: &str = "hub_consumer_paused";
 /// `hub_consumer_throttled_seconds_total`
 pub const CONSUMER_THROTTLED: &str = "hub_consumer_throttled_seconds_total";
 /// `hub_consumer_dead_letters_total`
@@ -191,6 +193,11 @@ const HELP: &[(&str, Kind, &str)] = &[
         CONSUMER_RETRY_WAITING,
         Kind::Gauge,
         "Failed messages waiting out their retry delay (each holds its place in the queue).",
+    ),
+    (
+        CONSUMER_PAUSED,
+        Kind::Gauge,
+        "1 while an operator has paused the consumer (its queue keeps filling under when_full), else 0.",
     ),
     (
         CONSUMER_DEAD_LETTERS,
@@ -397,6 +404,7 @@ pub(crate) struct ConsumerMetrics {
     pub dropped_shutdown: Counter,
     pub retries: Counter,
     pub retry_waiting: Gauge,
+    pub paused: Gauge,
     pub dead_letter_failures: Counter,
 }
 
@@ -462,6 +470,7 @@ impl ConsumerMetrics {
                 dropped_shutdown: counter!(CONSUMER_DROPPED, "consumer" => consumer.to_owned(), "reason" => "shutdown"),
                 retries: counter!(CONSUMER_RETRIES, "consumer" => consumer.to_owned()),
                 retry_waiting: gauge!(CONSUMER_RETRY_WAITING, "consumer" => consumer.to_owned()),
+                paused: gauge!(CONSUMER_PAUSED, "consumer" => consumer.to_owned()),
                 dead_letter_failures: counter!(CONSUMER_DEAD_LETTER_FAILURES, "consumer" => consumer.to_owned()),
             }
         });
@@ -473,6 +482,7 @@ impl ConsumerMetrics {
             &m.oldest_age,
             &m.catch_up,
             &m.retry_waiting,
+            &m.paused,
         ] {
             g.set(0.0);
         }

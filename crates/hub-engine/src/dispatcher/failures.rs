@@ -62,8 +62,13 @@ pub(super) async fn after_failure(
 ) -> After {
     let slot = &shared.slots[index];
     let f = &slot.failures;
+    slot.note_failure(&message, &verdict);
     if !f.local && !f.policy.in_order {
         // The broker retries and dead-letters.
+        if matches!(verdict, Verdict::Reject { .. }) {
+            slot.dead_lettered
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         guard.finish(outcome, ended);
         settle.finish(verdict);
         return After::Done(ended);
@@ -108,6 +113,9 @@ pub(super) async fn after_failure(
     if f.local {
         dead_letter(slot, &message, &reason, attempt).await;
     }
+    // Given up on: dead-lettered here, or rejected to the broker, which dead-letters it.
+    slot.dead_lettered
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     guard.finish(outcome, ended);
     settle.finish(Verdict::Reject { reason });
     After::Done(ended)

@@ -27,6 +27,8 @@ pub struct ConsumerState {
     pub oldest_age: Duration,
     /// Estimated seconds to work off the backlog (see the metric).
     pub catch_up_seconds: f64,
+    /// Paused by an operator ([`Dispatcher::pause`]).
+    pub paused: bool,
 }
 
 /// One consumer's counts at one moment, consistent with each other.
@@ -98,6 +100,7 @@ impl Dispatcher {
             m.retry_waiting.set(state.retry_waiting as f64);
             m.oldest_age.set(state.oldest_age.as_secs_f64());
             m.catch_up.set(state.catch_up_seconds);
+            m.paused.set(if state.paused { 1.0 } else { 0.0 });
         }
     }
 
@@ -167,6 +170,7 @@ impl Dispatcher {
                 mean,
                 stalled_for,
             ),
+            paused: counts.queue.paused,
         };
         (state, counts)
     }

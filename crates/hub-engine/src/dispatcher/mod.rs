@@ -17,6 +17,7 @@ mod queue;
 mod redeliver;
 mod route_cache;
 mod stats;
+mod status;
 mod throttle;
 mod ticket;
 mod worker;
@@ -42,6 +43,10 @@ pub use gauges::ConsumerState;
 pub use intake::Intake;
 pub use lifecycle::DrainReport;
 pub use redeliver::RedeliverError;
+pub use status::{
+    COARSE_EVERY, COARSE_SAMPLES, ConsumerStatus, FINE_SAMPLES, History, LastError, Outcomes,
+    RunState, Sample, UnknownConsumer,
+};
 
 /// The default `[hub] max_queued_bytes`: 1 GiB.
 pub const DEFAULT_MAX_QUEUED_BYTES: usize = 1 << 30;
@@ -173,6 +178,9 @@ impl DispatcherBuilder {
         };
         self.slots.push(Slot {
             throttle,
+            last_error: Mutex::new(None),
+            dead_lettered: AtomicU64::new(0),
+            history: Mutex::new(status::HistoryRing::default()),
             failures,
             metrics: ConsumerMetrics::register(&self.registry, &name),
             queue: Queue::new(
@@ -243,6 +251,12 @@ pub(crate) struct Slot {
     cut_off: AtomicU64,
     /// The rate limit, if any (also the context's pacer), with the time waited for it.
     throttle: Option<Arc<Throttle>>,
+    /// The last failure, for the status page.
+    last_error: Mutex<Option<status::LastError>>,
+    /// Messages given up on (dead-lettered by the hub, or rejected to the broker).
+    dead_lettered: AtomicU64,
+    /// Samples of the last hour.
+    history: Mutex<status::HistoryRing>,
     /// Retries and dead letters.
     failures: Failures,
 }

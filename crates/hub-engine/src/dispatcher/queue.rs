@@ -91,6 +91,9 @@ struct State {
     retried: u64,
     /// Cleared at the end of shutdown: a retry given back now is dropped (counted as cleared).
     drained: bool,
+    /// Paused by an operator: nothing is taken (the queue keeps filling under its
+    /// `when_full`) until resumed, or until it closes (the shutdown drain runs anyway).
+    paused: bool,
     /// Producers waiting for room under `block`.
     blocked: usize,
     /// Of those, how many were woken by a pop and have not yet come back for their room: a
@@ -122,6 +125,8 @@ pub(crate) struct Snapshot {
     /// Waiting for their retry.
     pub delayed: usize,
     pub retried: u64,
+    /// Paused by an operator.
+    pub paused: bool,
 }
 
 pub(crate) struct Queue {
@@ -200,6 +205,7 @@ impl Queue {
                 items: VecDeque::with_capacity(capacity.min(4096)),
                 bytes: 0,
                 closed: false,
+                paused: false,
                 received: 0,
                 dropped: 0,
                 taken: 0,
@@ -463,6 +469,9 @@ impl Queue {
     /// Takes the oldest message if there is one, without waiting.
     pub fn try_pop(&self) -> TryPop {
         let mut st = self.lock();
+        if st.paused && !st.closed {
+            return TryPop::Empty;
+        }
         match st.items.pop_front() {
             Some(item) => {
                 let size = item.message.byte_size();
@@ -573,6 +582,9 @@ impl Queue {
     /// Takes up to `max` of the oldest messages at once, without waiting (a batch).
     pub fn pop_many(&self, max: usize) -> Vec<Queued> {
         let mut st = self.lock();
+        if st.paused && !st.closed {
+            return Vec::new();
+        }
         let n = max.min(st.items.len());
         let items: Vec<Queued> = st.items.drain(..n).collect();
         let size: usize = items.iter().map(|q| q.message.byte_size()).sum();
@@ -622,7 +634,7 @@ impl Queue {
             notified.as_mut().enable();
             {
                 let st = self.lock();
-                if !st.items.is_empty() {
+                if !st.items.is_empty() && (!st.paused || st.closed) {
                     drop(st);
                     // The wake-up this waiter may have consumed goes on to the next one.
                     if self.chain_wakeups {
@@ -636,6 +648,22 @@ impl Queue {
             }
             notified.await;
         }
+    }
+
+    /// Pauses (`true`) or resumes (`false`) taking messages; returns whether it changed. A
+    /// resume wakes the waiting workers.
+    pub fn set_paused(&self, paused: bool) -> bool {
+        let mut st = self.lock();
+        if st.paused == paused {
+            return false;
+        }
+        st.paused = paused;
+        drop(st);
+        if !paused {
+            self.not_empty.notify_waiters();
+            self.filled.notify_waiters();
+        }
+        true
     }
 
     /// Refuses new messages from now on and wakes everyone waiting.
@@ -661,6 +689,7 @@ impl Queue {
             cleared: st.cleared,
             delayed: st.delayed,
             retried: st.retried,
+            paused: st.paused,
         };
         let more = read_more();
         drop(st);

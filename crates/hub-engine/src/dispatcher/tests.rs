@@ -13,6 +13,7 @@ mod bytes;
 mod catch_up_scenarios;
 mod failures;
 mod races;
+mod status;
 use std::time::Duration;
 
 use crate::MemoryBackend;
