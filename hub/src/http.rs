@@ -1,4 +1,4 @@
-//! The one HTTP server: `/metrics`, `/live`, `/ready`, the JSON API under `/api/v1/`
+//! The one HTTP server: the status page at `/`, `/metrics`, `/live`, `/ready`, the JSON API under `/api/v1/`
 //! (`api.rs`), and `POST /dead-letters/requeue` (from loopback only) for `hub dead requeue`.
 
 use std::net::SocketAddr;
@@ -36,6 +36,25 @@ async fn render_metrics(State(s): State<AppState>) -> Response {
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         s.metrics.render(),
+    )
+        .into_response()
+}
+
+/// The status page (`hub/assets/status.html`, compiled in): it reads only the JSON API, and may
+/// load nothing from anywhere else (its policy forbids it).
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+                 frame-ancestors 'none'",
+            ),
+        ],
+        include_str!("../assets/status.html"),
     )
         .into_response()
 }
@@ -212,6 +231,7 @@ pub(crate) async fn serve(
         .route("/api/v1/consumers/{id}/{action}", post(crate::api::control))
         .with_state(api.clone());
     let app = Router::new()
+        .route("/", get(page))
         .route("/metrics", get(render_metrics))
         .route("/live", get(live))
         .route("/ready", get(ready))
