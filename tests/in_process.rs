@@ -616,6 +616,8 @@ name = "apitest"
 shutdown_grace = "1s"
 [http]
 admin_token = "tok-Api-123"
+live_tail = 5
+live_tail_bytes = 20
 [backends.mem]
 type = "memory"
 [producers.tick]
@@ -674,6 +676,20 @@ settings = { delay = "50ms" }
     assert!(fine.last().unwrap()["backlog"].as_u64().unwrap() > 0);
     assert_eq!(one["history"]["coarse"]["resolution_s"], 10);
     assert_eq!(hub.get("/api/v1/consumers/nobody").await.unwrap().0, 404);
+    // The live tail: the last five, newest first, bodies cut to 20 bytes.
+    let tail = hub.json("/api/v1/consumers/fast/tail").await;
+    let messages = tail["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 5, "{tail}");
+    for m in messages {
+        assert_eq!(m["topic"], "org.api.tick");
+        assert!(m["body"].as_str().unwrap().len() <= 20, "{m}");
+        assert_eq!(m["truncated"], true, "{m}");
+        assert!(m["body_bytes"].as_u64().unwrap() > 20, "{m}");
+    }
+    assert!(
+        messages[0]["timestamp"].as_str().unwrap() >= messages[4]["timestamp"].as_str().unwrap(),
+        "newest first: {tail}"
+    );
 
     // Writes need the token.
     let (code, body) = hub.post("/api/v1/consumers/fast/pause", None).await;
@@ -735,5 +751,8 @@ settings = { delay = "0ms" }
     assert_eq!(code, 403, "{body}");
     assert!(body["error"].as_str().unwrap().contains("admin_token"));
     assert_eq!(ro.json("/api/v1/status").await["hub"]["writable"], false);
+    let (code, body) = ro.get("/api/v1/consumers/c/tail").await.unwrap();
+    assert_eq!(code, 404, "the live tail is off by default: {body}");
+    assert!(body.contains("live_tail"), "{body}");
     ro.stop().await;
 }

@@ -3,6 +3,8 @@
 //! - `GET /api/v1/status`: the hub, its backends and every consumer now;
 //! - `GET /api/v1/consumers/{id}`: one consumer, with its history (1 s for 10 minutes, 10 s
 //!   for an hour);
+//! - `GET /api/v1/consumers/{id}/tail`: the last messages it received, bodies cut to
+//!   `[http] live_tail_bytes` (404 while `[http] live_tail` is 0, the default);
 //! - `POST /api/v1/consumers/{id}/pause` and `.../resume`: with `[http] admin_token` set and
 //!   sent as `Authorization: Bearer <token>`; refused otherwise (403 when the hub has no token:
 //!   read-only; 401 when the request's is missing or wrong). Each write is logged.
@@ -35,6 +37,10 @@ pub(crate) struct Catalog {
     pub consumers: Vec<(String, String, String, Vec<String>)>,
     /// The write token, when set.
     pub admin_token: Option<hub_http::Secret>,
+    /// Messages kept per consumer for the live tail (0: off).
+    pub live_tail: usize,
+    /// Bytes of each body the tail shows.
+    pub live_tail_bytes: usize,
 }
 
 /// The API's state.
@@ -184,6 +190,7 @@ pub(crate) async fn status(State(api): State<Api>) -> Response {
             "config": c.config,
             "ready": r.ready,
             "writable": c.admin_token.is_some(),
+            "live_tail": c.live_tail,
         },
         "backends": backends,
         "consumers": consumers,
@@ -277,4 +284,49 @@ pub(crate) async fn control(
         }
         Err(e) => error(StatusCode::NOT_FOUND, e.to_string()),
     }
+}
+
+/// `GET /api/v1/consumers/{id}/tail`.
+pub(crate) async fn tail(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    if api.catalog.live_tail == 0 {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the live tail is off: set [http] live_tail to the number of messages to keep",
+        );
+    }
+    let messages = match api.dispatcher.tail(&id) {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::NOT_FOUND, e.to_string()),
+    };
+    let limit = api.catalog.live_tail_bytes;
+    let shown: Vec<Value> = messages
+        .iter()
+        .rev()
+        .map(|m| {
+            let body = m.body().to_string();
+            let (text, truncated) = cut(&body, limit);
+            json!({
+                "id": m.id(),
+                "topic": m.topic(),
+                "timestamp": m.timestamp().to_string(),
+                "headers": m.headers(),
+                "body": text,
+                "body_bytes": body.len(),
+                "truncated": truncated,
+            })
+        })
+        .collect();
+    Json(json!({ "id": id, "messages": shown })).into_response()
+}
+
+/// `text` cut to at most `limit` bytes at a character boundary, and whether it was cut.
+fn cut(text: &str, limit: usize) -> (&str, bool) {
+    if text.len() <= limit {
+        return (text, false);
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&text[..end], true)
 }

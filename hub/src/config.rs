@@ -89,6 +89,18 @@ pub struct HttpSection {
     /// default): the API and the page are read-only.
     #[serde(default)]
     pub admin_token: Option<hub_http::SecretSource>,
+    /// Messages kept per consumer for the live tail (`GET /api/v1/consumers/{id}/tail`, the
+    /// page's tail). Default 0: off (bodies can be private).
+    #[serde(default)]
+    pub live_tail: usize,
+    /// Bytes of each body the live tail shows (longer ones are cut, marked `truncated`).
+    /// Default 512.
+    #[serde(default = "default_live_tail_bytes")]
+    pub live_tail_bytes: usize,
+}
+
+fn default_live_tail_bytes() -> usize {
+    512
 }
 
 fn default_max_connections() -> usize {
@@ -125,6 +137,8 @@ impl Default for HttpSection {
             max_connections: default_max_connections(),
             max_body_bytes: default_max_body_bytes(),
             admin_token: None,
+            live_tail: 0,
+            live_tail_bytes: default_live_tail_bytes(),
         }
     }
 }

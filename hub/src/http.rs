@@ -228,6 +228,7 @@ pub(crate) async fn serve(
     let api_routes = Router::new()
         .route("/api/v1/status", get(crate::api::status))
         .route("/api/v1/consumers/{id}", get(crate::api::consumer))
+        .route("/api/v1/consumers/{id}/tail", get(crate::api::tail))
         .route("/api/v1/consumers/{id}/{action}", post(crate::api::control))
         .with_state(api.clone());
     let app = Router::new()

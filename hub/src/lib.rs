@@ -252,6 +252,7 @@ impl HubBuilder {
         }
         let mut engine = EngineBuilder::new(config.hub.name.clone())
             .max_queued_bytes(config.hub.max_queued_bytes)
+            .live_tail(config.http.live_tail)
             .resources(resources.clone());
         for b in config.backends {
             match (b.build)(&b.id) {
@@ -336,6 +337,8 @@ impl HubBuilder {
                 .admin_token
                 .as_ref()
                 .and_then(|t| t.resolve().ok()),
+            live_tail: config.http.live_tail,
+            live_tail_bytes: config.http.live_tail_bytes,
         };
         let engine = self.assemble(config)?.build()?;
         let metrics = engine.metrics();

@@ -72,6 +72,7 @@ pub enum EngineError {
 pub struct EngineBuilder {
     verdicts_to_backend: bool,
     max_queued_bytes: usize,
+    live_tail: usize,
     name: String,
     registry: Registry,
     resources: Resources,
@@ -86,6 +87,7 @@ impl EngineBuilder {
         Self {
             verdicts_to_backend: false,
             max_queued_bytes: crate::DEFAULT_MAX_QUEUED_BYTES,
+            live_tail: 0,
             name: name.into(),
             registry: Registry::new(),
             resources: Resources::new(),
@@ -104,8 +106,16 @@ impl EngineBuilder {
         self
     }
 
+    /// Keeps the last `n` messages each consumer received for the live tail (`[http]
+    /// live_tail`; 0, the default, keeps none); see
+    /// [`DispatcherBuilder::live_tail`](crate::DispatcherBuilder::live_tail).
+    pub fn live_tail(mut self, n: usize) -> Self {
+        self.live_tail = n;
+        self
+    }
+
     /// The most bytes queued over every consumer (`[hub] max_queued_bytes`, default
-    /// [`DEFAULT_MAX_QUEUED_BYTES`](crate::DEFAULT_MAX_QUEUED_BYTES), 1 GiB); see
+    /// [`DEFAULT_MAX_QUEUED_BYTES`](crate::DEFAULT_MAX_QUEUED_BYTES)); see
     /// [`DispatcherBuilder::max_queued_bytes`](crate::DispatcherBuilder::max_queued_bytes).
     pub fn max_queued_bytes(mut self, limit: usize) -> Self {
         self.max_queued_bytes = limit;
@@ -158,6 +168,7 @@ impl EngineBuilder {
         builder.hub_name(&self.name);
         builder.verdicts_to_backend(self.verdicts_to_backend);
         builder.max_queued_bytes(self.max_queued_bytes);
+        builder.live_tail(self.live_tail);
         let mut backends = Vec::new();
         for (id, backend) in self.backends {
             if !seen.insert(("backend", id.clone())) {

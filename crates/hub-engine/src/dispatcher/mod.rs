@@ -68,6 +68,8 @@ pub struct DispatcherBuilder {
     slots: Vec<Slot>,
     /// `[hub] max_queued_bytes`, shared by every consumer's queue.
     budget: Arc<ByteBudget>,
+    /// Messages kept per consumer for the live tail (0: off).
+    live_tail: usize,
 }
 
 impl DispatcherBuilder {
@@ -102,6 +104,12 @@ impl DispatcherBuilder {
     /// counts as full (its consumer's `when_full` applies) until the total falls below it.
     pub fn max_queued_bytes(&mut self, limit: usize) {
         self.budget.set_limit(limit);
+    }
+
+    /// Keeps the last `n` messages each consumer received, for the live tail
+    /// ([`Dispatcher::tail`]; `[http] live_tail`). 0 (the default): none, bodies can be private.
+    pub fn live_tail(&mut self, n: usize) {
+        self.live_tail = n;
     }
 
     /// The hub's name, written into its dead letters.
@@ -207,6 +215,7 @@ impl DispatcherBuilder {
     /// Finishes the routing table. Nothing runs until [`Dispatcher::start`].
     pub fn build(mut self) -> Dispatcher {
         for slot in &mut self.slots {
+            slot.queue.set_tail(self.live_tail);
             let passed_on = self.verdicts_to_backend && slot.options.retry.is_none();
             slot.failures.local = !self.backend_ids[slot.backend].1 && !passed_on;
             slot.failures.hub = Arc::clone(&self.hub_name);
@@ -371,6 +380,7 @@ impl Dispatcher {
             verdicts_to_backend: false,
             slots: Vec::new(),
             budget: Arc::new(ByteBudget::new(DEFAULT_MAX_QUEUED_BYTES)),
+            live_tail: 0,
         }
     }
 

@@ -94,6 +94,9 @@ struct State {
     /// Paused by an operator: nothing is taken (the queue keeps filling under its
     /// `when_full`) until resumed, or until it closes (the shutdown drain runs anyway).
     paused: bool,
+    /// The last messages that entered, newest last, when the live tail is on (`tail_cap` > 0).
+    tail: VecDeque<Message>,
+    tail_cap: usize,
     /// Producers waiting for room under `block`.
     blocked: usize,
     /// Of those, how many were woken by a pop and have not yet come back for their room: a
@@ -206,6 +209,8 @@ impl Queue {
                 bytes: 0,
                 closed: false,
                 paused: false,
+                tail: VecDeque::new(),
+                tail_cap: 0,
                 received: 0,
                 dropped: 0,
                 taken: 0,
@@ -241,7 +246,33 @@ impl Queue {
     /// `item`, of `size` bytes, joins the queue (the caller adds to the budget).
     fn enter(st: &mut State, item: Queued, size: usize) {
         st.bytes += size;
+        if st.tail_cap > 0 {
+            Self::note_tail(st, &item.message);
+        }
         st.items.push_back(item);
+    }
+
+    /// Keeps `message` in the live tail (the oldest leaves when it is full).
+    #[cold]
+    fn note_tail(st: &mut State, message: &Message) {
+        if st.tail.len() >= st.tail_cap {
+            st.tail.pop_front();
+        }
+        st.tail.push_back(message.clone());
+    }
+
+    /// Keeps the last `n` messages that entered (0: none, the default) for the live tail.
+    pub fn set_tail(&self, n: usize) {
+        let mut st = self.lock();
+        st.tail_cap = n;
+        while st.tail.len() > n {
+            st.tail.pop_front();
+        }
+    }
+
+    /// The live tail: the last messages that entered, oldest first.
+    pub fn tail(&self) -> Vec<Message> {
+        self.lock().tail.iter().cloned().collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -239,6 +239,15 @@ impl Dispatcher {
         Ok(changed)
     }
 
+    /// The live tail of consumer `name`: the last messages it received, oldest first (empty
+    /// when the live tail is off: [`DispatcherBuilder::live_tail`](super::DispatcherBuilder::live_tail)).
+    ///
+    /// # Errors
+    /// No consumer has that name.
+    pub fn tail(&self, name: &str) -> Result<Vec<Message>, UnknownConsumer> {
+        Ok(self.slot(name)?.queue.tail())
+    }
+
     /// Samples every consumer for its history (the engine calls this once a second).
     pub fn record_history(&self) {
         let at = Timestamp::now().as_millisecond() as f64 / 1000.0;
