@@ -756,3 +756,114 @@ settings = { delay = "0ms" }
     assert!(body.contains("live_tail"), "{body}");
     ro.stop().await;
 }
+
+/// `hub top` in a real terminal (tmux): the table shows the consumers and their numbers, `p`
+/// pauses the selected consumer with the token, and `q` exits 0 with the terminal restored
+/// (the normal screen back, canonical mode on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_top_shows_the_consumers_pauses_and_q_restores_the_terminal() {
+    if std::process::Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "tmux is missing: scripts/test installs it"
+        );
+        eprintln!("skipped: no tmux");
+        return;
+    }
+    let hub = Running::start(
+        r#"
+[hub]
+shutdown_grace = "1s"
+[http]
+admin_token = "tok-Top-7"
+[backends.mem]
+type = "memory"
+[producers.tick]
+type = "ticker"
+[producers.tick.settings]
+topic = "org.top.tick"
+rate = 50.0
+[consumers.alpha]
+type = "delay"
+topics = ["org.top.#"]
+settings = { delay = "0ms" }
+[consumers.beta]
+type = "delay"
+topics = ["org.top.#"]
+queue_capacity = 100000
+settings = { delay = "50ms" }
+"#,
+    )
+    .await;
+    let session = format!("hubtop{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        std::process::Command::new("tmux")
+            .args(["-L", &session])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let command = format!(
+        "{} top --url http://{} --token tok-Top-7; echo \"exit=$?\"; stty -a | grep -o -- '-\\?icanon'; sleep 30",
+        env!("CARGO_BIN_EXE_hub"),
+        hub.addr
+    );
+    let started = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "150",
+        "-y",
+        "20",
+        &command,
+    ]);
+    assert!(started.status.success(), "{started:?}");
+    let screen = || {
+        String::from_utf8_lossy(&tmux(&["capture-pane", "-t", &session, "-p"]).stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut text = screen();
+    while !(text.contains("alpha") && text.contains("beta") && text.contains("running")) {
+        assert!(Instant::now() < deadline, "no table: {text}");
+        sleep(Duration::from_millis(200)).await;
+        text = screen();
+    }
+    assert!(
+        text.contains("backlog") && text.contains("catch-up"),
+        "{text}"
+    );
+    // Sorted by name, alpha is selected: p pauses it.
+    tmux(&["send-keys", "-t", &session, "p"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !screen().contains("paused alpha") {
+        assert!(Instant::now() < deadline, "not paused: {}", screen());
+        sleep(Duration::from_millis(200)).await;
+    }
+    let status = hub.json("/api/v1/status").await;
+    assert_eq!(status["consumers"][0]["paused"], true, "{status}");
+    tmux(&["send-keys", "-t", &session, "q"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut text = screen();
+    while !text.contains("exit=") {
+        assert!(Instant::now() < deadline, "hub top did not quit: {text}");
+        sleep(Duration::from_millis(200)).await;
+        text = screen();
+    }
+    tmux(&["kill-server"]);
+    assert!(text.contains("exit=0"), "{text}");
+    assert!(
+        !text.contains("consumers ·"),
+        "the normal screen is back: {text}"
+    );
+    assert!(
+        text.lines().any(|l| l.trim() == "icanon"),
+        "the terminal left raw mode: {text}"
+    );
+    hub.stop().await;
+}

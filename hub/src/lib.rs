@@ -27,6 +27,7 @@ mod import;
 mod registry;
 pub mod stock;
 pub mod telemetry;
+mod top;
 
 use std::any::Any;
 use std::future::Future;
@@ -498,6 +499,7 @@ impl HubBuilder {
                 None => cli_tools::publish(bind, connect, &topic, &json, format, wait).await,
             },
             Command::Dead { action } => self.dead(action).await,
+            Command::Top { url, token } => top::run(url, token).await,
             Command::Route { topic, config } => {
                 let source = source(config);
                 match self.check(&source) {
@@ -829,6 +831,15 @@ enum Command {
         /// Exit after this many messages.
         #[arg(long)]
         count: Option<u64>,
+    },
+    /// A terminal dashboard of a running hub's consumers (its JSON API): backlog, age, catch-up, rates; q quits.
+    Top {
+        /// The hub's HTTP address.
+        #[arg(long, default_value = "http://127.0.0.1:9898")]
+        url: String,
+        /// The hub's `[http] admin_token`, to pause (p) and resume (r) the selected consumer.
+        #[arg(long, env = "HUB_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Dead letters: `list` counts them by consumer and reason; `requeue` sends them back to be consumed again.
     Dead {
