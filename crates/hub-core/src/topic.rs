@@ -234,6 +234,9 @@ impl<'a> TopicWords<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct PatternSet {
     nodes: Vec<Node>,
+    /// Some pattern holds a `#` with more after it: a walk may reach one node at one word
+    /// along several paths, so it remembers where it has been (see `for_each_match`).
+    branching: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -249,6 +252,7 @@ impl PatternSet {
     pub fn new() -> Self {
         Self {
             nodes: vec![Node::default()],
+            branching: false,
         }
     }
 
@@ -286,40 +290,97 @@ impl PatternSet {
             self.nodes.push(Node::default());
         }
         let mut at = 0;
-        for w in pattern.words.iter() {
+        let last = pattern.words.len().saturating_sub(1);
+        for (k, w) in pattern.words.iter().enumerate() {
+            if matches!(w, Word::Many) && k < last {
+                self.branching = true;
+            }
             at = self.child(at, w);
         }
         self.nodes[at as usize].ids.push(id);
     }
 
     /// Calls `found` with the id of every pattern matching `topic`; an id may come more than once
-    /// (several of its patterns match). Allocates nothing for topics of up to 16 words.
+    /// (several of its patterns match), a pattern's id once. Walks each (trie node, word) at
+    /// most once: time at most nodes × words, whatever the topic. Allocates nothing for topics
+    /// of up to 16 words when no pattern has a `#` before its last word.
     pub fn for_each_match(&self, topic: &TopicWords<'_>, mut found: impl FnMut(u32)) {
         if self.nodes.is_empty() {
             return;
         }
-        topic.with_words(|words| self.walk(0, words, &mut found));
+        topic.with_words(|words| {
+            // Without a `#` followed by more words, every (node, word) is reached by one path
+            // at most. With one, `#.*.#.*.#` on a long topic would be reached along a number of
+            // paths that grows as a power of the topic's length (found by fuzzing: a topic
+            // from the bus could stall the intake): each (node, word) is then walked once.
+            let mut seen = if self.branching {
+                Seen::new(self.nodes.len(), words.len() + 1)
+            } else {
+                Seen::default()
+            };
+            self.walk(0, words, words.len(), &mut seen, &mut found);
+        });
     }
 
-    fn walk(&self, at: u32, words: &[&str], found: &mut impl FnMut(u32)) {
+    fn walk(
+        &self,
+        at: u32,
+        words: &[&str],
+        total: usize,
+        seen: &mut Seen,
+        found: &mut impl FnMut(u32),
+    ) {
+        if !seen.first_visit(at as usize, total - words.len()) {
+            return;
+        }
         let node = &self.nodes[at as usize];
         if let Some(many) = node.many {
             // `#` takes zero or more words: continue after it from every suffix.
             for skip in 0..=words.len() {
-                self.walk(many, &words[skip..], found);
+                self.walk(many, &words[skip..], total, seen, found);
             }
         }
         match words.split_first() {
             None => node.ids.iter().for_each(|&id| found(id)),
             Some((word, rest)) => {
                 if let Some(&(_, c)) = node.literals.iter().find(|(l, _)| **l == **word) {
-                    self.walk(c, rest, found);
+                    self.walk(c, rest, total, seen, found);
                 }
                 if let Some(one) = node.one {
-                    self.walk(one, rest, found);
+                    self.walk(one, rest, total, seen, found);
                 }
             }
         }
+    }
+}
+
+/// Which (node, words consumed) a walk has reached, when paths can meet; empty (remembers
+/// nothing, allocates nothing) otherwise.
+#[derive(Default)]
+struct Seen {
+    bits: Vec<u64>,
+    width: usize,
+}
+
+impl Seen {
+    fn new(nodes: usize, positions: usize) -> Self {
+        Self {
+            bits: vec![0; (nodes * positions).div_ceil(64)],
+            width: positions,
+        }
+    }
+
+    /// Whether `(node, at)` is reached for the first time (always, when nothing is remembered).
+    #[inline]
+    fn first_visit(&mut self, node: usize, at: usize) -> bool {
+        if self.bits.is_empty() {
+            return true;
+        }
+        let i = node * self.width + at;
+        let (word, bit) = (i / 64, 1u64 << (i % 64));
+        let first = self.bits[word] & bit == 0;
+        self.bits[word] |= bit;
+        first
     }
 }
 
