@@ -645,6 +645,7 @@ settings = { delay = "50ms" }
     assert_eq!(status["hub"]["writable"], true);
     assert_eq!(status["backends"][0]["id"], "mem");
     assert_eq!(status["backends"][0]["connected"], true);
+    assert_eq!(status["backends"][0]["outages"], serde_json::json!([]));
     let consumers = status["consumers"].as_array().unwrap();
     assert_eq!(consumers.len(), 2);
     let by = |v: &serde_json::Value, id: &str| -> serde_json::Value {

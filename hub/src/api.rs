@@ -148,17 +148,34 @@ pub(crate) async fn status(State(api): State<Api>) -> Response {
         .iter()
         .map(|(id, why)| (id.as_str(), why.as_str()))
         .collect();
+    let outages = api.readiness.outages();
     let backends: Vec<Value> = api
         .catalog
         .backends
         .iter()
         .map(|(id, kind)| {
             let connected = !r.backends_down.iter().any(|d| d == id);
+            let recent: Vec<Value> = outages
+                .iter()
+                .find(|(b, _)| b == id)
+                .map(|(_, o)| o.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .rev()
+                .map(|o| {
+                    json!({
+                        "since": o.since.to_string(),
+                        "until": o.until.map(|t| t.to_string()),
+                        "reason": o.reason,
+                    })
+                })
+                .collect();
             json!({
                 "id": id,
                 "type": kind,
                 "connected": connected,
                 "reason": down.get(id.as_str()),
+                "outages": recent,
             })
         })
         .collect();

@@ -543,6 +543,14 @@ pub struct ReadinessProbe {
 }
 
 impl ReadinessProbe {
+    /// Each backend's recent outages (the last ten), by id, in registration order.
+    pub fn outages(&self) -> Vec<(String, Vec<hub_core::metrics::Outage>)> {
+        self.backends
+            .iter()
+            .map(|(id, m)| (id.clone(), m.outages()))
+            .collect()
+    }
+
     /// Readiness now.
     pub fn readiness(&self) -> Readiness {
         let backends_down: Vec<String> = self
