@@ -321,6 +321,51 @@ async fn a_message_over_max_message_bytes_is_refused_and_the_rest_flows() {
     hub.stop().await;
 }
 
+/// A hostile peer that completes the ZMTP greeting and then announces a 1 TiB command frame:
+/// refused when the length arrives (nothing reserved: an allocation that size would abort the
+/// process), the peer disconnected, the hub unharmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_command_frame_is_refused_before_anything_is_buffered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ep = free_endpoint();
+    let addr = ep.trim_start_matches("tcp://").to_owned();
+    let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+    let all = Arc::new(Seen::default());
+    let hub = Hub::start(sub_config(&[&ep]), vec![("all", &["#"], all.clone())]).await;
+    let (mut peer, _) = timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .expect("the hub connects")
+        .unwrap();
+    // ZMTP 3.0 greeting: signature, version 3.0, mechanism NULL, as-server, filler.
+    let mut greeting = vec![0xffu8, 0, 0, 0, 0, 0, 0, 0, 0, 0x7f, 3, 0];
+    let mut mechanism = b"NULL".to_vec();
+    mechanism.resize(20, 0);
+    greeting.extend(mechanism);
+    greeting.push(1);
+    greeting.resize(64, 0);
+    peer.write_all(&greeting).await.unwrap();
+    let mut theirs = [0u8; 64];
+    timeout(Duration::from_secs(5), peer.read_exact(&mut theirs))
+        .await
+        .expect("the hub's greeting")
+        .unwrap();
+    // A command frame (flags: command + long) of 1 TiB.
+    let mut frame = vec![0x06u8];
+    frame.extend((1u64 << 40).to_be_bytes());
+    peer.write_all(&frame).await.unwrap();
+    // The hub hangs up (it may first send its READY).
+    let mut sink = Vec::new();
+    let closed = timeout(Duration::from_secs(10), peer.read_to_end(&mut sink)).await;
+    assert!(closed.is_ok(), "the hub did not disconnect the peer");
+    // Still up: it reconnects to the endpoint by itself.
+    let again = timeout(Duration::from_secs(10), listener.accept()).await;
+    assert!(
+        again.is_ok(),
+        "the hub connects again after refusing the frame"
+    );
+    hub.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_publisher_is_picked_up_again() {
     let ep = free_endpoint();

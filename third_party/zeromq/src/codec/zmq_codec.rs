@@ -62,6 +62,9 @@ impl ZmqCodec {
     }
 }
 
+/// The largest command frame a peer may send (hub patch: commands had no limit).
+pub(crate) const MAX_COMMAND_SIZE: usize = 64 * 1024;
+
 impl Default for ZmqCodec {
     fn default() -> Self {
         Self::new()
@@ -130,6 +133,11 @@ impl Decoder for ZmqCodec {
                     } else {
                         usize::from(src.get_u8())
                     };
+                    // ZMTP commands (READY, SUBSCRIBE, PING...) are small: a peer announcing a
+                    // huge one would have it buffered whatever `max_message_size` says.
+                    if frame.command && frame_len > MAX_COMMAND_SIZE {
+                        return Err(CodecError::Decode("command frame larger than 64 KiB"));
+                    }
                     if let Some(limit) = self.max_message_size {
                         let size = self.buffered_len.saturating_add(frame_len);
                         if !frame.command && size > limit {
