@@ -515,6 +515,7 @@ async fn the_http_server_bounds_connections_and_body_sizes() {
 [http]
 max_connections = 2
 max_body_bytes = 64
+idle_timeout = "2s"
 [backends.mem]
 type = "memory"
 [consumers.c]
@@ -601,6 +602,25 @@ settings = { delay = "0ms" }
     // And the server still answers.
     let text = refused("GET /live HTTP/1.0\r\nHost: localhost\r\n\r\n".into()).await;
     assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    // Idle connections do not hold the places for ever: after `idle_timeout` they are closed
+    // and a waiting client is served, with no help from the idle ones.
+    let mut idle_a = TcpStream::connect(hub.addr).await.unwrap();
+    let _idle_b = TcpStream::connect(hub.addr).await.unwrap();
+    sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    let text = refused("GET /live HTTP/1.0\r\nHost: localhost\r\n\r\n".into()).await;
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "served at once: {:?}",
+        t.elapsed()
+    );
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), idle_a.read(&mut buf))
+        .await
+        .expect("the idle connection was closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without a response");
     hub.stop().await;
 }
 

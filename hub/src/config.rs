@@ -84,6 +84,10 @@ pub struct HttpSection {
     /// 1 MiB.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// A connection on which nothing was read or written for this long is closed, so idle
+    /// connections cannot hold every `max_connections` place. Default 60 s.
+    #[serde(default = "default_idle_timeout", with = "hub_core::duration")]
+    pub idle_timeout: Duration,
     /// The token the JSON API's writes (pause, resume) need, in an `Authorization: Bearer`
     /// header: a string, `{ env = "VAR" }` or `{ file = "/path" }`; never logged. Unset (the
     /// default): the API and the page are read-only.
@@ -97,6 +101,10 @@ pub struct HttpSection {
     /// Default 512.
     #[serde(default = "default_live_tail_bytes")]
     pub live_tail_bytes: usize,
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_live_tail_bytes() -> usize {
@@ -137,6 +145,7 @@ impl Default for HttpSection {
             max_connections: default_max_connections(),
             max_body_bytes: default_max_body_bytes(),
             admin_token: None,
+            idle_timeout: default_idle_timeout(),
             live_tail: 0,
             live_tail_bytes: default_live_tail_bytes(),
         }

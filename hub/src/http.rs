@@ -136,12 +136,14 @@ async fn requeue(
     }
 }
 
-/// The server's bounds (`[http] max_connections`, `max_body_bytes`). Header sizes are hyper's
+/// The server's bounds (`[http] max_connections`, `max_body_bytes`, `idle_timeout`). Header sizes are hyper's
 /// (at most 100 headers, about 400 KiB of head).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     pub connections: usize,
     pub body_bytes: usize,
+    /// `[http] idle_timeout`: a connection with no byte read or written for this long is closed.
+    pub idle: std::time::Duration,
 }
 
 /// Accepts a connection only while fewer than the limit are open: each holds a permit until it
@@ -150,6 +152,7 @@ pub(crate) struct Limits {
 struct Bounded {
     inner: TcpListener,
     permits: Arc<Semaphore>,
+    idle: std::time::Duration,
 }
 
 impl axum::serve::Listener for Bounded {
@@ -164,6 +167,8 @@ impl axum::serve::Listener for Bounded {
             Permitted {
                 stream,
                 _permit: permit,
+                idle: self.idle,
+                deadline: Box::pin(tokio::time::sleep(self.idle)),
             },
             addr,
         )
@@ -184,10 +189,21 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Boun
     }
 }
 
-/// A connection and its permit (released when the connection is dropped).
+/// A connection and its permit (released when the connection is dropped), closed once idle:
+/// a read waiting past `deadline` (reset by every byte read or written) fails, and hyper
+/// drops the connection.
 struct Permitted {
     stream: tokio::net::TcpStream,
     _permit: Option<OwnedSemaphorePermit>,
+    idle: std::time::Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Permitted {
+    fn active(&mut self) {
+        let next = tokio::time::Instant::now() + self.idle;
+        self.deadline.as_mut().reset(next);
+    }
 }
 
 impl AsyncRead for Permitted {
@@ -196,7 +212,22 @@ impl AsyncRead for Permitted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    self.active();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connection idle past [http] idle_timeout",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 }
 
@@ -206,7 +237,11 @@ impl AsyncWrite for Permitted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.active();
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -247,6 +282,7 @@ pub(crate) async fn serve(
     let listener = Bounded {
         inner: listener,
         permits: Arc::new(Semaphore::new(limits.connections)),
+        idle: limits.idle,
     };
     axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(async move { stop.cancelled().await })

@@ -309,6 +309,10 @@ impl HubBuilder {
         let limits = http::Limits {
             connections: config.http.max_connections.max(1),
             body_bytes: config.http.max_body_bytes,
+            idle: config
+                .http
+                .idle_timeout
+                .max(std::time::Duration::from_millis(100)),
         };
         let listen = listener.local_addr().map_err(|source| RunError::Listen {
             context: "reading the listener's address".into(),
