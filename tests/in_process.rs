@@ -99,6 +99,24 @@ impl Running {
         (status, serde_json::from_str(body).unwrap_or_default())
     }
 
+    /// `GET path` with `Authorization: Bearer token`, as JSON (200 expected).
+    async fn get_with_token(&self, path: &str, token: &str) -> serde_json::Value {
+        let mut s = TcpStream::connect(self.addr).await.unwrap();
+        s.write_all(
+            format!(
+                "GET {path} HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        serde_json::from_str(body).unwrap()
+    }
+
     /// `GET path` as JSON (200 expected).
     async fn json(&self, path: &str) -> serde_json::Value {
         let (status, body) = self.get(path).await.expect("answers");
@@ -697,8 +715,13 @@ settings = { delay = "50ms" }
     assert!(fine.last().unwrap()["backlog"].as_u64().unwrap() > 0);
     assert_eq!(one["history"]["coarse"]["resolution_s"], 10);
     assert_eq!(hub.get("/api/v1/consumers/nobody").await.unwrap().0, 404);
-    // The live tail: the last five, newest first, bodies cut to 20 bytes.
-    let tail = hub.json("/api/v1/consumers/fast/tail").await;
+    // The live tail: with an admin token set, it needs the token (bodies can be private).
+    let (code, _) = hub.get("/api/v1/consumers/fast/tail").await.unwrap();
+    assert_eq!(code, 401);
+    // The last five, newest first, each text cut to 20 bytes.
+    let tail = hub
+        .get_with_token("/api/v1/consumers/fast/tail", "tok-Api-123")
+        .await;
     let messages = tail["messages"].as_array().unwrap();
     assert_eq!(messages.len(), 5, "{tail}");
     for m in messages {

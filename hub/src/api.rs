@@ -39,8 +39,6 @@ pub(crate) struct Catalog {
     pub admin_token: Option<hub_http::Secret>,
     /// Messages kept per consumer for the live tail (0: off).
     pub live_tail: usize,
-    /// Bytes of each body the tail shows.
-    pub live_tail_bytes: usize,
 }
 
 /// The API's state.
@@ -303,47 +301,42 @@ pub(crate) async fn control(
     }
 }
 
-/// `GET /api/v1/consumers/{id}/tail`.
-pub(crate) async fn tail(State(api): State<Api>, Path(id): Path<String>) -> Response {
+/// `GET /api/v1/consumers/{id}/tail`: needs the admin token when the hub has one (bodies can
+/// be private).
+pub(crate) async fn tail(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     if api.catalog.live_tail == 0 {
         return error(
             StatusCode::NOT_FOUND,
             "the live tail is off: set [http] live_tail to the number of messages to keep",
         );
     }
-    let messages = match api.dispatcher.tail(&id) {
+    if api.catalog.admin_token.is_some()
+        && let Err((status, why)) = authorize(&api, &headers)
+    {
+        return error(status, why);
+    }
+    let entries = match api.dispatcher.tail(&id) {
         Ok(m) => m,
         Err(e) => return error(StatusCode::NOT_FOUND, e.to_string()),
     };
-    let limit = api.catalog.live_tail_bytes;
-    let shown: Vec<Value> = messages
+    let shown: Vec<Value> = entries
         .iter()
         .rev()
         .map(|m| {
-            let body = m.body().to_string();
-            let (text, truncated) = cut(&body, limit);
             json!({
-                "id": m.id(),
-                "topic": m.topic(),
-                "timestamp": m.timestamp().to_string(),
-                "headers": m.headers(),
-                "body": text,
-                "body_bytes": body.len(),
-                "truncated": truncated,
+                "id": m.id,
+                "topic": m.topic,
+                "timestamp": m.timestamp.to_string(),
+                "headers": m.headers,
+                "body": m.body,
+                "body_bytes": m.body_bytes,
+                "truncated": m.truncated(),
             })
         })
         .collect();
     Json(json!({ "id": id, "messages": shown })).into_response()
-}
-
-/// `text` cut to at most `limit` bytes at a character boundary, and whether it was cut.
-fn cut(text: &str, limit: usize) -> (&str, bool) {
-    if text.len() <= limit {
-        return (text, false);
-    }
-    let mut end = limit;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    (&text[..end], true)
 }

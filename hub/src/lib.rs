@@ -253,7 +253,7 @@ impl HubBuilder {
         }
         let mut engine = EngineBuilder::new(config.hub.name.clone())
             .max_queued_bytes(config.hub.max_queued_bytes)
-            .live_tail(config.http.live_tail)
+            .live_tail(config.http.live_tail, config.http.live_tail_bytes)
             .resources(resources.clone());
         for b in config.backends {
             match (b.build)(&b.id) {
@@ -343,7 +343,6 @@ impl HubBuilder {
                 .as_ref()
                 .and_then(|t| t.resolve().ok()),
             live_tail: config.http.live_tail,
-            live_tail_bytes: config.http.live_tail_bytes,
         };
         let engine = self.assemble(config)?.build()?;
         let metrics = engine.metrics();

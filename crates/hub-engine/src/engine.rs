@@ -72,7 +72,7 @@ pub enum EngineError {
 pub struct EngineBuilder {
     verdicts_to_backend: bool,
     max_queued_bytes: usize,
-    live_tail: usize,
+    live_tail: (usize, usize),
     name: String,
     registry: Registry,
     resources: Resources,
@@ -87,7 +87,7 @@ impl EngineBuilder {
         Self {
             verdicts_to_backend: false,
             max_queued_bytes: crate::DEFAULT_MAX_QUEUED_BYTES,
-            live_tail: 0,
+            live_tail: (0, 512),
             name: name.into(),
             registry: Registry::new(),
             resources: Resources::new(),
@@ -107,10 +107,10 @@ impl EngineBuilder {
     }
 
     /// Keeps the last `n` messages each consumer received for the live tail (`[http]
-    /// live_tail`; 0, the default, keeps none); see
+    /// live_tail`; 0, the default, keeps none), each text cut to `bytes`; see
     /// [`DispatcherBuilder::live_tail`](crate::DispatcherBuilder::live_tail).
-    pub fn live_tail(mut self, n: usize) -> Self {
-        self.live_tail = n;
+    pub fn live_tail(mut self, n: usize, bytes: usize) -> Self {
+        self.live_tail = (n, bytes);
         self
     }
 
@@ -168,7 +168,7 @@ impl EngineBuilder {
         builder.hub_name(&self.name);
         builder.verdicts_to_backend(self.verdicts_to_backend);
         builder.max_queued_bytes(self.max_queued_bytes);
-        builder.live_tail(self.live_tail);
+        builder.live_tail(self.live_tail.0, self.live_tail.1);
         let mut backends = Vec::new();
         for (id, backend) in self.backends {
             if !seen.insert(("backend", id.clone())) {

@@ -29,7 +29,7 @@ pub mod settings;
 pub use dispatcher::{
     BackendIndex, COARSE_EVERY, COARSE_SAMPLES, ConsumerState, ConsumerStatus,
     DEFAULT_MAX_QUEUED_BYTES, Dispatcher, DispatcherBuilder, DrainReport, FINE_SAMPLES, History,
-    Intake, LastError, Outcomes, RedeliverError, RunState, Sample, UnknownConsumer,
+    Intake, LastError, Outcomes, RedeliverError, RunState, Sample, TailEntry, UnknownConsumer,
 };
 pub use engine::{
     ConsumerSpec, Engine, EngineBuilder, EngineError, Readiness, ReadinessProbe, RunningEngine,

@@ -42,6 +42,7 @@ use throttle::Throttle;
 pub use gauges::ConsumerState;
 pub use intake::Intake;
 pub use lifecycle::DrainReport;
+pub use queue::TailEntry;
 pub use redeliver::RedeliverError;
 pub use status::{
     COARSE_EVERY, COARSE_SAMPLES, ConsumerStatus, FINE_SAMPLES, History, LastError, Outcomes,
@@ -68,8 +69,8 @@ pub struct DispatcherBuilder {
     slots: Vec<Slot>,
     /// `[hub] max_queued_bytes`, shared by every consumer's queue.
     budget: Arc<ByteBudget>,
-    /// Messages kept per consumer for the live tail (0: off).
-    live_tail: usize,
+    /// Messages kept per consumer for the live tail (0: off), and the bytes of each text.
+    live_tail: (usize, usize),
 }
 
 impl DispatcherBuilder {
@@ -107,9 +108,10 @@ impl DispatcherBuilder {
     }
 
     /// Keeps the last `n` messages each consumer received, for the live tail
-    /// ([`Dispatcher::tail`]; `[http] live_tail`). 0 (the default): none, bodies can be private.
-    pub fn live_tail(&mut self, n: usize) {
-        self.live_tail = n;
+    /// ([`Dispatcher::tail`]; `[http] live_tail`), each text cut to `bytes` (`[http]
+    /// live_tail_bytes`). 0 (the default): none, bodies can be private.
+    pub fn live_tail(&mut self, n: usize, bytes: usize) {
+        self.live_tail = (n, bytes);
     }
 
     /// The hub's name, written into its dead letters.
@@ -215,7 +217,7 @@ impl DispatcherBuilder {
     /// Finishes the routing table. Nothing runs until [`Dispatcher::start`].
     pub fn build(mut self) -> Dispatcher {
         for slot in &mut self.slots {
-            slot.queue.set_tail(self.live_tail);
+            slot.queue.set_tail(self.live_tail.0, self.live_tail.1);
             let passed_on = self.verdicts_to_backend && slot.options.retry.is_none();
             slot.failures.local = !self.backend_ids[slot.backend].1 && !passed_on;
             slot.failures.hub = Arc::clone(&self.hub_name);
@@ -380,7 +382,7 @@ impl Dispatcher {
             verdicts_to_backend: false,
             slots: Vec::new(),
             budget: Arc::new(ByteBudget::new(DEFAULT_MAX_QUEUED_BYTES)),
-            live_tail: 0,
+            live_tail: (0, 0),
         }
     }
 

@@ -94,9 +94,11 @@ struct State {
     /// Paused by an operator: nothing is taken (the queue keeps filling under its
     /// `when_full`) until resumed, or until it closes (the shutdown drain runs anyway).
     paused: bool,
-    /// The last messages that entered, newest last, when the live tail is on (`tail_cap` > 0).
-    tail: VecDeque<Message>,
+    /// The last messages that entered, newest last, cut to `tail_bytes`, when the live tail is
+    /// on (`tail_cap` > 0): at most `tail_cap` × about 3 × `tail_bytes` bytes.
+    tail: VecDeque<TailEntry>,
     tail_cap: usize,
+    tail_bytes: usize,
     /// Producers waiting for room under `block`.
     blocked: usize,
     /// Of those, how many were woken by a pop and have not yet come back for their room: a
@@ -130,6 +132,56 @@ pub(crate) struct Snapshot {
     pub retried: u64,
     /// Paused by an operator.
     pub paused: bool,
+}
+
+/// One message of a consumer's live tail, its texts cut (the tail never holds a whole
+/// message: bodies can be large, and private).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailEntry {
+    /// The message id (cut).
+    pub id: String,
+    /// The topic (cut).
+    pub topic: String,
+    /// When it was sent.
+    pub timestamp: hub_core::Timestamp,
+    /// The headers as JSON text (cut).
+    pub headers: String,
+    /// The body as JSON text (cut).
+    pub body: String,
+    /// The body's whole length in bytes (as JSON text).
+    pub body_bytes: usize,
+}
+
+impl TailEntry {
+    fn of(m: &Message, limit: usize) -> Self {
+        let body = m.body().to_string();
+        let headers = serde_json::to_string(m.headers()).unwrap_or_default();
+        Self {
+            id: cut(m.id(), limit),
+            topic: cut(m.topic(), limit),
+            timestamp: m.timestamp(),
+            headers: cut(&headers, limit),
+            body_bytes: body.len(),
+            body: cut(&body, limit),
+        }
+    }
+
+    /// Whether the body was cut.
+    pub fn truncated(&self) -> bool {
+        self.body.len() < self.body_bytes
+    }
+}
+
+/// `text` cut to at most `limit` bytes at a character boundary.
+fn cut(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_owned();
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 pub(crate) struct Queue {
@@ -211,6 +263,7 @@ impl Queue {
                 paused: false,
                 tail: VecDeque::new(),
                 tail_cap: 0,
+                tail_bytes: 0,
                 received: 0,
                 dropped: 0,
                 taken: 0,
@@ -252,26 +305,29 @@ impl Queue {
         st.items.push_back(item);
     }
 
-    /// Keeps `message` in the live tail (the oldest leaves when it is full).
+    /// Keeps `message` in the live tail, cut (the oldest leaves when it is full).
     #[cold]
     fn note_tail(st: &mut State, message: &Message) {
         if st.tail.len() >= st.tail_cap {
             st.tail.pop_front();
         }
-        st.tail.push_back(message.clone());
+        let entry = TailEntry::of(message, st.tail_bytes);
+        st.tail.push_back(entry);
     }
 
-    /// Keeps the last `n` messages that entered (0: none, the default) for the live tail.
-    pub fn set_tail(&self, n: usize) {
+    /// Keeps the last `n` messages that entered (0: none, the default) for the live tail, each
+    /// text (topic, headers, body) cut to `bytes`.
+    pub fn set_tail(&self, n: usize, bytes: usize) {
         let mut st = self.lock();
         st.tail_cap = n;
+        st.tail_bytes = bytes;
         while st.tail.len() > n {
             st.tail.pop_front();
         }
     }
 
     /// The live tail: the last messages that entered, oldest first.
-    pub fn tail(&self) -> Vec<Message> {
+    pub fn tail(&self) -> Vec<TailEntry> {
         self.lock().tail.iter().cloned().collect()
     }
 

@@ -244,7 +244,7 @@ impl Dispatcher {
     ///
     /// # Errors
     /// No consumer has that name.
-    pub fn tail(&self, name: &str) -> Result<Vec<Message>, UnknownConsumer> {
+    pub fn tail(&self, name: &str) -> Result<Vec<super::TailEntry>, UnknownConsumer> {
         Ok(self.slot(name)?.queue.tail())
     }
 
