@@ -1,7 +1,8 @@
 //! The status page in a real browser: headless Chromium (Debian's `chromium` and
 //! `chromium-driver`, installed by `scripts/test`) driven over WebDriver (fantoccini), against
 //! the `hub` binary with a slow and a fast consumer. A screenshot is saved as
-//! `target/status-page.png` for people to look at.
+//! `target/status-page.png` (and at a phone's width, `target/status-page-phone.png`) for people
+//! to look at.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Command, Stdio};
@@ -166,25 +167,30 @@ settings = {{ delay = "40ms" }}
     })
     .await;
     assert_eq!(number(&text(&c, fast_backlog).await), 0.0);
-    until("the slow backlog chart has points", async || {
-        let Ok(svg) = c
-            .find(Locator::Css(
-                r#"section[data-consumer="slow"] svg[data-field="backlog"]"#,
-            ))
-            .await
-        else {
-            return false;
-        };
-        let n: usize = svg
-            .attr("data-points")
-            .await
-            .ok()
-            .flatten()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        n >= 3
-    })
+    // The chart: several points, the last above the first (it rises); the fast one's stays 0.
+    let chart = async |consumer: &str| -> Option<(f64, f64, f64)> {
+        let css = format!(r#"section[data-consumer="{consumer}"] svg[data-field="backlog"]"#);
+        let svg = c.find(Locator::Css(&css)).await.ok()?;
+        let mut out = [0.0; 3];
+        for (k, name) in ["data-points", "data-first", "data-last"]
+            .iter()
+            .enumerate()
+        {
+            out[k] = svg.attr(name).await.ok().flatten()?.parse().ok()?;
+        }
+        Some((out[0], out[1], out[2]))
+    };
+    until(
+        "the slow backlog chart rises",
+        async || matches!(chart("slow").await, Some((n, first, last)) if n >= 3.0 && last > first),
+    )
     .await;
+    let fast_chart = chart("fast").await.unwrap();
+    assert_eq!(
+        (fast_chart.1, fast_chart.2),
+        (0.0, 0.0),
+        "the fast consumer's chart stays at 0"
+    );
 
     // Without the token, pause is refused and says why.
     click(
@@ -224,6 +230,21 @@ settings = {{ delay = "40ms" }}
         text(&c, fast_state).await == "running" && number(&text(&c, fast_ok).await) > b
     })
     .await;
+    // A phone's width: nothing wider than the screen.
+    c.set_window_size(390, 844).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let widths = c
+        .execute(
+            "return [document.documentElement.scrollWidth, window.innerWidth];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let (scroll, inner) = (widths[0].as_f64().unwrap(), widths[1].as_f64().unwrap());
+    assert!(scroll <= inner, "wider than a phone: {scroll} > {inner}");
+    let phone =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/status-page-phone.png");
+    std::fs::write(&phone, c.screenshot().await.unwrap()).unwrap();
     c.close().await.unwrap();
     signal(&hub_proc, "-TERM");
     assert!(wait_exit(&mut hub_proc, Duration::from_secs(15)).success());
