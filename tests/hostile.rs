@@ -328,6 +328,7 @@ fn no_secret_reaches_logs_check_output_or_pages() {
         "WebhookPathSecret",
         "PgSecret321",
         "IrcSecret654",
+        "AdminSecret987",
     ];
     let config = write_config(
         dir.path(),
@@ -337,6 +338,8 @@ fn no_secret_reaches_logs_check_output_or_pages() {
 shutdown_grace = "3s"
 [http]
 listen = "127.0.0.1:{port}"
+admin_token = {{ env = "HUB_TEST_ADMIN" }}
+live_tail = 3
 [backends.mem]
 type = "memory"
 [backends.rabbit]
@@ -407,6 +410,7 @@ settings = {{ delay = "1ms" }}
         c.env("HUB_TEST_TOKEN", "Bearer tok-Secret-123")
             .env("HUB_TEST_HMAC", "hmac-Secret-456")
             .env("HUB_TEST_IRC", "IrcSecret654")
+            .env("HUB_TEST_ADMIN", "AdminSecret987")
             .env("RUST_LOG", "debug");
     };
     let mut text = String::new();
@@ -440,11 +444,35 @@ settings = {{ delay = "1ms" }}
                 && std::fs::read_to_string(&dead).is_ok_and(|d| d.lines().count() >= 4)
         },
     );
-    for path in ["/ready", "/metrics", "/live"] {
+    for path in [
+        "/ready",
+        "/metrics",
+        "/live",
+        "/",
+        "/api/v1/status",
+        "/api/v1/consumers/hook",
+        "/api/v1/consumers/hook/tail",
+    ] {
         if let Some((_, body)) = http_get(port, path) {
             text.push_str(&body);
         }
     }
+    // API writes, refused (a wrong token) and done (the right one): logged, the token never.
+    for token in ["wrong-token", "AdminSecret987"] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            s,
+            "POST /api/v1/consumers/hook/pause HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
+        text.push_str(answer.split_once("\r\n\r\n").map_or("", |(_, b)| b));
+    }
+    assert!(
+        text.contains("\"paused\":true"),
+        "the pause with the token went through"
+    );
     signal(&p, "-TERM");
     let _ = wait_exit(&mut p, Duration::from_secs(20));
     text.push_str(&std::fs::read_to_string(&log_path).unwrap());
