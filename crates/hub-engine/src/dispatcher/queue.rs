@@ -297,6 +297,9 @@ impl Queue {
     }
 
     /// `item`, of `size` bytes, joins the queue (the caller adds to the budget).
+    /// Always inlined: it is the hot path of every push, and its cold live-tail branch made it
+    /// a call of its own (BENCHMARKS.md, session 12).
+    #[inline(always)]
     fn enter(st: &mut State, item: Queued, size: usize) {
         st.bytes += size;
         if st.tail_cap > 0 {
@@ -307,6 +310,7 @@ impl Queue {
 
     /// Keeps `message` in the live tail, cut (the oldest leaves when it is full).
     #[cold]
+    #[inline(never)]
     fn note_tail(st: &mut State, message: &Message) {
         if st.tail.len() >= st.tail_cap {
             st.tail.pop_front();
