@@ -218,11 +218,14 @@ pub(crate) async fn consumer(State(api): State<Api>, Path(id): Path<String>) -> 
     let Ok((status, history)) = api.dispatcher.consumer_status(&id) else {
         return error(StatusCode::NOT_FOUND, format!("no consumer named {id:?}"));
     };
-    let broker = api
-        .broker_depths()
-        .into_iter()
-        .find(|(n, _)| *n == id)
-        .map(|(_, d)| d);
+    let broker = if api.amqp_consumers() {
+        api.broker_depths()
+            .into_iter()
+            .find(|(n, _)| *n == id)
+            .map(|(_, d)| d)
+    } else {
+        None
+    };
     let mut body = api.consumer_json(&status, broker);
     body["history"] = json!({
         "fine": {

@@ -188,3 +188,72 @@ async fn history_stays_bounded_over_a_long_run() {
     assert_eq!(h.fine.len(), FINE_SAMPLES);
     assert_eq!(h.coarse.len(), COARSE_SAMPLES);
 }
+
+/// The run state: `failing` while failures come and no success, `throttled` while the rate
+/// limit holds messages back, `running` again once they pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_states_follow_failures_and_the_rate_limit() {
+    let probe = Arc::new(Probe::default());
+    let r = rig_with(
+        vec![
+            (
+                "failing",
+                &["fail.#"][..],
+                opts(|o| {
+                    o.retry = Some(hub_core::RetryPolicy {
+                        max_attempts: 1000,
+                        delay: Duration::from_millis(5),
+                        max_delay: Duration::from_millis(10),
+                        in_order: false,
+                    });
+                }),
+                Arc::clone(&probe) as Arc<dyn Consumer>,
+            ),
+            (
+                "limited",
+                &["slow.#"][..],
+                opts(|o| {
+                    o.rate_limit = Some(hub_core::RateLimit {
+                        rate: 5,
+                        per: Duration::from_secs(1),
+                        burst: 1,
+                    });
+                }),
+                Arc::clone(&probe) as Arc<dyn Consumer>,
+            ),
+        ],
+        false,
+    );
+    r.dispatcher.record_history();
+    r.intake
+        .deliver(Delivery::new(Message::new(
+            "fail.x",
+            json!({"i": 1, "do": "fail"}),
+        )))
+        .await
+        .unwrap();
+    r.intake
+        .deliver_many((0..20).map(|i| Delivery::new(Message::new("slow.x", json!({"i": i})))))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    r.dispatcher.record_history();
+    let run = |name: &str| {
+        r.dispatcher
+            .status()
+            .into_iter()
+            .find(|s| s.state.name == name)
+            .unwrap()
+            .run
+    };
+    assert_eq!(run("failing"), RunState::Failing);
+    assert_eq!(run("limited"), RunState::Throttled);
+    let last = r
+        .dispatcher
+        .consumer_status("failing")
+        .unwrap()
+        .0
+        .last_error
+        .unwrap();
+    assert!(last.reason.contains("database down"), "{}", last.reason);
+}
