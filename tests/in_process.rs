@@ -894,7 +894,8 @@ settings = { delay = "50ms" }
     tmux(&["send-keys", "-t", &session, "q"]);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut text = screen();
-    while !text.contains("exit=") {
+    // The exit status, then stty's line (a moment later): wait for both.
+    while !(text.contains("exit=") && text.contains("icanon")) {
         assert!(Instant::now() < deadline, "hub top did not quit: {text}");
         sleep(Duration::from_millis(200)).await;
         text = screen();
