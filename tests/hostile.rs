@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
 use common::*;
@@ -49,14 +49,6 @@ fn metrics(port: u16) -> String {
     http_get(port, "/metrics")
         .map(|(_, b)| b)
         .unwrap_or_default()
-}
-
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A pyzmq PUB bound on `endpoint` running `body` (Python; `sock` and `send(topic, msg)` given).

@@ -68,10 +68,29 @@ impl Running {
     }
 
     async fn get(&self, path: &str) -> Option<(u16, String)> {
+        self.request("GET", path, None).await
+    }
+
+    /// One HTTP/1.0 request (with `Authorization: Bearer token` when given): status and body,
+    /// `None` when the hub does not answer within 5 s.
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+    ) -> Option<(u16, String)> {
         let mut s = TcpStream::connect(self.addr).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        let length = if method == "POST" {
+            "Content-Length: 0\r\n"
+        } else {
+            ""
+        };
+        s.write_all(
+            format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n{auth}{length}\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
         let mut text = String::new();
         tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut text))
             .await
@@ -84,37 +103,18 @@ impl Running {
 
     /// `POST path` with `Authorization: Bearer token` when given; (status, JSON body).
     async fn post(&self, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
-        let mut s = TcpStream::connect(self.addr).await.unwrap();
-        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-        s.write_all(
-            format!("POST {path} HTTP/1.0\r\nHost: localhost\r\n{auth}Content-Length: 0\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).await.unwrap();
-        let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        (status, serde_json::from_str(body).unwrap_or_default())
+        let (status, body) = self.request("POST", path, token).await.expect("answers");
+        (status, serde_json::from_str(&body).unwrap_or_default())
     }
 
     /// `GET path` with `Authorization: Bearer token`, as JSON (200 expected).
     async fn get_with_token(&self, path: &str, token: &str) -> serde_json::Value {
-        let mut s = TcpStream::connect(self.addr).await.unwrap();
-        s.write_all(
-            format!(
-                "GET {path} HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).await.unwrap();
-        assert!(text.starts_with("HTTP/1.0 200"), "{text}");
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        serde_json::from_str(body).unwrap()
+        let (status, body) = self
+            .request("GET", path, Some(token))
+            .await
+            .expect("answers");
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
     }
 
     /// `GET path` as JSON (200 expected).

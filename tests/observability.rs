@@ -36,14 +36,6 @@ fn query(port: u16, q: &str) -> Vec<serde_json::Value> {
     v["data"]["result"].as_array().cloned().unwrap_or_default()
 }
 
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 #[test]
 fn the_rules_check_and_the_dashboard_and_alerts_work_against_a_real_prometheus() {
     let rules = Path::new(ROOT).join("config/prometheus-alerts.yml");

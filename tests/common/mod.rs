@@ -210,3 +210,12 @@ pub fn assert_balanced(metrics: &str, consumer: &str) -> f64 {
     );
     received
 }
+
+/// Polls `cond` every 50 ms until it holds; fails the test after `limit`, naming `what`.
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
