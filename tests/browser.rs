@@ -113,6 +113,7 @@ async fn the_status_page_shows_backlogs_and_pauses_with_the_token() {
     };
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
+    let rejecter = rejecting_script(dir.path());
     let cfg = write_config(
         dir.path(),
         &format!(
@@ -140,7 +141,19 @@ type = "delay"
 topics = ["org.page.#"]
 queue_capacity = 100000
 settings = {{ delay = "40ms" }}
-"#
+[producers.rare]
+type = "ticker"
+[producers.rare.settings]
+topic = "org.rare.tick"
+rate = 5.0
+[consumers.picky]
+type = "exec"
+topics = ["org.rare.#"]
+dead_letter = {{ file = "{dead}" }}
+settings = {{ command = ["python3", "{rejecter}"] }}
+"#,
+            dead = dir.path().join("dead.jsonl").display(),
+            rejecter = rejecter.display(),
         ),
     );
     let mut hub_proc = spawn(
@@ -166,7 +179,13 @@ settings = {{ delay = "40ms" }}
         number(&text(&c, slow_backlog).await) > first + 20.0
     })
     .await;
-    assert_eq!(number(&text(&c, fast_backlog).await), 0.0);
+    // "Does not fall behind": a sample may catch the message that just came (100 a second on a
+    // loaded 2-core machine, 0 ms each), never a backlog that grows like the slow one's.
+    let fast_now = number(&text(&c, fast_backlog).await);
+    assert!(
+        fast_now < 5.0,
+        "the fast consumer keeps up: backlog {fast_now}"
+    );
     // The chart: several points, the last above the first (it rises); the fast one's stays 0.
     let chart = async |consumer: &str| -> Option<(f64, f64, f64)> {
         let css = format!(r#"section[data-consumer="{consumer}"] svg[data-field="backlog"]"#);
@@ -186,11 +205,18 @@ settings = {{ delay = "40ms" }}
     )
     .await;
     let fast_chart = chart("fast").await.unwrap();
-    assert_eq!(
-        (fast_chart.1, fast_chart.2),
-        (0.0, 0.0),
-        "the fast consumer's chart stays at 0"
+    assert!(
+        fast_chart.1 < 5.0 && fast_chart.2 < 5.0,
+        "the fast consumer's chart stays near 0 while the slow one's rises: {fast_chart:?}"
     );
+
+    // A consumer with dead letters: its button opens what `hub dead` offers for them.
+    click(&c, r#"section[data-consumer="picky"] button[data-dead]"#).await;
+    until("the dead letters show", async || {
+        let t = text(&c, r#"section[data-consumer="picky"] .dead"#).await;
+        t.contains("hub dead requeue picky") && t.contains("not for us") && t.contains("dead.jsonl")
+    })
+    .await;
 
     // Without the token, pause is refused and says why.
     click(

@@ -9,18 +9,12 @@ use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
 use common::*;
-
-fn lines(p: &Path) -> Vec<String> {
-    std::fs::read_to_string(p)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
 
 /// `sorted` is exactly `0..n`; otherwise says how it differs (not the whole list).
 fn assert_same_range(sorted: &[u64], n: u64, what: &str) {
@@ -93,21 +87,82 @@ for line in sys.stdin:
     path
 }
 
-/// kill -9 of a hub while its AMQP retries wait their backoff, then again while the retries'
-/// copies are being republished and their originals acknowledged: nothing is lost (every message
-/// ends acknowledged after a successful attempt), nothing is left in the queue or dead-lettered.
+/// A proxy to the test broker that passes every AMQP frame both ways except the client's
+/// `basic.ack`s, which it swallows (counting them in `swallowed`): a hub behind it publishes and
+/// has its publishes confirmed, but none of its acknowledgements reaches the broker. Killing
+/// that hub is killing it after every republish it made and before any ack it sent: the
+/// republish-then-ack window, reached for certain rather than by timing. Returns its port.
+async fn ack_swallowing_proxy(swallowed: Arc<AtomicU64>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((down, _)) = listener.accept().await {
+            let swallowed = swallowed.clone();
+            tokio::spawn(async move {
+                let Ok(up) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
+                    return;
+                };
+                let (mut dr, mut dw) = down.into_split();
+                let (mut ur, mut uw) = up.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut ur, &mut dw).await;
+                });
+                // Client to broker: the 8-byte protocol header, then frames of type (1 byte),
+                // channel (2), size (4), payload (size), end (0xCE).
+                let mut proto = [0u8; 8];
+                if dr.read_exact(&mut proto).await.is_err() || uw.write_all(&proto).await.is_err() {
+                    return;
+                }
+                loop {
+                    let mut head = [0u8; 7];
+                    if dr.read_exact(&mut head).await.is_err() {
+                        return; // the hub is gone: dropping `uw` closes the broker connection
+                    }
+                    let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
+                    let mut rest = vec![0u8; size + 1];
+                    if dr.read_exact(&mut rest).await.is_err() {
+                        return;
+                    }
+                    // A method frame (type 1) of class 60 (basic), method 80 (ack).
+                    if head[0] == 1 && rest.starts_with(&[0, 60, 0, 80]) {
+                        swallowed.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    if uw.write_all(&head).await.is_err() || uw.write_all(&rest).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// kill -9 of a hub while its AMQP retries wait their backoff, then of a hub that has
+/// republished every retry's copy (confirmed) and acknowledged none of the originals (its acks
+/// swallowed by a proxy): nothing is lost (every message ends acknowledged after a successful
+/// attempt), the duplicates are exactly the ones the window implies, nothing is left in the
+/// queue or dead-lettered.
 #[test]
 fn kill_9_during_amqp_retry_backoff_and_republish_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let u = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let (name, topic) = (format!("fault{u}"), format!("fault{u}.m"));
+    let queue = format!("{name}.flaky");
     let (tries, ok) = (dir.path().join("tries.txt"), dir.path().join("ok.txt"));
     let script = retrying_script(dir.path(), &tries, &ok);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let swallowed = Arc::new(AtomicU64::new(0));
+    let proxy_port = rt.block_on(ack_swallowing_proxy(swallowed.clone()));
     let port = free_port();
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            r#"
+    // Room in the prefetch window for every original and every copy at once: behind the proxy
+    // the broker sees nothing acknowledged.
+    let config = |url: &str, file: &str| {
+        write_config(
+            dir.path(),
+            &format!(
+                r#"
 [hub]
 name = "{name}"
 shutdown_grace = "5s"
@@ -115,7 +170,8 @@ shutdown_grace = "5s"
 listen = "127.0.0.1:{port}"
 [backends.rabbit]
 type = "amqp"
-url = "{URL}"
+url = "{url}"
+prefetch = 1000
 [consumers.flaky]
 type = "exec"
 topics = ["{name}.#"]
@@ -124,15 +180,23 @@ concurrency = 8
 retry = {{ max_attempts = 5, delay = "2s", max_delay = "2s" }}
 settings = {{ command = ["python3", "{script}"] }}
 "#,
-            script = script.display(),
-        ),
+                script = script.display(),
+            ),
+        );
+        let path = dir.path().join(file);
+        std::fs::rename(dir.path().join("hub.toml"), &path).unwrap();
+        path
+    };
+    let direct = config(URL, "direct.toml");
+    let proxied = config(
+        &format!("amqp://guest:guest@127.0.0.1:{proxy_port}/%2f"),
+        "proxied.toml",
     );
     const N: u64 = 100;
     let first_tries = |t: &[String]| t.iter().filter(|l| l.ends_with(" 1")).count();
-    let rt = tokio::runtime::Runtime::new().unwrap();
 
     // 1. Every message failed once and waits its 2 s backoff, unacknowledged: kill -9.
-    let mut a = start(&cfg, port);
+    let mut a = start(&direct, port);
     rt.block_on(amqp_publish(&topic, 0..N, |_| {}));
     wait_until("every first attempt", Duration::from_secs(30), || {
         first_tries(&lines(&tries)) == N as usize
@@ -140,20 +204,40 @@ settings = {{ command = ["python3", "{script}"] }}
     kill9(&mut a);
     assert!(lines(&ok).is_empty(), "nothing succeeded yet");
 
-    // 2. Redelivered, failed again; kill -9 as the first retry copies come back (the others'
-    //    republish-then-ack under way).
-    let mut b = start(&cfg, port);
-    wait_until("a retry's copy consumed", Duration::from_secs(30), || {
-        !lines(&ok).is_empty()
+    // 2. Behind the proxy: every original redelivered, failed again, its copy republished,
+    //    confirmed and handled; no ack reached the broker. kill -9 there.
+    let mut b = start(&proxied, port);
+    wait_until(
+        "every copy handled behind the proxy",
+        Duration::from_secs(30),
+        || lines(&ok).len() == N as usize,
+    );
+    // The settle task acknowledges a retried original once its copy is confirmed: wait for
+    // those acks (swallowed) to have been sent.
+    wait_until("acks sent and swallowed", Duration::from_secs(10), || {
+        swallowed.load(Ordering::Relaxed) > 0
     });
     kill9(&mut b);
-    let ok_at_kill = lines(&ok).len();
+    // The broker holds each original again (its copy confirmed, its ack never arrived) and each
+    // copy (handled, its ack never arrived): the kill landed in the window for every message.
+    let mut ready = 0;
+    wait_until(
+        "originals and copies back in the queue",
+        Duration::from_secs(20),
+        || {
+            ready = rt.block_on(amqp_ready(&queue));
+            ready == 2 * N as u32
+        },
+    );
 
-    // 3. A third hub finishes: every message acknowledged after a successful attempt.
-    let mut c = start(&cfg, port);
-    wait_until("every message handled", Duration::from_secs(60), || {
-        lines(&ok).iter().collect::<BTreeSet<_>>().len() == N as usize
-    });
+    // 3. A third hub, direct, finishes: every original retried once more and handled, every
+    //    copy handled again; 3 N successful attempts in all, exactly.
+    let mut c = start(&direct, port);
+    wait_until(
+        "every message handled again",
+        Duration::from_secs(60),
+        || lines(&ok).len() >= 3 * N as usize,
+    );
     let handled: BTreeSet<u64> = lines(&ok).iter().map(|l| l.parse().unwrap()).collect();
     assert_eq!(handled, (0..N).collect(), "every message handled");
     // Settled: nothing queued at the broker or locally, and the books balance.
@@ -171,42 +255,24 @@ settings = {{ command = ["python3", "{script}"] }}
             ) == Some(0.0)
     });
     assert_balanced(&metrics, "flaky");
-    let dead = rt.block_on(async {
-        use hub_amqp::lapin::options::QueueDeclareOptions;
-        use hub_amqp::lapin::types::FieldTable;
-        use hub_amqp::lapin::{Connection, ConnectionProperties};
-        let conn = Connection::connect(URL, ConnectionProperties::default())
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        let n = ch
-            .queue_declare(
-                format!("{name}.dead-letters").as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_or(0, |q| q.message_count());
-        let _ = conn.close(200, "bye".into()).await;
-        n
-    });
+    let dead = rt.block_on(amqp_ready(&format!("{name}.dead-letters")));
     assert_eq!(dead, 0, "nothing dead-lettered");
     signal(&c, "-TERM");
     assert!(wait_exit(&mut c, Duration::from_secs(15)).success());
-    let all_ok = lines(&ok).len();
-    eprintln!(
-        "{N} messages: {} attempts in all, {ok_at_kill} handled before the second kill, {all_ok} \
-         successful attempts ({} duplicates from the kills)",
-        lines(&tries).len(),
-        all_ok - N as usize
+    assert_eq!(
+        lines(&ok).len(),
+        3 * N as usize,
+        "no duplicates beyond the window's"
     );
-    rt.block_on(amqp_delete_queues(&[
-        format!("{name}.flaky"),
-        format!("{name}.dead-letters"),
-    ]));
+    assert_eq!(rt.block_on(amqp_ready(&queue)), 0, "nothing left behind");
+    eprintln!(
+        "{N} messages: {} attempts in all, {ready} back in the queue after the kill in the \
+         window ({} acks swallowed), {} successful attempts",
+        lines(&tries).len(),
+        swallowed.load(Ordering::Relaxed),
+        lines(&ok).len(),
+    );
+    rt.block_on(amqp_delete_queues(&[queue, format!("{name}.dead-letters")]));
 }
 
 /// A tmpfs of `size` mounted on `dir` (the test runs as root, as CI does here), unmounted when
@@ -254,19 +320,7 @@ fn a_full_disk_under_echo_and_dead_letter_files_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let disk = TinyDisk::mount(dir.path().join("disk"), "2m");
     let (echo, dead) = (disk.0.join("echo.jsonl"), disk.0.join("dead.jsonl"));
-    let rejecter = dir.path().join("reject.py");
-    std::fs::write(
-        &rejecter,
-        r#"import json, sys
-sys.stdout.write(json.dumps({"type": "ready", "protocol": 1}) + "\n"); sys.stdout.flush()
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("type") == "message":
-        sys.stdout.write(json.dumps({"type": "reject", "id": m["id"], "reason": "not for us"}) + "\n")
-        sys.stdout.flush()
-"#,
-    )
-    .unwrap();
+    let rejecter = rejecting_script(dir.path());
     let port = free_port();
     let cfg = write_config(
         dir.path(),
@@ -302,7 +356,21 @@ settings = {{ command = ["python3", "{rejecter}"] }}
             rejecter = rejecter.display(),
         ),
     );
-    let mut p = start(&cfg, port);
+    // Logs as JSON in a file: the hub's own totals at shutdown give the count to check the
+    // files against.
+    let log = dir.path().join("hub.log");
+    let mut p = spawn(
+        hub(&[
+            "--log-format",
+            "json",
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    wait_ready(port, &mut p);
     wait_until("lines written", Duration::from_secs(10), || {
         lines(&echo).len() > 20 && lines(&dead).len() > 20
     });
@@ -366,10 +434,36 @@ settings = {{ command = ["python3", "{rejecter}"] }}
     let mut lettered = seqs(&dead, "message");
     echoed.sort_unstable();
     lettered.sort_unstable();
-    let n = echoed.len() as u64;
+    // The count, from the hub's books rather than from the files: what the memory backend
+    // delivered, and each consumer's outcomes.
+    let totals = |key: &str, name: &str| -> serde_json::Value {
+        lines(&log)
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| {
+                v["fields"][key] == name
+                    && v["fields"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.ends_with("totals."))
+            })
+            .map(|v| v["fields"].clone())
+            .unwrap_or_else(|| panic!("no totals for {key} {name} in {}", lines(&log).join("\n")))
+    };
+    let n = totals("backend", "mem")["received"].as_u64().unwrap();
+    let (e, r) = (totals("consumer", "echo"), totals("consumer", "rejecter"));
+    assert!(n > 40, "ticks delivered: {n}");
+    assert_eq!(e["received"], n, "echo received every tick: {e}");
+    assert_eq!(e["ok"], n, "echo wrote every tick: {e}");
+    assert!(e["transient"].as_u64().unwrap() > 0, "{e}");
+    assert_eq!(e["dropped"], 0, "{e}");
+    assert_eq!(r["received"], n, "{r}");
+    assert_eq!(r["dead_lettered"], n, "every rejection dead-lettered: {r}");
     assert_same_range(&echoed, n, "echo");
     assert_same_range(&lettered, n, "dead letters");
-    eprintln!("{n} ticks through a full disk, none lost");
+    eprintln!(
+        "{n} ticks through a full disk, none lost ({} failed echo writes retried)",
+        e["transient"]
+    );
 }
 
 /// SIGTERM while a producer runs flat out into consumers that keep up only by blocking it: the
@@ -455,4 +549,188 @@ path = "{b}"
     in_b.sort_unstable();
     assert_same_range(&in_b, n, "b");
     eprintln!("{n} messages under full load, drained in {took:?}");
+}
+
+/// How many `sleep MARKER` processes run (the programs' children the test looks for).
+fn sleeping(marker: &str) -> usize {
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("^sleep {marker}$")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// Ctrl-C in a terminal sends SIGINT to the hub's whole foreground process group. Each exec
+/// program runs in a group of its own, so the signal reaches the hub alone, which drains: the
+/// stream program and the per-message programs finish what they hold (before, Python died of
+/// KeyboardInterrupt mid-message and its messages were dead-lettered at shutdown). And a
+/// per-message program killed by its `timeout` takes what it started with it (its group): a
+/// shell's `sleep` used to outlive it. A second signal (exit at once) kills the groups too.
+#[test]
+fn ctrl_c_reaches_the_hub_alone_and_a_timeout_kills_the_programs_whole_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (seen, once) = (dir.path().join("seen.jsonl"), dir.path().join("once.txt"));
+    let marker = format!("61.{}", std::process::id() % 1000);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/exec/stream_consumer.py"
+    );
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[hub]
+shutdown_grace = "10s"
+[http]
+listen = "127.0.0.1:{port}"
+[backends.mem]
+type = "memory"
+[producers.tick]
+type = "ticker"
+[producers.tick.settings]
+topic = "org.int.tick"
+rate = 5.0
+[producers.stuck]
+type = "ticker"
+[producers.stuck.settings]
+topic = "org.stuck.tick"
+rate = 2.0
+[consumers.stream]
+type = "exec"
+topics = ["org.int.#"]
+settings = {{ command = ["python3", "{script}"], env = {{ SLOW_MS = "150", SEEN = "{seen}" }} }}
+[consumers.once]
+type = "exec"
+topics = ["org.int.#"]
+concurrency = 2
+settings = {{ mode = "per-message", command = ["python3", "-c", "import sys, time; m = sys.stdin.read(); time.sleep(0.3); open('{once}', 'a').write('x\\n')"] }}
+[consumers.stuck]
+type = "exec"
+topics = ["org.stuck.#"]
+timeout = "300ms"
+retry = {{ max_attempts = 1 }}
+settings = {{ mode = "per-message", command = ["sh", "-c", "sleep {marker}; echo never"] }}
+"#,
+            seen = seen.display(),
+            once = once.display(),
+        ),
+    );
+    // The hub leads a process group, as a shell's foreground job does, with SIGINT at its
+    // default (a shell's background job would ignore it, and so would its children).
+    let mut p = spawn(
+        Command::new("python3")
+            .args([
+                "-c",
+                "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); \
+                 os.setpgid(0, 0); os.execv(sys.argv[1], sys.argv[1:])",
+                HUB,
+                "run",
+                "--config",
+                cfg.to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    wait_ready(port, &mut p);
+    let stragglers = || sleeping(&marker);
+    // Work in flight in every program, and a few timeouts behind us.
+    wait_until("timeouts and work", Duration::from_secs(20), || {
+        lines(&seen).len() >= 5 && lines(&once).len() >= 5 && {
+            let m = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+            sample(
+                &m,
+                r#"hub_consumer_processed_messages_total{consumer="stuck",outcome="timeout"}"#,
+            )
+            .unwrap_or(0.0)
+                >= 3.0
+        }
+    });
+    // One may be running (the message in flight); a killed one may linger a moment.
+    wait_until(
+        "no timed-out program's child outliving it",
+        Duration::from_secs(5),
+        || stragglers() <= 1,
+    );
+    // Ctrl-C: SIGINT to the whole group.
+    let sent = Command::new("kill")
+        .args(["-INT", "--", &format!("-{}", p.id())])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = wait_exit(&mut p, Duration::from_secs(30));
+    let mut log = String::new();
+    p.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    assert!(status.success(), "exit {status}: {log}");
+    assert!(!log.contains("KeyboardInterrupt"), "{log}");
+    for consumer in ["stream", "once"] {
+        let totals = log
+            .lines()
+            .find(|l| l.contains("Consumer totals") && l.contains(&format!("consumer={consumer} ")))
+            .unwrap_or_else(|| panic!("no totals for {consumer}: {log}"));
+        for clean in [
+            " transient=0",
+            " invalid=0",
+            " dropped=0",
+            " dead_lettered=0",
+        ] {
+            assert!(totals.contains(clean), "{consumer}: {totals}");
+        }
+    }
+    wait_until(
+        "no `sleep` outliving the hub",
+        Duration::from_secs(5),
+        || stragglers() == 0,
+    );
+
+    // A second signal: the hub exits at once (130), and takes its programs' groups with it
+    // (in groups of their own, they would otherwise live on).
+    let marker = format!("62.{}", std::process::id() % 1000);
+    let stuck = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[http]
+listen = "127.0.0.1:{port}"
+[backends.mem]
+type = "memory"
+[producers.stuck]
+type = "ticker"
+[producers.stuck.settings]
+topic = "org.stuck.tick"
+rate = 5.0
+[consumers.stuck]
+type = "exec"
+topics = ["org.stuck.#"]
+concurrency = 2
+timeout = "60s"
+settings = {{ mode = "per-message", command = ["sh", "-c", "sleep {marker}; echo never"] }}
+"#
+        ),
+    );
+    let running = || sleeping(&marker);
+    let mut p = spawn(
+        hub(&["run", "--config", stuck.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    wait_ready(port, &mut p);
+    wait_until(
+        "two stuck programs running",
+        Duration::from_secs(10),
+        || running() == 2,
+    );
+    signal(&p, "-TERM");
+    std::thread::sleep(Duration::from_millis(100));
+    signal(&p, "-TERM");
+    let status = wait_exit(&mut p, Duration::from_secs(10));
+    let mut log = String::new();
+    p.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    assert_eq!(status.code(), Some(130), "{log}");
+    assert!(log.contains("exec program(s) killed"), "{log}");
+    wait_until(
+        "no `sleep` outliving a hub stopped at once",
+        Duration::from_secs(5),
+        || running() == 0,
+    );
 }

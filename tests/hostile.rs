@@ -1,7 +1,7 @@
 //! Hostile input against the `hub` binary, with its resident memory measured: a 200 MB ZeroMQ
 //! frame from a libzmq (pyzmq) publisher is refused unread; a publisher at full speed into a
 //! stuck consumer leaves the hub under its `max_queued_bytes` ceiling plus the documented
-//! overhead.
+//! overhead; 8 MiB AMQP bodies over `max_message_bytes` leave it bounded by its prefetch window.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
@@ -11,27 +11,6 @@ use std::time::Duration;
 
 mod common;
 use common::*;
-
-fn python() -> Option<PathBuf> {
-    let path = std::env::var_os("HUB_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../target/pyzmq-venv/bin/python"
-            ))
-        });
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "no Python with pyzmq at {}: scripts/test creates it",
-        path.display()
-    );
-    eprintln!("skipped: no Python with pyzmq (run scripts/test to create it)");
-    None
-}
 
 /// Peak resident memory of a process, in MiB (`VmHWM`).
 fn peak_rss_mib(pid: u32) -> f64 {
@@ -99,7 +78,7 @@ fn start_hub(dir: &std::path::Path, config: &str) -> (Proc, u16) {
 
 #[test]
 fn a_200_mb_zeromq_frame_is_refused_unread_and_memory_stays_flat() {
-    let Some(py) = python() else { return };
+    let Some(py) = interop_python() else { return };
     let dir = tempfile::tempdir().unwrap();
     let ep = format!("tcp://127.0.0.1:{}", free_port());
     // Small messages until told, then one of 200 MB, then small ones again until killed.
@@ -179,7 +158,7 @@ when_full = "drop_oldest"
 
 #[test]
 fn a_publisher_at_full_speed_into_a_stuck_consumer_stays_under_the_byte_ceiling() {
-    let Some(py) = python() else { return };
+    let Some(py) = interop_python() else { return };
     let dir = tempfile::tempdir().unwrap();
     let ep = format!("tcp://127.0.0.1:{}", free_port());
     // 10 KB bodies as fast as libzmq sends them, until killed.
@@ -301,7 +280,8 @@ fn http_server(status: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsi
 
 /// Security: a whole run with secrets everywhere a configuration may hold one (an AMQP
 /// password, HTTP header tokens and an HMAC secret from the environment, a token in a webhook
-/// URL's query and one in a chat webhook's path, a PostgreSQL password, an IRC password), each
+/// URL's query and one in a chat webhook's path, a PostgreSQL password in a url and one from the
+/// environment, an IRC password), each
 /// part failing so it logs its errors (a refused broker, a refused database, a 500 webhook, an
 /// unreachable IRC server) at debug level: no secret in `hub check`'s output, any log line,
 /// `/ready`, `/metrics`, or the dead letters.
@@ -319,6 +299,7 @@ fn no_secret_reaches_logs_check_output_or_pages() {
         "UrlQuerySecret789",
         "WebhookPathSecret",
         "PgSecret321",
+        "PgEnvSecret222",
         "IrcSecret654",
         "AdminSecret987",
     ];
@@ -340,6 +321,11 @@ url = "amqp://guest:S3cretAmqpPw@127.0.0.1:{closed}/%2f"
 [resources.pg]
 type = "postgres_pool"
 url = "host=127.0.0.1 port={closed} user=postgres password=PgSecret321 dbname=test"
+connect_timeout = "1s"
+[resources.pg2]
+type = "postgres_pool"
+url = "host=127.0.0.1 port={closed} user=postgres dbname=test"
+password = {{ env = "HUB_TEST_PG" }}
 connect_timeout = "1s"
 [producers.tick]
 type = "ticker"
@@ -388,6 +374,14 @@ retry = {{ max_attempts = 2, delay = "100ms" }}
 dead_letter = {{ file = "{dead}" }}
 [consumers.store.settings]
 pool = "pg"
+[consumers.store2]
+type = "postgres"
+backend = "mem"
+topics = ["org.secret.#"]
+retry = {{ max_attempts = 2, delay = "100ms" }}
+dead_letter = {{ file = "{dead}" }}
+[consumers.store2.settings]
+pool = "pg2"
 [consumers.broker]
 type = "delay"
 backend = "rabbit"
@@ -402,6 +396,7 @@ settings = {{ delay = "1ms" }}
         c.env("HUB_TEST_TOKEN", "Bearer tok-Secret-123")
             .env("HUB_TEST_HMAC", "hmac-Secret-456")
             .env("HUB_TEST_IRC", "IrcSecret654")
+            .env("HUB_TEST_PG", "PgEnvSecret222")
             .env("HUB_TEST_ADMIN", "AdminSecret987")
             .env("RUST_LOG", "debug");
     };
@@ -491,4 +486,119 @@ settings = {{ delay = "1ms" }}
             .collect();
         assert!(at.is_empty(), "{secret} leaked: {at:?}");
     }
+}
+
+/// 40 bodies of 8 MiB (320 MiB in all, each under RabbitMQ's own 16 MiB limit) to a hub whose
+/// AMQP backend allows 1 MiB: each refused, counted and dead-lettered with its size, and the
+/// hub's memory grows by what its prefetch window holds (lapin reads a body whole: a few
+/// bodies at once), never by the whole stream; a small message behind them still flows.
+#[test]
+fn oversized_amqp_bodies_are_dead_lettered_and_memory_stays_bounded() {
+    use hub_amqp::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use hub_amqp::lapin::{BasicProperties, Connection, ConnectionProperties};
+    const BODIES: usize = 40;
+    const BODY_MIB: usize = 8;
+    const PREFETCH: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let u = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let name = format!("big{u}");
+    let echo = dir.path().join("echo.jsonl");
+    let (hub, port) = start_hub(
+        dir.path(),
+        &format!(
+            r##"
+[hub]
+name = "{name}"
+[backends.rabbit]
+type = "amqp"
+url = "{URL}"
+prefetch = {PREFETCH}
+max_message_bytes = 1048576
+
+[consumers.all]
+type = "echo"
+topics = ["{name}.#"]
+[consumers.all.settings]
+path = "{echo}"
+"##,
+            echo = echo.display()
+        ),
+    );
+    let before = peak_rss_mib(hub.id());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let conn = Connection::connect(URL, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(BODY_MIB << 20));
+        for body in std::iter::repeat_n(big.as_bytes(), BODIES).chain([&br#"{"small": 1}"#[..]]) {
+            ch.basic_publish(
+                "amq.topic".into(),
+                format!("{name}.x").as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_content_type("application/json".into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        }
+        let _ = conn.close(200, "done".into()).await;
+    });
+    wait_until("every big body refused", Duration::from_secs(60), || {
+        sample(
+            &metrics(port),
+            r#"hub_backend_oversized_messages_total{backend="rabbit"}"#,
+        ) == Some(BODIES as f64)
+    });
+    wait_until("the small message echoed", Duration::from_secs(20), || {
+        std::fs::read_to_string(&echo).is_ok_and(|t| t.contains("small"))
+    });
+    let peak = peak_rss_mib(hub.id());
+    // Bodies held at once: the prefetch window, the one lapin is reading, the dead letter being
+    // published; twice that for the allocator's slack.
+    let bound = (2 * (PREFETCH + 2) * BODY_MIB) as f64;
+    eprintln!(
+        "hub peak RSS: {before:.1} MiB before {BODIES} bodies of {BODY_MIB} MiB, {peak:.1} MiB \
+         after (bound: +{bound} MiB)"
+    );
+    assert!(
+        peak < before + bound,
+        "the hub's peak RSS went from {before:.1} to {peak:.1} MiB"
+    );
+    let dead = rt.block_on(async {
+        let conn = Connection::connect(URL, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let mut n = 0;
+        let q = format!("{name}.dead-letters");
+        while let Some(m) = ch
+            .basic_get(q.as_str().into(), Default::default())
+            .await
+            .unwrap()
+        {
+            let h =
+                hub_amqp::wire::table_to_json(m.delivery.properties.headers().as_ref().unwrap());
+            let reason = h["x-hub-reason"].as_str().unwrap_or_default().to_owned();
+            assert!(
+                reason.contains("over max_message_bytes (1048576)"),
+                "{reason}"
+            );
+            n += 1;
+            m.delivery.ack(Default::default()).await.unwrap();
+        }
+        let _ = conn.close(200, "done".into()).await;
+        n
+    });
+    assert_eq!(dead, BODIES, "each dead-lettered once");
+    let mut hub = hub;
+    signal(&hub, "-TERM");
+    assert!(wait_exit(&mut hub, Duration::from_secs(15)).success());
+    rt.block_on(amqp_delete_queues(&[format!("{name}.dead-letters")]));
 }

@@ -805,7 +805,7 @@ settings = { delay = "0ms" }
 /// pauses the selected consumer with the token, and `q` exits 0 with the terminal restored
 /// (the normal screen back, canonical mode on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hub_top_shows_the_consumers_pauses_and_q_restores_the_terminal() {
+async fn hub_top_shows_the_consumers_pauses_resumes_sorts_and_q_restores_the_terminal() {
     if std::process::Command::new("tmux")
         .arg("-V")
         .output()
@@ -891,6 +891,50 @@ settings = { delay = "50ms" }
     }
     let status = hub.json("/api/v1/status").await;
     assert_eq!(status["consumers"][0]["paused"], true, "{status}");
+    // r resumes it.
+    tmux(&["send-keys", "-t", &session, "r"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !screen().contains("resumed alpha") {
+        assert!(Instant::now() < deadline, "not resumed: {}", screen());
+        sleep(Duration::from_millis(200)).await;
+    }
+    let status = hub.json("/api/v1/status").await;
+    assert_eq!(status["consumers"][0]["paused"], false, "{status}");
+    // s sorts by backlog: beta (behind) above alpha (caught up again), and the first row,
+    // now beta, is the one p pauses.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = hub.json("/api/v1/status").await;
+        if s["consumers"][0]["backlog"] == 0 && s["consumers"][1]["backlog"].as_u64() > Some(5) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "alpha never caught up: {s}");
+        sleep(Duration::from_millis(100)).await;
+    }
+    tmux(&["send-keys", "-t", &session, "s"]);
+    let row = |text: &str, name: &str| {
+        text.lines().position(|l| {
+            l.trim_start_matches(['│', ' ', '>'])
+                .starts_with(&format!("{name} "))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut text = screen();
+    while !(text.contains("sorted by backlog")
+        && matches!((row(&text, "beta"), row(&text, "alpha")), (Some(b), Some(a)) if b < a))
+    {
+        assert!(Instant::now() < deadline, "not sorted by backlog: {text}");
+        sleep(Duration::from_millis(200)).await;
+        text = screen();
+    }
+    tmux(&["send-keys", "-t", &session, "p"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !screen().contains("paused beta") {
+        assert!(Instant::now() < deadline, "beta not paused: {}", screen());
+        sleep(Duration::from_millis(200)).await;
+    }
+    let status = hub.json("/api/v1/status").await;
+    assert_eq!(status["consumers"][1]["paused"], true, "{status}");
     tmux(&["send-keys", "-t", &session, "q"]);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut text = screen();
@@ -911,4 +955,173 @@ settings = { delay = "50ms" }
         "the terminal left raw mode: {text}"
     );
     hub.stop().await;
+}
+
+/// `GET /api/v1/consumers/{id}/dead-letters`: a consumer writing to a dead-letter file shows
+/// its count, its newest letters (no bodies) and the `hub dead` commands; one without a sink
+/// says so; an unknown one is a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letters_endpoint_shows_what_hub_dead_offers() {
+    let hub = Running::start(
+        r#"
+[hub]
+name = "deadtest"
+shutdown_grace = "1s"
+[backends.mem]
+type = "memory"
+[producers.tick]
+type = "ticker"
+[producers.tick.settings]
+topic = "org.dead.tick"
+rate = 50.0
+body = { secret = "body-Secret-7" }
+[consumers.picky]
+type = "exec"
+topics = ["org.dead.#"]
+dead_letter = { file = "{dir}/dead.jsonl" }
+settings = { command = ["python3", "-c", "import json,sys\nprint(json.dumps({'type':'ready','protocol':1}),flush=True)\nfor l in sys.stdin:\n m=json.loads(l)\n if m.get('type')=='message': print(json.dumps({'type':'reject','id':m['id'],'reason':'seq %d refused' % m['body']['seq']}),flush=True)"] }
+[consumers.quiet]
+type = "delay"
+topics = ["org.dead.#"]
+settings = { delay = "0ms" }
+"#,
+    )
+    .await;
+    let file = hub.dir().join("dead.jsonl");
+    let lines = || {
+        std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .lines()
+            .count() as u64
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lines() < 10 {
+        assert!(Instant::now() < deadline, "no dead letters written");
+        sleep(Duration::from_millis(50)).await;
+    }
+    let before = lines();
+    let d = hub
+        .json("/api/v1/consumers/picky/dead-letters?limit=3")
+        .await;
+    let after = lines();
+    assert_eq!(d["kind"], "file", "{d}");
+    assert_eq!(d["path"], file.display().to_string());
+    let count = d["count"].as_u64().unwrap();
+    assert!(
+        (before..=after).contains(&count),
+        "{count} letters counted, the file had {before} then {after}"
+    );
+    assert_eq!(d["unreadable_lines"], 0);
+    let newest = d["newest"].as_array().unwrap();
+    assert_eq!(newest.len(), 3, "{d}");
+    // Newest first: the reasons name descending sequence numbers.
+    let seqs: Vec<u64> = newest
+        .iter()
+        .map(|l| {
+            let r = l["reason"].as_str().unwrap();
+            assert!(r.contains("refused"), "{r}");
+            assert_eq!(l["topic"], "org.dead.tick");
+            assert_eq!(l["attempts"], 1);
+            assert!(l["id"].as_str().is_some_and(|id| !id.is_empty()));
+            r.split_whitespace().find_map(|w| w.parse().ok()).unwrap()
+        })
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {seqs:?}"
+    );
+    assert!(!d.to_string().contains("body-Secret-7"), "no bodies: {d}");
+    let commands = &d["commands"];
+    assert!(
+        commands["list"]
+            .as_str()
+            .unwrap()
+            .starts_with("hub dead list picky --config "),
+        "{commands}"
+    );
+    assert!(
+        commands["requeue"]
+            .as_str()
+            .unwrap()
+            .starts_with("hub dead requeue picky"),
+        "{commands}"
+    );
+    // The limit is capped; 0 counts without listing.
+    let all = hub
+        .json("/api/v1/consumers/picky/dead-letters?limit=100000")
+        .await;
+    assert!(all["newest"].as_array().unwrap().len() <= 200);
+    let none = hub
+        .json("/api/v1/consumers/picky/dead-letters?limit=0")
+        .await;
+    assert_eq!(none["newest"], serde_json::json!([]));
+    assert!(none["count"].as_u64().unwrap() >= count);
+    // The status names each consumer's kind of sink.
+    let status = hub.json("/api/v1/status").await;
+    let kinds: Vec<(String, String)> = status["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap().to_owned(),
+                c["dead_letters"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        kinds.contains(&("picky".into(), "file".into())),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("quiet".into(), "none".into())),
+        "{kinds:?}"
+    );
+    let q = hub.json("/api/v1/consumers/quiet/dead-letters").await;
+    assert_eq!(q["kind"], "none");
+    assert!(q["note"].as_str().unwrap().contains("no dead-letter sink"));
+    let (status, body) = hub
+        .get("/api/v1/consumers/nobody/dead-letters")
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "{body}");
+    hub.stop().await;
+}
+
+/// A request whose `Host` names a site other than the hub (DNS rebinding: a page on another
+/// site pointing its name at 127.0.0.1) is refused on a loopback hub; IP literals and
+/// `localhost` are answered, and `[http] allowed_hosts` adds names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loopback_hub_refuses_other_host_names() {
+    async fn with_host(addr: SocketAddr, host: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET /api/v1/status HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, text.split_once("\r\n\r\n").unwrap().1.to_owned())
+    }
+    let plain = Running::start("[backends.mem]\ntype = \"memory\"\n").await;
+    let port = plain.addr.port();
+    for ok in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "127.0.0.1".into(),
+    ] {
+        assert_eq!(with_host(plain.addr, &ok).await.0, 200, "{ok}");
+    }
+    let (status, body) = with_host(plain.addr, &format!("rebind.example:{port}")).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("allowed_hosts"), "{body}");
+    plain.stop().await;
+    let listed = Running::start(
+        "[http]\nallowed_hosts = [\"hub.example.org\"]\n[backends.mem]\ntype = \"memory\"\n",
+    )
+    .await;
+    assert_eq!(with_host(listed.addr, "hub.example.org:80").await.0, 200);
+    assert_eq!(with_host(listed.addr, "127.0.0.1").await.0, 200);
+    assert_eq!(with_host(listed.addr, "rebind.example").await.0, 403);
+    listed.stop().await;
 }

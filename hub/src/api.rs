@@ -5,6 +5,8 @@
 //!   for an hour);
 //! - `GET /api/v1/consumers/{id}/tail`: the last messages it received, bodies cut to
 //!   `[http] live_tail_bytes` (404 while `[http] live_tail` is 0, the default);
+//! - `GET /api/v1/consumers/{id}/dead-letters`: where its dead letters go, the newest of them
+//!   (no bodies) and the `hub dead` commands for them;
 //! - `POST /api/v1/consumers/{id}/pause` and `.../resume`: with `[http] admin_token` set and
 //!   sent as `Authorization: Bearer <token>`; refused otherwise (403 when the hub has no token:
 //!   read-only; 401 when the request's is missing or wrong). Each write is logged.
@@ -22,6 +24,9 @@ use hub_engine::{ConsumerStatus, Dispatcher, MetricsHandle, ReadinessProbe, Samp
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
+mod dead_letters;
+pub(crate) use dead_letters::{DeadLetters, dead_letters};
+
 /// Version of the API's shapes, in its paths.
 pub const API_VERSION: &str = "v1";
 
@@ -33,12 +38,25 @@ pub(crate) struct Catalog {
     pub started_at: hub_core::Timestamp,
     /// (id, type) of each backend.
     pub backends: Vec<(String, String)>,
-    /// Per consumer: (id, type, backend id, topic patterns).
-    pub consumers: Vec<(String, String, String, Vec<String>)>,
+    /// Every consumer, in configuration order.
+    pub consumers: Vec<ConsumerEntry>,
     /// The write token, when set.
     pub admin_token: Option<hub_http::Secret>,
     /// Messages kept per consumer for the live tail (0: off).
     pub live_tail: usize,
+}
+
+/// One consumer as the configuration describes it.
+pub(crate) struct ConsumerEntry {
+    pub id: String,
+    /// Its `type`.
+    pub kind: String,
+    /// Its backend's id.
+    pub backend: String,
+    /// Its topic patterns.
+    pub topics: Vec<String>,
+    /// Where its dead letters go.
+    pub dead_letters: DeadLetters,
 }
 
 /// The API's state.
@@ -68,14 +86,16 @@ impl Api {
     /// One consumer's JSON (without history). `broker` is the AMQP broker-side depth, if any.
     fn consumer_json(&self, status: &ConsumerStatus, broker: Option<f64>) -> Value {
         let name = status.state.name.as_str();
-        let (kind, backend, topics) = self
-            .catalog
-            .consumers
-            .iter()
-            .find(|c| c.0 == name)
-            .map_or(("", "", &[][..]), |c| {
-                (c.1.as_str(), c.2.as_str(), c.3.as_slice())
-            });
+        let entry = self.catalog.consumers.iter().find(|c| c.id == name);
+        let (kind, backend, topics) = entry.map_or(("", "", &[][..]), |c| {
+            (c.kind.as_str(), c.backend.as_str(), c.topics.as_slice())
+        });
+        let dead_letters = entry.map_or("none", |c| match c.dead_letters {
+            DeadLetters::None => "none",
+            DeadLetters::File(_) => "file",
+            DeadLetters::Topic { .. } => "topic",
+            DeadLetters::Queue(_) => "queue",
+        });
         let started = self.readiness.readiness().consumers_started;
         let o = &status.outcomes;
         json!({
@@ -106,6 +126,7 @@ impl Api {
                 "retried": o.retried,
                 "dead_lettered": o.dead_lettered,
             },
+            "dead_letters": dead_letters,
             "last_error": status.last_error.as_ref().map(|e| json!({
                 "at": e.at.to_string(),
                 "message_id": e.message_id,
@@ -248,6 +269,14 @@ fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), (StatusCode, &'static
             "this hub is read-only: set [http] admin_token to allow pause and resume",
         ));
     };
+    bearer_matches(token, headers)
+}
+
+/// Whether the request's `Authorization: Bearer` is `token`: `Ok`, or 401 and why not.
+pub(crate) fn bearer_matches(
+    token: &hub_http::Secret,
+    headers: &HeaderMap,
+) -> Result<(), (StatusCode, &'static str)> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

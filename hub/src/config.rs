@@ -101,6 +101,10 @@ pub struct HttpSection {
     /// Default 512.
     #[serde(default = "default_live_tail_bytes")]
     pub live_tail_bytes: usize,
+    /// Host names the server answers to besides IP literals and `localhost` (`"*"`: any), a guard against DNS
+    /// rebinding. Unset: `localhost` when listening on loopback, any name otherwise.
+    #[serde(default)]
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 fn default_idle_timeout() -> Duration {
@@ -148,6 +152,7 @@ impl Default for HttpSection {
             idle_timeout: default_idle_timeout(),
             live_tail: 0,
             live_tail_bytes: default_live_tail_bytes(),
+            allowed_hosts: None,
         }
     }
 }
@@ -185,6 +190,14 @@ struct RawConsumer {
     batch_delay: Option<Duration>,
     #[serde(default)]
     dead_letter: Option<RawDeadLetter>,
+    #[serde(default)]
+    queue_type: Option<hub_core::QueueType>,
+    #[serde(default)]
+    delivery_limit: Option<u32>,
+    #[serde(default)]
+    single_active_consumer: Option<bool>,
+    #[serde(default)]
+    offset: Option<String>,
     #[serde(default)]
     #[allow(dead_code, reason = "read separately, with its own key path")]
     settings: Option<serde::de::IgnoredAny>,
@@ -266,8 +279,11 @@ pub struct Config {
     pub backends: Vec<BackendEntry>,
     /// `[producers.*]`, by id.
     pub producers: Vec<ProducerEntry>,
-    /// `[consumers.*]`, by id.
+    /// `[consumers.*]`, by id (with the gateway's taps, `gateway-<backend>`, when `[gateway]`
+    /// is set).
     pub consumers: Vec<ConsumerEntry>,
+    /// `[gateway]`: the WebSocket/SSE gateway, when set.
+    pub gateway: Option<std::sync::Arc<hub_gateway::Gateway>>,
 }
 
 /// One problem in a configuration.
@@ -313,6 +329,7 @@ impl fmt::Display for ConfigErrors {
 const SECTIONS: &[&str] = &[
     "hub",
     "http",
+    "gateway",
     "resources",
     "backends",
     "producers",
@@ -434,6 +451,117 @@ impl Loader<'_> {
 
     fn settings(&mut self, key: &str) -> Value {
         self.value(key).unwrap_or_else(|| Value::from(Dict::new()))
+    }
+}
+
+/// The configured backends' ids, without the gateway's own.
+fn user_backends(kinds: &BTreeMap<String, String>) -> impl Iterator<Item = &str> {
+    kinds
+        .iter()
+        .filter(|(_, kind)| kind.as_str() != GATEWAY_KIND)
+        .map(|(id, _)| id.as_str())
+}
+
+/// The `type` the gateway's own backend shows (status page, `hub check`).
+const GATEWAY_KIND: &str = "gateway";
+
+impl Loader<'_> {
+    /// `[gateway]`: read and checked; its backend (`gateway`) added to `backends` and `kinds`.
+    fn gateway(
+        &mut self,
+        backends: &mut Vec<BackendEntry>,
+        kinds: &mut BTreeMap<String, String>,
+    ) -> Option<std::sync::Arc<hub_gateway::Gateway>> {
+        use hub_gateway::{BACKEND_ID, Gateway, GatewayConfig};
+        let value = self.value("gateway")?;
+        let cfg = self.read("gateway", value, |v| v.deserialize::<GatewayConfig>())?;
+        if kinds.contains_key(BACKEND_ID) {
+            self.issue(
+                "backends.gateway",
+                "`gateway` is the id of the gateway's own backend when [gateway] is set: rename this backend",
+            );
+            return None;
+        }
+        let mut ok = true;
+        for id in cfg.attach.iter().flatten() {
+            if id != BACKEND_ID && !kinds.contains_key(id) {
+                let ids = kinds.keys().cloned().collect::<Vec<_>>().join(", ");
+                self.issue(
+                    "gateway.attach",
+                    format!("unknown backend {id:?}; configured backends: {ids} (and `gateway`, the gateway's own)"),
+                );
+                ok = false;
+            }
+        }
+        if let Some(id) = &cfg.forward_to
+            && !kinds.contains_key(id)
+        {
+            let ids = kinds.keys().cloned().collect::<Vec<_>>().join(", ");
+            self.issue(
+                "gateway.forward_to",
+                format!("unknown backend {id:?}; configured backends: {ids}"),
+            );
+            ok = false;
+        }
+        let gw = match Gateway::new(cfg) {
+            Ok(gw) => gw,
+            Err(issues) => {
+                for (key, message) in issues {
+                    self.issue(&format!("gateway.{key}"), message);
+                }
+                return None;
+            }
+        };
+        if !ok {
+            return None;
+        }
+        let backend = gw.clone();
+        backends.push(BackendEntry {
+            id: BACKEND_ID.into(),
+            kind: GATEWAY_KIND.into(),
+            build: Box::new(move |_| Ok(backend.backend())),
+        });
+        kinds.insert(BACKEND_ID.into(), GATEWAY_KIND.into());
+        Some(gw)
+    }
+
+    /// One tap per attached backend (`attach`, by default every backend): a consumer
+    /// `gateway-<backend>` bound to every topic some client may receive, on a `drop_oldest`
+    /// queue, that hands each message to the gateway's clients.
+    fn gateway_taps(
+        &mut self,
+        gw: &std::sync::Arc<hub_gateway::Gateway>,
+        kinds: &BTreeMap<String, String>,
+        consumers: &mut Vec<ConsumerEntry>,
+    ) {
+        let attached: Vec<String> = match &gw.config().attach {
+            Some(ids) => ids.clone(),
+            None => kinds.keys().cloned().collect(),
+        };
+        for backend in attached {
+            let id = format!("gateway-{backend}");
+            if consumers.iter().any(|c| c.id == id) {
+                self.issue(
+                    &format!("consumers.{id}"),
+                    "this id is the gateway's tap on that backend: rename the consumer",
+                );
+                continue;
+            }
+            let tap = gw.clone();
+            consumers.push(ConsumerEntry {
+                id,
+                kind: "gateway-tap".into(),
+                backend,
+                topics: gw.tap_patterns(),
+                options: ConsumerOptions {
+                    queue_capacity: 65_536,
+                    when_full: WhenFull::DropOldest,
+                    ..ConsumerOptions::default()
+                },
+                dead_letter: None,
+                build: Box::new(move |_| Ok(tap.tap())),
+            });
+        }
     }
 }
 
@@ -595,9 +723,13 @@ impl Loader<'_> {
                 );
                 None
             }
-            None if kinds.len() == 1 => kinds.keys().next().cloned(),
+            // The gateway's own backend is never the default: a hub with one backend and a
+            // gateway still has one backend its consumers default to.
+            None if user_backends(kinds).count() == 1 => {
+                user_backends(kinds).next().map(str::to_owned)
+            }
             None => {
-                if !kinds.is_empty() {
+                if user_backends(kinds).next().is_some() {
                     self.issue(
                         &format!("{key}.backend"),
                         "required when more than one backend is configured",
@@ -816,6 +948,66 @@ impl Loader<'_> {
             .is_some_and(|k| k.durable_queues)
     }
 
+    /// `queue_type`, `delivery_limit`, `single_active_consumer` and `offset`, checked against
+    /// each other and `durable` (whether the backend has broker queues is checked by the caller).
+    fn broker_queue(&mut self, key: &str, raw: &RawConsumer) -> hub_core::BrokerQueue {
+        use hub_core::QueueType;
+        let mut q = hub_core::BrokerQueue {
+            kind: raw.queue_type.unwrap_or_default(),
+            delivery_limit: raw.delivery_limit,
+            single_active_consumer: raw.single_active_consumer.unwrap_or(false),
+            offset: hub_core::StreamOffset::default(),
+        };
+        let kept = raw.durable == Some(true) || raw.queue.is_some();
+        let needs_durable = [
+            (
+                q.kind != QueueType::Classic,
+                "queue_type",
+                "a quorum queue or a stream outlives the connection",
+            ),
+            (
+                q.single_active_consumer,
+                "single_active_consumer",
+                "hubs share the queue",
+            ),
+        ];
+        for (set, k, why) in needs_durable {
+            if set && !kept {
+                self.issue(
+                    &format!("{key}.{k}"),
+                    format!("needs `durable = true` (or a `queue` name): {why}"),
+                );
+            }
+        }
+        if raw.delivery_limit.is_some() && q.kind != QueueType::Quorum {
+            self.issue(
+                &format!("{key}.delivery_limit"),
+                "applies to quorum queues: set `queue_type = \"quorum\"`",
+            );
+        }
+        if raw.delivery_limit == Some(0) {
+            self.issue(&format!("{key}.delivery_limit"), "must be at least 1");
+        }
+        if q.kind == QueueType::Stream && q.single_active_consumer {
+            self.issue(
+                &format!("{key}.single_active_consumer"),
+                "does not apply to streams (each hub reads a stream from its own offset)",
+            );
+        }
+        match (&raw.offset, q.kind) {
+            (None, _) => {}
+            (Some(o), QueueType::Stream) => match o.parse() {
+                Ok(o) => q.offset = o,
+                Err(e) => self.issue(&format!("{key}.offset"), e),
+            },
+            (Some(_), _) => self.issue(
+                &format!("{key}.offset"),
+                "applies to streams: set `queue_type = \"stream\"`",
+            ),
+        }
+        q
+    }
+
     /// A consumer's queue options, checked (`durable` and `queue` only where the backend has
     /// broker queues).
     fn consumer_options(
@@ -838,6 +1030,7 @@ impl Loader<'_> {
             rate_limit: None,
             batch_size: raw.batch_size.unwrap_or(defaults.batch_size),
             batch_delay: raw.batch_delay.unwrap_or(defaults.batch_delay),
+            broker_queue: self.broker_queue(key, raw),
         };
         if options.batch_size == 0 {
             self.issue(
@@ -864,6 +1057,13 @@ impl Loader<'_> {
                 }
             }
         }
+        if options.broker_queue.kind == hub_core::QueueType::Stream {
+            // A stream keeps every message: a retry is the hub's own, in place (a copy
+            // republished would be appended to the stream, for every reader to see).
+            let mut p = options.retry.unwrap_or_default();
+            p.in_order = true;
+            options.retry = Some(p);
+        }
         if let Some(r) = &raw.rate_limit {
             match r.limit() {
                 Ok(l) => options.rate_limit = Some(l),
@@ -884,6 +1084,13 @@ impl Loader<'_> {
             for (set, k) in [
                 (raw.durable.is_some(), "durable"),
                 (raw.queue.is_some(), "queue"),
+                (raw.queue_type.is_some(), "queue_type"),
+                (raw.delivery_limit.is_some(), "delivery_limit"),
+                (
+                    raw.single_active_consumer.is_some(),
+                    "single_active_consumer",
+                ),
+                (raw.offset.is_some(), "offset"),
             ] {
                 if set && !honours {
                     self.issue(&format!("{key}.{k}"), format!("backend {b:?} (type {kind}) has no broker queues; `{k}` applies to amqp backends"));
@@ -969,9 +1176,25 @@ pub(crate) fn load_partial(
         l.issue("hub.name", "must not be empty");
     }
     let (resources, broken_resources) = l.resources();
-    let (backends, kinds) = l.backends();
+    let (mut backends, mut kinds) = l.backends();
+    let gateway = l.gateway(&mut backends, &mut kinds);
+    if let Some(gw) = &gateway
+        && gw.config().ping_interval >= http.idle_timeout
+    {
+        l.issue(
+            "gateway.ping_interval",
+            format!(
+                "{:?} is not below [http] idle_timeout ({:?}): idle clients would be cut off before a ping",
+                gw.config().ping_interval,
+                http.idle_timeout
+            ),
+        );
+    }
     let producers = l.producers(&kinds);
-    let consumers = l.consumers(&kinds);
+    let mut consumers = l.consumers(&kinds);
+    if let Some(gw) = &gateway {
+        l.gateway_taps(gw, &kinds, &mut consumers);
+    }
     let config = Config {
         source: source.clone(),
         hub,
@@ -981,6 +1204,7 @@ pub(crate) fn load_partial(
         backends,
         producers,
         consumers,
+        gateway,
     };
     Ok((config, l.issues))
 }
@@ -1013,4 +1237,16 @@ fn join_key(key: &str, field: &str) -> String {
 /// without validating the rest: `hub dead` reads an AMQP backend's `url` this way.
 pub(crate) fn raw_string(source: &ConfigSource, key: &str) -> Option<String> {
     open(source, true).ok()?.find_value(key).ok()?.into_string()
+}
+
+/// A list of strings of the configuration as written (e.g. an AMQP backend's `urls`).
+pub(crate) fn raw_strings(source: &ConfigSource, key: &str) -> Vec<String> {
+    let Some(v) = open(source, true).ok().and_then(|f| f.find_value(key).ok()) else {
+        return Vec::new();
+    };
+    v.into_array()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(figment::value::Value::into_string)
+        .collect()
 }

@@ -62,7 +62,13 @@ fn resolve(
     let (c, from) = config()?;
     if let Some(b) = c.backends.iter().find(|b| b.id == source) {
         if b.kind == "amqp" {
+            // `url`, or the first of a cluster's `urls` (any node serves the queue).
             let url = crate::config::raw_string(&from, &format!("backends.{source}.url"))
+                .or_else(|| {
+                    crate::config::raw_strings(&from, &format!("backends.{source}.urls"))
+                        .into_iter()
+                        .next()
+                })
                 .ok_or_else(|| format!("backend {source:?} has no url"))?;
             return Ok(Source::Amqp {
                 url,
@@ -237,19 +243,40 @@ fn shorten(s: &str, max: usize) -> String {
     }
 }
 
+/// The running hub a file's letters go back through (`--hub`, `--token`).
+pub(crate) struct HubAddress {
+    /// Its HTTP address; else `[http] listen` of the configuration.
+    pub url: Option<String>,
+    /// Its admin token; else `[http] admin_token` of the configuration.
+    pub token: Option<String>,
+}
+
 /// `hub dead requeue`.
 pub(crate) async fn requeue(
     source: &str,
     filter: &Filter,
-    hub_url: Option<String>,
+    to: HubAddress,
     config: impl FnOnce() -> Result<(Config, ConfigSource), String>,
 ) -> ExitCode {
-    let mut listen = None;
-    let src = match resolve(source, || {
-        let (c, from) = config()?;
-        listen = Some(c.http.listen);
+    // The configuration's HTTP address and admin token, once it is read (only when needed).
+    let mut read: Option<(std::net::SocketAddr, Option<String>)> = None;
+    let mut config = Some(config);
+    let mut load = |read: &mut Option<_>| -> Result<(Config, ConfigSource), String> {
+        let load = config.take().ok_or("the configuration was read already")?;
+        let (c, from) = load()?;
+        let token = match &c.http.admin_token {
+            Some(t) => Some(
+                t.resolve()
+                    .map_err(|e| format!("http.admin_token: {e}"))?
+                    .expose()
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        *read = Some((c.http.listen, token));
         Ok((c, from))
-    }) {
+    };
+    let src = match resolve(source, || load(&mut read)) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("hub dead requeue: {e}");
@@ -279,10 +306,25 @@ pub(crate) async fn requeue(
             }
         }
         Source::File(path) => {
-            let base = hub_url
+            // A file named directly: the configuration may still give the hub's address and
+            // token. It is not needed for the letters themselves, so a configuration that
+            // does not load (a secret of another part this shell cannot read) is only noted.
+            if read.is_none()
+                && (to.url.is_none() || to.token.is_none())
+                && let Err(e) = load(&mut read)
+            {
+                eprintln!(
+                    "hub dead requeue: note: the configuration gives no HTTP address or token ({e}); \
+                     using --hub, --token or their defaults"
+                );
+            }
+            let (listen, config_token) = read.unzip();
+            let base = to
+                .url
                 .or_else(|| listen.map(|a| format!("http://{a}")))
                 .unwrap_or_else(|| "http://127.0.0.1:9898".into());
-            requeue_file(&path, filter, base.trim_end_matches('/')).await
+            let token = to.token.or(config_token.flatten());
+            requeue_file(&path, filter, base.trim_end_matches('/'), token).await
         }
     }
 }
@@ -294,13 +336,20 @@ enum Answer {
     Failed(String),
 }
 
-async fn post(client: &hub_http::reqwest::Client, url: &str, line: String) -> Answer {
-    let sent = client
+async fn post(
+    client: &hub_http::reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    line: String,
+) -> Answer {
+    let mut request = client
         .post(url)
         .header("content-type", "application/json")
-        .body(line)
-        .send()
-        .await;
+        .body(line);
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    let sent = request.send().await;
     let response = match sent {
         Ok(r) => r,
         Err(e) => return Answer::Failed(format!("cannot reach the hub at {url}: {e}")),
@@ -321,7 +370,7 @@ async fn post(client: &hub_http::reqwest::Client, url: &str, line: String) -> An
     }
 }
 
-async fn requeue_file(path: &Path, filter: &Filter, hub: &str) -> ExitCode {
+async fn requeue_file(path: &Path, filter: &Filter, hub: &str, token: Option<String>) -> ExitCode {
     let lines = match read_lines(path) {
         Ok(l) => l,
         Err(e) => {
@@ -361,8 +410,13 @@ async fn requeue_file(path: &Path, filter: &Filter, hub: &str) -> ExitCode {
     loop {
         while pending.len() < IN_FLIGHT {
             let Some(line) = rest.next() else { break };
-            let (client, url) = (client.clone(), url.clone());
-            pending.push_back(async move { (post(&client, &url, line.clone()).await, line) });
+            let (client, url, token) = (client.clone(), url.clone(), token.clone());
+            pending.push_back(async move {
+                (
+                    post(&client, &url, token.as_deref(), line.clone()).await,
+                    line,
+                )
+            });
         }
         let Some((answer, line)) = futures_util::StreamExt::next(&mut pending).await else {
             break;

@@ -18,14 +18,20 @@ use hub_core::CancellationToken;
 use hub_core::Verdict;
 use hub_engine::dead_letter::DeadLetter;
 use hub_engine::{Dispatcher, MetricsHandle, ReadinessProbe, RedeliverError};
+use hub_gateway::WriteStall;
 use serde_json::json;
 use tokio::net::TcpListener;
+
+mod hosts;
+pub(crate) use hosts::HostPolicy;
 
 #[derive(Clone)]
 struct AppState {
     metrics: MetricsHandle,
     readiness: ReadinessProbe,
     dispatcher: Dispatcher,
+    /// `[http] admin_token`: when set, a requeue needs it too.
+    admin_token: Option<hub_http::Secret>,
 }
 
 async fn render_metrics(State(s): State<AppState>) -> Response {
@@ -91,7 +97,7 @@ async fn ready(State(s): State<AppState>) -> Response {
 /// operator's act on the hub's own machine, and `/metrics` may be exposed wider.
 async fn requeue(
     State(s): State<AppState>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ConnectInfo(Peer(peer, _)): ConnectInfo<Peer>,
     headers: axum::http::HeaderMap,
     body: String,
 ) -> Response {
@@ -107,6 +113,15 @@ async fn requeue(
         return fail(
             StatusCode::FORBIDDEN,
             "dead letters can be requeued from the hub's own machine only".into(),
+        );
+    }
+    // A hub with an admin token lets no local user inject messages without it either.
+    if let Some(token) = &s.admin_token
+        && let Err((status, why)) = crate::api::bearer_matches(token, &headers)
+    {
+        return fail(
+            status,
+            format!("{why} (hub dead requeue sends it from --token, HUB_ADMIN_TOKEN or --config)"),
         );
     }
     let letter: DeadLetter = match serde_json::from_str(&body) {
@@ -138,12 +153,14 @@ async fn requeue(
 
 /// The server's bounds (`[http] max_connections`, `max_body_bytes`, `idle_timeout`). Header sizes are hyper's
 /// (at most 100 headers, about 400 KiB of head).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Limits {
     pub connections: usize,
     pub body_bytes: usize,
     /// `[http] idle_timeout`: a connection with no byte read or written for this long is closed.
     pub idle: std::time::Duration,
+    /// `[http] allowed_hosts`, or its default for the listen address.
+    pub hosts: HostPolicy,
 }
 
 /// Accepts a connection only while fewer than the limit are open: each holds a permit until it
@@ -163,12 +180,17 @@ impl axum::serve::Listener for Bounded {
         // The semaphore is never closed.
         let permit = Arc::clone(&self.permits).acquire_owned().await.ok();
         let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        // Answers go out at once: with Nagle's algorithm a second small write (a gateway's
+        // message after its ack) waits for the client's delayed ACK, 40 ms.
+        let _ = stream.set_nodelay(true);
         (
             Permitted {
                 stream,
                 _permit: permit,
                 idle: self.idle,
                 deadline: Box::pin(tokio::time::sleep(self.idle)),
+                stall: Arc::default(),
+                stalled_since: None,
             },
             addr,
         )
@@ -179,24 +201,38 @@ impl axum::serve::Listener for Bounded {
     }
 }
 
-/// A client's address, as the routes see it.
-#[derive(Debug, Clone, Copy)]
-struct Peer(SocketAddr);
+/// A client's address, and its connection's write-stall limit, as the routes see them.
+#[derive(Debug, Clone)]
+struct Peer(SocketAddr, Arc<WriteStall>);
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Bounded>> for Peer {
     fn connect_info(stream: axum::serve::IncomingStream<'_, Bounded>) -> Self {
-        Peer(*stream.remote_addr())
+        Peer(*stream.remote_addr(), Arc::clone(&stream.io().stall))
     }
+}
+
+/// Hands every request its connection's [`WriteStall`] (the gateway's `/events` sets it).
+async fn with_write_stall(
+    ConnectInfo(Peer(_, stall)): ConnectInfo<Peer>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    request.extensions_mut().insert(stall);
+    next.run(request).await
 }
 
 /// A connection and its permit (released when the connection is dropped), closed once idle:
 /// a read waiting past `deadline` (reset by every byte read or written) fails, and hyper
-/// drops the connection.
+/// drops the connection. A write that makes no progress for the [`WriteStall`] limit a
+/// response set (the gateway's `/events`: `slow_client_timeout`) fails too.
 struct Permitted {
     stream: tokio::net::TcpStream,
     _permit: Option<OwnedSemaphorePermit>,
     idle: std::time::Duration,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    stall: Arc<WriteStall>,
+    /// Set while a write waits with a stall limit in force: when it fails.
+    stalled_since: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Permitted {
@@ -238,8 +274,26 @@ impl AsyncWrite for Permitted {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let written = Pin::new(&mut self.stream).poll_write(cx, buf);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            self.active();
+        match &written {
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.active();
+                self.stalled_since = None;
+            }
+            Poll::Pending => {
+                if let Some(limit) = self.stall.limit() {
+                    let timer = self
+                        .stalled_since
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        self.stall.fire();
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the client took nothing for [gateway] slow_client_timeout",
+                        )));
+                    }
+                }
+            }
+            Poll::Ready(_) => {}
         }
         written
     }
@@ -258,12 +312,17 @@ pub(crate) async fn serve(
     listener: TcpListener,
     limits: Limits,
     api: crate::api::Api,
+    gateway: Option<Router>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let api_routes = Router::new()
         .route("/api/v1/status", get(crate::api::status))
         .route("/api/v1/consumers/{id}", get(crate::api::consumer))
         .route("/api/v1/consumers/{id}/tail", get(crate::api::tail))
+        .route(
+            "/api/v1/consumers/{id}/dead-letters",
+            get(crate::api::dead_letters),
+        )
         .route("/api/v1/consumers/{id}/{action}", post(crate::api::control))
         .with_state(api.clone());
     let app = Router::new()
@@ -276,9 +335,16 @@ pub(crate) async fn serve(
             metrics: api.metrics,
             readiness: api.readiness,
             dispatcher: api.dispatcher,
+            admin_token: api.catalog.admin_token.clone(),
         })
         .merge(api_routes)
-        .layer(DefaultBodyLimit::max(limits.body_bytes));
+        .merge(gateway.unwrap_or_default())
+        .layer(DefaultBodyLimit::max(limits.body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            limits.hosts.clone(),
+            hosts::check,
+        ))
+        .layer(axum::middleware::from_fn(with_write_stall));
     let listener = Bounded {
         inner: listener,
         permits: Arc::new(Semaphore::new(limits.connections)),

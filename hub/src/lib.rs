@@ -306,6 +306,10 @@ impl HubBuilder {
     ) -> Result<ShutdownReport, RunError> {
         let grace = config.hub.shutdown_grace;
         let source = config.source.to_string();
+        let listen = listener.local_addr().map_err(|source| RunError::Listen {
+            context: "reading the listener's address".into(),
+            source,
+        })?;
         let limits = http::Limits {
             connections: config.http.max_connections.max(1),
             body_bytes: config.http.max_body_bytes,
@@ -313,11 +317,8 @@ impl HubBuilder {
                 .http
                 .idle_timeout
                 .max(std::time::Duration::from_millis(100)),
+            hosts: http::HostPolicy::new(config.http.allowed_hosts.as_deref(), listen),
         };
-        let listen = listener.local_addr().map_err(|source| RunError::Listen {
-            context: "reading the listener's address".into(),
-            source,
-        })?;
         let catalog = api::Catalog {
             name: config.hub.name.clone(),
             config: source.clone(),
@@ -331,9 +332,12 @@ impl HubBuilder {
             consumers: config
                 .consumers
                 .iter()
-                .map(|c| {
-                    let topics = c.topics.iter().map(|p| p.as_str().to_owned()).collect();
-                    (c.id.clone(), c.kind.clone(), c.backend.clone(), topics)
+                .map(|c| api::ConsumerEntry {
+                    id: c.id.clone(),
+                    kind: c.kind.clone(),
+                    backend: c.backend.clone(),
+                    topics: c.topics.iter().map(|p| p.as_str().to_owned()).collect(),
+                    dead_letters: dead_letters_of(&config, c),
                 })
                 .collect(),
             // Read (and checked) when the configuration was loaded.
@@ -344,9 +348,16 @@ impl HubBuilder {
                 .and_then(|t| t.resolve().ok()),
             live_tail: config.http.live_tail,
         };
+        let gateway = config.gateway.clone();
         let engine = self.assemble(config)?.build()?;
         let metrics = engine.metrics();
         let mut running = engine.start().await?;
+        if let Some(gw) = &gateway
+            && let Some(to) = &gw.config().forward_to
+            && let Some(publisher) = running.publisher(to)
+        {
+            gw.set_forward(to, publisher);
+        }
         let stop_http = CancellationToken::new();
         let writable = catalog.admin_token.is_some();
         let server = tokio::spawn(http::serve(
@@ -358,6 +369,7 @@ impl HubBuilder {
                 readiness: running.readiness_probe(),
                 metrics,
             },
+            gateway.as_ref().map(hub_gateway::Gateway::routes),
             stop_http.clone(),
         ));
         info!(config = %source, %listen, api_writable = writable, "Serving /metrics, /live, /ready, the JSON API under /api/v1/ and (from loopback) /dead-letters/requeue.");
@@ -522,7 +534,7 @@ impl HubBuilder {
     async fn dead(&self, action: DeadAction) -> ExitCode {
         let (select, rest) = match action {
             DeadAction::List { select, newest } => (select, Err(newest)),
-            DeadAction::Requeue { select, hub } => (select, Ok(hub)),
+            DeadAction::Requeue { select, hub, token } => (select, Ok((hub, token))),
         };
         let filter = dead::Filter {
             consumer: select.consumer,
@@ -537,7 +549,10 @@ impl HubBuilder {
         };
         match rest {
             Err(newest) => dead::list(&select.source, &filter, newest, config).await,
-            Ok(hub) => dead::requeue(&select.source, &filter, hub, config).await,
+            Ok((hub, token)) => {
+                let to = dead::HubAddress { url: hub, token };
+                dead::requeue(&select.source, &filter, to, config).await
+            }
         }
     }
 
@@ -665,6 +680,27 @@ fn route(c: &Config, topic: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Where `consumer`'s dead letters go: its own or its backend's `dead_letter`, else an AMQP
+/// backend's dead-letter queue, else nowhere.
+fn dead_letters_of(c: &Config, consumer: &config::ConsumerEntry) -> api::DeadLetters {
+    use hub_engine::dead_letter::DeadLetterTarget;
+    match &consumer.dead_letter {
+        Some(DeadLetterTarget::File(p)) => api::DeadLetters::File(p.clone()),
+        Some(DeadLetterTarget::Topic { topic, backend }) => api::DeadLetters::Topic {
+            topic: topic.clone(),
+            backend: backend.clone().unwrap_or_else(|| consumer.backend.clone()),
+        },
+        None if c
+            .backends
+            .iter()
+            .any(|b| b.id == consumer.backend && b.kind == "amqp") =>
+        {
+            api::DeadLetters::Queue(format!("{}.dead-letters", c.hub.name))
+        }
+        None => api::DeadLetters::None,
+    }
+}
+
 fn summarize(c: &Config) -> String {
     use std::fmt::Write;
     let mut s = String::new();
@@ -747,21 +783,42 @@ fn summarize(c: &Config) -> String {
         } else {
             String::new()
         };
+        let q = cs.options.broker_queue;
+        let queue = if broker && cs.options.durable {
+            let mut t = format!("; queue_type: {}", q.kind.as_str());
+            if let Some(l) = q.delivery_limit {
+                let _ = write!(t, " delivery_limit={l}");
+            }
+            if q.single_active_consumer {
+                t.push_str(" single_active_consumer");
+            }
+            if q.kind == hub_core::QueueType::Stream {
+                let _ = write!(t, " offset={:?}", q.offset);
+            }
+            t
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "         {:<16} retry: {retry}; rate_limit: {rate}; dead letters: {dead}{batch}",
+            "         {:<16} retry: {retry}; rate_limit: {rate}; dead letters: {dead}{batch}{queue}",
             ""
         );
     }
     s
 }
 
-/// First SIGINT/SIGTERM: graceful stop. Second: exit at once with [`EXIT_INTERRUPTED`].
+/// First SIGINT/SIGTERM/SIGHUP: graceful stop. Second: exit at once with
+/// [`EXIT_INTERRUPTED`], taking the exec programs (in process groups of their own) with it.
 async fn watch_signals(stop: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(error = %e, "Cannot listen for SIGTERM; only SIGINT stops the hub.");
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut hangup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(h)) => (t, h),
+        (Err(e), _) | (_, Err(e)) => {
+            warn!(error = %e, "Cannot listen for SIGTERM and SIGHUP; only SIGINT stops the hub.");
             std::future::pending::<()>().await;
             return;
         }
@@ -770,13 +827,15 @@ async fn watch_signals(stop: CancellationToken) {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
+            _ = hangup.recv() => {}
         }
         if n == 0 {
             info!("Signal received: stopping intake and draining (send it again to exit at once).");
             stop.cancel();
         }
     }
-    eprintln!("second signal: exiting without draining");
+    let programs = hub_exec::kill_all();
+    eprintln!("second signal: exiting without draining ({programs} exec program(s) killed)");
     std::process::exit(i32::from(EXIT_INTERRUPTED));
 }
 
@@ -922,6 +981,10 @@ enum DeadAction {
         /// The running hub's HTTP address (default: `[http] listen` of the configuration).
         #[arg(long)]
         hub: Option<String>,
+        /// The hub's `[http] admin_token`, which a hub that has one asks for (default: the
+        /// configuration's).
+        #[arg(long, env = "HUB_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 

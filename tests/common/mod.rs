@@ -28,6 +28,29 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// POSTs `body` as JSON with an optional bearer token; the status and the body of the answer.
+pub fn http_post(port: u16, path: &str, body: &str, token: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n{auth}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    let answer = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, answer.to_owned())
+}
+
 pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
@@ -122,7 +145,17 @@ pub const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Publishes `{"i": i}` for each `i` of `range` on `topic` through `amq.topic` (persistent,
 /// confirmed one by one, 2 ms apart), calling `each(i)` after each confirm.
-pub async fn amqp_publish(topic: &str, range: std::ops::Range<u64>, mut each: impl FnMut(u64)) {
+pub async fn amqp_publish(topic: &str, range: std::ops::Range<u64>, each: impl FnMut(u64)) {
+    amqp_publish_to("amq.topic", topic, range, each).await;
+}
+
+/// [`amqp_publish`] through `exchange`.
+pub async fn amqp_publish_to(
+    exchange: &str,
+    topic: &str,
+    range: std::ops::Range<u64>,
+    mut each: impl FnMut(u64),
+) {
     use hub_amqp::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
     use hub_amqp::lapin::{BasicProperties, Connection, ConnectionProperties};
     let conn = Connection::connect(URL, ConnectionProperties::default())
@@ -138,7 +171,7 @@ pub async fn amqp_publish(topic: &str, range: std::ops::Range<u64>, mut each: im
             .with_delivery_mode(2)
             .with_content_type("application/json".into());
         ch.basic_publish(
-            "amq.topic".into(),
+            exchange.into(),
             topic.into(),
             BasicPublishOptions::default(),
             &body,
@@ -164,6 +197,18 @@ pub async fn amqp_delete_queues(names: &[String]) {
         for q in names {
             let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
         }
+    }
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+/// Deletes an exchange on the shared RabbitMQ (best effort).
+pub async fn amqp_delete_exchange(name: &str) {
+    use hub_amqp::lapin::{Connection, ConnectionProperties};
+    let Ok(conn) = Connection::connect(URL, ConnectionProperties::default()).await else {
+        return;
+    };
+    if let Ok(ch) = conn.create_channel().await {
+        let _ = ch.exchange_delete(name.into(), Default::default()).await;
     }
     let _ = conn.close(200, "bye".into()).await;
 }
@@ -218,4 +263,76 @@ pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The interop venv's Python (pyzmq, websockets), made by `scripts/test`; `None` (the test
+/// skips) outside CI when it is missing, a failure in CI.
+pub fn interop_python() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("HUB_TEST_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../target/pyzmq-venv/bin/python"
+            ))
+        });
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "no Python with pyzmq and websockets at {}: scripts/test creates it",
+        path.display()
+    );
+    eprintln!("skipped: no Python with pyzmq and websockets (run scripts/test to create it)");
+    None
+}
+
+/// An exec stream consumer (Python) that rejects every message with the reason "not for us";
+/// written in `dir`, its path returned.
+pub fn rejecting_script(dir: &Path) -> PathBuf {
+    let path = dir.join("reject.py");
+    std::fs::write(
+        &path,
+        r#"import json, sys
+sys.stdout.write(json.dumps({"type": "ready", "protocol": 1}) + "\n"); sys.stdout.flush()
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("type") == "message":
+        sys.stdout.write(json.dumps({"type": "reject", "id": m["id"], "reason": "not for us"}) + "\n")
+        sys.stdout.flush()
+"#,
+    )
+    .unwrap();
+    path
+}
+
+/// The lines of a file (none when it does not exist).
+pub fn lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Messages ready in queue `name` on the shared RabbitMQ (0 when it does not exist).
+pub async fn amqp_ready(name: &str) -> u32 {
+    use hub_amqp::lapin::options::QueueDeclareOptions;
+    use hub_amqp::lapin::types::FieldTable;
+    use hub_amqp::lapin::{Connection, ConnectionProperties};
+    let conn = Connection::connect(URL, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let opts = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let n = ch
+        .queue_declare(name.into(), opts, FieldTable::default())
+        .await
+        .map_or(0, |q| q.message_count());
+    let _ = conn.close(200, "bye".into()).await;
+    n
 }

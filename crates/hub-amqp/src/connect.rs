@@ -18,7 +18,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Transports lapin's recovery may ask for in a row (each after our pause) before it gives up;
 /// with the delays below, about ten minutes of outage.
-const RECOVERY_ATTEMPTS: usize = 25;
+pub(crate) const RECOVERY_ATTEMPTS: usize = 25;
 /// The pause before recovery's first transport; it doubles per further attempt.
 const RECOVERY_DELAY: Duration = Duration::from_millis(200);
 /// The longest pause between recovery's attempts.
@@ -49,6 +49,9 @@ pub(crate) struct Dialer {
     stopping: CancellationToken,
     /// One clone per lapin connection thread still running (held by its transport callback).
     threads: Arc<()>,
+    /// Set when a recovery's transports failed as many times in a row as lapin tries: lapin
+    /// then gives up without a word, the connection left "connecting" for good.
+    gave_up: Arc<AtomicBool>,
 }
 
 impl Dialer {
@@ -56,7 +59,14 @@ impl Dialer {
         Self {
             stopping: CancellationToken::new(),
             threads: Arc::new(()),
+            gave_up: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Whether a connection's recovery ran out of attempts (the backend must say so and stop,
+    /// rather than look connecting for ever).
+    pub(crate) fn gave_up(&self) -> bool {
+        self.gave_up.load(Ordering::Acquire)
     }
 
     /// From now on lapin's threads reconnect no more (they end once their connection has).
@@ -80,11 +90,13 @@ impl Dialer {
     /// and why (the OS's or the broker's words); it never holds the password.
     pub(crate) async fn open(
         &self,
-        url: &str,
+        nodes: &Arc<Nodes>,
         tls: OwnedTLSConfig,
         props: ConnectionProperties,
     ) -> Result<Connection, String> {
-        let uri: AMQPUri = url.parse().map_err(|e| format!("invalid url: {e}"))?;
+        // The handshake's credentials, vhost and options: the same on every node (checked when
+        // the backend is built).
+        let uri = nodes.uris[0].clone();
         let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
         let tls = Arc::new(tls);
         // Resolve, then connect to each address in turn; TLS is `secure`'s. Used for the first
@@ -123,53 +135,82 @@ impl Dialer {
             .query
             .connection_timeout
             .map_or(TRANSPORT_TIMEOUT, Duration::from_millis);
+        // Each node in turn, from `start`, each within `limit`: the first that answers (and the
+        // index of its node); else every node's failure, in one error.
+        let any = {
+            let nodes = Arc::clone(nodes);
+            let runtime = runtime.clone();
+            async move |start: usize| -> io::Result<_> {
+                let mut failures = Vec::new();
+                for i in nodes.order_from(start) {
+                    let uri = &nodes.uris[i];
+                    let attempt = async {
+                        let plain = tcp(uri, runtime.clone()).await?;
+                        secure(uri, plain).await
+                    };
+                    let stream = tokio::time::timeout(limit, attempt)
+                        .await
+                        .unwrap_or_else(|_| {
+                            let (host, port) = host_port(uri);
+                            Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!("no connection to {host}:{port} within {limit:?}"),
+                            ))
+                        });
+                    match stream {
+                        Ok(s) => return Ok((i, s)),
+                        Err(e) => failures.push(e),
+                    }
+                }
+                let kind = failures
+                    .last()
+                    .map_or(io::ErrorKind::NotFound, io::Error::kind);
+                let text: Vec<String> = failures.iter().map(ToString::to_string).collect();
+                Err(io::Error::new(kind, text.join("; ")))
+            }
+        };
+        let (node, stream) = any(nodes.current()).await.map_err(|e| e.to_string())?;
+        nodes.connected(node);
+        // A handle on the socket, to end lapin's wait should its handshake fail or be given up
+        // (it would otherwise wait for the broker to hang up, holding its thread).
         #[cfg_attr(not(unix), allow(unused_mut))]
         let mut abort = Abort(None);
-        let transport = async {
-            let stream = tcp(&uri, runtime.clone()).await?;
-            // A handle on the socket, to end lapin's wait should its handshake fail or be
-            // given up (it would otherwise wait for the broker to hang up, holding its thread).
-            #[cfg(unix)]
-            if let AsyncTcpStream::Plain(s) = &stream {
-                use std::os::fd::AsFd;
-                abort.0 = s
-                    .get_ref()
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .ok()
-                    .map(std::net::TcpStream::from);
-            }
-            secure(&uri, stream).await
-        };
-        let stream = tokio::time::timeout(limit, transport)
-            .await
-            .map_err(|_| {
-                let (host, port) = host_port(&uri);
-                format!("no connection to {host}:{port} within {limit:?}")
-            })?
-            .map_err(|e| e.to_string())?;
+        #[cfg(unix)]
+        if let AsyncTcpStream::Plain(s) = &stream {
+            use std::os::fd::AsFd;
+            abort.0 = s
+                .get_ref()
+                .as_fd()
+                .try_clone_to_owned()
+                .ok()
+                .map(std::net::TcpStream::from);
+        }
 
         let reconnects = Arc::new(Reconnects {
             established: AtomicBool::new(false),
             stopping: self.stopping.clone(),
             pacing: Mutex::new(Pacing::default()),
             _thread: Arc::clone(&self.threads),
+            failures: AtomicUsize::new(0),
+            gave_up: Arc::clone(&self.gave_up),
         });
         let first = Mutex::new(Some(stream));
         let transport = {
             let reconnects = Arc::clone(&reconnects);
-            async move |uri: AMQPUri, runtime| {
+            let nodes = Arc::clone(nodes);
+            // Recovery starts with the node after the one lost (it may be the one going away),
+            // and goes round all of them before its next pause.
+            async move |_uri: AMQPUri, _runtime| {
                 let given = first.lock().unwrap_or_else(PoisonError::into_inner).take();
                 if let Some(stream) = given {
                     return Ok(stream);
                 }
                 reconnects.pause()?;
-                let stream = match tcp(&uri, runtime).await {
-                    Ok(plain) => secure(&uri, plain).await,
-                    Err(e) => Err(e),
-                };
-                reconnects.attempted();
-                Ok(stream?)
+                let found = any(nodes.current() + 1).await;
+                reconnects.attempted(found.is_ok());
+                let (node, stream) = found?;
+                nodes.connected(node);
+                Ok(stream)
             }
         };
         // Retries and pauses are `Reconnects`' (lapin's own would sleep on the runtime's timers).
@@ -236,6 +277,10 @@ struct Reconnects {
     pacing: Mutex<Pacing>,
     /// Keeps [`Dialer::threads`] counting this connection's thread until lapin drops us.
     _thread: Arc<()>,
+    /// Transports that failed in a row.
+    failures: AtomicUsize,
+    /// [`Dialer::gave_up`].
+    gave_up: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -281,10 +326,158 @@ impl Reconnects {
         }
     }
 
-    fn attempted(&self) {
+    fn attempted(&self, ok: bool) {
+        if ok {
+            self.failures.store(0, Ordering::Release);
+        } else if self.failures.fetch_add(1, Ordering::AcqRel) + 1 >= RECOVERY_ATTEMPTS {
+            self.gave_up.store(true, Ordering::Release);
+        }
         self.pacing
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .last = Some(Instant::now());
+    }
+}
+
+/// Called when a connection lands on a node: its index, its `host:port`, and whether it is
+/// another node than before.
+pub(crate) type OnNode = Box<dyn Fn(usize, &str, bool) + Send + Sync>;
+
+/// The broker's addresses (`url`, or `urls` for a cluster's nodes) and the one a connection is
+/// on. Tried in turn: a first connection from the node it was last on, a recovery from the next
+/// one (the node it lost may be the one going away).
+pub(crate) struct Nodes {
+    uris: Vec<AMQPUri>,
+    /// `host:port` of each, for logs and metrics.
+    names: Vec<String>,
+    current: AtomicUsize,
+    on_node: OnNode,
+}
+
+impl Nodes {
+    /// Parses the addresses; they must differ only in host and port (the handshake's
+    /// credentials, vhost and options are the first's, on whichever node answers).
+    ///
+    /// # Errors
+    /// An address that does not parse, none at all, or addresses that differ in more than host
+    /// and port. The text never holds a password.
+    pub(crate) fn parse(urls: &[String]) -> Result<Vec<AMQPUri>, String> {
+        let mut uris = Vec::with_capacity(urls.len());
+        for (i, url) in urls.iter().enumerate() {
+            let uri: AMQPUri = url
+                .parse()
+                .map_err(|e| format!("url {:?}: {e}", crate::redact(url)))?;
+            let key = |u: &AMQPUri| {
+                (
+                    u.scheme.clone(),
+                    u.authority.userinfo.clone(),
+                    u.vhost.clone(),
+                    u.query.heartbeat,
+                    u.query.frame_max,
+                )
+            };
+            if let Some(first) = uris.first()
+                && key(first) != key(&uri)
+            {
+                return Err(format!(
+                    "urls[{i}] {:?}: the nodes of one backend differ only in host and port (scheme, user, password, vhost and options are those of {:?})",
+                    crate::redact(url),
+                    crate::redact(&urls[0]),
+                ));
+            }
+            uris.push(uri);
+        }
+        if uris.is_empty() {
+            return Err("no broker address".into());
+        }
+        Ok(uris)
+    }
+
+    pub(crate) fn new(uris: Vec<AMQPUri>, on_node: OnNode) -> Arc<Self> {
+        let names = uris
+            .iter()
+            .map(|u| {
+                let (host, port) = host_port(u);
+                format!("{host}:{port}")
+            })
+            .collect();
+        Arc::new(Self {
+            uris,
+            names,
+            current: AtomicUsize::new(0),
+            on_node,
+        })
+    }
+
+    /// Every node's index, once, from `start` (taken modulo their number) round.
+    fn order_from(&self, start: usize) -> impl Iterator<Item = usize> + use<> {
+        let n = self.uris.len();
+        (0..n).map(move |k| (start + k) % n)
+    }
+
+    fn current(&self) -> usize {
+        self.current.load(Ordering::Acquire)
+    }
+
+    fn connected(&self, node: usize) {
+        let before = self.current.swap(node, Ordering::AcqRel);
+        (self.on_node)(node, &self.names[node], before != node);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As many failed transports in a row as lapin tries is lapin giving up: said, so the
+    /// backend stops instead of looking "connecting" for ever; a success in between starts over.
+    #[test]
+    fn recovery_running_out_of_attempts_is_noticed() {
+        let dialer = Dialer::new();
+        let r = Reconnects {
+            established: AtomicBool::new(true),
+            stopping: dialer.stopping.clone(),
+            pacing: Mutex::new(Pacing::default()),
+            _thread: Arc::clone(&dialer.threads),
+            failures: AtomicUsize::new(0),
+            gave_up: Arc::clone(&dialer.gave_up),
+        };
+        for _ in 0..RECOVERY_ATTEMPTS - 1 {
+            r.attempted(false);
+        }
+        r.attempted(true);
+        for _ in 0..RECOVERY_ATTEMPTS - 1 {
+            r.attempted(false);
+        }
+        assert!(!dialer.gave_up());
+        r.attempted(false);
+        assert!(dialer.gave_up());
+    }
+
+    #[test]
+    fn nodes_differ_only_in_host_and_port() {
+        let urls = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let ok = Nodes::parse(&urls(&[
+            "amqp://u:p@127.0.0.1:5681/%2f",
+            "amqp://u:p@127.0.0.2:5682/%2f",
+        ]))
+        .unwrap();
+        assert_eq!(ok.len(), 2);
+        let nodes = Nodes::new(ok, Box::new(|_, _, _| {}));
+        assert_eq!(nodes.order_from(1).collect::<Vec<_>>(), [1, 0]);
+        assert_eq!(nodes.order_from(3).collect::<Vec<_>>(), [1, 0]);
+        for other in [
+            "amqp://u:q@127.0.0.2:5682/%2f",
+            "amqp://v:p@127.0.0.2:5682/%2f",
+            "amqp://u:p@127.0.0.2:5682/other",
+            "amqps://u:p@127.0.0.2:5682/%2f",
+        ] {
+            let err = Nodes::parse(&urls(&["amqp://u:p@127.0.0.1:5681/%2f", other])).unwrap_err();
+            assert!(err.contains("urls[1]"), "{err}");
+            assert!(
+                !err.contains(":p@") && !err.contains(":q@"),
+                "a password: {err}"
+            );
+        }
     }
 }

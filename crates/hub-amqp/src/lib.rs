@@ -19,7 +19,9 @@ mod consume;
 pub mod dead_letters;
 mod publisher;
 mod settle;
+mod stream;
 mod topology;
+mod watchdog;
 pub mod wire;
 
 use std::sync::Arc;
@@ -31,9 +33,9 @@ use hub_core::{
     Backend, BackendConfig, BackendContext, BackendError, BoxError, Message, PublishError,
     Subscription,
 };
-use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::options::ConfirmSelectOptions;
+use lapin::types::ShortString;
+use lapin::{Connection, ConnectionProperties};
 use serde::Deserialize;
 use tokio::sync::{Mutex, mpsc};
 use tracing::{info, warn};
@@ -41,7 +43,7 @@ use tracing::{info, warn};
 use connect::Dialer;
 use consume::Subscriber;
 use hub_core::metrics::Gauge;
-use hub_engine::metrics::{self as hub_metrics, RepublishKind};
+use hub_engine::metrics::{self as hub_metrics, RepublishKind, ResubscribeReason};
 use publisher::{PublishFailure, Publisher};
 use settle::{DeadLetters, Policy, Settler};
 
@@ -50,7 +52,14 @@ use settle::{DeadLetters, Policy, Settler};
 #[serde(deny_unknown_fields)]
 pub struct AmqpConfig {
     /// `amqp://user:password@host:port/vhost` or `amqps://...` (the password is never logged).
+    /// Give this or `urls`.
+    #[serde(default)]
     pub url: String,
+    /// The nodes of a cluster, tried in turn on connecting and on every recovery (so a hub
+    /// follows its cluster when a node goes away); they differ only in host and port. Give this
+    /// or `url`.
+    #[serde(default)]
+    pub urls: Vec<String>,
     /// Topic exchange to bind consumer queues to and publish on. Default `amq.topic`.
     #[serde(default = "default_exchange")]
     pub exchange: String,
@@ -90,6 +99,29 @@ pub struct AmqpConfig {
     /// `max_message_size` is what bounds that.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// The stall watchdog: a consumer queue with messages ready and none received for this
+    /// long, while the hub had room for more, is subscribed to again (default `"60s"`;
+    /// `"0s"`: only a queue with messages ready and no consumer at all is). Checked every
+    /// `stall_timeout / 2`, at most every 5 s.
+    #[serde(default = "default_stall_timeout", with = "hub_core::duration")]
+    pub stall_timeout: Duration,
+    /// A RabbitMQ stream the backend declares and binds to `exchange` with `#`: it keeps
+    /// everything published there, for consumers with `queue_type = "stream"` to read from any
+    /// point (backfill). Default: none.
+    #[serde(default)]
+    pub record_stream: Option<String>,
+    /// The record stream's retention by age, in RabbitMQ's form (`"7D"`, `"12h"`, `"30m"`;
+    /// units Y, M, D, h, m, s). Default: none (by size only).
+    #[serde(default)]
+    pub record_max_age: Option<String>,
+    /// The record stream's retention by size, in bytes (whole segments are dropped, oldest
+    /// first). Default: none (RabbitMQ keeps everything unless an age is set).
+    #[serde(default)]
+    pub record_max_bytes: Option<u64>,
+}
+
+fn default_stall_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_max_message_bytes() -> usize {
@@ -97,6 +129,21 @@ fn default_max_message_bytes() -> usize {
 }
 
 impl AmqpConfig {
+    /// The broker's addresses: `urls`, or `url` alone.
+    pub fn addresses(&self) -> Vec<String> {
+        if self.urls.is_empty() {
+            vec![self.url.clone()]
+        } else {
+            self.urls.clone()
+        }
+    }
+
+    /// The addresses without their passwords, for logs and errors.
+    fn redacted(&self) -> String {
+        let all: Vec<String> = self.addresses().iter().map(|u| redact(u)).collect();
+        all.join(", ")
+    }
+
     /// The TLS settings from `ca_file`, `cert_file` and `key_file`, read now; `None` without them.
     ///
     /// # Errors
@@ -106,7 +153,7 @@ impl AmqpConfig {
         if self.ca_file.is_none() && self.cert_file.is_none() && self.key_file.is_none() {
             return Ok(None);
         }
-        if !self.url.starts_with("amqps://") {
+        if !self.addresses().iter().all(|u| u.starts_with("amqps://")) {
             return Err("ca_file, cert_file and key_file need an amqps:// url".into());
         }
         let read = |key: &str, p: &std::path::Path| {
@@ -169,13 +216,24 @@ impl BackendConfig for AmqpConfig {
     const DURABLE_QUEUES: bool = true;
 
     fn build(self, id: &str) -> Result<Arc<dyn Backend>, BoxError> {
-        if !(self.url.starts_with("amqp://") || self.url.starts_with("amqps://")) {
-            return Err(format!(
-                "url {:?}: expected amqp://... or amqps://...",
-                redact(&self.url)
-            )
-            .into());
+        match (self.url.is_empty(), self.urls.is_empty()) {
+            (true, true) => return Err("url: missing (or `urls` for a cluster's nodes)".into()),
+            (false, false) => {
+                return Err("url and urls: give one (`urls` for a cluster's nodes)".into());
+            }
+            _ => {}
         }
+        let key = if self.urls.is_empty() { "url" } else { "urls" };
+        for url in self.addresses() {
+            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                return Err(format!(
+                    "{key} {:?}: expected amqp://... or amqps://...",
+                    redact(&url)
+                )
+                .into());
+            }
+        }
+        let uris = connect::Nodes::parse(&self.addresses())?;
         for (k, v) in [
             ("exchange", Some(&self.exchange)),
             ("dead_letter_exchange", self.dead_letter_exchange.as_ref()),
@@ -191,6 +249,27 @@ impl BackendConfig for AmqpConfig {
                     .into(),
             );
         }
+        if let Some(stream) = &self.record_stream {
+            ShortString::try_new(stream.as_str())
+                .map_err(|_| format!("record_stream {stream:?}: longer than 255 bytes"))?;
+            if stream.is_empty() {
+                return Err("record_stream \"\": leave it out for no record".into());
+            }
+        } else if self.record_max_age.is_some() || self.record_max_bytes.is_some() {
+            return Err("record_max_age and record_max_bytes apply to a record_stream".into());
+        }
+        if let Some(age) = &self.record_max_age {
+            let (n, unit) = age.split_at(age.len().saturating_sub(1));
+            if n.is_empty()
+                || !n.bytes().all(|b| b.is_ascii_digit())
+                || !matches!(unit, "Y" | "M" | "D" | "h" | "m" | "s")
+            {
+                return Err(format!(
+                    "record_max_age {age:?}: expected a number and a unit (Y, M, D, h, m or s), such as \"7D\""
+                )
+                .into());
+            }
+        }
         if self.prefetch == 0 || self.max_attempts == 0 {
             return Err("prefetch and max_attempts must be at least 1".into());
         }
@@ -202,6 +281,8 @@ impl BackendConfig for AmqpConfig {
             settlers: Mutex::new(Vec::new()),
             closing: hub_core::CancellationToken::new(),
             dialer: Dialer::new(),
+            uris,
+            stream_flows: Mutex::new(Vec::new()),
         }))
     }
 }
@@ -218,6 +299,10 @@ pub struct AmqpBackend {
     closing: hub_core::CancellationToken,
     /// Opens the connections; stops and awaits lapin's threads at close.
     dialer: Dialer,
+    /// The broker's addresses, parsed.
+    uris: Vec<lapin::uri::AMQPUri>,
+    /// The stream consumers' flows, for the recovery watch.
+    stream_flows: Mutex<Vec<Arc<watchdog::Flow>>>,
 }
 
 struct Live {
@@ -251,13 +336,14 @@ impl AmqpBackend {
             Role::Consume => "consume",
             Role::Publish => "publish",
         };
+        let nodes = self.nodes(cx, name);
         loop {
             let props = ConnectionProperties::default()
                 .with_connection_name(format!("hub {} {} {name}", cx.hub_name, cx.id).into())
                 .enable_auto_recover();
             let attempt = async {
                 let tls = self.config.tls()?.unwrap_or_default();
-                self.dialer.open(&self.config.url, tls, props).await
+                self.dialer.open(&nodes, tls, props).await
             };
             let attempt = tokio::select! {
                 () = cx.shutdown.cancelled() => return None,
@@ -266,10 +352,10 @@ impl AmqpBackend {
             match attempt {
                 Ok(c) => return Some(c),
                 Err(e) => {
-                    warn!(backend = %self.id, connection = name, url = %redact(&self.config.url), error = %e, retry_in = ?backoff, "Cannot connect; retrying.");
+                    warn!(backend = %self.id, connection = name, url = %self.config.redacted(), error = %e, retry_in = ?backoff, "Cannot connect; retrying.");
                     cx.metrics.set_down_reason(format!(
                         "{} ({name} connection): {e}",
-                        redact(&self.config.url)
+                        self.config.redacted()
                     ));
                 }
             }
@@ -279,6 +365,34 @@ impl AmqpBackend {
             }
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
+    }
+
+    /// The broker's nodes for one connection: which one it lands on is logged (at warn when it
+    /// moves to another) and shown in `hub_amqp_node{backend, connection, node}` (1 on the
+    /// node it is on, 0 on the others).
+    fn nodes(&self, cx: &BackendContext, connection: &'static str) -> Arc<connect::Nodes> {
+        let backend = self.id.clone();
+        let names: Vec<String> = self
+            .uris
+            .iter()
+            .map(|u| format!("{}:{}", u.authority.host, u.authority.port))
+            .collect();
+        let gauges: Vec<Gauge> = names
+            .iter()
+            .map(|n| hub_metrics::amqp_node(cx.metrics.registry(), &backend, connection, n))
+            .collect();
+        let several = names.len() > 1;
+        let on_node: connect::OnNode = Box::new(move |node, name, moved| {
+            for (i, g) in gauges.iter().enumerate() {
+                g.set(if i == node { 1.0 } else { 0.0 });
+            }
+            if moved {
+                warn!(%backend, connection, node = name, "Connected to another node of the cluster.");
+            } else if several {
+                info!(%backend, connection, node = name, "Connected to the cluster's node.");
+            }
+        });
+        connect::Nodes::new(self.uris.clone(), on_node)
     }
 
     /// The publishing channel (confirms on) and its task.
@@ -300,7 +414,7 @@ impl AmqpBackend {
     /// loop (in the returned set) and its settle task.
     async fn subscribe(
         &self,
-        conn: &Connection,
+        conn: &Arc<Connection>,
         publisher: &Publisher,
         cx: &BackendContext,
     ) -> Result<tokio::task::JoinSet<Result<(), String>>, BackendError> {
@@ -319,26 +433,29 @@ impl AmqpBackend {
         )
         .await
         .map_err(|m| self.fail(m))?;
+        if let Some(stream) = &self.config.record_stream {
+            topology::record_stream(
+                &ch,
+                &self.config.exchange,
+                stream,
+                self.config.record_max_age.as_deref(),
+                self.config.record_max_bytes,
+            )
+            .await
+            .map_err(|m| self.fail(m))?;
+        }
         let mut tasks = tokio::task::JoinSet::new();
-        let mut queues = Vec::new();
+        let mut watched = Vec::new();
         for sub in &cx.subscriptions {
-            let queue = self
+            let w = self
                 .start_consumer(conn, publisher, cx, &dead_letters, sub, &mut tasks)
                 .await?;
-            queues.push((sub.consumer.to_string(), queue));
+            watched.push(w);
         }
-        // Its own channel: a passive declare of a queue deleted behind our back is a channel error.
-        let poller = conn
-            .create_channel()
-            .await
-            .map_err(|e| self.fail(format!("opening the backlog channel: {e}")))?;
-        let shutdown = cx.shutdown.clone();
-        let gauges = queues
-            .iter()
-            .map(|(consumer, _)| hub_metrics::amqp_queue_messages(cx.metrics.registry(), consumer))
-            .collect();
+        let stall = Some(self.config.stall_timeout).filter(|t| !t.is_zero());
+        let watch = watchdog::watch(Arc::clone(conn), watched, stall, cx.shutdown.clone());
         tasks.spawn(async move {
-            poll_backlog(poller, queues, gauges, shutdown).await;
+            watch.await;
             Ok(())
         });
         Ok(tasks)
@@ -348,28 +465,60 @@ impl AmqpBackend {
     /// (in `tasks`). Returns the queue's name.
     async fn start_consumer(
         &self,
-        conn: &Connection,
+        conn: &Arc<Connection>,
         publisher: &Publisher,
         cx: &BackendContext,
         dead_letters: &DeadLetters,
         sub: &Subscription,
         tasks: &mut tokio::task::JoinSet<Result<(), String>>,
-    ) -> Result<String, BackendError> {
-        let q = topology::consumer_queue(
-            conn,
+    ) -> Result<watchdog::Watched, BackendError> {
+        let fail = |m: String| self.fail(format!("consumer {}: {m}", sub.consumer));
+        let spec = topology::QueueSpec::new(
             &cx.hub_name,
             &self.config.exchange,
             self.config.prefetch,
             sub,
+            dead_letters,
+            self.config.record_stream.as_deref(),
         )
-        .await
-        .map_err(|m| self.fail(format!("consumer {}: {m}", sub.consumer)))?;
-        info!(backend = %self.id, consumer = %sub.consumer, queue = %q.queue, durable = sub.options.durable, "Consuming.");
+        .map_err(fail)?;
+        let channel = spec.channel(conn).await.map_err(fail)?;
+        spec.declare(&channel).await.map_err(fail)?;
+        let kind = sub.options.broker_queue.kind;
+        // A stream consumer: its stored offset, where it starts, and the task that stores it.
+        let flow = watchdog::Flow::new();
+        let stream = if kind == hub_core::QueueType::Stream {
+            let store = format!("{}.{}.offset", cx.hub_name, sub.consumer);
+            let stored = stream::stored_offset(&channel, &store)
+                .await
+                .map_err(fail)?;
+            let (progress, rx) = stream::Progress::new(stored);
+            self.settlers.lock().await.push(tokio::spawn(stream::commit(
+                rx,
+                publisher.clone(),
+                store,
+                sub.consumer.to_string(),
+            )));
+            self.stream_flows.lock().await.push(Arc::clone(&flow));
+            Some(consume::StreamRead {
+                progress,
+                filter: spec.reads_record().then(|| sub.patterns.clone()),
+                start: sub.options.broker_queue.offset,
+            })
+        } else {
+            None
+        };
+        let tag = format!("hub-{}", sub.consumer);
+        let args = consume::consume_args(stream.as_ref());
+        let consumer = spec.consume(&channel, &tag, args).await.map_err(fail)?;
+        info!(backend = %self.id, consumer = %sub.consumer, queue = %spec.queue, durable = sub.options.durable, queue_type = kind.as_str(), from = ?stream.as_ref().map(|s| s.progress.start(s.start)), "Consuming.");
         let failures =
             |kind| hub_metrics::amqp_republish_failures(cx.metrics.registry(), &sub.consumer, kind);
+        let resubscribes =
+            |why| hub_metrics::amqp_resubscribes(cx.metrics.registry(), &sub.consumer, why);
         let policy = Policy {
             consumer: sub.consumer.to_string(),
-            queue: q.queue.clone(),
+            queue: spec.queue.clone(),
             dead_letters: dead_letters.clone(),
             retry: sub.options.retry.unwrap_or(hub_core::RetryPolicy {
                 max_attempts: self.config.max_attempts,
@@ -384,11 +533,13 @@ impl AmqpBackend {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let settler = Settler {
-            channel: q.channel.clone(),
+            channel: channel.clone(),
             publisher: publisher.clone(),
             policy,
             shutdown: cx.shutdown.clone(),
             closing: self.closing.clone(),
+            flow: Arc::clone(&flow),
+            progress: stream.as_ref().map(|s| Arc::clone(&s.progress)),
         };
         self.settlers
             .lock()
@@ -397,17 +548,38 @@ impl AmqpBackend {
         let subscriber = Subscriber {
             backend: Arc::clone(&cx.id),
             sub: sub.clone(),
-            channel: q.channel,
-            tag: q.tag,
+            channel,
+            tag,
             sink: cx.sink.clone(),
             metrics: cx.metrics.clone(),
             shutdown: cx.shutdown.clone(),
             settle: tx,
             max_message_bytes: self.config.max_message_bytes,
             refused_log: std::sync::Mutex::new(hub_engine::log_throttle::LogThrottle::new()),
+            spec: spec.clone(),
+            conn: Arc::clone(conn),
+            flow: Arc::clone(&flow),
+            resubscribes: consume::Resubscribes {
+                cancelled: resubscribes(ResubscribeReason::Cancelled),
+                no_consumer: resubscribes(ResubscribeReason::NoConsumer),
+                stalled: resubscribes(ResubscribeReason::Stalled),
+                channel_closed: resubscribes(ResubscribeReason::ChannelClosed),
+            },
+            subscriptions: 1,
+            generation: 0,
+            last_tag: 0,
+            stream,
         };
-        tasks.spawn(subscriber.run(q.consumer));
-        Ok(q.queue)
+        tasks.spawn(subscriber.run(consumer));
+        Ok(watchdog::Watched {
+            consumer: sub.consumer.to_string(),
+            queue: spec.queue,
+            depth: hub_metrics::amqp_queue_messages(cx.metrics.registry(), &sub.consumer),
+            flow,
+            prefetch: usize::from(self.config.prefetch),
+            single_active: sub.options.broker_queue.single_active_consumer,
+            stream: kind == hub_core::QueueType::Stream,
+        })
     }
 }
 
@@ -416,36 +588,17 @@ const REPUBLISH_WAIT: Duration = Duration::from_secs(2);
 /// How long `close` then waits for the settle tasks' last acknowledgements.
 const SETTLE_WAIT: Duration = Duration::from_secs(1);
 
-/// How often `hub_amqp_queue_messages` asks the broker.
-const BACKLOG_POLL: Duration = Duration::from_secs(5);
-
-/// `hub_amqp_queue_messages{consumer}`: what waits in RabbitMQ (ready, not yet delivered), next
-/// to the hub's own backlog gauge. A passive declare per queue every few seconds.
-async fn poll_backlog(
-    channel: Channel,
-    queues: Vec<(String, String)>,
-    gauges: Vec<Gauge>,
-    shutdown: hub_core::CancellationToken,
-) {
-    let mut tick = tokio::time::interval(BACKLOG_POLL);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        for ((consumer, queue), gauge) in queues.iter().zip(&gauges) {
-            let opts = QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            };
-            match channel
-                .queue_declare(queue.as_str().into(), opts, FieldTable::default())
-                .await
-            {
-                Ok(q) => gauge.set(f64::from(q.message_count())),
-                Err(e) => {
-                    tracing::debug!(%consumer, %queue, error = %e, "Could not read the queue depth.")
-                }
+/// Tells the stream consumers when lapin has recovered the consuming connection (its
+/// `Connected` event), so they subscribe again from after what they finished.
+async fn watch_recovery(conn: Arc<Connection>, flows: Vec<Arc<watchdog::Flow>>) {
+    if flows.is_empty() {
+        return;
+    }
+    let mut events = std::pin::pin!(conn.events_listener());
+    while let Some(event) = events.next().await {
+        if matches!(event, lapin::Event::Connected) {
+            for f in &flows {
+                f.recovered();
             }
         }
     }
@@ -482,6 +635,10 @@ impl Backend for AmqpBackend {
         let (publish, consume) = (Arc::new(publish), Arc::new(consume));
         let (publisher, publishing) = self.start_publisher(&publish).await?;
         let mut tasks = self.subscribe(&consume, &publisher, &cx).await?;
+        let recovery = tokio::spawn(watch_recovery(
+            Arc::clone(&consume),
+            std::mem::take(&mut *self.stream_flows.lock().await),
+        ));
         let blocked = tokio::spawn(watch_blocked(
             Arc::clone(&publish),
             self.id.clone(),
@@ -495,13 +652,26 @@ impl Backend for AmqpBackend {
         });
         let connected = || consume.status().connected() && publish.status().connected();
         cx.metrics.set_connected(connected());
-        info!(backend = %self.id, url = %redact(&self.config.url), "Connected (a consuming and a publishing connection).");
+        info!(backend = %self.id, url = %self.config.redacted(), "Connected (a consuming and a publishing connection).");
         // Watchdog: the connections' state behind `hub_backend_connected` and readiness.
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let result = loop {
             tokio::select! {
                 () = cx.shutdown.cancelled() => break Ok(()),
-                _ = tick.tick() => cx.metrics.set_connected(connected()),
+                _ = tick.tick() => {
+                    cx.metrics.set_connected(connected());
+                    // lapin's recovery gave up: out of transports, or handshakes that keep
+                    // failing after the transport (credentials changed, vhost gone).
+                    let errored = consume.status().errored() || publish.status().errored();
+                    if self.dialer.gave_up() || errored {
+                        cx.metrics.set_connected(false);
+                        break Err(self.fail(format!(
+                            "the connection was lost and {} reconnects in a row failed (about ten minutes; {}); stopping rather than consuming nothing",
+                            connect::RECOVERY_ATTEMPTS,
+                            self.config.redacted()
+                        )));
+                    }
+                }
                 Some(ended) = tasks.join_next() => {
                     if let Ok(Err(reason)) = ended {
                         cx.metrics.set_connected(false);
@@ -511,6 +681,7 @@ impl Backend for AmqpBackend {
             }
         };
         blocked.abort();
+        recovery.abort();
         // Each receive loop cancels its subscription and ends by itself; the settle tasks keep
         // running, holding their channels, so drained messages get acked.
         tasks.detach_all();

@@ -22,11 +22,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hub_core::{Acker, CancellationToken, RetryPolicy, Verdict};
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::types::{AMQPValue, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
 use metrics::Counter;
 use tokio::sync::mpsc;
@@ -34,13 +35,16 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::publisher::Publisher;
-use crate::wire::{ATTEMPTS, TOPIC};
+use crate::stream::Progress;
+use crate::watchdog::Flow;
+use crate::wire::{self, ATTEMPTS, TOPIC};
 
 /// What the hub needs to republish or dead-letter a delivery.
 pub(crate) struct Original {
     /// The topic the consumer saw (the routing key, or `x-hub-topic` for a retry's copy).
     pub topic: String,
-    pub properties: BasicProperties,
+    /// Shared with the message's headers (read from them on first use).
+    pub properties: Arc<BasicProperties>,
     pub body: Vec<u8>,
 }
 
@@ -53,8 +57,9 @@ pub(crate) struct Tag {
 }
 
 pub(crate) enum Cmd {
-    /// A delivery entered the hub (sent before it is handed over, so order holds).
-    Register(Tag, lapin::Acker),
+    /// A delivery entered the hub (sent before it is handed over, so order holds), with its
+    /// offset when it was read from a stream.
+    Register(Tag, lapin::Acker, Option<u64>),
     /// The dispatcher's verdict, with a sender for a retry or dead letter to report back on
     /// (a strong one: the task must not end while the job it starts runs).
     Settle(Tag, Verdict, Arc<Original>, mpsc::UnboundedSender<Cmd>),
@@ -64,6 +69,8 @@ pub(crate) enum Cmd {
     Requeue(Tag),
     /// Internal: the idle moment passed; acknowledge what is finished.
     Flush,
+    /// The receive loop subscribed again on a new channel: hold it too, for the acks.
+    Hold(Channel),
 }
 
 /// The [`Acker`] handed to the dispatcher with each delivery.
@@ -137,6 +144,14 @@ struct Window {
     /// Registered, not finished (being handled, or waiting for a republish).
     outstanding: BTreeSet<u64>,
     finished: BTreeSet<u64>,
+    /// The highest tag registered.
+    last: u64,
+    /// Stream offsets of the registered deliveries, by tag.
+    offsets: BTreeMap<u64, u64>,
+    /// The first tag the broker used that never reached the hub (a delivery lost on the way:
+    /// tags are consecutive on a channel). A `multiple` ack never reaches it: it would
+    /// acknowledge a message nobody handled.
+    first_gap: Option<u64>,
 }
 
 /// What the settle task works with.
@@ -149,12 +164,18 @@ pub(crate) struct Settler {
     pub shutdown: CancellationToken,
     /// Cancelled when the backend closes, after the drain: a republish still failing gives up.
     pub closing: CancellationToken,
+    /// Where the count of unacknowledged deliveries is kept for the stall watchdog.
+    pub flow: Arc<Flow>,
+    /// A stream consumer's progress (the offset stored for its next start): a message given
+    /// back or left for a retry at shutdown is never counted finished, so it is read again.
+    pub progress: Option<Arc<Progress>>,
 }
 
 impl Settler {
     /// Runs until every sender is gone, then acknowledges what is left and releases the channel.
-    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
         let mut w = Window::default();
+        let mut held = Vec::new();
         loop {
             // With acks pending, wait only briefly for more before sending them.
             let first = if w.finished.is_empty() {
@@ -173,23 +194,30 @@ impl Settler {
             let mut cmd = first;
             // Take everything already queued, then acknowledge once.
             while let Some(c) = cmd.take().or_else(|| rx.try_recv().ok()) {
+                if let Cmd::Hold(ch) = c {
+                    held.push(std::mem::replace(&mut self.channel, ch));
+                    continue;
+                }
                 self.apply(&mut w, c).await;
             }
             if mode == Flush::Enough && w.finished.len() < self.policy.ack_every {
+                self.flow.unacked.store(w.ackers.len(), Ordering::Relaxed);
                 continue;
             }
             self.flush(&mut w, mode).await;
+            self.flow.unacked.store(w.ackers.len(), Ordering::Relaxed);
             if mode == Flush::Closing {
                 break;
             }
         }
+        drop(held);
         debug!(consumer = %self.policy.consumer, channel = self.channel.id(), "Last acknowledgement sent; releasing the channel.");
     }
 
     async fn apply(&self, w: &mut Window, cmd: Cmd) {
         match cmd {
-            Cmd::Flush => {}
-            Cmd::Register(t, acker) => {
+            Cmd::Flush | Cmd::Hold(_) => {}
+            Cmd::Register(t, acker, offset) => {
                 if t.generation != w.generation {
                     // The channel was recovered: what was unacked will be redelivered.
                     *w = Window {
@@ -197,14 +225,26 @@ impl Settler {
                         ..Window::default()
                     };
                 }
+                if t.tag > w.last + 1 && w.first_gap.is_none() {
+                    warn!(consumer = %self.policy.consumer, missing_from = w.last + 1, missing_to = t.tag - 1, "Deliveries the broker sent never arrived; they are not acknowledged (the broker redelivers them once the channel closes).");
+                    w.first_gap = Some(w.last + 1);
+                }
+                w.last = w.last.max(t.tag);
                 w.ackers.insert(t.tag, acker);
                 w.outstanding.insert(t.tag);
+                if let Some(o) = offset {
+                    w.offsets.insert(t.tag, o);
+                }
             }
             Cmd::Settle(t, _, _, _) | Cmd::Done(t) | Cmd::Requeue(t)
                 if t.generation != w.generation =>
             {
                 debug!(consumer = %self.policy.consumer, tag = t.tag, "Settled a delivery from before a reconnect; the broker redelivers it.");
             }
+            // A stream keeps every message: one given back (at shutdown) stays outstanding, so the
+            // stored offset stops below it and the next start reads it again.
+            Cmd::Settle(_, Verdict::Requeue | Verdict::Retry { .. }, _, _) | Cmd::Requeue(_)
+                if self.progress.is_some() => {}
             Cmd::Settle(t, Verdict::Ack, _, _) | Cmd::Done(t) => {
                 w.outstanding.remove(&t.tag);
                 w.finished.insert(t.tag);
@@ -244,7 +284,20 @@ impl Settler {
     /// Acknowledges everything finished below the oldest unfinished delivery in one frame, and
     /// finished ones above it one by one when enough wait there or the channel is idle.
     async fn flush(&self, w: &mut Window, mode: Flush) {
-        let floor = w.outstanding.first().copied().unwrap_or(u64::MAX);
+        let floor = w
+            .outstanding
+            .first()
+            .copied()
+            .unwrap_or(u64::MAX)
+            .min(w.first_gap.unwrap_or(u64::MAX));
+        if let Some(progress) = &self.progress {
+            // Every tag below `floor` is finished: the offset of the highest one is done.
+            let upto = if floor == u64::MAX { w.last } else { floor - 1 };
+            if let Some((_, &offset)) = w.offsets.range(..=upto).next_back() {
+                progress.finished_upto(offset);
+            }
+            w.offsets = w.offsets.split_off(&(upto.saturating_add(1)));
+        }
         if let Some(&upto) = w.finished.range(..floor).next_back() {
             w.finished = w.finished.split_off(&(upto + 1));
             let acker = w.ackers.get(&upto).cloned();
@@ -298,7 +351,7 @@ struct Republish {
 impl Republish {
     async fn run(self, verdict: Verdict) {
         let p = &self.policy;
-        let n = attempts(&self.original.properties);
+        let n = wire::attempt(&self.original.properties);
         let (retry, reason, asked) = match verdict {
             Verdict::Retry { reason, delay } => (n < p.retry.max_attempts, reason, delay),
             Verdict::Reject { reason } => (false, reason, None),
@@ -430,23 +483,14 @@ fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes()))
 }
 
-/// The delivery's attempt number (`x-hub-attempts`, 1 when absent).
-fn attempts(p: &BasicProperties) -> u32 {
-    p.headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(ATTEMPTS).cloned())
-        .and_then(|v| match v {
-            AMQPValue::LongLongInt(i) => u32::try_from(i).ok(),
-            AMQPValue::LongInt(i) => u32::try_from(i).ok(),
-            AMQPValue::LongUInt(i) => Some(i),
-            _ => None,
-        })
-        // 0 (or absent) is the first attempt, as `Message::attempt` reads it.
-        .map_or(1, |n| n.max(1))
-}
-
 fn with_headers(p: &BasicProperties, extra: &[(&str, AMQPValue)]) -> BasicProperties {
     let mut headers = p.headers().clone().unwrap_or_default();
+    // The broker's count of this delivery is in the attempts now; the copy starts its own.
+    if headers.contains_key(wire::DELIVERY_COUNT) {
+        let mut map = headers.inner().clone();
+        map.remove(wire::DELIVERY_COUNT);
+        headers = FieldTable::from(map);
+    }
     for (k, v) in extra {
         headers.insert(ShortString::from(*k), v.clone());
     }

@@ -6,8 +6,10 @@
 //! UUID4 `message_id`, and the headers fedora-messaging requires: `fedora_messaging_schema`
 //! (default `base.message`), `fedora_messaging_severity` (default 20), `sent-at`.
 
+use std::sync::Arc;
+
 use hub_core::json::JsonText;
-use hub_core::{Headers, Message, correlation};
+use hub_core::{HeaderSource, Headers, Message, correlation};
 use jiff::Timestamp;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
@@ -24,6 +26,39 @@ pub const TOPIC: &str = "x-hub-topic";
 /// before and not acknowledged: a crash, a lost connection, a requeue at shutdown), so an
 /// idempotent consumer can tell. Quorum queues also pass the broker's own `x-delivery-count`.
 pub const REDELIVERED: &str = "x-hub-redelivered";
+
+/// Header a quorum queue adds to a redelivered message: how many times the broker delivered it
+/// before (a crash, a lost connection, a requeue).
+pub const DELIVERY_COUNT: &str = "x-delivery-count";
+
+/// An integer header value.
+fn int(v: &AMQPValue) -> Option<i64> {
+    match *v {
+        AMQPValue::LongLongInt(i) => Some(i),
+        AMQPValue::LongInt(i) => Some(i64::from(i)),
+        AMQPValue::LongUInt(i) => Some(i64::from(i)),
+        AMQPValue::ShortInt(i) => Some(i64::from(i)),
+        AMQPValue::ShortUInt(i) => Some(i64::from(i)),
+        AMQPValue::ShortShortInt(i) => Some(i64::from(i)),
+        AMQPValue::ShortShortUInt(i) => Some(i64::from(i)),
+        _ => None,
+    }
+}
+
+/// Which attempt at the message a delivery is: the hub's own count of its retries
+/// ([`ATTEMPTS`], 1 when absent or 0) plus the broker's count of its redeliveries
+/// ([`DELIVERY_COUNT`], quorum queues), so a message that crashed the process counts too.
+pub fn attempt(p: &BasicProperties) -> u32 {
+    let header = |name: &str| {
+        p.headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(name))
+            .and_then(int)
+    };
+    let hub = header(ATTEMPTS).map_or(1, |n| n.max(1));
+    let broker = header(DELIVERY_COUNT).map_or(0, |n| n.max(0));
+    u32::try_from(hub.saturating_add(broker)).unwrap_or(u32::MAX)
+}
 
 /// An AMQP header value as JSON.
 pub fn to_json(v: &AMQPValue) -> Value {
@@ -129,7 +164,7 @@ pub fn decode_delivery(
     properties: &BasicProperties,
     body: &[u8],
 ) -> Result<Message, Malformed> {
-    decode_parts(topic, properties, body, redelivered)
+    decode_shared(topic, redelivered, Arc::new(properties.clone()), body)
 }
 
 /// An inbound AMQP message as a [`Message`].
@@ -141,60 +176,109 @@ pub fn decode(
     properties: &BasicProperties,
     body: &[u8],
 ) -> Result<Message, Malformed> {
-    decode_parts(routing_key, properties, body, false)
+    decode_shared(routing_key, false, Arc::new(properties.clone()), body)
 }
 
-fn decode_parts(
+/// [`decode_delivery`] on properties the caller shares (the receive loop keeps them for a
+/// retry's copy): the message's headers are read from them only when a consumer asks (a
+/// consumer that never reads headers costs no map; see [`AmqpHeaders`]).
+///
+/// # Errors
+/// [`Malformed`] when the body is not JSON.
+pub fn decode_shared(
     routing_key: &str,
-    properties: &BasicProperties,
-    body: &[u8],
     redelivered: bool,
+    properties: Arc<BasicProperties>,
+    body: &[u8],
 ) -> Result<Message, Malformed> {
-    let id = properties
-        .message_id()
-        .as_ref()
-        .map(|s| s.as_str().to_owned());
+    let id = properties.message_id().as_ref().map(ShortString::as_str);
     let text = std::str::from_utf8(body).map_err(|_| Malformed {
-        id: id.clone(),
+        id: id.map(str::to_owned),
         reason: "body is not UTF-8 JSON".into(),
     })?;
     // JSON that reads as a `Value` (see `JsonText`): `1e400` or a lone surrogate escape is
     // dead-lettered here, not handed to consumers as `null`.
     let body = JsonText::new(text).ok_or_else(|| Malformed {
-        id: id.clone(),
+        id: id.map(str::to_owned),
         reason: format!("body is {}", JsonText::refusal(text)),
     })?;
-    let mut headers = properties
-        .headers()
-        .as_ref()
-        .map(table_to_json)
-        .unwrap_or_default();
-    if redelivered {
-        headers.insert(REDELIVERED.into(), Value::Bool(true));
+    let header = |name: &str| properties.headers().as_ref()?.inner().get(name);
+    let timestamp = match header("sent-at") {
+        Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes())
+            .ok()
+            .and_then(|s| s.parse::<Timestamp>().ok()),
+        _ => None,
     }
-    // A publisher that sets only the AMQP property: read it where the hub looks for it.
-    if let Some(c) = properties.correlation_id() {
-        headers
-            .entry(correlation::CORRELATION_ID)
-            .or_insert_with(|| Value::from(c.as_str()));
-    }
-    let timestamp = headers
-        .get("sent-at")
-        .and_then(Value::as_str)
-        .and_then(|s| s.parse::<Timestamp>().ok())
-        .or_else(|| {
-            properties
-                .timestamp()
-                .and_then(|t| Timestamp::from_second(i64::try_from(t).ok()?).ok())
-        })
-        .unwrap_or_else(Timestamp::now);
-    let mut b = Message::builder_json(routing_key, body)
-        .timestamp(timestamp)
-        .headers(headers);
+    .or_else(|| {
+        properties
+            .timestamp()
+            .and_then(|t| Timestamp::from_second(i64::try_from(t).ok()?).ok())
+    })
+    .unwrap_or_else(Timestamp::now);
+    let mut b = Message::builder_json(routing_key, body).timestamp(timestamp);
     if let Some(id) = id {
         b = b.id(id);
     }
+    let b = b.header_source(Box::new(AmqpHeaders {
+        properties,
+        redelivered,
+    }));
     Ok(b.build())
+}
+
+/// A delivery's headers, kept as AMQP sent them and made into JSON on first read: the AMQP
+/// headers, plus [`REDELIVERED`] when the broker redelivered it, [`ATTEMPTS`] with the broker's
+/// count on a quorum queue's redelivery, and the `correlation_id` property as
+/// [`correlation::CORRELATION_ID`] when the headers have none.
+#[derive(Debug)]
+pub struct AmqpHeaders {
+    properties: Arc<BasicProperties>,
+    redelivered: bool,
+}
+
+impl HeaderSource for AmqpHeaders {
+    fn headers(&self) -> Headers {
+        let p = &self.properties;
+        let mut headers = p.headers().as_ref().map(table_to_json).unwrap_or_default();
+        if self.redelivered {
+            headers.insert(REDELIVERED.into(), Value::Bool(true));
+        }
+        // A quorum queue's redelivery: the consumer sees the broker's count in its attempt.
+        if headers.contains_key(DELIVERY_COUNT) {
+            headers.insert(ATTEMPTS.into(), Value::from(attempt(p)));
+        }
+        // A publisher that sets only the AMQP property: read it where the hub looks for it.
+        if let Some(c) = p.correlation_id() {
+            headers
+                .entry(correlation::CORRELATION_ID)
+                .or_insert_with(|| Value::from(c.as_str()));
+        }
+        headers
+    }
+
+    fn byte_size(&self) -> usize {
+        fn value(v: &AMQPValue) -> usize {
+            match v {
+                AMQPValue::LongString(s) => s.as_bytes().len() + 2,
+                AMQPValue::ShortString(s) => s.as_str().len() + 2,
+                AMQPValue::ByteArray(b) => b.as_slice().len() + 2,
+                AMQPValue::FieldArray(a) => {
+                    2 + a.as_slice().iter().map(|e| value(e) + 1).sum::<usize>()
+                }
+                AMQPValue::FieldTable(t) => table(t),
+                _ => 8,
+            }
+        }
+        fn table(t: &FieldTable) -> usize {
+            2 + t
+                .inner()
+                .iter()
+                .map(|(k, v)| k.as_str().len() + 4 + value(v))
+                .sum::<usize>()
+        }
+        let extra = if self.redelivered { 30 } else { 0 };
+        self.properties.headers().as_ref().map_or(2, table) + extra
+    }
 }
 
 /// A UUID4-shaped `message_id` for fedora-messaging: the id itself when it is a UUID, the UUID

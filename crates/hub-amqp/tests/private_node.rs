@@ -556,3 +556,84 @@ async fn a_broker_alarm_blocks_publishing_but_not_consuming_and_acknowledging() 
     .await;
     running.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Takes 4 s over the first delivery of message 0, no time over anything else; counts calls per
+/// message.
+struct Slowpoke {
+    calls: Arc<Mutex<std::collections::BTreeMap<u64, u32>>>,
+}
+
+#[async_trait]
+impl Consumer for Slowpoke {
+    async fn consume(&self, _cx: &Context, msg: &Message) -> Result<(), ConsumeError> {
+        let i = msg.body()["i"].as_u64().unwrap();
+        let first = {
+            let mut calls = self.calls.lock().unwrap();
+            let n = calls.entry(i).or_default();
+            *n += 1;
+            *n == 1
+        };
+        if i == 0 && first {
+            sleep(Duration::from_secs(4)).await;
+        }
+        Ok(())
+    }
+}
+
+/// A delivery left unacknowledged past RabbitMQ's `consumer_timeout` makes the broker close the
+/// consumer's channel (it checks on every channel tick; both are made short on this node). The
+/// hub subscribes again on a new channel and goes on: the redelivered messages are handled and
+/// the queue empties (it used to stop the backend, and the hub: "its channel did not recover").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_the_broker_closes_for_consumer_timeout_is_subscribed_again() {
+    let _one_at_a_time = NODE_LOCK.lock().await;
+    tokio::task::spawn_blocking(start_node).await.unwrap();
+    let _node = Node;
+    assert!(
+        tokio::task::spawn_blocking(|| {
+            ctl(&[
+                "eval",
+                "application:set_env(rabbit, consumer_timeout, 1000).",
+            ]) && ctl(&[
+                "eval",
+                "application:set_env(rabbit, channel_tick_interval, 250).",
+            ])
+        })
+        .await
+        .unwrap()
+    );
+    let cfg: AmqpConfig =
+        serde_json::from_value(json!({"url": "amqp://guest:guest@127.0.0.1:5673/%2f"})).unwrap();
+    let backend = cfg.build("r").unwrap();
+    let calls = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
+    let spec = ConsumerSpec {
+        name: "slowpoke".into(),
+        backend: "r".into(),
+        patterns: vec![Pattern::new("timeout.#").unwrap()],
+        options: ConsumerOptions {
+            durable: true,
+            ..ConsumerOptions::default()
+        },
+        dead_letter: None,
+    };
+    let consumer = Arc::new(Slowpoke {
+        calls: calls.clone(),
+    });
+    let running = start_and_fill("hubtimeout", &backend, spec, consumer, "timeout.x", 5).await;
+    until(
+        "every message handled, message 0 again after the channel closed",
+        Duration::from_secs(30),
+        || {
+            let c = calls.lock().unwrap();
+            c.len() == 5 && c.get(&0).is_some_and(|n| *n >= 2)
+        },
+    )
+    .await;
+    let empty = || depth("hubtimeout.slowpoke") == Some(0);
+    until("the queue empties", Duration::from_secs(20), || {
+        empty() && running.readiness().ready
+    })
+    .await;
+    eprintln!("calls per message: {:?}", calls.lock().unwrap());
+    running.shutdown(Duration::from_secs(5)).await;
+}

@@ -83,8 +83,9 @@ async fn publish_raw(ch: &lapin::Channel, topic: &str, messages: &[(&str, &[u8])
     }
 }
 
-/// A body over `max_message_bytes` is counted as oversized, never handed to the consumer,
-/// and dead-lettered once (not redelivered) with its size in the reason; the next message flows.
+/// A body over `max_message_bytes`, and a small body with headers over it, are each counted as
+/// oversized, never handed to the consumer, and dead-lettered once (not redelivered) with the
+/// size in the reason; the next message flows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_max_message_bytes_is_dead_lettered_with_its_size() {
     let u = uid();
@@ -107,42 +108,80 @@ async fn a_body_over_max_message_bytes_is_dead_lettered_with_its_size() {
     let conn = raw().await;
     let ch = conn.create_channel().await.unwrap();
     let huge = format!("{{\"pad\": \"{}\"}}", "x".repeat(1 << 20));
-    publish_raw(
-        &ch,
-        &topic,
-        &[("huge", huge.as_bytes()), ("small", br#"{"ok": 1}"#)],
+    publish_raw(&ch, &topic, &[("huge", huge.as_bytes())]).await;
+    // A small body under 100 KiB of headers (they arrive in one frame, under RabbitMQ's
+    // 128 KiB frame_max): over the limit too.
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        "pad".into(),
+        lapin::types::AMQPValue::LongString("y".repeat(100 * 1024).into()),
+    );
+    ch.basic_publish(
+        "amq.topic".into(),
+        topic.as_str().into(),
+        BasicPublishOptions::default(),
+        br#"{"h": 1}"#,
+        BasicProperties::default()
+            .with_message_id("headers".into())
+            .with_headers(headers),
     )
-    .await;
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    publish_raw(&ch, &topic, &[("small", br#"{"ok": 1}"#)]).await;
     eventually("the small message consumed", || {
         probe.calls.load(Ordering::SeqCst) == 1
     })
     .await;
     let dlq = format!("{hub}.dead-letters");
     let deadline = Instant::now() + Duration::from_secs(15);
-    let dead = loop {
-        assert!(Instant::now() < deadline, "no dead letter");
+    let mut reasons = Vec::new();
+    while reasons.len() < 2 {
+        assert!(Instant::now() < deadline, "no dead letter: {reasons:?}");
         if let Some(msg) = ch
             .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true })
             .await
             .unwrap()
         {
-            break msg;
+            let h =
+                hub_amqp::wire::table_to_json(msg.delivery.properties.headers().as_ref().unwrap());
+            let id = msg
+                .delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .unwrap()
+                .to_string();
+            reasons.push((
+                id,
+                h["x-hub-reason"].as_str().unwrap().to_owned(),
+                msg.delivery.data.len(),
+            ));
+            continue;
         }
         sleep(Duration::from_millis(50)).await;
-    };
-    let h = hub_amqp::wire::table_to_json(dead.delivery.properties.headers().as_ref().unwrap());
-    let reason = h["x-hub-reason"].as_str().unwrap();
+    }
+    reasons.sort();
+    let (id, reason, len) = &reasons[1];
+    assert_eq!(id, "huge");
     assert!(
         reason.contains(&format!("body of {} bytes", huge.len()))
             && reason.contains("max_message_bytes (65536)"),
         "{reason}"
     );
-    assert_eq!(dead.delivery.data.len(), huge.len());
+    assert_eq!(*len, huge.len());
+    let (id, reason, _) = &reasons[0];
+    assert_eq!(id, "headers");
+    assert!(
+        reason.contains("with its headers is over max_message_bytes (65536)"),
+        "{reason}"
+    );
     assert_eq!(
         running
             .metrics()
             .sample(r#"hub_backend_oversized_messages_total{backend="rabbit"}"#),
-        Some(1.0)
+        Some(2.0)
     );
     assert_eq!(probe.calls.load(Ordering::SeqCst), 1, "never handed over");
     sleep(Duration::from_millis(300)).await;
@@ -512,8 +551,10 @@ async fn a_queue_redeclared_with_other_arguments_is_a_clear_fatal_error() {
         .await;
 }
 
+/// A consumer whose queue is deleted behind the hub's back (the broker cancels its
+/// subscription) declares it again and goes on consuming: no silent stop, and no exit either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consumer_the_broker_ends_is_a_fatal_error_not_a_silent_stop() {
+async fn a_consumer_the_broker_cancels_subscribes_again() {
     let u = uid();
     let hub = format!("hub{u}");
     let topic = format!("g{u}.x");
@@ -521,38 +562,41 @@ async fn a_consumer_the_broker_ends_is_a_fatal_error_not_a_silent_stop() {
         durable: true,
         ..ConsumerOptions::default()
     };
+    let probe = Arc::new(Probe::default());
     let (mut running, _) = start(
         &hub,
         config(&format!("dlx{u}")),
-        vec![(
-            "gone",
-            &[topic.as_str()],
-            durable,
-            Arc::new(Probe::default()),
-        )],
+        vec![("gone", &[topic.as_str()], durable, Arc::clone(&probe))],
     )
     .await;
     let conn = raw().await;
     let ch = conn.create_channel().await.unwrap();
-    ch.queue_delete(format!("{hub}.gone").as_str().into(), Default::default())
+    let queue = format!("{hub}.gone");
+    ch.queue_delete(queue.as_str().into(), Default::default())
         .await
         .unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(15), running.fatal())
-        .await
-        .expect("a fatal error")
-        .expect("an error");
+    // Declared again and bound by the hub: a message published now reaches the consumer.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut n = 0;
+    while probe.seen.lock().unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing after the deletion"
+        );
+        n += 1;
+        publish_raw(&ch, &topic, &[(&format!("m{n}"), b"{}")]).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(
-        err.to_string()
-            .contains("consumer gone: the broker ended the subscription"),
-        "{err}"
+        tokio::time::timeout(Duration::from_millis(300), running.fatal())
+            .await
+            .is_err(),
+        "the backend stopped"
     );
     running.shutdown(Duration::from_secs(2)).await;
-    let _ = ch
-        .queue_delete(
-            format!("{hub}.dead-letters").as_str().into(),
-            Default::default(),
-        )
-        .await;
+    for q in [queue, format!("{hub}.dead-letters")] {
+        let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+    }
 }
 
 /// Publishes `{"from": <id>}` on `to` while handling each message.
@@ -757,4 +801,92 @@ async fn requeue_moves_only_the_selected_dead_letters() {
     assert_eq!(left, ["m4"]);
     let _ = conn.close(200, "bye".into()).await;
     delete_queues(&[dead, q1, q2]).await;
+}
+
+/// A stream consumer started at `next` whose connection is cut and recovered while messages
+/// keep arriving: it reads what was published during the outage (lapin's recovery alone would
+/// start again at the stream's new end), and everything exactly once or at most again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_consumer_reads_what_came_during_an_outage() {
+    let u = uid();
+    let hub = format!("hub{u}");
+    let topic = format!("s{u}.x");
+    let record = format!("rec{u}");
+    let mut proxy = hub_testkit::TcpProxy::start("127.0.0.1:5672").await;
+    // An exchange of its own: a stream bound with `#` to amq.topic would make every other
+    // test's publish routable.
+    let exchange = format!("x{u}");
+    let cfg: hub_amqp::AmqpConfig = serde_json::from_value(json!({
+        "url": format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port()),
+        "exchange": exchange,
+        "record_stream": record,
+    }))
+    .unwrap();
+    let probe = Arc::new(Probe::default());
+    let options = ConsumerOptions {
+        durable: true,
+        retry: Some(hub_core::RetryPolicy {
+            in_order: true,
+            ..hub_core::RetryPolicy::default()
+        }),
+        broker_queue: hub_core::BrokerQueue {
+            kind: hub_core::QueueType::Stream,
+            ..hub_core::BrokerQueue::default()
+        },
+        ..ConsumerOptions::default()
+    };
+    let (running, _) = start(
+        &hub,
+        cfg,
+        vec![("s", &[topic.as_str()], options, Arc::clone(&probe))],
+    )
+    .await;
+    let conn = raw().await;
+    let ch = conn.create_channel().await.unwrap();
+    let send = |range: std::ops::Range<u32>| {
+        let (ch, topic, exchange) = (ch.clone(), topic.clone(), exchange.clone());
+        async move {
+            for i in range {
+                let body = serde_json::to_vec(&json!({ "i": i })).unwrap();
+                ch.basic_publish(
+                    exchange.as_str().into(),
+                    topic.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            }
+        }
+    };
+    let distinct = || {
+        let seen = probe.seen.lock().unwrap();
+        seen.iter()
+            .map(|m| m.body()["i"].as_u64().unwrap())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    send(0..50).await;
+    eventually("the first 50", || distinct() == 50).await;
+    proxy.cut().await;
+    sleep(Duration::from_millis(300)).await;
+    // Published straight to the broker while the hub is cut off: recorded in the stream.
+    send(50..100).await;
+    proxy.up().await;
+    eventually("the 50 from the outage", || distinct() == 100).await;
+    send(100..120).await;
+    eventually("and what follows", || distinct() == 120).await;
+    let total = probe.seen.lock().unwrap().len();
+    assert!(total <= 120 + 50, "{total} deliveries for 120 messages");
+    running.shutdown(Duration::from_secs(5)).await;
+    for q in [
+        record,
+        format!("{hub}.s.offset"),
+        format!("{hub}.dead-letters"),
+    ] {
+        let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+    }
 }

@@ -152,6 +152,79 @@ pub struct ConsumerOptions {
     /// With `batch_size` > 1: how long a batch may wait for more messages to fill it, counted
     /// from its first (default 0: take what is queued now).
     pub batch_delay: Duration,
+    /// Broker backends: the kind of durable queue and how it is consumed (default: a classic
+    /// queue, every hub sharing it consuming).
+    pub broker_queue: BrokerQueue,
+}
+
+/// RabbitMQ's queue types (`queue_type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueType {
+    /// A classic queue, on the node that declared it (default).
+    #[default]
+    Classic,
+    /// A replicated quorum queue (Raft): survives the loss of a minority of the cluster's
+    /// nodes, counts each message's deliveries, and can dead-letter one past `delivery_limit`.
+    Quorum,
+    /// A stream: an append-only log read from an offset; messages stay until retention drops
+    /// them (reading one removes nothing).
+    Stream,
+}
+
+impl QueueType {
+    /// Its name in configuration and in RabbitMQ's `x-queue-type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Quorum => "quorum",
+            Self::Stream => "stream",
+        }
+    }
+}
+
+/// Where a stream consumer starts reading (`offset`) when it has no stored offset of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StreamOffset {
+    /// The oldest message the stream still holds.
+    First,
+    /// The last chunk of the stream (the most recent messages).
+    Last,
+    /// Only what arrives from now on (default).
+    #[default]
+    Next,
+    /// Messages from this time on.
+    Time(jiff::Timestamp),
+}
+
+impl std::str::FromStr for StreamOffset {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "first" => Ok(Self::First),
+            "last" => Ok(Self::Last),
+            "next" => Ok(Self::Next),
+            t => t.parse().map(Self::Time).map_err(|_| {
+                format!("{t:?}: expected \"first\", \"last\", \"next\" or an RFC 3339 time such as \"2026-12-01T00:00:00Z\"")
+            }),
+        }
+    }
+}
+
+/// Broker backends: how a consumer's durable queue is declared and consumed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BrokerQueue {
+    /// `queue_type` (default classic).
+    pub kind: QueueType,
+    /// Quorum queues: deliveries after which the broker dead-letters a message itself (one
+    /// that keeps killing the process); `None`: the broker's default.
+    pub delivery_limit: Option<u32>,
+    /// Of all the hubs consuming the queue, one at a time does (in order); another takes over
+    /// when it goes.
+    pub single_active_consumer: bool,
+    /// Streams: where to start without a stored offset.
+    pub offset: StreamOffset,
 }
 
 /// How a consumer's failed messages (transient error, timeout, panic) are retried.
@@ -236,6 +309,7 @@ impl Default for ConsumerOptions {
             rate_limit: None,
             batch_size: 1,
             batch_delay: Duration::ZERO,
+            broker_queue: BrokerQueue::default(),
         }
     }
 }

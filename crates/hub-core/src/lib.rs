@@ -53,6 +53,7 @@ pub mod json;
 pub mod message;
 pub mod metrics;
 mod producer;
+mod secret;
 mod sink;
 pub mod topic;
 
@@ -64,15 +65,19 @@ pub use backend::{
 };
 pub use config::duration;
 pub use config::{BackendConfig, ConsumerConfig, ProducerConfig, ResourceConfig};
-pub use consumer::{Consumer, ConsumerOptions, RateLimit, RetryPolicy, WhenFull};
+pub use consumer::{
+    BrokerQueue, Consumer, ConsumerOptions, QueueType, RateLimit, RetryPolicy, StreamOffset,
+    WhenFull,
+};
 pub use context::{Context, MissingResource, Pacer, Publisher, Resources};
 pub use error::{BackendError, BoxError, ConsumeError, ErrorKind, PublishError, ResultExt};
 /// The timestamp type of [`Message::timestamp`] (a UTC instant), re-exported so that a consumer
 /// crate needs no `jiff` dependency of its own.
 pub use jiff::Timestamp;
 pub use json::JsonText;
-pub use message::{DecodeError, Headers, Message, MessageBuilder};
+pub use message::{DecodeError, HeaderSource, Headers, Message, MessageBuilder};
 pub use producer::Producer;
+pub use secret::{Secret, SecretSource};
 /// JSON values, re-exported so that a consumer crate needs no `serde_json` dependency of its own
 /// for bodies ([`Message::body`], [`Context::publish_json`]).
 pub use serde_json::{Map, Value, json};

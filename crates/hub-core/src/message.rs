@@ -67,6 +67,7 @@ impl Inner {
     fn headers_size(&self) -> usize {
         match &self.headers {
             HeaderStore::Map(m) => map_size(m),
+            HeaderStore::Deferred { source, .. } => source.byte_size(),
             HeaderStore::Raw { .. } | HeaderStore::Envelope { .. } => 0,
         }
     }
@@ -116,6 +117,20 @@ enum HeaderStore {
         read: fn(&str) -> Headers,
         parsed: OnceLock<Headers>,
     },
+    /// Kept in the backend's own form (AMQP's header table), converted on first use.
+    Deferred {
+        source: Box<dyn HeaderSource>,
+        parsed: OnceLock<Headers>,
+    },
+}
+
+/// Headers a backend keeps in its own form, made into JSON only when someone reads them: a
+/// consumer that never looks at the headers costs no map (see [`MessageBuilder::header_source`]).
+pub trait HeaderSource: Send + Sync + std::fmt::Debug {
+    /// The headers, as consumers see them.
+    fn headers(&self) -> Headers;
+    /// About the bytes they take as JSON text (counted in [`Message::byte_size`]).
+    fn byte_size(&self) -> usize;
 }
 
 impl HeaderStore {
@@ -127,6 +142,7 @@ impl HeaderStore {
                 parsed.get_or_init(|| serde_json::from_str(&text[at.clone()]).unwrap_or_default())
             }
             Self::Envelope { read, parsed } => parsed.get_or_init(|| read(text)),
+            Self::Deferred { source, parsed } => parsed.get_or_init(|| source.headers()),
         }
     }
 }
@@ -236,6 +252,7 @@ impl Message {
             topic: topic.into(),
             timestamp: None,
             headers: Headers::new(),
+            source: None,
             body: BodyIn::Value(body),
         }
     }
@@ -249,6 +266,7 @@ impl Message {
             topic: topic.into(),
             timestamp: None,
             headers: Headers::new(),
+            source: None,
             body: BodyIn::Text(body.get().into()),
         }
     }
@@ -542,6 +560,7 @@ pub struct MessageBuilder {
     topic: String,
     timestamp: Option<Timestamp>,
     headers: Headers,
+    source: Option<Box<dyn HeaderSource>>,
     body: BodyIn,
 }
 
@@ -567,6 +586,15 @@ impl MessageBuilder {
     /// Replaces all headers.
     pub fn headers(mut self, headers: Headers) -> Self {
         self.headers = headers;
+        self.source = None;
+        self
+    }
+
+    /// Takes the headers from `source` when first read, instead of a map (replacing any set
+    /// with [`header`](Self::header) or [`headers`](Self::headers)).
+    pub fn header_source(mut self, source: Box<dyn HeaderSource>) -> Self {
+        self.headers = Headers::new();
+        self.source = Some(source);
         self
     }
 
@@ -590,13 +618,29 @@ impl MessageBuilder {
             BodyIn::Value(v) => json_size(v),
             BodyIn::Text(_) => 0,
         };
+        let (headers, headers_size) = match self.source {
+            Some(source) => {
+                let size = source.byte_size();
+                (
+                    HeaderStore::Deferred {
+                        source,
+                        parsed: OnceLock::new(),
+                    },
+                    size,
+                )
+            }
+            None => {
+                let size = map_size(&self.headers);
+                (HeaderStore::Map(self.headers), size)
+            }
+        };
         Inner {
             id_at: 0..id.len(),
             topic_at: id.len()..id.len() + self.topic.len(),
-            size: text.len() + value_size + map_size(&self.headers),
+            size: text.len() + value_size + headers_size,
             text: text.into_boxed_str(),
             timestamp: self.timestamp.unwrap_or_else(Timestamp::now),
-            headers: HeaderStore::Map(self.headers),
+            headers,
             body: match self.body {
                 BodyIn::Value(v) => Body::Value(v),
                 BodyIn::Text(_) => Body::Raw {

@@ -524,6 +524,7 @@ impl RunningEngine {
             }
         }
         self.ticker.abort();
+        self.engine.log_totals();
         if drain.is_clean() {
             info!("Shutdown complete: every queued message finished.");
         } else {
@@ -532,6 +533,33 @@ impl RunningEngine {
             }
         }
         ShutdownReport { drain }
+    }
+}
+
+impl Engine {
+    /// Logs what each backend delivered and what became of each consumer's messages since
+    /// start: the books an operator (or a fault test) balances after a stop.
+    fn log_totals(&self) {
+        let d = &self.dispatcher;
+        for b in &self.backends {
+            info!(backend = %b.id, received = d.backend_received(b.index), "Backend totals.");
+        }
+        for s in d.status() {
+            let o = s.outcomes;
+            info!(
+                consumer = %s.state.name,
+                received = o.received,
+                ok = o.ok,
+                transient = o.transient,
+                invalid = o.invalid,
+                timeout = o.timeout,
+                panic = o.panic,
+                dropped = o.dropped,
+                retried = o.retried,
+                dead_lettered = o.dead_lettered,
+                "Consumer totals."
+            );
+        }
     }
 }
 

@@ -36,6 +36,13 @@
 //! | `hub_amqp_queue_messages` | gauge | `consumer` | messages ready in the consumer's RabbitMQ queue (the broker's count, polled) |
 //! | `hub_amqp_connection_blocked` | gauge | `backend` | 1 while RabbitMQ blocks the connection (a memory or disk alarm) |
 //! | `hub_amqp_republish_failures_total` | counter | `consumer`, `kind` = `retry`\|`dead_letter` | republishes (retry or dead letter) that did not go out at once; the message is held and tried again |
+//! | `hub_gateway_clients` | gauge | `transport` = `ws`\|`sse` | clients connected to the gateway |
+//! | `hub_gateway_sent_messages_total` | counter | `client` (a `[gateway.tokens]` name, or `anonymous`) | messages written to gateway clients |
+//! | `hub_gateway_dropped_messages_total` | counter | `client` | messages a gateway client's full queue dropped (oldest first; the client is told) |
+//! | `hub_gateway_published_messages_total` | counter | `client` | messages gateway clients published (accepted by the hub, and forwarded when `forward_to` is set) |
+//! | `hub_gateway_rejected_publishes_total` | counter | `client`, `reason` = `not_allowed`\|`invalid`\|`failed` | publishes refused (outside the token's patterns, malformed) or that failed (the hub stopping, the forward failing) |
+//! | `hub_gateway_bad_frames_total` | counter | `reason` = `not_json`\|`unknown_op`\|`invalid`\|`too_large`\|`binary` | frames from gateway clients that were not the protocol (answered with an error frame) |
+//! | `hub_gateway_disconnects_total` | counter | `reason` = `slow`\|`abuse`\|`shutdown` | gateway clients the hub disconnected |
 //!
 //! The two histograms are kept by the dispatcher itself (fixed buckets, [`DURATION_BUCKETS`]):
 //! recording every sample through a `metrics` recorder cost about a fifth of the dispatch
@@ -115,8 +122,26 @@ pub const ZEROMQ_GAPS: &str = "hub_zeromq_gaps_total";
 pub const AMQP_QUEUE_MESSAGES: &str = "hub_amqp_queue_messages";
 /// `hub_amqp_connection_blocked`
 pub const AMQP_CONNECTION_BLOCKED: &str = "hub_amqp_connection_blocked";
+/// `hub_amqp_node`
+pub const AMQP_NODE: &str = "hub_amqp_node";
+/// `hub_amqp_resubscribes_total`
+pub const AMQP_RESUBSCRIBES: &str = "hub_amqp_resubscribes_total";
 /// `hub_amqp_republish_failures_total`
 pub const AMQP_REPUBLISH_FAILURES: &str = "hub_amqp_republish_failures_total";
+/// `hub_gateway_clients`
+pub const GATEWAY_CLIENTS: &str = "hub_gateway_clients";
+/// `hub_gateway_sent_messages_total`
+pub const GATEWAY_SENT: &str = "hub_gateway_sent_messages_total";
+/// `hub_gateway_dropped_messages_total`
+pub const GATEWAY_DROPPED: &str = "hub_gateway_dropped_messages_total";
+/// `hub_gateway_published_messages_total`
+pub const GATEWAY_PUBLISHED: &str = "hub_gateway_published_messages_total";
+/// `hub_gateway_rejected_publishes_total`
+pub const GATEWAY_REJECTED: &str = "hub_gateway_rejected_publishes_total";
+/// `hub_gateway_bad_frames_total`
+pub const GATEWAY_BAD_FRAMES: &str = "hub_gateway_bad_frames_total";
+/// `hub_gateway_disconnects_total`
+pub const GATEWAY_DISCONNECTS: &str = "hub_gateway_disconnects_total";
 /// `hub_exec_restarts_total`
 pub const EXEC_RESTARTS: &str = "hub_exec_restarts_total";
 /// `hub_exec_protocol_errors_total`
@@ -268,6 +293,16 @@ const HELP: &[(&str, Kind, &str)] = &[
         AMQP_CONNECTION_BLOCKED,
         Kind::Gauge,
         "1 while RabbitMQ blocks the hub's connection (memory or disk alarm), else 0.",
+    ),
+    (
+        AMQP_NODE,
+        Kind::Gauge,
+        "1 for the broker node (of `url` or `urls`) each AMQP connection is on, 0 for the others.",
+    ),
+    (
+        AMQP_RESUBSCRIBES,
+        Kind::Counter,
+        "AMQP subscriptions renewed: the broker cancelled it, or the stall watchdog found messages ready and none arriving.",
     ),
     (
         AMQP_REPUBLISH_FAILURES,
@@ -563,6 +598,11 @@ impl BackendCounters {
         self.received_count.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Deliveries counted so far.
+    pub fn received(&self) -> u64 {
+        self.received_count.load(Ordering::Relaxed)
+    }
+
     /// Copies the exact delivery count into `hub_backend_received_messages_total`.
     pub fn flush(&self) {
         self.received
@@ -623,6 +663,56 @@ pub fn amqp_connection_blocked(registry: &dyn Recorder, backend: &str) -> Gauge 
     );
     g.set(0.0);
     g
+}
+
+/// Registers `hub_amqp_node` for one connection of `backend` on `node` (`host:port`), at 0.
+pub fn amqp_node(registry: &dyn Recorder, backend: &str, connection: &str, node: &str) -> Gauge {
+    let g = metrics::with_local_recorder(
+        registry,
+        || gauge!(AMQP_NODE, "backend" => backend.to_owned(), "connection" => connection.to_owned(), "node" => node.to_owned()),
+    );
+    g.set(0.0);
+    g
+}
+
+/// Why an AMQP subscription was renewed (`reason` label of `hub_amqp_resubscribes_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResubscribeReason {
+    /// The broker cancelled the subscription (the queue was deleted, its node went away).
+    Cancelled,
+    /// The queue had messages ready and no consumer of ours.
+    NoConsumer,
+    /// The queue had messages ready and none arrived for `stall_timeout` while there was room.
+    Stalled,
+    /// The broker closed the consumer's channel (a delivery unacknowledged past RabbitMQ's
+    /// `consumer_timeout`, another channel error) while the connection stayed up.
+    ChannelClosed,
+}
+
+impl ResubscribeReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cancelled => "cancelled",
+            Self::NoConsumer => "no_consumer",
+            Self::Stalled => "stalled",
+            Self::ChannelClosed => "channel_closed",
+        }
+    }
+}
+
+/// Registers `hub_amqp_resubscribes_total` for `consumer` and `reason`, at 0.
+pub fn amqp_resubscribes(
+    registry: &dyn Recorder,
+    consumer: &str,
+    reason: ResubscribeReason,
+) -> Counter {
+    let c = metrics::with_local_recorder(
+        registry,
+        || counter!(AMQP_RESUBSCRIBES, "consumer" => consumer.to_owned(), "reason" => reason.as_str()),
+    );
+    c.increment(0);
+    c
 }
 
 /// What an AMQP republish was for (`kind` label of `hub_amqp_republish_failures_total`).
@@ -767,4 +857,75 @@ pub(crate) fn render_histograms(out: &mut String, consumers: &[HistogramParts<'_
             Buckets::render(parts, out, name, "consumer", m.consumer);
         }
     }
+}
+
+/// One gateway client credential's series (`hub-gateway`): `client` is a `[gateway.tokens]`
+/// name or `anonymous`, so the label set is bounded by the configuration.
+pub struct GatewayClientSeries {
+    /// `hub_gateway_sent_messages_total`
+    pub sent: Counter,
+    /// `hub_gateway_dropped_messages_total`
+    pub dropped: Counter,
+    /// `hub_gateway_published_messages_total`
+    pub published: Counter,
+    /// `hub_gateway_rejected_publishes_total{reason="not_allowed"}`
+    pub rejected_not_allowed: Counter,
+    /// `hub_gateway_rejected_publishes_total{reason="invalid"}`
+    pub rejected_invalid: Counter,
+    /// `hub_gateway_rejected_publishes_total{reason="failed"}`
+    pub rejected_failed: Counter,
+}
+
+/// Registers the series of gateway credential `client`, each at 0.
+pub fn gateway_client(registry: &dyn Recorder, client: &str) -> GatewayClientSeries {
+    let c = || client.to_owned();
+    let s = metrics::with_local_recorder(registry, || GatewayClientSeries {
+        sent: counter!(GATEWAY_SENT, "client" => c()),
+        dropped: counter!(GATEWAY_DROPPED, "client" => c()),
+        published: counter!(GATEWAY_PUBLISHED, "client" => c()),
+        rejected_not_allowed: counter!(GATEWAY_REJECTED, "client" => c(), "reason" => "not_allowed"),
+        rejected_invalid: counter!(GATEWAY_REJECTED, "client" => c(), "reason" => "invalid"),
+        rejected_failed: counter!(GATEWAY_REJECTED, "client" => c(), "reason" => "failed"),
+    });
+    for counter in [
+        &s.sent,
+        &s.dropped,
+        &s.published,
+        &s.rejected_not_allowed,
+        &s.rejected_invalid,
+        &s.rejected_failed,
+    ] {
+        counter.increment(0);
+    }
+    s
+}
+
+/// Registers `hub_gateway_clients` for `transport` (`ws`, `sse`), at 0.
+pub fn gateway_clients(registry: &dyn Recorder, transport: &'static str) -> Gauge {
+    let g = metrics::with_local_recorder(
+        registry,
+        || gauge!(GATEWAY_CLIENTS, "transport" => transport),
+    );
+    g.set(0.0);
+    g
+}
+
+/// Registers `hub_gateway_bad_frames_total` for `reason`, at 0.
+pub fn gateway_bad_frames(registry: &dyn Recorder, reason: &'static str) -> Counter {
+    let c = metrics::with_local_recorder(
+        registry,
+        || counter!(GATEWAY_BAD_FRAMES, "reason" => reason),
+    );
+    c.increment(0);
+    c
+}
+
+/// Registers `hub_gateway_disconnects_total` for `reason`, at 0.
+pub fn gateway_disconnects(registry: &dyn Recorder, reason: &'static str) -> Counter {
+    let c = metrics::with_local_recorder(
+        registry,
+        || counter!(GATEWAY_DISCONNECTS, "reason" => reason),
+    );
+    c.increment(0);
+    c
 }

@@ -9,6 +9,7 @@
 //! - **Per-message mode** (`mode = "per-message"`, the shape of fedmsg-trigger and
 //!   `amqp-consume`): the command runs once per message: [`PerMessage`].
 
+mod groups;
 mod per_message;
 mod stream;
 
@@ -20,6 +21,7 @@ use std::time::Duration;
 use hub_core::{BoxError, Consumer, ConsumerConfig, Resources};
 use serde::Deserialize;
 
+pub use groups::kill_all;
 pub use per_message::{EX_TEMPFAIL, PerMessage};
 pub use stream::{PROTOCOL, Stream};
 
@@ -106,7 +108,10 @@ impl ConsumerConfig for ExecConfig {
 
 /// The configured program with its arguments, environment and working directory, its three
 /// standard streams piped, killed when dropped (a timeout drops the call: the process goes with
-/// it), and `HUB_CONSUMER` set.
+/// it), `HUB_CONSUMER` set, and in a process group of its own: a Ctrl-C in the hub's terminal
+/// (SIGINT to the whole foreground group) reaches the hub alone, which drains, instead of killing
+/// every program mid-message; and what the program started goes with it when it is killed
+/// ([`groups`]).
 fn command(config: &ExecConfig, consumer: &str) -> tokio::process::Command {
     let (program, args) = config
         .command
@@ -119,11 +124,44 @@ fn command(config: &ExecConfig, consumer: &str) -> tokio::process::Command {
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true);
     if let Some(cwd) = &config.cwd {
         cmd.current_dir(cwd);
     }
     cmd
+}
+
+/// Kills the process group of a program while the call that started it is unfinished (a
+/// timeout, or the hub stopping, drops the call): `kill_on_drop` alone ends the program but
+/// not what it started. Released once the program has been waited for (its id may be reused
+/// from then on, so it is no longer signalled).
+pub(crate) struct GroupGuard(groups::LiveGroup);
+
+impl GroupGuard {
+    /// Guards the group `pid` leads (none: nothing to do).
+    pub(crate) fn new(pid: Option<u32>) -> Self {
+        Self(groups::LiveGroup::new(pid))
+    }
+
+    /// The program ended and was waited for: nothing to kill.
+    pub(crate) fn release(&mut self) {
+        self.0.release();
+    }
+
+    /// The program started well: its group stays registered, and is no longer killed when
+    /// this guard goes.
+    pub(crate) fn keep(mut self) -> groups::LiveGroup {
+        std::mem::replace(&mut self.0, groups::LiveGroup::new(None))
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.pid() {
+            groups::signal_group(pid, rustix::process::Signal::KILL);
+        }
+    }
 }
 
 /// Calls `each` with every line of `stream` (bytes that are not UTF-8 shown as best they can

@@ -7,7 +7,8 @@
 //! - exit 0: ack; exit 75 (`EX_TEMPFAIL`): retry; any other exit, or death by a signal: reject,
 //!   with the exit code and the last line the program wrote to stderr as the reason;
 //! - stdout and stderr are logged line by line under the consumer's span;
-//! - the consumer's `timeout` kills the process (the message is then retried as any timeout is).
+//! - the consumer's `timeout` kills the process and what it started (its process group; the
+//!   message is then retried as any timeout is).
 
 use hub_core::{ConsumeError, Consumer, Context, Message, async_trait};
 use tokio::io::{AsyncRead, AsyncWriteExt};
@@ -55,6 +56,8 @@ impl Consumer for PerMessage {
             let program = self.config.command.first().map_or("", String::as_str);
             ConsumeError::transient(format!("cannot start {program:?}: {e}"))
         })?;
+        // A timeout drops this call: the program's whole group goes (a shell's children too).
+        let mut group = crate::GroupGuard::new(child.id());
         let mut stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
@@ -70,7 +73,14 @@ impl Consumer for PerMessage {
         };
         let out = log_lines(stdout, &id, "stdout");
         let err = log_lines(stderr, &id, "stderr");
-        let ((), _, last_stderr, status) = tokio::join!(input, out, err, child.wait());
+        // Released as soon as the program is waited for: a child of it may hold its pipes
+        // open after it (its group id is not the hub's to signal from then on).
+        let wait = async {
+            let status = child.wait().await;
+            group.release();
+            status
+        };
+        let ((), _, last_stderr, status) = tokio::join!(input, out, err, wait);
         let status =
             status.map_err(|e| ConsumeError::transient(format!("waiting for the program: {e}")))?;
         let said = last_stderr.map(|l| format!(": {l}")).unwrap_or_default();

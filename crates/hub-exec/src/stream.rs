@@ -10,7 +10,7 @@ use hub_core::{BoxError, ConsumeError, Consumer, Context, Map, Message, Value, a
 use hub_engine::metrics::{ExecSeries, exec_series};
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
@@ -90,6 +90,8 @@ struct Process {
     /// True once the program's stdout ended (it exited or was killed).
     ended: watch::Sender<bool>,
     child: Mutex<Option<Child>>,
+    /// Its process group, registered for [`crate::kill_all`] while it is not waited for.
+    group: Mutex<crate::groups::LiveGroup>,
 }
 
 impl Process {
@@ -107,6 +109,11 @@ impl Process {
             .unwrap_or_else(PoisonError::into_inner)
             .as_mut()
         {
+            // What it started goes too: its whole group, while the lock keeps the leader from
+            // being waited for (so the group id cannot be reused). `id` is `None` once it was.
+            if let Some(pid) = child.id() {
+                crate::groups::signal_group(pid, rustix::process::Signal::KILL);
+            }
             let _ = child.start_kill();
         }
     }
@@ -192,6 +199,8 @@ impl Stream {
             .spawn()
             .map_err(|e| format!("cannot start {program:?}: {e}"))?;
         let pid = child.id();
+        // A start that fails (no ready, a wrong protocol) takes the program's group with it.
+        let group = crate::GroupGuard::new(pid);
         let mut stdin = child.stdin.take().ok_or("the program has no stdin")?;
         let stdout = child.stdout.take().ok_or("the program has no stdout")?;
         if let Some(stderr) = child.stderr.take() {
@@ -243,6 +252,7 @@ impl Stream {
             pending: Mutex::new(HashMap::new()),
             ended: watch::channel(false).0,
             child: Mutex::new(Some(child)),
+            group: Mutex::new(group.keep()),
         });
         tokio::spawn(read_answers(
             Arc::clone(&process),
@@ -361,12 +371,10 @@ impl Consumer for Stream {
             if let Some(pid) = pid {
                 warn!(
                     consumer = cx.name(),
-                    pid, "The program did not exit when its stdin closed: SIGTERM."
+                    pid,
+                    "The program did not exit when its stdin closed: SIGTERM to its process group."
                 );
-                let _ = Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
-                    .status()
-                    .await;
+                crate::groups::signal_group(pid, rustix::process::Signal::TERM);
             }
             if tokio::time::timeout(EXIT_WAIT, ended.wait_for(|e| *e))
                 .await
@@ -384,11 +392,17 @@ impl Consumer for Stream {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(mut child) = child
-            && tokio::time::timeout(EXIT_WAIT, child.wait()).await.is_err()
-        {
-            // It closed its stdout but goes on: it is killed (and reaped by tokio).
-            let _ = child.start_kill();
+        if let Some(mut child) = child {
+            if tokio::time::timeout(EXIT_WAIT, child.wait()).await.is_err() {
+                // It closed its stdout but goes on: it is killed (and reaped by tokio).
+                let _ = child.start_kill();
+            } else {
+                process
+                    .group
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .release();
+            }
         }
     }
 }

@@ -13,7 +13,6 @@
 #![warn(missing_docs)]
 
 mod client;
-mod secret;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -32,8 +31,8 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 pub use client::{HttpClient, HttpClientConfig, USER_AGENT, client_builder};
+pub use hub_core::{Secret, SecretSource};
 pub use reqwest;
-pub use secret::{Secret, SecretSource};
 
 /// Header: the message's topic.
 pub const TOPIC_HEADER: &str = "x-hub-topic";

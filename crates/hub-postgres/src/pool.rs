@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use hub_core::{BoxError, ResourceConfig};
+use hub_core::{BoxError, ResourceConfig, SecretSource};
 use serde::Deserialize;
 use tokio_postgres::NoTls;
 use tokio_postgres::config::Host;
@@ -22,6 +22,7 @@ pub const DEFAULT_APPLICATION_NAME: &str = "hub";
 /// url = "host=127.0.0.1 user=postgres dbname=hub"   # or postgres://user@host/db
 /// max_size = 16
 /// connect_timeout = "10s"
+/// password = { env = "PGPASSWORD" }                  # optional; or "text", { file = "/path" }
 /// ```
 ///
 /// Its `Debug` and every error it gives leave the password out.
@@ -38,6 +39,10 @@ pub struct PgPoolConfig {
     /// wins for the TCP connect itself).
     #[serde(default = "default_connect_timeout", with = "hub_core::duration")]
     pub connect_timeout: Duration,
+    /// The password, kept out of the `url`: `"text"`, `{ env = "VAR" }` or
+    /// `{ file = "/path" }`; it replaces a password the `url` holds. Never logged.
+    #[serde(default)]
+    pub password: Option<SecretSource>,
 }
 
 fn default_max_size() -> usize {
@@ -56,7 +61,15 @@ impl PgPoolConfig {
             url: url.into(),
             max_size: default_max_size(),
             connect_timeout: default_connect_timeout(),
+            password: None,
         }
+    }
+
+    /// This configuration with its password from `password` (it replaces one in the `url`).
+    #[must_use]
+    pub fn password(mut self, password: SecretSource) -> Self {
+        self.password = Some(password);
+        self
     }
 
     /// This configuration with at most `max_size` connections.
@@ -77,7 +90,8 @@ impl PgPoolConfig {
     /// `connect_timeout` filled in).
     ///
     /// # Errors
-    /// A `url` that does not parse, or asks for TLS; the message never repeats the `url`.
+    /// A `url` that does not parse, or asks for TLS; a `password` that cannot be read. The
+    /// message never repeats the `url` or the password.
     pub fn pg_config(&self) -> Result<tokio_postgres::Config, BoxError> {
         let mut config: tokio_postgres::Config =
             self.url.parse().map_err(|e: tokio_postgres::Error| {
@@ -103,6 +117,10 @@ impl PgPoolConfig {
         }
         if config.get_hosts().is_empty() {
             return Err("url: no host given (host=... or postgres://HOST/...)".into());
+        }
+        if let Some(password) = &self.password {
+            let secret = password.resolve().map_err(|e| format!("password: {e}"))?;
+            config.password(secret.expose());
         }
         if config.get_application_name().is_none() {
             config.application_name(DEFAULT_APPLICATION_NAME);
@@ -157,6 +175,7 @@ impl fmt::Debug for PgPoolConfig {
             .field("url", &self.describe())
             .field("max_size", &self.max_size)
             .field("connect_timeout", &self.connect_timeout)
+            .field("password", &self.password)
             .finish()
     }
 }
@@ -198,6 +217,42 @@ impl ResourceConfig for PgPoolConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_from_a_file_or_the_environment_replaces_the_urls() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "fr0m-file\n").expect("written");
+        let config = PgPoolConfig::new("postgres://hub:in-url@db/hub")
+            .password(SecretSource::File(file.clone()));
+        let pg = config.pg_config().expect("parsed");
+        assert_eq!(pg.get_password(), Some(&b"fr0m-file"[..]));
+        assert!(!format!("{config:?}").contains("fr0m-file"));
+        // PATH is set wherever tests run: its value stands for a variable's.
+        let path = std::env::var("PATH").expect("PATH");
+        let pg = PgPoolConfig::new("host=db user=hub")
+            .password(SecretSource::Env("PATH".into()))
+            .pg_config()
+            .expect("parsed");
+        assert_eq!(pg.get_password(), Some(path.as_bytes()));
+        let unset = PgPoolConfig::new("host=db user=hub")
+            .password(SecretSource::Env("HUB_TEST_NO_SUCH_VARIABLE_7".into()))
+            .pg_config()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            unset.starts_with("password:") && unset.contains("HUB_TEST_NO_SUCH_VARIABLE_7"),
+            "{unset}"
+        );
+        let missing = PgPoolConfig::new("host=db user=hub")
+            .password(SecretSource::File(dir.path().join("none")))
+            .build("main")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(missing.contains("password: cannot read"), "{missing}");
+    }
 
     #[test]
     fn the_password_stays_out_of_debug_and_errors() {

@@ -728,10 +728,23 @@ async fn postgres_down_at_start_then_cut_mid_stream_loses_nothing_and_resumes_by
         let first = messages("down", 300);
         let (verdicts, ()) = tokio::join!(send_all(first.clone()), async {
             tokio::time::sleep(Duration::from_millis(1_500)).await;
-            let waiting = metric("hub_consumer_backlog_messages")
-                + metric("hub_consumer_retry_waiting_messages")
-                + metric("hub_consumer_in_flight_messages");
+            // The gauges are sampled once a second: a sample may catch a batch between two of
+            // them, so the sum is read until it settles (within a few samples).
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let waiting = loop {
+                let waiting = metric("hub_consumer_backlog_messages")
+                    + metric("hub_consumer_retry_waiting_messages")
+                    + metric("hub_consumer_in_flight_messages");
+                if waiting == 300.0 || std::time::Instant::now() > deadline {
+                    break waiting;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
             assert_eq!(waiting, 300.0, "every message waits, none lost or acked");
+            let ok = hub
+                .metric("hub_consumer_processed_messages_total{consumer=\"store\",outcome=\"ok\"}")
+                .unwrap_or(0.0);
+            assert_eq!(ok, 0.0, "nothing acknowledged while PostgreSQL is down");
             assert!(metric("hub_consumer_retries_total") > 0.0);
             let exists: bool = client
                 .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])

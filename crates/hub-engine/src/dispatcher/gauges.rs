@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::queue::Snapshot;
 use super::stats::Totals;
-use super::{Dispatcher, Slot, catch_up};
+use super::{BackendIndex, Dispatcher, Slot, catch_up};
 use crate::metrics::HistogramParts;
 
 /// A snapshot of one consumer's state.
@@ -125,6 +125,12 @@ impl Dispatcher {
             .filter_map(|s| Some((&*s.name, s.throttle.as_ref()?.waited().as_secs_f64())))
             .collect();
         crate::metrics::render_seconds_counter(out, &throttled);
+    }
+
+    /// Messages backend `backend` has delivered so far (`hub_backend_received_messages_total`,
+    /// exact).
+    pub fn backend_received(&self, backend: BackendIndex) -> u64 {
+        self.shared.backends[backend.0].received()
     }
 
     /// Every consumer's state now.

@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::pin::pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
@@ -29,16 +29,22 @@ pub(crate) struct Queued {
 /// The hub-wide ceiling on queued bytes (`[hub] max_queued_bytes`), shared by every queue:
 /// the sum of [`Message::byte_size`] over every queued copy (a message queued for two
 /// consumers counts twice, so the sum never understates the memory held).
+///
+/// `used` is signed: a batch adds its bytes once, after it released its queue's lock, so a
+/// worker may take (and subtract) a message before its bytes were added. An unsigned count
+/// wrapped round to about `usize::MAX` in that moment, and every queue holding a message
+/// counted as full: `drop_*` consumers dropped messages with nothing queued (found by the
+/// gateway's tap, `tests/gateway.rs`). A moment below zero now reads as zero.
 #[derive(Debug)]
 pub(crate) struct ByteBudget {
-    used: AtomicUsize,
+    used: AtomicIsize,
     limit: AtomicUsize,
 }
 
 impl ByteBudget {
     pub fn new(limit: usize) -> Self {
         Self {
-            used: AtomicUsize::new(0),
+            used: AtomicIsize::new(0),
             limit: AtomicUsize::new(limit),
         }
     }
@@ -49,7 +55,7 @@ impl ByteBudget {
 
     /// Bytes queued now, over every queue.
     pub fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
+        usize::try_from(self.used.load(Ordering::Relaxed)).unwrap_or(0)
     }
 
     fn fits(&self, more: usize) -> bool {
@@ -59,13 +65,15 @@ impl ByteBudget {
     /// Counts `n` more bytes queued.
     pub fn add(&self, n: usize) {
         if n > 0 {
-            self.used.fetch_add(n, Ordering::Relaxed);
+            self.used
+                .fetch_add(isize::try_from(n).unwrap_or(isize::MAX), Ordering::Relaxed);
         }
     }
 
     fn sub(&self, n: usize) {
         if n > 0 {
-            self.used.fetch_sub(n, Ordering::Relaxed);
+            self.used
+                .fetch_sub(isize::try_from(n).unwrap_or(isize::MAX), Ordering::Relaxed);
         }
     }
 }
@@ -804,5 +812,27 @@ impl Queue {
             std::mem::take(&mut st.items)
         };
         items.len()
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::ByteBudget;
+
+    /// A message's bytes subtracted (a worker took it) before its batch added them: the
+    /// budget reads zero for that moment, and every queue still fits, instead of wrapping
+    /// round to about `usize::MAX` and counting every non-empty queue as full.
+    #[test]
+    fn a_subtraction_before_its_addition_never_reads_as_full() {
+        let b = ByteBudget::new(1000);
+        b.sub(300);
+        assert_eq!(b.used(), 0);
+        assert!(b.fits(1000), "the whole limit is still there");
+        assert!(!b.fits(1001));
+        b.add(300);
+        assert_eq!(b.used(), 0);
+        b.add(400);
+        assert_eq!(b.used(), 400);
+        assert!(b.fits(600) && !b.fits(601));
     }
 }

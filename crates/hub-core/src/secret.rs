@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
-/// Where a secret value (a header value, the signing `secret`) comes from: `"text"`,
-/// `{ env = "VAR" }` or `{ file = "/path" }`. Read once, when the consumer is built (so
-/// `hub check` reports a missing variable or an unreadable file); a file's trailing newline is
-/// trimmed. Its `Debug` never shows an inline value.
+/// Where a secret value (a header value, a signing secret, a token, a password) comes from:
+/// `"text"`, `{ env = "VAR" }` or `{ file = "/path" }`. Read once, when the part holding it is
+/// built (so `hub check` reports a missing variable or an unreadable file); a file's trailing
+/// newline is trimmed. Its `Debug` never shows an inline value.
 #[derive(Clone, PartialEq, Eq)]
 pub enum SecretSource {
     /// The value itself, written in the configuration.
