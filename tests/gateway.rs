@@ -142,7 +142,7 @@ async def main():
         await send(reader, {{"op": "subscribe", "patterns": ["#"], "ref": "r"}})
         await recv(reader)
         # The ack and the message itself may come in either order.
-        await send(app, {{"op": "publish", "topic": "org.gw.a.one", "body": {{"n": 1}}, "headers": {{"h": "v"}}, "ref": 2}})
+        await send(app, {{"op": "publish", "topic": "org.gw.a.one", "body": {{"n": 1}}, "headers": {{"h": "v", "x-hub-attempts": 7}}, "ref": 2}})
         first = [await recv(app), await recv(app)]
         out["ack1"] = next(f for f in first if f["type"] == "ack")
         out["app_got"] = [f for f in first if f["type"] != "ack"]
@@ -181,6 +181,8 @@ asyncio.run(main())
     assert_eq!(app[0]["topic"], "org.gw.a.one");
     assert_eq!(app[0]["body"], serde_json::json!({"n": 1}));
     assert_eq!(app[0]["headers"]["h"], "v");
+    // The hub's count of attempts is its own: a client cannot set it.
+    assert!(app[0]["headers"].get("x-hub-attempts").is_none(), "{app}");
     assert!(
         app[1].is_null(),
         "org.gw.b.two is outside org.gw.a.*: {app}"

@@ -35,6 +35,7 @@ fn main() {
         let msg = hub_amqp::wire::decode_shared(
             m.topic(),
             false,
+            false,
             std::sync::Arc::clone(black_box(&props)),
             &body,
         )

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use hub_engine::log_throttle::LogThrottle;
 
-use crate::settle::{AmqpAcker, Cmd, Original, Tag};
+use crate::settle::{AmqpAcker, ChannelWitness, Cmd, Original, Tag};
 use crate::stream::{self, Progress};
 use crate::topology::QueueSpec;
 use crate::watchdog::{Ask, Flow};
@@ -53,6 +53,8 @@ pub(crate) struct Subscriber {
     /// The channel's generation and the last delivery tag seen (see [`Tag`]).
     pub generation: u32,
     pub last_tag: u64,
+    /// The current generation's channel, for [`AmqpAcker::channel`] (not for a stream).
+    pub witness: Option<(u32, Arc<ChannelWitness>)>,
     /// Reading a stream: its progress, the patterns to match in the hub (the record stream
     /// holds every topic), and where to start without a stored offset.
     pub stream: Option<StreamRead>,
@@ -135,10 +137,11 @@ impl Subscriber {
                         // lapin recovers connections, not a channel the broker closed (RabbitMQ's
                         // consumer_timeout: a delivery unacknowledged too long). Its unacked
                         // deliveries go back to the queue; a new channel takes them up again.
-                        // What this channel had handed over is settled through its own ackers,
-                        // which send nothing now. When the connection is gone too, the tries
-                        // fail and the backend stops with the reason.
-                        warn!(backend = %self.backend, consumer = %self.sub.consumer, queue = %self.spec.queue, error = %e, "The broker closed the consumer's channel; subscribing again on a new one (what it had not acknowledged is redelivered). A delivery unacknowledged past RabbitMQ's consumer_timeout does this: keep the consumer's timeout below it.");
+                        // What this channel had handed over is withdrawn: copies still queued
+                        // in the hub are dropped (`AmqpAcker::withdrawn`), those in hand settle
+                        // through their own ackers, which send nothing now. When the connection
+                        // is gone too, the tries fail and the backend stops with the reason.
+                        warn!(backend = %self.backend, consumer = %self.sub.consumer, queue = %self.spec.queue, error = %e, "The broker closed the consumer's channel; subscribing again on a new one (what it had not acknowledged is redelivered, and copies still queued in the hub are dropped). A delivery unacknowledged past RabbitMQ's consumer_timeout does this: keep the consumer's timeout below it.");
                         if !self
                             .resubscribe(&mut consumer, Some(ResubscribeReason::ChannelClosed))
                             .await
@@ -176,14 +179,15 @@ impl Subscriber {
         }
     }
 
-    /// After lapin recovered the connection: a stream consumer with finished work subscribes
-    /// again from after it (lapin's recovery consumes again from where it first started: a
-    /// `next` start would skip the outage), once its channel is back. False at shutdown.
+    /// After lapin recovered the connection: a stream consumer that read anything subscribes
+    /// again from after what it finished, or from the first offset it read (lapin's recovery
+    /// consumes again from where it first started: a `next` start would skip the outage), once
+    /// its channel is back. False at shutdown.
     async fn after_recovery(&mut self, consumer: &mut lapin::Consumer) -> Result<bool, String> {
         if self
             .stream
             .as_ref()
-            .is_none_or(|s| s.progress.done().is_none())
+            .is_none_or(|s| s.progress.resume_at().is_none())
         {
             return Ok(true);
         }
@@ -214,7 +218,12 @@ impl Subscriber {
     /// Registers the delivery with the settle task, then hands it to the hub (or dead-letters it
     /// when malformed; with `drop_it`, or when a stream consumer does not want it, settles it at
     /// once). False once the hub takes no more.
-    async fn hand_over(&self, delivery: lapin::message::Delivery, tag: Tag, drop_it: bool) -> bool {
+    async fn hand_over(
+        &mut self,
+        delivery: lapin::message::Delivery,
+        tag: Tag,
+        drop_it: bool,
+    ) -> bool {
         let lapin::message::Delivery {
             delivery_tag,
             exchange,
@@ -226,14 +235,31 @@ impl Subscriber {
             ..
         } = delivery;
         debug_assert_eq!(tag.tag, delivery_tag);
+        let channel = if self.stream.is_some() {
+            None
+        } else {
+            match &self.witness {
+                Some((generation, w)) if *generation == tag.generation => Some(Arc::clone(w)),
+                _ => {
+                    let w = ChannelWitness::new(&acker);
+                    self.witness = Some((tag.generation, Arc::clone(&w)));
+                    Some(w)
+                }
+            }
+        };
         // A dropped one is read again: its offset must not count as finished.
         let offset = self
             .stream
             .as_ref()
             .filter(|_| !drop_it)
             .and_then(|_| stream::delivery_offset(&properties));
+        if let (Some(s), Some(o)) = (&self.stream, offset) {
+            s.progress.read(o);
+        }
         let _ = self.settle.send(Cmd::Register(tag, acker, offset));
         let topic = wire::topic(exchange.as_str(), routing_key.as_str(), &properties).to_owned();
+        // The attempts count is believed only on the hub's own retry copies.
+        let retry_copy = exchange.as_str().is_empty();
         let properties = Arc::new(properties);
         // Read before (a recovered subscription starts again where it first did), or a topic
         // this stream consumer does not want (the record stream holds them all): done at once.
@@ -260,34 +286,42 @@ impl Subscriber {
                 ),
             })
         } else {
-            wire::decode_shared(&topic, redelivered, Arc::clone(&properties), &data)
-                .inspect_err(|_| self.metrics.invalid())
-                .and_then(|msg| {
-                    // The headers count too (they arrive whole in one frame, so lapin's
-                    // negotiated `frame_max` is what bounds their reading).
-                    let whole = msg.byte_size();
-                    if whole <= self.max_message_bytes {
-                        return Ok(msg);
-                    }
-                    self.metrics.oversized();
-                    Err(wire::Malformed {
-                        id: Some(msg.id().to_owned()),
-                        reason: format!(
-                            "message of {whole} bytes with its headers is over max_message_bytes ({})",
-                            self.max_message_bytes
-                        ),
-                    })
+            wire::decode_shared(
+                &topic,
+                redelivered,
+                retry_copy,
+                Arc::clone(&properties),
+                &data,
+            )
+            .inspect_err(|_| self.metrics.invalid())
+            .and_then(|msg| {
+                // The headers count too (they arrive whole in one frame, so lapin's
+                // negotiated `frame_max` is what bounds their reading).
+                let whole = msg.byte_size();
+                if whole <= self.max_message_bytes {
+                    return Ok(msg);
+                }
+                self.metrics.oversized();
+                Err(wire::Malformed {
+                    id: Some(msg.id().to_owned()),
+                    reason: format!(
+                        "message of {whole} bytes with its headers is over max_message_bytes ({})",
+                        self.max_message_bytes
+                    ),
                 })
+            })
         };
         let original = Arc::new(Original {
             topic,
             properties,
             body: data,
+            retry_copy,
         });
         let acker = AmqpAcker {
             tag,
             original,
             tx: self.settle.clone(),
+            channel,
         };
         if skip {
             acker.settle(Verdict::Ack);

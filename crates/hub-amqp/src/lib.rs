@@ -568,6 +568,7 @@ impl AmqpBackend {
             subscriptions: 1,
             generation: 0,
             last_tag: 0,
+            witness: None,
             stream,
         };
         tasks.spawn(subscriber.run(consumer));

@@ -46,6 +46,9 @@ pub(crate) struct Original {
     /// Shared with the message's headers (read from them on first use).
     pub properties: Arc<BasicProperties>,
     pub body: Vec<u8>,
+    /// It came through the default exchange: the hub's own retry copy, whose `x-hub-attempts`
+    /// is the hub's count ([`wire::attempt`]).
+    pub retry_copy: bool,
 }
 
 /// A delivery tag within one incarnation of the channel: after lapin recovers a connection,
@@ -73,11 +76,33 @@ pub(crate) enum Cmd {
     Hold(Channel),
 }
 
+/// Tells whether the channel incarnation a delivery came on is gone: lapin poisons every acker
+/// of a channel when the broker closes it or its connection is lost, and RabbitMQ then puts
+/// what it had not acknowledged back in the queue. One per generation (a clone of its first
+/// delivery's acker, never used to acknowledge), shared by the ackers of its deliveries.
+#[derive(Debug)]
+pub(crate) struct ChannelWitness(lapin::Acker);
+
+impl ChannelWitness {
+    pub fn new(acker: &lapin::Acker) -> Arc<Self> {
+        Arc::new(Self(acker.clone()))
+    }
+
+    /// The channel closed (or was recovered since): its deliveries come again.
+    fn gone(&self) -> bool {
+        self.0.poisoned()
+    }
+}
+
 /// The [`Acker`] handed to the dispatcher with each delivery.
 pub(crate) struct AmqpAcker {
     pub tag: Tag,
     pub original: Arc<Original>,
     pub tx: mpsc::UnboundedSender<Cmd>,
+    /// The delivery's channel, for [`Acker::withdrawn`]; `None` for a stream consumer (what
+    /// its new subscription reads depends on its stored offset, not on the broker's requeue:
+    /// a copy already in the hub is handled).
+    pub channel: Option<Arc<ChannelWitness>>,
 }
 
 impl Acker for AmqpAcker {
@@ -89,6 +114,12 @@ impl Acker for AmqpAcker {
             Arc::clone(&self.original),
             self.tx.clone(),
         ));
+    }
+
+    /// Its channel closed: RabbitMQ requeued it and delivers it again (on the consumer's new
+    /// channel); a copy still queued in the hub is dropped, not handled twice.
+    fn withdrawn(&self) -> bool {
+        self.channel.as_ref().is_some_and(|c| c.gone())
     }
 }
 
@@ -351,7 +382,7 @@ struct Republish {
 impl Republish {
     async fn run(self, verdict: Verdict) {
         let p = &self.policy;
-        let n = wire::attempt(&self.original.properties);
+        let n = wire::attempt(&self.original.properties, self.original.retry_copy);
         let (retry, reason, asked) = match verdict {
             Verdict::Retry { reason, delay } => (n < p.retry.max_attempts, reason, delay),
             Verdict::Reject { reason } => (false, reason, None),

@@ -43,10 +43,13 @@ pub(crate) fn delivery_offset(p: &BasicProperties) -> Option<u64> {
     }
 }
 
-/// A stream consumer's progress: the offset below which (inclusive) everything is finished.
+/// A stream consumer's progress: the offset below which (inclusive) everything is finished, and
+/// the first offset read in this run.
 #[derive(Debug)]
 pub(crate) struct Progress {
     done: AtomicU64,
+    /// The lowest offset read since the hub started (`NONE` before the first).
+    first: AtomicU64,
     tx: watch::Sender<u64>,
 }
 
@@ -56,6 +59,7 @@ impl Progress {
         let (tx, rx) = watch::channel(stored.unwrap_or(NONE));
         let p = Arc::new(Self {
             done: AtomicU64::new(stored.unwrap_or(NONE)),
+            first: AtomicU64::new(NONE),
             tx,
         });
         (p, rx)
@@ -75,10 +79,24 @@ impl Progress {
         Some(self.done.load(Ordering::Relaxed)).filter(|&o| o != NONE)
     }
 
-    /// Where to (re)start reading: after what is finished, else at `configured`.
+    /// A delivery at `offset` was read.
+    pub(crate) fn read(&self, offset: u64) {
+        self.first.fetch_min(offset, Ordering::Relaxed);
+    }
+
+    /// Where reading starts again after a reconnect or a new subscription: after what is
+    /// finished; with nothing finished yet, at the first offset read (a `next`, `last` or time
+    /// start taken again would skip what came meanwhile); `None` when nothing was read either.
+    pub(crate) fn resume_at(&self) -> Option<u64> {
+        self.done()
+            .map(|o| o.saturating_add(1))
+            .or_else(|| Some(self.first.load(Ordering::Relaxed)).filter(|&o| o != NONE))
+    }
+
+    /// Where to (re)start reading: [`Progress::resume_at`], else at `configured`.
     pub(crate) fn start(&self, configured: StreamOffset) -> AMQPValue {
-        match self.done() {
-            Some(o) => AMQPValue::LongLongInt(i64::try_from(o + 1).unwrap_or(i64::MAX)),
+        match self.resume_at() {
+            Some(o) => AMQPValue::LongLongInt(i64::try_from(o).unwrap_or(i64::MAX)),
             None => match configured {
                 StreamOffset::First => long_string("first"),
                 StreamOffset::Last => long_string("last"),

@@ -48,14 +48,22 @@ fn int(v: &AMQPValue) -> Option<i64> {
 /// Which attempt at the message a delivery is: the hub's own count of its retries
 /// ([`ATTEMPTS`], 1 when absent or 0) plus the broker's count of its redeliveries
 /// ([`DELIVERY_COUNT`], quorum queues), so a message that crashed the process counts too.
-pub fn attempt(p: &BasicProperties) -> u32 {
+/// The hub's count is read only from its own retry copies (`retry_copy`: the delivery came
+/// through the default exchange, where the copies go, to the consumer's queue by name): a
+/// publisher's `x-hub-attempts` (a message another hub's consumer passed on as it was) would
+/// have it dead-lettered at its first failure.
+pub fn attempt(p: &BasicProperties, retry_copy: bool) -> u32 {
     let header = |name: &str| {
         p.headers()
             .as_ref()
             .and_then(|h| h.inner().get(name))
             .and_then(int)
     };
-    let hub = header(ATTEMPTS).map_or(1, |n| n.max(1));
+    let hub = if retry_copy {
+        header(ATTEMPTS).map_or(1, |n| n.max(1))
+    } else {
+        1
+    };
     let broker = header(DELIVERY_COUNT).map_or(0, |n| n.max(0));
     u32::try_from(hub.saturating_add(broker)).unwrap_or(u32::MAX)
 }
@@ -164,7 +172,7 @@ pub fn decode_delivery(
     properties: &BasicProperties,
     body: &[u8],
 ) -> Result<Message, Malformed> {
-    decode_shared(topic, redelivered, Arc::new(properties.clone()), body)
+    decode_shared(topic, redelivered, true, Arc::new(properties.clone()), body)
 }
 
 /// An inbound AMQP message as a [`Message`].
@@ -176,18 +184,21 @@ pub fn decode(
     properties: &BasicProperties,
     body: &[u8],
 ) -> Result<Message, Malformed> {
-    decode_shared(routing_key, false, Arc::new(properties.clone()), body)
+    decode_shared(routing_key, false, true, Arc::new(properties.clone()), body)
 }
 
 /// [`decode_delivery`] on properties the caller shares (the receive loop keeps them for a
 /// retry's copy): the message's headers are read from them only when a consumer asks (a
-/// consumer that never reads headers costs no map; see [`AmqpHeaders`]).
+/// consumer that never reads headers costs no map; see [`AmqpHeaders`]). `retry_copy`: the
+/// delivery came through the default exchange, so its [`ATTEMPTS`] is the hub's own count
+/// (see [`attempt`]); otherwise the header is left out.
 ///
 /// # Errors
 /// [`Malformed`] when the body is not JSON.
 pub fn decode_shared(
     routing_key: &str,
     redelivered: bool,
+    retry_copy: bool,
     properties: Arc<BasicProperties>,
     body: &[u8],
 ) -> Result<Message, Malformed> {
@@ -222,30 +233,36 @@ pub fn decode_shared(
     let b = b.header_source(Box::new(AmqpHeaders {
         properties,
         redelivered,
+        retry_copy,
     }));
     Ok(b.build())
 }
 
 /// A delivery's headers, kept as AMQP sent them and made into JSON on first read: the AMQP
-/// headers, plus [`REDELIVERED`] when the broker redelivered it, [`ATTEMPTS`] with the broker's
-/// count on a quorum queue's redelivery, and the `correlation_id` property as
+/// headers (less a publisher's [`ATTEMPTS`] when it is not the hub's retry copy), plus
+/// [`REDELIVERED`] when the broker redelivered it, [`ATTEMPTS`] with the broker's count on a
+/// quorum queue's redelivery, and the `correlation_id` property as
 /// [`correlation::CORRELATION_ID`] when the headers have none.
 #[derive(Debug)]
 pub struct AmqpHeaders {
     properties: Arc<BasicProperties>,
     redelivered: bool,
+    retry_copy: bool,
 }
 
 impl HeaderSource for AmqpHeaders {
     fn headers(&self) -> Headers {
         let p = &self.properties;
         let mut headers = p.headers().as_ref().map(table_to_json).unwrap_or_default();
+        if !self.retry_copy {
+            headers.remove(ATTEMPTS);
+        }
         if self.redelivered {
             headers.insert(REDELIVERED.into(), Value::Bool(true));
         }
         // A quorum queue's redelivery: the consumer sees the broker's count in its attempt.
         if headers.contains_key(DELIVERY_COUNT) {
-            headers.insert(ATTEMPTS.into(), Value::from(attempt(p)));
+            headers.insert(ATTEMPTS.into(), Value::from(attempt(p, self.retry_copy)));
         }
         // A publisher that sets only the AMQP property: read it where the hub looks for it.
         if let Some(c) = p.correlation_id() {

@@ -805,9 +805,20 @@ async fn requeue_moves_only_the_selected_dead_letters() {
 
 /// A stream consumer started at `next` whose connection is cut and recovered while messages
 /// keep arriving: it reads what was published during the outage (lapin's recovery alone would
-/// start again at the stream's new end), and everything exactly once or at most again.
+/// start again at the stream's new end), and everything exactly once or at most again. Also
+/// when the outage comes before it finished anything (`held`: its first message still in hand),
+/// where it used to take the configured `next` again and skip the outage's messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_consumer_reads_what_came_during_an_outage() {
+    stream_outage(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_consumer_reads_what_came_during_an_outage_before_it_finished_anything() {
+    stream_outage(true).await;
+}
+
+async fn stream_outage(held: bool) {
     let u = uid();
     let hub = format!("hub{u}");
     let topic = format!("s{u}.x");
@@ -822,7 +833,11 @@ async fn a_stream_consumer_reads_what_came_during_an_outage() {
         "record_stream": record,
     }))
     .unwrap();
-    let probe = Arc::new(Probe::default());
+    let gate = Arc::new(tokio::sync::Semaphore::new(if held { 0 } else { 1000 }));
+    let probe = Arc::new(Probe {
+        gate: Some(Arc::clone(&gate)),
+        ..Probe::default()
+    });
     let options = ConsumerOptions {
         durable: true,
         retry: Some(hub_core::RetryPolicy {
@@ -870,12 +885,25 @@ async fn a_stream_consumer_reads_what_came_during_an_outage() {
             .len()
     };
     send(0..50).await;
-    eventually("the first 50", || distinct() == 50).await;
+    if held {
+        eventually("the first one in hand", || {
+            probe.calls.load(std::sync::atomic::Ordering::SeqCst) == 1
+        })
+        .await;
+    } else {
+        eventually("the first 50", || distinct() == 50).await;
+    }
     proxy.cut().await;
     sleep(Duration::from_millis(300)).await;
     // Published straight to the broker while the hub is cut off: recorded in the stream.
     send(50..100).await;
     proxy.up().await;
+    if held {
+        // Its subscription taken up again while the first message is still in hand.
+        eventually("connected again", || running.readiness().ready).await;
+        sleep(Duration::from_millis(1000)).await;
+    }
+    gate.add_permits(1000);
     eventually("the 50 from the outage", || distinct() == 100).await;
     send(100..120).await;
     eventually("and what follows", || distinct() == 120).await;

@@ -222,6 +222,15 @@ impl Verdict {
 pub trait Acker: Send + Sync + 'static {
     /// Applies the dispatcher's verdict.
     fn settle(&self, verdict: Verdict);
+
+    /// True once the backend can no longer settle this delivery and its source delivers it
+    /// again on its own (AMQP: the channel it came on closed, so RabbitMQ put it back in the
+    /// queue). A copy not yet started is then dropped instead of being handled twice (counted
+    /// as dropped with reason `withdrawn`). Checked before each copy starts: keep it cheap.
+    /// The default: never.
+    fn withdrawn(&self) -> bool {
+        false
+    }
 }
 
 impl<F: Fn(Verdict) + Send + Sync + 'static> Acker for F {

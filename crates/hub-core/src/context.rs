@@ -209,12 +209,15 @@ impl Publisher {
         }
     }
 
-    /// Publishes one message as it is; counts it in `hub_backend_published_messages_total` once
-    /// accepted, or in `hub_backend_publish_failures_total`.
+    /// Publishes one message as it is, less the hub's count of attempts
+    /// ([`Message::without_attempts`]: the next hub to receive it counts its own); counts it in
+    /// `hub_backend_published_messages_total` once accepted, or in
+    /// `hub_backend_publish_failures_total`.
     ///
     /// # Errors
     /// [`PublishError`] when the backend did not take or confirm it.
     pub async fn publish(&self, msg: Message) -> Result<(), PublishError> {
+        let msg = msg.without_attempts();
         let res = self.backend.publish(&msg).await;
         match &res {
             Ok(()) => self.published.increment(1),
@@ -428,6 +431,51 @@ mod tests {
     use super::*;
 
     struct Pool(u32);
+
+    /// Keeps what is published through it.
+    #[derive(Default)]
+    struct Captured(std::sync::Mutex<Vec<Message>>);
+
+    #[async_trait::async_trait]
+    impl Backend for Captured {
+        async fn run(&self, _cx: crate::BackendContext) -> Result<(), crate::BackendError> {
+            Ok(())
+        }
+
+        async fn publish(&self, msg: &Message) -> Result<(), PublishError> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(msg.clone());
+            Ok(())
+        }
+    }
+
+    /// A consumer that passes on the message it handles (on its third attempt) publishes it
+    /// without the hub's count: the next hub would otherwise dead-letter it at its first failure.
+    #[tokio::test]
+    async fn what_the_hub_publishes_leaves_its_count_of_attempts_behind() {
+        use crate::message::ATTEMPTS_HEADER;
+        let backend = Arc::new(Captured::default());
+        let publisher = Publisher::new(
+            Arc::clone(&backend) as Arc<dyn Backend>,
+            Counter::noop(),
+            Counter::noop(),
+        );
+        let handled = Message::builder("org.a", serde_json::json!({"n": 1}))
+            .id("m-1")
+            .header(ATTEMPTS_HEADER, 3)
+            .header("kept", "yes")
+            .build();
+        assert_eq!(handled.attempt(), 3);
+        publisher.publish(handled.clone()).await.unwrap();
+        let out = backend.0.lock().unwrap().clone();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].header(ATTEMPTS_HEADER), None);
+        assert_eq!(out[0].attempt(), 1);
+        assert_eq!(out[0].header("kept"), Some(&serde_json::json!("yes")));
+        assert_eq!((out[0].id(), out[0].body()), (handled.id(), handled.body()));
+    }
 
     #[test]
     fn a_resource_is_found_by_its_type_even_registered_in_an_arc() {

@@ -468,6 +468,20 @@ impl Message {
         self.with_header_map(headers)
     }
 
+    /// This message without the hub's bookkeeping ([`ATTEMPTS_HEADER`]): the same message when
+    /// it has none. What the hub publishes, and what enters it from a publisher, starts its
+    /// own count of attempts: a count from elsewhere (a message a consumer passes on, a client
+    /// that sets it) would have it dead-lettered at its first failure.
+    #[must_use]
+    pub fn without_attempts(self) -> Self {
+        if self.header(ATTEMPTS_HEADER).is_none() {
+            return self;
+        }
+        let mut headers = self.headers().clone();
+        headers.remove(ATTEMPTS_HEADER);
+        self.with_header_map(headers)
+    }
+
     fn with_header_map(&self, headers: Headers) -> Self {
         let inner = &*self.0;
         Message(Arc::new(Inner {

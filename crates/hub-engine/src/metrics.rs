@@ -17,7 +17,7 @@
 //! | `hub_consumer_catch_up_seconds` | gauge | `consumer` | backlog × recent mean service time / concurrency; 0 when empty; `+Inf` while there is a backlog and nothing completes for max(3 × the mean service time, 1 s) |
 //! | `hub_consumer_received_messages_total` | counter | `consumer` | messages routed to the consumer |
 //! | `hub_consumer_processed_messages_total` | counter | `consumer`, `outcome` = `ok`\|`transient`\|`invalid`\|`timeout`\|`panic` | finished messages |
-//! | `hub_consumer_dropped_messages_total` | counter | `consumer`, `reason` = `queue_full`\|`shutdown` | dropped by `when_full`; or cut off when the shutdown grace expired (queued or in flight; given back to the backend unprocessed) |
+//! | `hub_consumer_dropped_messages_total` | counter | `consumer`, `reason` = `queue_full`\|`shutdown`\|`withdrawn` | dropped by `when_full`; or cut off when the shutdown grace expired (queued or in flight; given back to the backend unprocessed); or withdrawn: queued when the backend took the delivery back (an AMQP channel closed, so RabbitMQ redelivers it), dropped instead of handled twice |
 //! | `hub_consumer_processing_duration_seconds` | histogram | `consumer` | time in `consume` |
 //! | `hub_consumer_queue_wait_seconds` | histogram | `consumer` | time from enqueue to start |
 //! | `hub_backend_received_messages_total` | counter | `backend` | messages the backend delivered |
@@ -207,7 +207,7 @@ const HELP: &[(&str, Kind, &str)] = &[
     (
         CONSUMER_DROPPED,
         Kind::Counter,
-        "Messages dropped: the consumer's queue was full, or shutdown cut them off.",
+        "Messages dropped: the consumer's queue was full, shutdown cut them off, or the backend took them back before they started (an AMQP channel closed: the broker redelivers them).",
     ),
     (
         CONSUMER_RETRIES,
@@ -437,6 +437,7 @@ pub(crate) struct ConsumerMetrics {
     pub panic: Counter,
     pub dropped: Counter,
     pub dropped_shutdown: Counter,
+    pub dropped_withdrawn: Counter,
     pub retries: Counter,
     pub retry_waiting: Gauge,
     pub paused: Gauge,
@@ -503,6 +504,7 @@ impl ConsumerMetrics {
                 panic: processed("panic"),
                 dropped: counter!(CONSUMER_DROPPED, "consumer" => consumer.to_owned(), "reason" => "queue_full"),
                 dropped_shutdown: counter!(CONSUMER_DROPPED, "consumer" => consumer.to_owned(), "reason" => "shutdown"),
+                dropped_withdrawn: counter!(CONSUMER_DROPPED, "consumer" => consumer.to_owned(), "reason" => "withdrawn"),
                 retries: counter!(CONSUMER_RETRIES, "consumer" => consumer.to_owned()),
                 retry_waiting: gauge!(CONSUMER_RETRY_WAITING, "consumer" => consumer.to_owned()),
                 paused: gauge!(CONSUMER_PAUSED, "consumer" => consumer.to_owned()),
@@ -530,6 +532,7 @@ impl ConsumerMetrics {
             &m.panic,
             &m.dropped,
             &m.dropped_shutdown,
+            &m.dropped_withdrawn,
             &m.retries,
             &m.dead_letter_failures,
         ] {

@@ -278,11 +278,13 @@ async fn publish(
     let now = hub_core::Timestamp::now();
     let year = now.to_string();
     let year = year.split('-').next().unwrap_or_default();
+    // The hub's count of attempts is its own: a client's starts at 1.
     let msg = Message::builder(topic, body)
         .headers(headers)
         .timestamp(now)
         .id(format!("{year}-{}", uuid::Uuid::new_v4()))
-        .build();
+        .build()
+        .without_attempts();
     let id = msg.id().to_owned();
     match gw.publish(msg).await {
         Ok(()) => {

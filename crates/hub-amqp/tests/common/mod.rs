@@ -40,6 +40,8 @@ pub struct Probe {
     pub seen: Mutex<Vec<Message>>,
     pub fail: bool,
     pub calls: AtomicU64,
+    /// When set, each message waits for a permit (never given back) before it is seen.
+    pub gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 pub struct P(pub Arc<Probe>);
@@ -48,6 +50,9 @@ pub struct P(pub Arc<Probe>);
 impl Consumer for P {
     async fn consume(&self, _cx: &Context, msg: &Message) -> Result<(), ConsumeError> {
         self.0.calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(gate) = &self.0.gate {
+            gate.acquire().await.expect("gate open").forget();
+        }
         if self.0.fail {
             return Err(ConsumeError::transient("downstream is down"));
         }

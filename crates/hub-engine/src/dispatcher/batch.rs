@@ -103,6 +103,20 @@ async fn process(
     items: Vec<Queued>,
 ) -> Vec<(Queued, Duration)> {
     let slot = &shared.slots[index];
+    let items: Vec<Queued> = items
+        .into_iter()
+        .filter_map(|q| {
+            if q.settle.withdrawn() {
+                super::worker::withdraw(slot, q);
+                None
+            } else {
+                Some(q)
+            }
+        })
+        .collect();
+    if items.is_empty() {
+        return Vec::new();
+    }
     let started = shared.now_ns();
     stats.start(started);
     let n = items.len();

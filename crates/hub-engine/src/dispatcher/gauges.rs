@@ -39,28 +39,35 @@ pub(super) struct Counts {
     pub in_flight: u64,
     /// Cut off by shutdown: cleared from the queue unstarted, or stopped in flight.
     pub shutdown_dropped: u64,
+    /// Dropped unstarted: the backend took the delivery back and delivers it again.
+    pub withdrawn: u64,
 }
 
 impl Slot {
     /// The queue's counts and the workers' totals, read under the queue's lock: no message
     /// is queued or taken meanwhile, and each worker has at most one message in hand, so
     /// `in_flight` is between 0 and the concurrency and
-    /// `received + retried = processed + dropped + shutdown_dropped + backlog + in_flight +
-    /// retry_waiting` holds exactly (each attempt is processed once; a retry is taken again).
+    /// `received + retried = processed + dropped + shutdown_dropped + withdrawn + backlog +
+    /// in_flight + retry_waiting` holds exactly (each attempt is processed once; a retry is
+    /// taken again).
     pub(super) fn counts(&self) -> Counts {
-        let (queue, (totals, cut_off)) = self.queue.snapshot_with(|| {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (queue, (totals, cut_off, withdrawn)) = self.queue.snapshot_with(|| {
             let totals = Totals::of(&self.workers);
             (
                 totals,
-                self.cut_off.load(std::sync::atomic::Ordering::Relaxed),
+                self.cut_off.load(Relaxed),
+                self.withdrawn.load(Relaxed),
             )
         });
         Counts {
             in_flight: queue
                 .taken
                 .saturating_sub(totals.completed())
-                .saturating_sub(cut_off),
+                .saturating_sub(cut_off)
+                .saturating_sub(withdrawn),
             shutdown_dropped: queue.cleared + cut_off,
+            withdrawn,
             queue,
             totals,
         }
@@ -90,6 +97,7 @@ impl Dispatcher {
                 (&m.panic, panic),
                 (&m.dropped, counts.queue.dropped),
                 (&m.dropped_shutdown, counts.shutdown_dropped),
+                (&m.dropped_withdrawn, counts.withdrawn),
                 (&m.retries, counts.queue.retried),
             ] {
                 counter.absolute(count);

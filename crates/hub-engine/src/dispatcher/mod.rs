@@ -210,6 +210,7 @@ impl DispatcherBuilder {
             consumer,
             cx,
             cut_off: AtomicU64::new(0),
+            withdrawn: AtomicU64::new(0),
         });
         SubscriptionId::new(self.slots.len() - 1)
     }
@@ -260,6 +261,9 @@ pub(crate) struct Slot {
     workers: Box<[WorkerStats]>,
     /// Messages in flight when the shutdown grace expired and their worker was stopped.
     cut_off: AtomicU64,
+    /// Copies dropped unstarted because their backend took the delivery back
+    /// ([`hub_core::Acker::withdrawn`]).
+    withdrawn: AtomicU64,
     /// The rate limit, if any (also the context's pacer), with the time waited for it.
     throttle: Option<Arc<Throttle>>,
     /// The last failure, for the status page.

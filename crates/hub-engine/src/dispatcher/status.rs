@@ -159,7 +159,7 @@ pub struct Outcomes {
     pub timeout: u64,
     /// Panicked.
     pub panic: u64,
-    /// Dropped by `when_full` or cut off at shutdown.
+    /// Dropped by `when_full`, cut off at shutdown, or withdrawn by the backend unstarted.
     pub dropped: u64,
     /// Set aside for another attempt by the hub.
     pub retried: u64,
@@ -326,7 +326,7 @@ impl Dispatcher {
             invalid,
             timeout,
             panic,
-            dropped: counts.queue.dropped + counts.shutdown_dropped,
+            dropped: counts.queue.dropped + counts.shutdown_dropped + counts.withdrawn,
             retried: counts.queue.retried,
             dead_lettered: slot
                 .dead_lettered

@@ -14,6 +14,7 @@ mod catch_up_scenarios;
 mod failures;
 mod races;
 mod status;
+mod withdrawn;
 use std::time::Duration;
 
 use crate::MemoryBackend;

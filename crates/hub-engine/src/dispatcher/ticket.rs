@@ -69,6 +69,13 @@ impl Settle {
         Self(Some(Arc::clone(ticket)))
     }
 
+    /// The backend took the delivery back ([`Acker::withdrawn`]): its source delivers it
+    /// again, so a copy not yet started is dropped.
+    #[inline]
+    pub fn withdrawn(&self) -> bool {
+        self.0.as_ref().is_some_and(|t| t.acker.withdrawn())
+    }
+
     /// This consumer's verdict (the delivery settles once every consumer gave one).
     #[inline]
     pub fn finish(mut self, verdict: Verdict) {

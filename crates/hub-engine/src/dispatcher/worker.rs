@@ -91,6 +91,12 @@ async fn run_loop(shared: &Arc<Shared>, index: usize, worker: usize) {
                 },
             }
         };
+        if item.settle.withdrawn() {
+            withdraw(slot, item);
+            last_end = None;
+            coop::consume_budget().await;
+            continue;
+        }
         // Taken without waiting: this message starts where the previous one ended (saves a
         // clock read per message under load).
         let started = match last_end {
@@ -121,6 +127,18 @@ async fn run_loop(shared: &Arc<Shared>, index: usize, worker: usize) {
         }
         coop::consume_budget().await;
     }
+}
+
+/// Drops a copy taken from the queue whose backend took the delivery back
+/// ([`hub_core::Acker::withdrawn`]: an AMQP channel closed and RabbitMQ redelivers it): handling
+/// it would handle the message twice, and its settlement would reach nobody. Counted as dropped
+/// with reason `withdrawn`.
+#[cold]
+pub(super) fn withdraw(slot: &Slot, item: Queued) {
+    tracing::debug!(consumer = %slot.name, message_id = %item.message.id(), "The backend took the message back before it started (it is delivered again); dropped.");
+    slot.withdrawn
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    item.settle.finish(Verdict::Requeue);
 }
 
 /// A message between being taken and being counted as finished.

@@ -16,8 +16,8 @@ use hub_core::{ConsumeError, Delivery, Message, Verdict};
 /// Records each batch (the `i` of its messages, and when it started); fails messages whose body
 /// says so; takes at most `take` when set.
 #[derive(Default)]
-struct Batcher {
-    batches: Mutex<Vec<(Vec<u64>, Instant)>>,
+pub(super) struct Batcher {
+    pub(super) batches: Mutex<Vec<(Vec<u64>, Instant)>>,
     take: Option<usize>,
     panic: bool,
     /// Each batch takes this long.
@@ -80,18 +80,28 @@ impl Consumer for Batcher {
     }
 }
 
+impl Batcher {
+    /// Each batch waits for a permit of `gate` before it ends.
+    pub(super) fn gated(gate: &Arc<tokio::sync::Semaphore>) -> Self {
+        Self {
+            gate: Some(Arc::clone(gate)),
+            ..Self::default()
+        }
+    }
+}
+
 fn m(i: u64) -> Message {
     Message::new("org.test.event", json!({ "i": i }))
 }
 
-fn batch_opts(size: usize, delay_ms: u64) -> ConsumerOptions {
+pub(super) fn batch_opts(size: usize, delay_ms: u64) -> ConsumerOptions {
     opts(|o| {
         o.batch_size = size;
         o.batch_delay = Duration::from_millis(delay_ms);
     })
 }
 
-fn rig1(options: ConsumerOptions, c: Arc<Batcher>, redelivers: bool) -> super::Rig {
+pub(super) fn rig1(options: ConsumerOptions, c: Arc<Batcher>, redelivers: bool) -> super::Rig {
     rig_with(
         vec![("batch", &["#"][..], options, c as Arc<dyn Consumer>)],
         redelivers,
@@ -318,10 +328,7 @@ async fn a_batch_past_its_timeout_times_out_every_message_and_the_next_batch_run
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_counts_batches_in_flight() {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let c = Arc::new(Batcher {
-        gate: Some(Arc::clone(&gate)),
-        ..Batcher::default()
-    });
+    let c = Arc::new(Batcher::gated(&gate));
     let mut options = batch_opts(5, 0);
     options.concurrency = 3;
     let r = rig1(options, Arc::clone(&c), false);
