@@ -141,7 +141,7 @@ impl Subscriber {
                         // in the hub are dropped (`AmqpAcker::withdrawn`), those in hand settle
                         // through their own ackers, which send nothing now. When the connection
                         // is gone too, the tries fail and the backend stops with the reason.
-                        warn!(backend = %self.backend, consumer = %self.sub.consumer, queue = %self.spec.queue, error = %e, "The broker closed the consumer's channel; subscribing again on a new one (what it had not acknowledged is redelivered, and copies still queued in the hub are dropped). A delivery unacknowledged past RabbitMQ's consumer_timeout does this: keep the consumer's timeout below it.");
+                        warn!(backend = %self.backend, consumer = %self.sub.consumer, queue = %self.spec.queue, error = %e, "The broker closed the consumer's channel; subscribing again on a new one (a durable queue redelivers what it had not acknowledged, and copies still queued in the hub are dropped). A delivery unacknowledged past RabbitMQ's consumer_timeout does this: keep the consumer's timeout below it.");
                         if !self
                             .resubscribe(&mut consumer, Some(ResubscribeReason::ChannelClosed))
                             .await
@@ -235,11 +235,19 @@ impl Subscriber {
             ..
         } = delivery;
         debug_assert_eq!(tag.tag, delivery_tag);
-        let channel = if self.stream.is_some() {
+        // Withdrawn copies only where the broker gives them back: not a stream (read again from
+        // its progress), not a queue deleted with the channel (its copies would be lost).
+        let channel = if self.stream.is_some() || !self.spec.survives_close() {
             None
         } else {
             match &self.witness {
-                Some((generation, w)) if *generation == tag.generation => Some(Arc::clone(w)),
+                // Kept unless it is gone while this acker is live (a reconnect the tags did
+                // not show).
+                Some((generation, w))
+                    if *generation == tag.generation && (!w.gone() || acker.poisoned()) =>
+                {
+                    Some(Arc::clone(w))
+                }
                 _ => {
                     let w = ChannelWitness::new(&acker);
                     self.witness = Some((tag.generation, Arc::clone(&w)));

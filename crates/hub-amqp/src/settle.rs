@@ -89,7 +89,7 @@ impl ChannelWitness {
     }
 
     /// The channel closed (or was recovered since): its deliveries come again.
-    fn gone(&self) -> bool {
+    pub fn gone(&self) -> bool {
         self.0.poisoned()
     }
 }
@@ -288,7 +288,12 @@ impl Settler {
                         requeue: true,
                     };
                     if !matches!(acker.nack(requeue).await, Ok(true)) {
-                        info!(consumer = %self.policy.consumer, "Requeue not delivered; the broker redelivers the message anyway.");
+                        // A withdrawn copy's channel is gone: expected, one per copy.
+                        if acker.poisoned() {
+                            debug!(consumer = %self.policy.consumer, "Requeue not delivered (its channel closed); the broker redelivers the message anyway.");
+                        } else {
+                            info!(consumer = %self.policy.consumer, "Requeue not delivered; the broker redelivers the message anyway.");
+                        }
                     }
                 }
             }

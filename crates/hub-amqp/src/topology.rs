@@ -185,6 +185,14 @@ pub(crate) struct QueueSpec {
 }
 
 impl QueueSpec {
+    /// Whether the queue outlives the consumer's channel and connection (durable, neither
+    /// exclusive nor auto-delete): then what a closed channel had not acknowledged goes back
+    /// into it and is delivered again. An exclusive, auto-delete queue (a consumer that is not
+    /// `durable`) is deleted with its last consumer, and those messages with it.
+    pub(crate) fn survives_close(&self) -> bool {
+        self.options.durable && !self.options.exclusive && !self.options.auto_delete
+    }
+
     /// The queue of `sub` on `exchange`.
     pub(crate) fn new(
         hub: &str,

@@ -149,8 +149,9 @@ impl Context {
         &self.shared.name
     }
 
-    /// The publish handle for this consumer's backend. It publishes messages as they are:
-    /// prefer [`Context::publish`], which adds the correlation headers.
+    /// The publish handle for this consumer's backend. It publishes messages as they are (less
+    /// the hub's count of attempts, as every publish): prefer [`Context::publish`], which adds
+    /// the correlation headers.
     pub fn publisher(&self) -> &Publisher {
         &self.shared.publisher
     }

@@ -64,6 +64,8 @@ async fn run_loop(shared: &Arc<Shared>, index: usize, worker: usize) {
     let mut last_end: Option<u64> = None;
     // A failed message this worker retries before anything else (`retry.in_order`).
     let mut held: Option<Queued> = None;
+    // A rate-limit token taken for a message that was then withdrawn: the next one uses it.
+    let mut token = false;
     loop {
         if let Some(throttle) = &slot.throttle {
             // Wait for work without taking it, then for the rate limit: while throttled, the
@@ -71,7 +73,7 @@ async fn run_loop(shared: &Arc<Shared>, index: usize, worker: usize) {
             if held.is_none() && !slot.queue.ready().await {
                 break;
             }
-            if !throttle.acquire().await.is_zero() {
+            if !std::mem::take(&mut token) && !throttle.acquire().await.is_zero() {
                 last_end = None;
             }
         }
@@ -93,6 +95,7 @@ async fn run_loop(shared: &Arc<Shared>, index: usize, worker: usize) {
         };
         if item.settle.withdrawn() {
             withdraw(slot, item);
+            token = slot.throttle.is_some();
             last_end = None;
             coop::consume_budget().await;
             continue;

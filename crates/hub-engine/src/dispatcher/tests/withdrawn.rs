@@ -177,3 +177,62 @@ async fn a_batch_leaves_out_its_withdrawn_messages_and_an_all_withdrawn_batch_is
         4
     );
 }
+
+/// Records when each message started (tokio's clock).
+#[derive(Default)]
+struct Clocked(std::sync::Mutex<Vec<(u64, tokio::time::Instant)>>);
+
+#[async_trait::async_trait]
+impl Consumer for Clocked {
+    async fn consume(
+        &self,
+        _cx: &Context,
+        msg: &hub_core::Message,
+    ) -> Result<(), hub_core::ConsumeError> {
+        let i = msg.body()["i"].as_u64().unwrap_or(u64::MAX);
+        self.0
+            .lock()
+            .unwrap()
+            .push((i, tokio::time::Instant::now()));
+        Ok(())
+    }
+}
+
+/// A withdrawn copy spends no rate-limit token: the token its worker took for it goes to the
+/// next message (after a channel closed, a rate-limited consumer would otherwise sit out one
+/// interval per dropped copy: 400 ms here before message 5).
+#[tokio::test(start_paused = true)]
+async fn a_withdrawn_copy_spends_no_rate_limit_token() {
+    let c = Arc::new(Clocked::default());
+    let options = ConsumerOptions {
+        rate_limit: Some(hub_core::RateLimit {
+            rate: 10,
+            per: Duration::from_secs(1),
+            burst: 1,
+        }),
+        ..ConsumerOptions::default()
+    };
+    let r = super::rig_of(vec![(
+        "limited",
+        &["#"][..],
+        options,
+        Arc::clone(&c) as Arc<dyn Consumer>,
+    )]);
+    let (list, gone, mut rx) = deliveries(6, |i| (1..=4).contains(&i));
+    gone.store(true, Ordering::SeqCst);
+    let t0 = tokio::time::Instant::now();
+    r.intake.deliver_many(list).await.unwrap();
+    let v = verdicts(&mut rx, 6).await;
+    assert_eq!(v.iter().filter(|v| **v == Verdict::Requeue).count(), 4);
+    let started: Vec<(u64, Duration)> =
+        c.0.lock()
+            .unwrap()
+            .iter()
+            .map(|(i, at)| (*i, at.duration_since(t0)))
+            .collect();
+    assert_eq!(
+        started,
+        [(0, Duration::ZERO), (5, Duration::from_millis(100))],
+        "one interval between the two that ran"
+    );
+}
