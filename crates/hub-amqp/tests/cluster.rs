@@ -162,6 +162,13 @@ async fn publish(port: u16, topic: &str, range: std::ops::Range<u64>, gap: Durat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_follows_its_cluster_when_its_node_stops_and_loses_nothing() {
+    // The hub's own lines, captured and shown if the test fails (a CI run once waited 60 s
+    // for the hub to leave the stopped node, with nothing to say why).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info,lapin=warn")
+        .with_ansi(false)
+        .with_test_writer()
+        .try_init();
     let t = Instant::now();
     tokio::task::spawn_blocking(start_cluster).await.unwrap();
     let _cluster = Cluster;
