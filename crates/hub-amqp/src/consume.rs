@@ -405,6 +405,8 @@ impl Subscriber {
             }
         }
         let mut failure = String::new();
+        // The old subscription's channel is gone (and a new one taken).
+        let mut dead_channel = false;
         for n in 0..RESUBSCRIBE_TRIES {
             if n > 0 {
                 tokio::select! {
@@ -421,6 +423,7 @@ impl Subscriber {
                     Ok(ch) => {
                         let _ = self.settle.send(Cmd::Hold(ch.clone()));
                         self.channel = ch;
+                        dead_channel = true;
                         // Its tags start again at 1: a new generation.
                         self.last_tag = u64::MAX;
                     }
@@ -443,7 +446,20 @@ impl Subscriber {
             };
             match subscribed {
                 Ok(c) => {
-                    *consumer = c;
+                    let old = std::mem::replace(consumer, c);
+                    if dead_channel {
+                        // lapin 4.12 cancels a consumer still marked active when it is dropped,
+                        // and a cancel on a channel the broker closed fails with
+                        // InvalidChannel, which lapin takes for a connection error: it
+                        // recovered the whole connection, every consumer's unacknowledged
+                        // deliveries redelivered (found with lapin's trace log). The dead
+                        // consumer is never dropped instead: one lapin `Consumer` (its
+                        // handles, an empty delivery queue) kept per channel lost while its
+                        // connection stayed (consumer_timeout: at most one per timeout).
+                        std::mem::forget(old);
+                    } else {
+                        drop(old);
+                    }
                     self.tag = tag;
                     if let Some(why) = why {
                         self.resubscribes.count(why);

@@ -41,6 +41,10 @@ pub(crate) const WINDOW: usize = 1000;
 const QUEUE: usize = 4096;
 /// How long a publish waits for lapin to recover the connection before it fails.
 const RECOVERY: Duration = Duration::from_secs(30);
+/// How long a publish sent waits for its confirm before it fails (the caller retries or reports
+/// it), as a retry's republish always did: a confirm can go with its connection, and a consumer
+/// publishing replies must not wait for it for ever.
+pub(crate) const CONFIRM_WAIT: Duration = Duration::from_secs(30);
 
 /// Why a publish was not confirmed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,7 +245,13 @@ impl State {
         self.confirms.push(Box::pin(async move {
             let result = match send_or_recover(&channel, &exchange, &key, &properties, &body).await
             {
-                Ok(confirm) => confirm.await.map_err(|e| e.to_string()),
+                Ok(confirm) => match tokio::time::timeout(CONFIRM_WAIT, confirm).await {
+                    Ok(confirmed) => confirmed.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!(
+                        "no confirm within {}s (the connection may have been lost meanwhile)",
+                        CONFIRM_WAIT.as_secs()
+                    )),
+                },
                 Err(e) => Err(e),
             };
             (seq, result)

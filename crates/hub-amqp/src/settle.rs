@@ -34,7 +34,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::publisher::Publisher;
+// A republish not confirmed within CONFIRM_WAIT (its queueing included) counts as failed and
+// is tried again.
+use crate::publisher::{CONFIRM_WAIT, Publisher};
 use crate::stream::Progress;
 use crate::watchdog::Flow;
 use crate::wire::{self, ATTEMPTS, TOPIC};
@@ -153,8 +155,6 @@ pub(crate) struct Policy {
 const ACK_IDLE: Duration = Duration::from_millis(5);
 /// A republish that keeps failing is logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(10);
-/// A republish not confirmed within this long counts as failed and is tried again.
-const CONFIRM_WAIT: Duration = Duration::from_secs(30);
 
 /// How a flush was triggered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
