@@ -203,6 +203,16 @@ async fn until(what: &str, limit: Duration, cond: impl Fn() -> bool) {
     }
 }
 
+/// Builds and starts the engine, and waits until it is ready.
+async fn ready(builder: EngineBuilder) -> hub_engine::RunningEngine {
+    let running = builder.build().unwrap().start().await.unwrap();
+    until("ready", Duration::from_secs(30), || {
+        running.readiness().ready
+    })
+    .await;
+    running
+}
+
 /// Starts hub `name` with one consumer on backend `backend`, waits until it is ready, and
 /// publishes `n` messages `{"i": 0..n}` on `topic` through it.
 async fn start_and_fill(
@@ -213,17 +223,11 @@ async fn start_and_fill(
     topic: &str,
     n: u64,
 ) -> hub_engine::RunningEngine {
-    let running = EngineBuilder::new(name)
-        .backend(spec.backend.as_str(), Arc::clone(backend))
-        .consumer(spec, consumer)
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
-    until("ready", Duration::from_secs(30), || {
-        running.readiness().ready
-    })
+    let running = ready(
+        EngineBuilder::new(name)
+            .backend(spec.backend.as_str(), Arc::clone(backend))
+            .consumer(spec, consumer),
+    )
     .await;
     for i in 0..n {
         backend
@@ -355,24 +359,18 @@ async fn a_broker_restart_while_consumers_publish_replies_loses_no_reply() {
         },
         dead_letter: None,
     };
-    let running = EngineBuilder::new("hubreplies")
-        .backend("r", Arc::clone(&backend))
-        .consumer(
-            durable("replier", "ask.#"),
-            Arc::clone(&replier) as Arc<dyn Consumer>,
-        )
-        .consumer(
-            durable("collector", "reply.#"),
-            Arc::new(Keep(Arc::clone(&replies))),
-        )
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
-    until("ready", Duration::from_secs(30), || {
-        running.readiness().ready
-    })
+    let running = ready(
+        EngineBuilder::new("hubreplies")
+            .backend("r", Arc::clone(&backend))
+            .consumer(
+                durable("replier", "ask.#"),
+                Arc::clone(&replier) as Arc<dyn Consumer>,
+            )
+            .consumer(
+                durable("collector", "reply.#"),
+                Arc::new(Keep(Arc::clone(&replies))),
+            ),
+    )
     .await;
     const N: u64 = 600;
     for i in 0..N {
@@ -673,28 +671,22 @@ async fn a_channel_the_broker_closes_for_consumer_timeout_is_subscribed_again() 
     };
     let calls = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
     let passing = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
-    let running = EngineBuilder::new("hubtimeout")
-        .backend("r", Arc::clone(&backend))
-        .consumer(
-            spec("slowpoke", "timeout.d.#", true),
-            Arc::new(Slowpoke {
-                calls: calls.clone(),
-            }),
-        )
-        .consumer(
-            spec("passing", "timeout.e.#", false),
-            Arc::new(Slowpoke {
-                calls: passing.clone(),
-            }),
-        )
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
-    until("ready", Duration::from_secs(30), || {
-        running.readiness().ready
-    })
+    let running = ready(
+        EngineBuilder::new("hubtimeout")
+            .backend("r", Arc::clone(&backend))
+            .consumer(
+                spec("slowpoke", "timeout.d.#", true),
+                Arc::new(Slowpoke {
+                    calls: calls.clone(),
+                }),
+            )
+            .consumer(
+                spec("passing", "timeout.e.#", false),
+                Arc::new(Slowpoke {
+                    calls: passing.clone(),
+                }),
+            ),
+    )
     .await;
     let connections = tokio::task::spawn_blocking(client_ports).await.unwrap();
     assert_eq!(
