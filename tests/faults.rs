@@ -93,50 +93,18 @@ for line in sys.stdin:
 /// that hub is killing it after every republish it made and before any ack it sent: the
 /// republish-then-ack window, reached for certain rather than by timing. Returns its port.
 async fn ack_swallowing_proxy(swallowed: Arc<AtomicU64>) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((down, _)) = listener.accept().await {
-            let swallowed = swallowed.clone();
-            tokio::spawn(async move {
-                let Ok(up) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
-                    return;
-                };
-                let (mut dr, mut dw) = down.into_split();
-                let (mut ur, mut uw) = up.into_split();
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut ur, &mut dw).await;
-                });
-                // Client to broker: the 8-byte protocol header, then frames of type (1 byte),
-                // channel (2), size (4), payload (size), end (0xCE).
-                let mut proto = [0u8; 8];
-                if dr.read_exact(&mut proto).await.is_err() || uw.write_all(&proto).await.is_err() {
-                    return;
-                }
-                loop {
-                    let mut head = [0u8; 7];
-                    if dr.read_exact(&mut head).await.is_err() {
-                        return; // the hub is gone: dropping `uw` closes the broker connection
-                    }
-                    let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
-                    let mut rest = vec![0u8; size + 1];
-                    if dr.read_exact(&mut rest).await.is_err() {
-                        return;
-                    }
-                    // A method frame (type 1) of class 60 (basic), method 80 (ack).
-                    if head[0] == 1 && rest.starts_with(&[0, 60, 0, 80]) {
-                        swallowed.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    if uw.write_all(&head).await.is_err() || uw.write_all(&rest).await.is_err() {
-                        return;
-                    }
-                }
-            });
+    frame_filter_proxy(Direction::ToBroker, move || {
+        let swallowed = swallowed.clone();
+        move |head: &[u8; 7], rest: &[u8]| {
+            // A method frame (type 1) of class 60 (basic), method 80 (ack).
+            let ack = head[0] == 1 && rest.starts_with(&[0, 60, 0, 80]);
+            if ack {
+                swallowed.fetch_add(1, Ordering::Relaxed);
+            }
+            !ack
         }
-    });
-    port
+    })
+    .await
 }
 
 /// kill -9 of a hub while its AMQP retries wait their backoff, then of a hub that has

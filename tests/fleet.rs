@@ -308,56 +308,25 @@ fn a_cancelled_subscription_is_renewed_and_counted() {
 /// them delivered, the hub never sees them; the subscription looks alive and brings nothing (the
 /// stall of fedora-messaging #208). Returns its port.
 async fn delivery_swallowing_proxy(swallow: u64, swallowed: Arc<AtomicU64>) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((down, _)) = listener.accept().await {
-            let swallowed = swallowed.clone();
-            tokio::spawn(async move {
-                let Ok(up) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
-                    return;
-                };
-                let (mut dr, mut dw) = down.into_split();
-                let (mut ur, mut uw) = up.into_split();
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut dr, &mut uw).await;
-                });
-                // Broker to client: frames of type (1 byte), channel (2), size (4), payload,
-                // end (0xCE), from the first byte.
-                let mut dropping: BTreeMap<u16, bool> = BTreeMap::new();
-                loop {
-                    let mut head = [0u8; 7];
-                    if ur.read_exact(&mut head).await.is_err() {
-                        return;
-                    }
-                    let channel = u16::from_be_bytes([head[1], head[2]]);
-                    let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
-                    let mut rest = vec![0u8; size + 1];
-                    if ur.read_exact(&mut rest).await.is_err() {
-                        return;
-                    }
-                    if head[0] == 1 {
-                        // A method frame: basic.deliver (class 60, method 60) starts a message.
-                        let deliver = rest.starts_with(&[0, 60, 0, 60]);
-                        let drop_it =
-                            deliver && swallowed.load(Ordering::Relaxed) < swallow && channel > 0;
-                        if drop_it {
-                            swallowed.fetch_add(1, Ordering::Relaxed);
-                        }
-                        dropping.insert(channel, drop_it);
-                    }
-                    if dropping.get(&channel) == Some(&true) && matches!(head[0], 1..=3) {
-                        continue;
-                    }
-                    if dw.write_all(&head).await.is_err() || dw.write_all(&rest).await.is_err() {
-                        return;
-                    }
+    frame_filter_proxy(Direction::ToHub, move || {
+        let swallowed = swallowed.clone();
+        // Per channel: whether the message being delivered on it is dropped.
+        let mut dropping: BTreeMap<u16, bool> = BTreeMap::new();
+        move |head: &[u8; 7], rest: &[u8]| {
+            let channel = u16::from_be_bytes([head[1], head[2]]);
+            if head[0] == 1 {
+                // A method frame: basic.deliver (class 60, method 60) starts a message.
+                let deliver = rest.starts_with(&[0, 60, 0, 60]);
+                let drop_it = deliver && swallowed.load(Ordering::Relaxed) < swallow && channel > 0;
+                if drop_it {
+                    swallowed.fetch_add(1, Ordering::Relaxed);
                 }
-            });
+                dropping.insert(channel, drop_it);
+            }
+            !(dropping.get(&channel) == Some(&true) && matches!(head[0], 1..=3))
         }
-    });
-    port
+    })
+    .await
 }
 
 /// Deliveries that never reach the hub (dropped by a proxy: the broker counts them in flight,

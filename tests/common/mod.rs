@@ -336,3 +336,74 @@ pub async fn amqp_ready(name: &str) -> u32 {
     let _ = conn.close(200, "bye".into()).await;
     n
 }
+
+/// Which way a [`frame_filter_proxy`] looks at frames.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Hub to broker (after the 8-byte protocol header).
+    ToBroker,
+    /// Broker to hub.
+    ToHub,
+}
+
+/// A proxy to the test broker (127.0.0.1:5672) that passes every AMQP frame both ways, except
+/// those going `direction` that the connection's own filter (made by `filter` for each
+/// connection) refuses: it is given the frame's 7-byte head (type, channel, size) and the rest
+/// (payload and end byte) and says whether to pass it. Returns its port.
+pub async fn frame_filter_proxy<F>(
+    direction: Direction,
+    filter: impl Fn() -> F + Send + 'static,
+) -> u16
+where
+    F: FnMut(&[u8; 7], &[u8]) -> bool + Send + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((hub, _)) = listener.accept().await {
+            let mut pass = filter();
+            tokio::spawn(async move {
+                let Ok(broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
+                    return;
+                };
+                let (hr, hw) = hub.into_split();
+                let (br, bw) = broker.into_split();
+                let ((mut from, mut to), (mut other_from, mut other_to)) = match direction {
+                    Direction::ToBroker => ((hr, bw), (br, hw)),
+                    Direction::ToHub => ((br, hw), (hr, bw)),
+                };
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut other_from, &mut other_to).await;
+                });
+                if direction == Direction::ToBroker {
+                    let mut proto = [0u8; 8];
+                    if from.read_exact(&mut proto).await.is_err()
+                        || to.write_all(&proto).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                // Frames: type (1 byte), channel (2), size (4), payload (size), end (0xCE).
+                loop {
+                    let mut head = [0u8; 7];
+                    if from.read_exact(&mut head).await.is_err() {
+                        return; // one side is gone: dropping the other half closes it
+                    }
+                    let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
+                    let mut rest = vec![0u8; size + 1];
+                    if from.read_exact(&mut rest).await.is_err() {
+                        return;
+                    }
+                    if !pass(&head, &rest) {
+                        continue;
+                    }
+                    if to.write_all(&head).await.is_err() || to.write_all(&rest).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}

@@ -5,6 +5,8 @@
 //! cluster heals and the hub keeps going.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::until;
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -115,14 +117,6 @@ impl Consumer for Count {
         *self.0.lock().unwrap().entry(i).or_default() += 1;
         sleep(Duration::from_millis(1)).await;
         Ok(())
-    }
-}
-
-async fn until(what: &str, limit: Duration, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        sleep(Duration::from_millis(50)).await;
     }
 }
 

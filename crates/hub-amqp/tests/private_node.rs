@@ -3,6 +3,8 @@
 //! openssl. It is restarted under a running hub, and the hub connects with a client certificate.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::until;
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -192,14 +194,6 @@ impl Consumer for Keep {
             .unwrap()
             .insert(msg.body()["i"].as_u64().unwrap());
         Ok(())
-    }
-}
-
-async fn until(what: &str, limit: Duration, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        sleep(Duration::from_millis(50)).await;
     }
 }
 

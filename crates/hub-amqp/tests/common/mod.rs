@@ -128,6 +128,15 @@ pub async fn start_with(
     (running, backend)
 }
 
+/// Waits until `cond` holds, at most `limit` (checked every 50 ms).
+pub async fn until(what: &str, limit: Duration, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn eventually(what: &str, cond: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !cond() {
