@@ -27,6 +27,8 @@ use lapin::tcp::{AsyncTcpStream, OwnedTLSConfig};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties};
 
+use crate::stall::Progress;
+
 /// How long resolving, connecting and the TLS handshake may take together (unless the url's
 /// `connection_timeout` says otherwise).
 const TRANSPORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -87,13 +89,14 @@ impl Dialer {
     }
 
     /// One attempt: the transport, then the AMQP handshake. The error says which step failed
-    /// and why (the OS's or the broker's words); it never holds the password.
+    /// and why (the OS's or the broker's words); it never holds the password. With the
+    /// connection, its recoveries' [`Progress`] (for the watchdog's [`crate::stall`] check).
     pub(crate) async fn open(
         &self,
         nodes: &Arc<Nodes>,
         tls: OwnedTLSConfig,
         props: ConnectionProperties,
-    ) -> Result<Connection, String> {
+    ) -> Result<(Connection, Arc<Progress>), String> {
         // The handshake's credentials, vhost and options: the same on every node (checked when
         // the backend is built).
         let uri = nodes.uris[0].clone();
@@ -194,10 +197,12 @@ impl Dialer {
             failures: AtomicUsize::new(0),
             gave_up: Arc::clone(&self.gave_up),
         });
+        let progress = Arc::new(Progress::default());
         let first = Mutex::new(Some(stream));
         let transport = {
             let reconnects = Arc::clone(&reconnects);
             let nodes = Arc::clone(nodes);
+            let progress = Arc::clone(&progress);
             // Recovery starts with the node after the one lost (it may be the one going away),
             // and goes round all of them before its next pause.
             async move |_uri: AMQPUri, _runtime| {
@@ -205,6 +210,7 @@ impl Dialer {
                 if let Some(stream) = given {
                     return Ok(stream);
                 }
+                let _attempt = progress.attempt();
                 reconnects.pause()?;
                 let found = any(nodes.current() + 1).await;
                 reconnects.attempted(found.is_ok());
@@ -237,7 +243,7 @@ impl Dialer {
         reconnects.established.store(true, Ordering::Release);
         // Ours is only a second handle: the socket stays lapin's.
         drop(abort.0.take());
-        Ok(conn)
+        Ok((conn, progress))
     }
 }
 

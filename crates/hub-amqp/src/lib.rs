@@ -19,6 +19,7 @@ mod consume;
 pub mod dead_letters;
 mod publisher;
 mod settle;
+mod stall;
 mod stream;
 mod topology;
 mod watchdog;
@@ -330,7 +331,11 @@ impl AmqpBackend {
     /// Connects (retrying with backoff until shutdown); `None` once shutdown has begun. Each
     /// failed attempt is logged at once, with what failed and why (the OS's or the broker's
     /// words: refused, unknown host, TLS, credentials, vhost).
-    async fn connect(&self, cx: &BackendContext, role: Role) -> Option<Connection> {
+    async fn connect(
+        &self,
+        cx: &BackendContext,
+        role: Role,
+    ) -> Option<(Connection, Arc<stall::Progress>)> {
         let mut backoff = Duration::from_millis(200);
         let name = match role {
             Role::Consume => "consume",
@@ -627,10 +632,10 @@ async fn watch_blocked(conn: Arc<Connection>, backend: String, gauge: Gauge) {
 #[async_trait]
 impl Backend for AmqpBackend {
     async fn run(&self, cx: BackendContext) -> Result<(), BackendError> {
-        let Some(publish) = self.connect(&cx, Role::Publish).await else {
+        let Some((publish, publish_progress)) = self.connect(&cx, Role::Publish).await else {
             return Ok(());
         };
-        let Some(consume) = self.connect(&cx, Role::Consume).await else {
+        let Some((consume, consume_progress)) = self.connect(&cx, Role::Consume).await else {
             return Ok(());
         };
         let (publish, consume) = (Arc::new(publish), Arc::new(consume));
@@ -654,8 +659,23 @@ impl Backend for AmqpBackend {
         let connected = || consume.status().connected() && publish.status().connected();
         cx.metrics.set_connected(connected());
         info!(backend = %self.id, url = %self.config.redacted(), "Connected (a consuming and a publishing connection).");
-        // Watchdog: the connections' state behind `hub_backend_connected` and readiness.
+        // Watchdog: the connections' state behind `hub_backend_connected` and readiness, and
+        // whether each one's recovery still runs.
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut stalls = [
+            (
+                "publish",
+                &publish,
+                publish_progress,
+                stall::StallWatch::default(),
+            ),
+            (
+                "consume",
+                &consume,
+                consume_progress,
+                stall::StallWatch::default(),
+            ),
+        ];
         let result = loop {
             tokio::select! {
                 () = cx.shutdown.cancelled() => break Ok(()),
@@ -669,6 +689,20 @@ impl Backend for AmqpBackend {
                         break Err(self.fail(format!(
                             "the connection was lost and {} reconnects in a row failed (about ten minutes; {}); stopping rather than consuming nothing",
                             connect::RECOVERY_ATTEMPTS,
+                            self.config.redacted()
+                        )));
+                    }
+                    let now = std::time::Instant::now();
+                    let stalled = stalls.iter_mut().find_map(|(name, conn, progress, watch)| {
+                        watch
+                            .stalled(progress, conn.status().connected(), now, stall::STALL_LIMIT)
+                            .then_some(*name)
+                    });
+                    if let Some(name) = stalled {
+                        cx.metrics.set_connected(false);
+                        break Err(self.fail(format!(
+                            "the {name} connection was lost and its recovery stalled (no reconnect attempt for {:?}; {}); stopping rather than consuming nothing",
+                            stall::STALL_LIMIT,
                             self.config.redacted()
                         )));
                     }
