@@ -27,7 +27,7 @@ use lapin::tcp::{AsyncTcpStream, OwnedTLSConfig};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties};
 
-use crate::stall::Progress;
+use crate::stall::Recovery;
 
 /// How long resolving, connecting and the TLS handshake may take together (unless the url's
 /// `connection_timeout` says otherwise).
@@ -90,13 +90,13 @@ impl Dialer {
 
     /// One attempt: the transport, then the AMQP handshake. The error says which step failed
     /// and why (the OS's or the broker's words); it never holds the password. With the
-    /// connection, its recoveries' [`Progress`] (for the watchdog's [`crate::stall`] check).
+    /// connection, its [`Recovery`] attempts (for the watchdog's [`crate::stall`] check).
     pub(crate) async fn open(
         &self,
         nodes: &Arc<Nodes>,
         tls: OwnedTLSConfig,
         props: ConnectionProperties,
-    ) -> Result<(Connection, Arc<Progress>), String> {
+    ) -> Result<(Connection, Arc<Recovery>), String> {
         // The handshake's credentials, vhost and options: the same on every node (checked when
         // the backend is built).
         let uri = nodes.uris[0].clone();
@@ -197,12 +197,12 @@ impl Dialer {
             failures: AtomicUsize::new(0),
             gave_up: Arc::clone(&self.gave_up),
         });
-        let progress = Arc::new(Progress::default());
+        let recovery = Arc::new(Recovery::default());
         let first = Mutex::new(Some(stream));
         let transport = {
             let reconnects = Arc::clone(&reconnects);
             let nodes = Arc::clone(nodes);
-            let progress = Arc::clone(&progress);
+            let recovery = Arc::clone(&recovery);
             // Recovery starts with the node after the one lost (it may be the one going away),
             // and goes round all of them before its next pause.
             async move |_uri: AMQPUri, _runtime| {
@@ -210,7 +210,7 @@ impl Dialer {
                 if let Some(stream) = given {
                     return Ok(stream);
                 }
-                let _attempt = progress.attempt();
+                let _attempt = recovery.attempt();
                 reconnects.pause()?;
                 let found = any(nodes.current() + 1).await;
                 reconnects.attempted(found.is_ok());
@@ -243,7 +243,7 @@ impl Dialer {
         reconnects.established.store(true, Ordering::Release);
         // Ours is only a second handle: the socket stays lapin's.
         drop(abort.0.take());
-        Ok((conn, progress))
+        Ok((conn, recovery))
     }
 }
 

@@ -335,7 +335,7 @@ impl AmqpBackend {
         &self,
         cx: &BackendContext,
         role: Role,
-    ) -> Option<(Connection, Arc<stall::Progress>)> {
+    ) -> Option<(Connection, Arc<stall::Recovery>)> {
         let mut backoff = Duration::from_millis(200);
         let name = match role {
             Role::Consume => "consume",
@@ -632,10 +632,10 @@ async fn watch_blocked(conn: Arc<Connection>, backend: String, gauge: Gauge) {
 #[async_trait]
 impl Backend for AmqpBackend {
     async fn run(&self, cx: BackendContext) -> Result<(), BackendError> {
-        let Some((publish, publish_progress)) = self.connect(&cx, Role::Publish).await else {
+        let Some((publish, publish_recovery)) = self.connect(&cx, Role::Publish).await else {
             return Ok(());
         };
-        let Some((consume, consume_progress)) = self.connect(&cx, Role::Consume).await else {
+        let Some((consume, consume_recovery)) = self.connect(&cx, Role::Consume).await else {
             return Ok(());
         };
         let (publish, consume) = (Arc::new(publish), Arc::new(consume));
@@ -666,13 +666,13 @@ impl Backend for AmqpBackend {
             (
                 "publish",
                 &publish,
-                publish_progress,
+                publish_recovery,
                 stall::StallWatch::default(),
             ),
             (
                 "consume",
                 &consume,
-                consume_progress,
+                consume_recovery,
                 stall::StallWatch::default(),
             ),
         ];
@@ -693,9 +693,9 @@ impl Backend for AmqpBackend {
                         )));
                     }
                     let now = std::time::Instant::now();
-                    let stalled = stalls.iter_mut().find_map(|(name, conn, progress, watch)| {
+                    let stalled = stalls.iter_mut().find_map(|(name, conn, recovery, watch)| {
                         watch
-                            .stalled(progress, conn.status().connected(), now, stall::STALL_LIMIT)
+                            .stalled(recovery, conn.status().connected(), now, stall::STALL_LIMIT)
                             .then_some(*name)
                     });
                     if let Some(name) = stalled {

@@ -19,14 +19,14 @@ pub(crate) const STALL_LIMIT: Duration = Duration::from_secs(60);
 
 /// One connection's recovery attempts, as its transport callback sees them.
 #[derive(Debug, Default)]
-pub(crate) struct Progress {
+pub(crate) struct Recovery {
     /// Calls of the transport callback for a recovery (the first transport is not one).
     entered: AtomicU64,
     /// A call is under way (its pause, resolving, connecting, TLS).
     busy: AtomicBool,
 }
 
-impl Progress {
+impl Recovery {
     /// Marks a recovery's transport call as begun; dropping the guard marks it ended.
     pub(crate) fn attempt(&self) -> Attempt<'_> {
         self.entered.fetch_add(1, Ordering::AcqRel);
@@ -43,8 +43,8 @@ impl Progress {
     }
 }
 
-/// A transport call under way (see [`Progress::attempt`]).
-pub(crate) struct Attempt<'a>(&'a Progress);
+/// A transport call under way (see [`Recovery::attempt`]).
+pub(crate) struct Attempt<'a>(&'a Recovery);
 
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
@@ -64,12 +64,12 @@ impl StallWatch {
     /// recovery attempt begun or under way.
     pub(crate) fn stalled(
         &mut self,
-        progress: &Progress,
+        recovery: &Recovery,
         connected: bool,
         now: Instant,
         limit: Duration,
     ) -> bool {
-        let (entered, busy) = progress.read();
+        let (entered, busy) = recovery.read();
         if connected || busy {
             self.quiet_since = None;
             return false;
@@ -94,7 +94,7 @@ mod tests {
     /// connection back each start the count over.
     #[test]
     fn a_connection_down_with_no_attempt_for_the_limit_has_stalled() {
-        let p = Progress::default();
+        let p = Recovery::default();
         let mut w = StallWatch::default();
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);

@@ -64,6 +64,16 @@ impl Consumer for Probe {
     }
 }
 
+/// A probe that holds each message until the returned gate gives it a permit.
+fn gated_probe() -> (Arc<Probe>, Arc<Semaphore>) {
+    let gate = Arc::new(Semaphore::new(0));
+    let probe = Arc::new(Probe {
+        gate: Some(Arc::clone(&gate)),
+        ..Probe::default()
+    });
+    (probe, gate)
+}
+
 struct Rig {
     dispatcher: Dispatcher,
     intake: Intake,

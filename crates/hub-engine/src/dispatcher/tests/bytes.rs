@@ -4,24 +4,14 @@
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::sync::Semaphore;
 
 use super::super::*;
-use super::{Probe, Rig, opts, rig_with_ceiling, sample, state, wait_for};
+use super::{Probe, Rig, gated_probe, opts, rig_with_ceiling, sample, state, wait_for};
 use hub_core::{Delivery, Message, WhenFull};
 
 /// About a kilobyte.
 fn big(i: u64) -> Message {
     Message::new("org.test.big", json!({ "i": i, "pad": "x".repeat(1000) }))
-}
-
-fn gated_probe() -> (Arc<Probe>, Arc<Semaphore>) {
-    let gate = Arc::new(Semaphore::new(0));
-    let probe = Arc::new(Probe {
-        gate: Some(Arc::clone(&gate)),
-        ..Probe::default()
-    });
-    (probe, gate)
 }
 
 fn gauge(r: &Rig, name: &str, consumer: Option<&str>) -> f64 {

@@ -9,7 +9,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::super::*;
 use super::batches::{Batcher, batch_opts, rig1};
-use super::{Probe, msg, rig, sample, state, wait_for};
+use super::{gated_probe, msg, rig, sample, state, wait_for};
 use hub_core::{Acker, Delivery, Verdict};
 
 /// An acker whose delivery is withdrawn once `gone` is set; reports its verdict with its `i`.
@@ -69,11 +69,7 @@ async fn verdicts(rx: &mut mpsc::UnboundedReceiver<(u64, Verdict)>, n: usize) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_copies_of_withdrawn_deliveries_are_dropped_unstarted_and_counted() {
-    let gate = Arc::new(Semaphore::new(0));
-    let probe = Arc::new(Probe {
-        gate: Some(Arc::clone(&gate)),
-        ..Probe::default()
-    });
+    let (probe, gate) = gated_probe();
     let r = rig(vec![(
         "c",
         &["#"][..],
@@ -113,19 +109,17 @@ async fn queued_copies_of_withdrawn_deliveries_are_dropped_unstarted_and_counted
     })
     .await;
     let text = r.render();
-    let get = |labels: &[(&str, &str)]| {
-        let name = if labels.iter().any(|(k, _)| *k == "reason") {
-            "hub_consumer_dropped_messages_total"
-        } else {
-            "hub_consumer_processed_messages_total"
-        };
-        let mut all = vec![("consumer", "c")];
-        all.extend_from_slice(labels);
-        sample(&text, name, &all)
+    let dropped = |reason| {
+        let labels = [("consumer", "c"), ("reason", reason)];
+        sample(&text, "hub_consumer_dropped_messages_total", &labels)
     };
-    assert_eq!(get(&[("reason", "withdrawn")]), Some(3.0), "{text}");
-    assert_eq!(get(&[("reason", "queue_full")]), Some(0.0));
-    assert_eq!(get(&[("outcome", "ok")]), Some(2.0));
+    assert_eq!(dropped("withdrawn"), Some(3.0), "{text}");
+    assert_eq!(dropped("queue_full"), Some(0.0));
+    let ok = [("consumer", "c"), ("outcome", "ok")];
+    assert_eq!(
+        sample(&text, "hub_consumer_processed_messages_total", &ok),
+        Some(2.0)
+    );
     let (status, _) = r.dispatcher.consumer_status("c").unwrap();
     assert_eq!(
         (
