@@ -20,6 +20,10 @@ use crate::dispatcher::BackendIndex;
 use crate::metrics::{MetricsHandle, Registry};
 use crate::{Dispatcher, DrainReport};
 
+/// How long an aborted producer or backend task is waited for at least, past the grace if need
+/// be, before intake closes without it.
+const ABORTED_TASK_WAIT: Duration = Duration::from_secs(1);
+
 /// How one consumer is wired.
 #[derive(Debug, Clone)]
 pub struct ConsumerSpec {
@@ -475,12 +479,19 @@ impl RunningEngine {
         let deadline = Instant::now() + grace;
         info!(grace = ?grace, "Shutting down: intake stopped, draining consumers.");
         self.engine.shutdown.cancel();
-        for t in self.producer_tasks {
+        // Every source of deliveries stops before intake closes: an aborted task is gone only
+        // once its handle resolves (a task running on another thread finishes its poll first),
+        // and a delivery it was handing over must reach all of its consumers, not some.
+        for t in &self.producer_tasks {
             t.abort();
+        }
+        for t in self.producer_tasks {
+            joined(t, deadline).await;
         }
         for mut t in self.backend_tasks {
             if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
                 t.abort();
+                joined(t, deadline).await;
             }
         }
         let left: Vec<(String, usize)> = self
@@ -533,6 +544,17 @@ impl RunningEngine {
             }
         }
         ShutdownReport { drain }
+    }
+}
+
+/// Waits for an (aborted or finishing) task to be gone, until `deadline` but at least a moment:
+/// an aborted task ends at its next await, so it is waited for even past the deadline.
+async fn joined(task: JoinHandle<()>, deadline: Instant) {
+    let limit = deadline.max(Instant::now() + ABORTED_TASK_WAIT);
+    if tokio::time::timeout_at(limit, task).await.is_err() {
+        warn!(
+            "A producer or backend task did not stop when aborted (a call that never awaits); intake closes without it."
+        );
     }
 }
 

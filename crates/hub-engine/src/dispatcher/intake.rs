@@ -267,9 +267,10 @@ fn settled(slot: &Slot, offer: Offer) -> Result<(), IntakeClosed> {
 
 /// Under `block`, the copies that found their queue full wait for room, one at a time, in
 /// order. Each is stamped again when it enters its queue (its queue wait starts then). A wait
-/// abandoned part-way (its future dropped: a producer stopped at shutdown) queues the copies
-/// still waiting past their queues' limits, since their deliveries' other copies are queued
-/// already: a consumer never misses a message another consumer of it got.
+/// cut short, by the shutdown drain closing a queue or by its future being dropped (a
+/// producer stopped at shutdown), queues the copies still waiting past their queues' limits,
+/// closed or not, since their deliveries' other copies may be queued already: a consumer never
+/// misses a message another consumer of it got.
 async fn wait_for_room(
     sh: &Arc<Shared>,
     waiting: Vec<(usize, Queued)>,
@@ -288,6 +289,10 @@ async fn wait_for_room(
             .push_held(&mut held.1, slot.options.when_full, || sh.now_ns())
             .await;
         left.current = None;
+        let pushed = match pushed {
+            Offer::Closed(item) => slot.queue.push_past_limits(*item),
+            other => other,
+        };
         closed = closed.and(settled(slot, pushed));
     }
     closed
@@ -307,7 +312,6 @@ impl Drop for Abandoned {
         for (i, mut item) in current.into_iter().chain(self.waiting.drain(..)) {
             let slot = &self.shared.slots[i];
             item.enqueued_ns = self.shared.now_ns();
-            // Closed: the copy settles as a requeue when dropped, as before.
             let _ = settled(slot, slot.queue.push_past_limits(item));
         }
     }

@@ -387,16 +387,15 @@ impl Queue {
         }
     }
 
-    /// Queues `item` whatever the room (count and bytes may go over their limits by it):
-    /// for a copy whose delivery's other copies are already queued and whose wait for room was
-    /// abandoned (its producer stopped at shutdown), so no consumer misses a message another one
-    /// got. Refused only once the queue is closed.
+    /// Queues `item` whatever the room (count and bytes may go over their limits by it) and
+    /// even once the queue is closed: for a copy whose delivery's other copies may be queued
+    /// already and whose wait for room ended early (its producer stopped, or the shutdown
+    /// drain closed the queue), so no consumer misses a message another one got. The drain's
+    /// workers run it if they are still running; otherwise the drain's final clear cuts it off
+    /// like any message left queued (counted, settled as a requeue).
     pub fn push_past_limits(&self, item: Queued) -> Offer {
         let size = item.message.byte_size();
         let mut st = self.lock();
-        if st.closed {
-            return Offer::Closed(Box::new(item));
-        }
         st.received += 1;
         let was_empty = st.items.is_empty();
         Self::enter(&mut st, item, size);

@@ -158,6 +158,59 @@ async fn a_cancelled_delivery_still_reaches_and_settles_with_every_consumer() {
     assert_eq!(*full.seen.lock().unwrap(), vec![0, 1, 2]);
 }
 
+/// A delivery waiting for room when the shutdown drain closes the queue, after another consumer
+/// got its copy: the waiting copy still enters (past the limit), the drain runs it, and the
+/// delivery settles once, acknowledged. It used to be refused (the deliverer saw
+/// `IntakeClosed`), so on a backend without redelivery the full consumer never saw the message
+/// the other one handled: the last tick of the SIGTERM fault test, missing from one file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_waiting_for_room_when_the_drain_closes_reaches_every_consumer() {
+    let (full, gate) = gated_probe();
+    let free = Arc::new(Probe::default());
+    let r = rig(vec![
+        (
+            "full",
+            &["#"],
+            opts(|o| o.queue_capacity = 1),
+            Arc::clone(&full),
+        ),
+        (
+            "free",
+            &["#"],
+            ConsumerOptions::default(),
+            Arc::clone(&free),
+        ),
+    ]);
+    r.intake.deliver(Delivery::new(msg(0))).await.unwrap();
+    wait_for("in flight", || state(&r.dispatcher, "full").in_flight == 1).await;
+    r.intake.deliver(Delivery::new(msg(1))).await.unwrap();
+    let (a, rx) = acker();
+    let intake = r.intake.clone();
+    let waiting =
+        tokio::spawn(async move { intake.deliver(Delivery::with_acker(msg(2), a)).await });
+    wait_for("the delivery waits for room", || blocked(&r, 0) == 1).await;
+    wait_for("the free consumer handled its copy", || {
+        free.seen.lock().unwrap().contains(&2)
+    })
+    .await;
+    let dispatcher = r.dispatcher.clone();
+    let drain = tokio::spawn(async move { dispatcher.drain(Duration::from_secs(10)).await });
+    let delivered = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the close ended the wait")
+        .unwrap();
+    assert_eq!(delivered, Ok(()), "the delivery was taken whole");
+    gate.add_permits(10);
+    let report = drain.await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(*full.seen.lock().unwrap(), vec![0, 1, 2]);
+    let verdict = tokio::time::timeout(Duration::from_secs(5), rx)
+        .await
+        .expect("the delivery was never settled")
+        .expect("the acker was dropped without being called");
+    assert_eq!(verdict, Verdict::Ack, "both consumers handled it");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scrape_adds_up_and_never_shows_more_in_flight_than_the_concurrency() {
     const N: u64 = 100_000;
