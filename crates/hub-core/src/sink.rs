@@ -57,12 +57,14 @@ impl Sink {
     /// Routes one delivery to every matching consumer (or to its target subscription).
     ///
     /// Returns at once unless a matching consumer with `when_full = "block"` is full: then it
-    /// waits for room. Every other consumer has its copy before the wait, and if the returned
-    /// future is dropped, before or while waiting, the delivery is still settled
-    /// ([`Verdict::Requeue`](crate::Verdict::Requeue) for the consumers that never got it).
+    /// waits for room. Every other consumer has its copy before the wait, and a wait cut short
+    /// (the returned future dropped, or the queue closed by the shutdown drain) queues the
+    /// copies still waiting past their queues' limits: a delivery reaches all the consumers it
+    /// matched or none.
     ///
     /// # Errors
-    /// [`IntakeClosed`] once shutdown has begun; the delivery is settled as
+    /// [`IntakeClosed`] when the delivery arrives after shutdown has closed a matching
+    /// consumer's queue; what was not queued is settled as
     /// [`Verdict::Requeue`](crate::Verdict::Requeue).
     pub async fn deliver(&self, delivery: Delivery) -> Result<(), IntakeClosed> {
         match self.0.offer(delivery) {
