@@ -108,19 +108,19 @@ async fn many_producers_through_a_tiny_block_queue_all_get_through() {
     }
 }
 
-/// A delivery whose wait for room is dropped (its producer stopped at shutdown) after another
-/// consumer got its copy: the waiting copy is queued past the full queue's limit, so every
-/// consumer handles it and it settles once, acknowledged (it used to settle as a requeue, which
-/// on a backend without redelivery meant one consumer never saw what the other did).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancelled_delivery_still_reaches_and_settles_with_every_consumer() {
-    let gate = Arc::new(Semaphore::new(0));
-    let full = Arc::new(Probe {
-        gate: Some(Arc::clone(&gate)),
-        ..Probe::default()
-    });
+/// Two consumers of everything: "full" (gated, a queue of one, holding message 0 in flight
+/// and 1 queued) and "free". "full" is matched first, so the next delivery waits on it with
+/// "free"'s copy queued already.
+struct FullAndFree {
+    r: Rig,
+    full: Arc<Probe>,
+    gate: Arc<Semaphore>,
+    free: Arc<Probe>,
+}
+
+async fn full_and_free() -> FullAndFree {
+    let (full, gate) = gated_probe();
     let free = Arc::new(Probe::default());
-    // "full" is matched first: the delivery waits on it before "free" could get its copy.
     let r = rig(vec![
         (
             "full",
@@ -138,6 +138,26 @@ async fn a_cancelled_delivery_still_reaches_and_settles_with_every_consumer() {
     r.intake.deliver(Delivery::new(msg(0))).await.unwrap();
     wait_for("in flight", || state(&r.dispatcher, "full").in_flight == 1).await;
     r.intake.deliver(Delivery::new(msg(1))).await.unwrap();
+    FullAndFree {
+        r,
+        full,
+        gate,
+        free,
+    }
+}
+
+/// A delivery whose wait for room is dropped (its producer stopped at shutdown) after another
+/// consumer got its copy: the waiting copy is queued past the full queue's limit, so every
+/// consumer handles it and it settles once, acknowledged (it used to settle as a requeue, which
+/// on a backend without redelivery meant one consumer never saw what the other did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_delivery_still_reaches_and_settles_with_every_consumer() {
+    let FullAndFree {
+        r,
+        full,
+        gate,
+        free,
+    } = full_and_free().await;
     let (a, rx) = acker();
     let cancelled = tokio::time::timeout(
         Duration::from_millis(100),
@@ -165,25 +185,12 @@ async fn a_cancelled_delivery_still_reaches_and_settles_with_every_consumer() {
 /// the other one handled: the last tick of the SIGTERM fault test, missing from one file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_waiting_for_room_when_the_drain_closes_reaches_every_consumer() {
-    let (full, gate) = gated_probe();
-    let free = Arc::new(Probe::default());
-    let r = rig(vec![
-        (
-            "full",
-            &["#"],
-            opts(|o| o.queue_capacity = 1),
-            Arc::clone(&full),
-        ),
-        (
-            "free",
-            &["#"],
-            ConsumerOptions::default(),
-            Arc::clone(&free),
-        ),
-    ]);
-    r.intake.deliver(Delivery::new(msg(0))).await.unwrap();
-    wait_for("in flight", || state(&r.dispatcher, "full").in_flight == 1).await;
-    r.intake.deliver(Delivery::new(msg(1))).await.unwrap();
+    let FullAndFree {
+        r,
+        full,
+        gate,
+        free,
+    } = full_and_free().await;
     let (a, rx) = acker();
     let intake = r.intake.clone();
     let waiting =
