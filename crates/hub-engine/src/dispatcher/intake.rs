@@ -289,11 +289,10 @@ async fn wait_for_room(
             .push_held(&mut held.1, slot.options.when_full, || sh.now_ns())
             .await;
         left.current = None;
-        let pushed = match pushed {
+        match pushed {
             Offer::Closed(item) => slot.queue.push_past_limits(*item),
-            other => other,
-        };
-        closed = closed.and(settled(slot, pushed));
+            other => closed = closed.and(settled(slot, other)),
+        }
     }
     closed
 }
@@ -312,7 +311,7 @@ impl Drop for Abandoned {
         for (i, mut item) in current.into_iter().chain(self.waiting.drain(..)) {
             let slot = &self.shared.slots[i];
             item.enqueued_ns = self.shared.now_ns();
-            let _ = settled(slot, slot.queue.push_past_limits(item));
+            slot.queue.push_past_limits(item);
         }
     }
 }

@@ -393,7 +393,7 @@ impl Queue {
     /// drain closed the queue), so no consumer misses a message another one got. The drain's
     /// workers run it if they are still running; otherwise the drain's final clear cuts it off
     /// like any message left queued (counted, settled as a requeue).
-    pub fn push_past_limits(&self, item: Queued) -> Offer {
+    pub fn push_past_limits(&self, item: Queued) {
         let size = item.message.byte_size();
         let mut st = self.lock();
         st.received += 1;
@@ -408,7 +408,6 @@ impl Queue {
         if filled {
             self.filled.notify_waiters();
         }
-        Offer::Accepted
     }
 
     /// One push under the caller's lock; the caller wakes the worker.

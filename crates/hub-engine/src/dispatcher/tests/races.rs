@@ -109,16 +109,9 @@ async fn many_producers_through_a_tiny_block_queue_all_get_through() {
 }
 
 /// Two consumers of everything: "full" (gated, a queue of one, holding message 0 in flight
-/// and 1 queued) and "free". "full" is matched first, so the next delivery waits on it with
-/// "free"'s copy queued already.
-struct FullAndFree {
-    r: Rig,
-    full: Arc<Probe>,
-    gate: Arc<Semaphore>,
-    free: Arc<Probe>,
-}
-
-async fn full_and_free() -> FullAndFree {
+/// and 1 queued) and "free"; returns the rig, "full", its gate and "free". "full" is matched
+/// first, so the next delivery waits on it with "free"'s copy queued already.
+async fn full_and_free() -> (Rig, Arc<Probe>, Arc<Semaphore>, Arc<Probe>) {
     let (full, gate) = gated_probe();
     let free = Arc::new(Probe::default());
     let r = rig(vec![
@@ -138,12 +131,15 @@ async fn full_and_free() -> FullAndFree {
     r.intake.deliver(Delivery::new(msg(0))).await.unwrap();
     wait_for("in flight", || state(&r.dispatcher, "full").in_flight == 1).await;
     r.intake.deliver(Delivery::new(msg(1))).await.unwrap();
-    FullAndFree {
-        r,
-        full,
-        gate,
-        free,
-    }
+    (r, full, gate, free)
+}
+
+/// The verdict a delivery's acker was given (waited for up to 10 s).
+async fn verdict_of(rx: oneshot::Receiver<Verdict>) -> Verdict {
+    tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .expect("the delivery was never settled")
+        .expect("the acker was dropped without being called")
 }
 
 /// A delivery whose wait for room is dropped (its producer stopped at shutdown) after another
@@ -152,12 +148,7 @@ async fn full_and_free() -> FullAndFree {
 /// on a backend without redelivery meant one consumer never saw what the other did).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_delivery_still_reaches_and_settles_with_every_consumer() {
-    let FullAndFree {
-        r,
-        full,
-        gate,
-        free,
-    } = full_and_free().await;
+    let (r, full, gate, free) = full_and_free().await;
     let (a, rx) = acker();
     let cancelled = tokio::time::timeout(
         Duration::from_millis(100),
@@ -166,10 +157,7 @@ async fn a_cancelled_delivery_still_reaches_and_settles_with_every_consumer() {
     .await;
     assert!(cancelled.is_err(), "the delivery waited for room");
     gate.add_permits(10);
-    let verdict = tokio::time::timeout(Duration::from_secs(10), rx)
-        .await
-        .expect("the delivery was never settled")
-        .expect("the acker was dropped without being called");
+    let verdict = verdict_of(rx).await;
     assert_eq!(verdict, Verdict::Ack, "both consumers handled it");
     wait_for("both handled all three", || {
         free.seen.lock().unwrap().len() == 3 && full.seen.lock().unwrap().len() == 3
@@ -185,12 +173,7 @@ async fn a_cancelled_delivery_still_reaches_and_settles_with_every_consumer() {
 /// the other one handled: the last tick of the SIGTERM fault test, missing from one file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_waiting_for_room_when_the_drain_closes_reaches_every_consumer() {
-    let FullAndFree {
-        r,
-        full,
-        gate,
-        free,
-    } = full_and_free().await;
+    let (r, full, gate, free) = full_and_free().await;
     let (a, rx) = acker();
     let intake = r.intake.clone();
     let waiting =
@@ -211,10 +194,7 @@ async fn a_delivery_waiting_for_room_when_the_drain_closes_reaches_every_consume
     let report = drain.await.unwrap();
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(*full.seen.lock().unwrap(), vec![0, 1, 2]);
-    let verdict = tokio::time::timeout(Duration::from_secs(5), rx)
-        .await
-        .expect("the delivery was never settled")
-        .expect("the acker was dropped without being called");
+    let verdict = verdict_of(rx).await;
     assert_eq!(verdict, Verdict::Ack, "both consumers handled it");
 }
 
